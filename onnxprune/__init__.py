@@ -1,6 +1,32 @@
-"""onnxprune: graph-level pruning for ONNX models, validated with onnxruntime."""
+"""onnxprune: graph-level pruning for ONNX models, validated with onnxruntime.
+
+    from onnxprune import prune
+    result = prune("model.onnx", structured=0.3, output="model.pruned.onnx")
+    print(result.report.render())
+
+The public names are imported lazily so that `import onnxprune.<module>` stays cheap and the
+CLI's --help answers without loading onnxruntime.
+"""
+
+from typing import TYPE_CHECKING
 
 from onnxprune.errors import OnnxPruneError, UsageError
 
-__all__ = ["OnnxPruneError", "UsageError"]
+if TYPE_CHECKING:
+    from onnxprune.api import PruneResult, prune
+    from onnxprune.report import Report
+
+__all__ = ["OnnxPruneError", "PruneResult", "Report", "UsageError", "prune"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in ("prune", "PruneResult"):
+        from onnxprune import api
+
+        return getattr(api, name)
+    if name == "Report":
+        from onnxprune.report import Report
+
+        return Report
+    raise AttributeError(f"module 'onnxprune' has no attribute {name!r}")

@@ -1,0 +1,219 @@
+"""Command line: parse, call the API, print. No pruning logic lives here.
+
+Every anticipated failure ends as one ``error:`` line on stderr and exit code 1 (the model or
+a file is the problem) or 2 (the command line is), never a traceback: users run this in
+deployment scripts that grep for errors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from onnxprune import __version__
+from onnxprune.errors import OnnxPruneError, UsageError
+
+MAIN_HELP = """Prune an ONNX model and prove it still answers the same.
+
+\b
+  onnxprune model.onnx --structured 0.3      remove 30% of channels/neurons (smaller, faster)
+  onnxprune model.onnx --unstructured 0.5    zero 50% of weights by magnitude (smaller zipped)
+  onnxprune model.onnx --nm 2:4              keep 2 of every 4 weights (sparse tensor cores)
+  onnxprune inspect model.onnx               per-tensor shapes, sparsity, 2:4 status, MACs
+
+The first form is short for `onnxprune prune model.onnx ...`; `onnxprune prune --help`
+lists every option. The output is written to <stem>.pruned.onnx beside the input unless
+-o is given, only after onnxruntime validated it (use --no-validate to skip).
+"""
+
+
+class _DefaultToPrune(click.Group):
+    """Routes `onnxprune MODEL ...` to the prune command so the common case stays short."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["prune", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(
+    cls=_DefaultToPrune, help=MAIN_HELP, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.version_option(__version__, prog_name="onnxprune")
+def cli() -> None:
+    pass
+
+
+def _ratio_option(name: str, help_text: str):
+    return click.option(
+        name,
+        type=click.FloatRange(0.0, 1.0, max_open=True),
+        default=None,
+        metavar="R",
+        help=help_text,
+    )
+
+
+@cli.command("prune")
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output path [default: <stem>.pruned.onnx beside the input].",
+)
+@_ratio_option(
+    "--structured",
+    "Remove fraction R of the channels/neurons of every prunable group (physically smaller, faster on dense hardware).",
+)
+@_ratio_option(
+    "--unstructured", "Zero fraction R of the prunable weights by magnitude (no shape change)."
+)
+@click.option(
+    "--nm",
+    default=None,
+    metavar="N:M",
+    help="Zero weights to an N:M pattern along the reduction axis, e.g. 2:4.",
+)
+@click.option(
+    "--scope",
+    type=click.Choice(["local", "global"]),
+    default="local",
+    show_default=True,
+    help="local: every tensor/group loses R. global: one ranking over the whole model.",
+)
+@click.option(
+    "--criterion",
+    type=click.Choice(["l1", "l2", "bn-scale", "fpgm", "random"]),
+    default="l1",
+    show_default=True,
+    help="Channel importance for --structured.",
+)
+@click.option(
+    "--round-to",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Keep channel counts multiples of N [default: chosen for onnxruntime speed; 1 = exact].",
+)
+@click.option(
+    "--max-group-ratio",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    default=0.9,
+    show_default=True,
+    help="With --scope global: most any one group may lose.",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Leave nodes/tensors whose name matches GLOB intact (repeatable).",
+)
+@click.option(
+    "--validate/--no-validate",
+    default=True,
+    show_default=True,
+    help="Compare outputs and latency of original and pruned in onnxruntime before writing.",
+)
+@click.option(
+    "--calib",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Inputs for validation: .npz keyed by input name [default: random inputs].",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed for random inputs and the random criterion.",
+)
+@click.option(
+    "--providers",
+    type=click.Choice(["cpu", "cuda", "auto"]),
+    default="cpu",
+    show_default=True,
+    help="onnxruntime provider for validation; auto takes CUDA when present.",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=5),
+    default=30,
+    show_default=True,
+    help="Latency runs per model (interleaved).",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the report as JSON to this path.",
+)
+@click.option("--force", is_flag=True, help="Allow the output to overwrite the input.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def prune_cmd(
+    model: Path, output: Path | None, report_path: Path | None, quiet: bool, **kw
+) -> None:
+    """Prune MODEL and write the validated result."""
+    from onnxprune.api import prune
+    from onnxprune.io import default_output_path
+
+    if report_path is not None and not report_path.parent.resolve().is_dir():
+        raise UsageError(f"--report folder {report_path.parent} does not exist")
+    out = output if output is not None else default_output_path(model)
+    result = prune(model, output=out, progress=not quiet, **kw)
+    if report_path is not None:
+        result.report.write_json(report_path)
+    if not quiet:
+        click.echo(result.report.render())
+
+
+@cli.command("inspect")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--nm",
+    default="2:4",
+    show_default=True,
+    metavar="N:M",
+    help="Pattern to check each weight against.",
+)
+def inspect_cmd(model: Path, nm: str) -> None:
+    """Print each weight tensor's shape, sparsity and N:M status, and model totals."""
+    from onnxprune.inspect import inspect_model
+
+    click.echo(inspect_model(model, nm))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning every anticipated failure into one `error:` line."""
+    try:
+        cli.main(args=argv, prog_name="onnxprune", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(2)
+    except OnnxPruneError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # a bug of ours: still one line, the traceback on request
+        if os.environ.get("ONNXPRUNE_DEBUG"):
+            raise
+        click.echo(
+            f"error: internal error ({type(e).__name__}: {e}); set ONNXPRUNE_DEBUG=1 for the traceback",
+            err=True,
+        )
+        sys.exit(1)
+
+
+__all__ = ["UsageError", "cli", "main"]
