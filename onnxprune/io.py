@@ -17,6 +17,7 @@ The input file is only ever opened for reading.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -135,10 +136,27 @@ def _is_external(tensor: onnx.TensorProto) -> bool:
     return tensor.data_location == onnx.TensorProto.EXTERNAL
 
 
+# Packed types narrower than a byte; numpy_helper reports them as one byte per element.
+_SUBBYTE_BITS = {"INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "INT2": 2, "UINT2": 2}
+
+
+@functools.cache
+def _element_bits(data_type: int) -> int:
+    try:
+        name = onnx.TensorProto.DataType.Name(data_type)
+        if name in _SUBBYTE_BITS:
+            return _SUBBYTE_BITS[name]
+        return onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize * 8
+    except (KeyError, ValueError, TypeError):
+        return 32
+
+
 def _tensor_nbytes(tensor: onnx.TensorProto) -> int:
-    """Size of a tensor's data in memory, without copying it (raw bytes, or an estimate)."""
-    if tensor.HasField("raw_data"):
-        return len(tensor.raw_data)
+    """Size of a tensor's data, from its shape and type.
+
+    Reading ``raw_data`` (even for ``len``) copies the bytes out of protobuf, about a second
+    per GB, so the size comes from the dims instead.
+    """
     if _is_external(tensor):
         for entry in tensor.external_data:
             if entry.key == "length" and entry.value.isdigit():
@@ -146,11 +164,7 @@ def _tensor_nbytes(tensor: onnx.TensorProto) -> int:
         return 0
     if tensor.data_type == onnx.TensorProto.STRING:
         return sum(len(s) for s in tensor.string_data)
-    try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, ValueError, TypeError):
-        itemsize = 4
-    return math.prod(tensor.dims) * itemsize
+    return math.ceil(math.prod(tensor.dims) * _element_bits(tensor.data_type) / 8)
 
 
 def model_needs_external_data(model: onnx.ModelProto) -> bool:
@@ -622,17 +636,21 @@ def _is_repeated(fd: object) -> bool:
 def _copy_fields(src: object, dst: object, skip: frozenset[str]) -> None:
     """Copy every set field of one message into another, except those in ``skip``.
 
-    This is how we avoid copying weights: the skipped fields are the ones holding tensor data.
+    This is how we avoid copying weights: the skipped fields are the ones holding tensor
+    data. Walks the descriptor rather than ``ListFields``, which would copy skipped bytes out.
     """
-    for fd, value in src.ListFields():  # type: ignore[attr-defined]
+    for fd in src.DESCRIPTOR.fields:  # type: ignore[attr-defined]
         if fd.name in skip:
             continue
         if _is_repeated(fd):
-            getattr(dst, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
+            values = getattr(src, fd.name)
+            if len(values):
+                getattr(dst, fd.name).extend(values)
+        elif src.HasField(fd.name):  # type: ignore[attr-defined]
+            if fd.message_type is not None:
+                getattr(dst, fd.name).CopyFrom(getattr(src, fd.name))
+            else:
+                setattr(dst, fd.name, getattr(src, fd.name))
 
 
 _TENSOR_DATA_FIELDS = frozenset((*_TYPED_DATA_FIELDS, "raw_data", "external_data", "data_location"))
