@@ -1,0 +1,36 @@
+"""The contract of a rule: one op family, two small methods.
+
+``propagate(node, ctx)`` runs during the analysis (``onnxprune.dependency.Context``): it says
+how the channel axis passes through the node, which constant inputs are sliced with it, what
+it couples, and it blocks what it does not fully understand. ``rewrite(node, rw)`` runs after
+the plan is made (``onnxprune.rewrite.RewriteContext``) and fixes what slicing initializers
+does not: attributes and shape constants (``group``, Reshape targets, Split sizes, Slice
+bounds). Most rules have nothing to rewrite.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import onnx
+
+if TYPE_CHECKING:
+    from onnxprune.dependency import Context
+    from onnxprune.rewrite import RewriteContext
+
+
+class Rule:
+    """Base class; subclasses are registered with :func:`onnxprune.ops.register`."""
+
+    def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
+        raise NotImplementedError
+
+    def rewrite(self, node: onnx.NodeProto, rw: RewriteContext) -> None:
+        """Nothing to fix by default: the node has no attribute that counts channels."""
+
+
+def claim_constants(ctx: Context, start: int = 1) -> None:
+    """Mark constant inputs from ``start`` on as read and never sliced."""
+    for k in range(start, ctx.n_inputs()):
+        if ctx.is_const(k):
+            ctx.claim(k)

@@ -1,0 +1,320 @@
+"""Ops that move the channel axis or fold it into others: Transpose, (Un)Squeeze, Flatten,
+Reshape, and Shape (which reads the channel count at run time).
+
+Flatten and Reshape keep per-position ids: after ``[N, C, H, W] -> [N, C*H*W]`` channel c
+owns the block of H*W features ``c*HW .. (c+1)*HW``, so a Gemm reading them loses those
+rows. A Reshape that *splits* the channel axis (``[N, 2C] -> [N, 2, C]``, as in a channel
+shuffle) can only be cut rectangularly: the positions that end up in the same column are
+tied into one channel. Shape constants are rewritten; shapes computed at run time are
+accepted only when they provably follow the pruned count.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from onnxprune.graph import GraphView, ShapeElem, attr, normalize_axis, product
+from onnxprune.ops import register
+from onnxprune.ops.base import Rule, claim_constants
+
+if TYPE_CHECKING:
+    from onnxprune.dependency import Chan, Context
+    from onnxprune.rewrite import RewriteContext
+
+
+def block_tracked_dims(ctx: Context, expr: list[ShapeElem] | None, what: str) -> None:
+    """A shape computed from a tracked channel count sizes something we do not cut: block."""
+    for e in expr or ():
+        if isinstance(e, tuple):
+            ch = ctx.tracked(e[1])
+            if ch is not None and ch.axis == e[2]:
+                ctx.block(ch.ids, f"the channel count of '{e[1]}' sizes {what}")
+
+
+@register("Transpose")
+class TransposeRule(Rule):
+    def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
+        x = ctx.inp(0)
+        if x is None:
+            return
+        perm = attr(node, "perm", None) or list(range(x.rank))[::-1]
+        ctx.set_out(0, list(perm).index(x.axis), x.ids, x.rank)
+
+
+def _axes(ctx: Context, node: onnx.NodeProto, x: Chan) -> tuple[bool, list[int] | None]:
+    """(understood, axes) from the attribute or the constant input; blocks when computed."""
+    try:
+        return True, ctx.view.ints(node, "axes", 1)
+    except LookupError as exc:
+        ctx.block(x.ids, f"{node.op_type}: {exc}")
+        return False, None
+
+
+@register("Squeeze")
+class SqueezeRule(Rule):
+    def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
+        x = ctx.inp(0)
+        claim_constants(ctx)
+        if x is None:
+            return
+        ok, axes = _axes(ctx, node, x)
+        if not ok:
+            return
+        if not axes:
+            shape = ctx.in_shape(0)
+            if shape is None or any(not isinstance(d, int) for d in shape):
+                ctx.block(x.ids, "Squeeze without axes on a shape that is not fully known")
+                return
+            axes = [i for i, d in enumerate(shape) if d == 1]
+        axes = [normalize_axis(a, x.rank) for a in axes]
+        if x.axis in axes:
+            ctx.block(x.ids, "Squeeze removes the channel axis")
+            return
+        ctx.set_out(0, x.axis - sum(a < x.axis for a in axes), x.ids, x.rank - len(axes))
+
+
+@register("Unsqueeze")
+class UnsqueezeRule(Rule):
+    def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
+        x = ctx.inp(0)
+        claim_constants(ctx)
+        if x is None:
+            return
+        ok, axes = _axes(ctx, node, x)
+        if not ok:
+            return
+        if not axes:
+            ctx.block(x.ids, "Unsqueeze without axes")
+            return
+        rank = x.rank + len(axes)
+        inserted = {normalize_axis(a, rank) for a in axes}
+        kept = [i for i in range(rank) if i not in inserted]
+        ctx.set_out(0, kept[x.axis], x.ids, rank)
+
+
+def _expand(ids: np.ndarray, dims: list[int], rel: int) -> np.ndarray:
+    """Ids of the flattened block ``dims`` whose axis ``rel`` carries ``ids``."""
+    inner = product(dims[rel + 1 :])
+    outer = product(dims[:rel])
+    return np.tile(np.repeat(ids, inner), outer)
+
+
+@register("Flatten")
+class FlattenRule(Rule):
+    def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
+        x = ctx.inp(0)
+        if x is None:
+            return
+        shape = ctx.in_shape(0)
+        f = normalize_axis(int(attr(node, "axis", 1)), x.rank)
+        lo, hi, out_axis = (f, x.rank, 1) if x.axis >= f else (0, f, 0)
+        dims = list(shape[lo:hi]) if shape is not None else [None]
+        if any(not isinstance(d, int) for d in dims):
+            ctx.block(x.ids, "Flatten of dimensions that are not known numbers")
+            return
+        ctx.set_out(0, out_axis, _expand(x.ids, dims, x.axis - lo), 2)
+
+
+def _segments(ins: tuple, outs: tuple) -> list[tuple[range, range]] | None:
+    """Align the dims of a reshape into segments of equal size; None if they do not align."""
+    segs: list[tuple[range, range]] = []
+    i = j = 0
+    while i < len(ins) and j < len(outs):
+        if not isinstance(ins[i], int) or not isinstance(outs[j], int):
+            if ins[i] is None or ins[i] != outs[j]:
+                return None
+            segs.append((range(i, i + 1), range(j, j + 1)))
+            i, j = i + 1, j + 1
+            continue
+        i0, j0, pi, pj = i, j, ins[i], outs[j]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            if pi < pj:
+                if i >= len(ins) or not isinstance(ins[i], int):
+                    return None
+                pi, i = pi * ins[i], i + 1
+            else:
+                if j >= len(outs) or not isinstance(outs[j], int):
+                    return None
+                pj, j = pj * outs[j], j + 1
+        segs.append((range(i0, i), range(j0, j)))
+    rest_in, rest_out = ins[i:], outs[j:]
+    if any(d != 1 for d in (*rest_in, *rest_out)):
+        return None
+    if segs and (rest_in or rest_out):
+        a, b = segs[-1]
+        segs[-1] = (range(a.start, len(ins)), range(b.start, len(outs)))
+    return segs
+
+
+@register("Reshape")
+class ReshapeRule(Rule):
+    def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
+        x = ctx.inp(0)
+        const = ctx.const(1)
+        expr = (
+            ctx.view.shape_expr(node.input[1])
+            if const is None
+            else [int(v) for v in const.reshape(-1)]
+        )
+        if ctx.is_const(1):
+            ctx.claim(1)
+        else:
+            ctx.inp(1)
+        if x is None:
+            if const is None:
+                block_tracked_dims(ctx, expr, f"the target of '{ctx.where}' (Reshape)")
+            return
+        ins, outs = ctx.in_shape(0), ctx.out_shape(0)
+        segs = _segments(ins, outs) if ins is not None and outs is not None else None
+        if segs is None or expr is None:
+            ctx.block(x.ids, "Reshape with shapes that onnxprune cannot align")
+            return
+        seg_in, seg_out = next(s for s in segs if x.axis in s[0])
+        din, dout = [ins[i] for i in seg_in], [outs[j] for j in seg_out]
+        if any(not isinstance(d, int) for d in (*din, *dout)):
+            ctx.block(x.ids, "Reshape of the channel axis with symbolic dimensions")
+            return
+        ids = _expand(x.ids, din, x.axis - seg_in.start).reshape(dout)
+        varies = [u for u in range(ids.ndim) if not (ids == np.take(ids, [0], axis=u)).all()]
+        if not varies:
+            ctx.block(x.ids, "Reshape of a single channel")
+            return
+        o = max(varies, key=lambda u: (ids.shape[u], u))
+        for u in varies:
+            if u != o:  # channel split over several axes: tie so that cuts stay rectangular
+                ctx.unify(
+                    ids.ravel(), np.broadcast_to(np.take(ids, [0], axis=u), ids.shape).ravel()
+                )
+        index = tuple(slice(None) if u == o else 0 for u in range(ids.ndim))
+        out_ids = np.ascontiguousarray(ids[index])
+        out_axis = seg_out.start + o
+        identity = x.axis == out_axis and np.array_equal(out_ids, x.ids)
+        allowzero = bool(attr(node, "allowzero", 0))
+        for i, e in enumerate(expr):
+            if e == 0 and not allowzero and i == x.axis and not identity:
+                ctx.block(x.ids, "Reshape copies the channel count (0) to another axis")
+                return
+            if isinstance(e, tuple):
+                ch = ctx.tracked(e[1])
+                follows = ch is not None and ch.axis == e[2]
+                if follows and not (i == out_axis and np.array_equal(ch.ids, out_ids)):
+                    ctx.block(
+                        x.ids, f"Reshape target reads the channel count of '{e[1]}' at run time"
+                    )
+                    ctx.block(
+                        ch.ids, f"Reshape target reads the channel count of '{e[1]}' at run time"
+                    )
+                    return
+        e = expr[out_axis] if out_axis < len(expr) else None
+        if const is None and not (e == -1 or isinstance(e, tuple) or (e == 0 and identity)):
+            ctx.block(x.ids, "Reshape target is computed at run time with a fixed channel count")
+            return
+        ctx.set_out(0, out_axis, out_ids, len(outs))
+
+    def rewrite(self, node: onnx.NodeProto, rw: RewriteContext) -> None:
+        cut = rw.cut(node.output[0])
+        target = rw.constant(node.input[1])
+        if cut is None or target is None:
+            return
+        target = np.array(target, copy=True)
+        if target[cut.axis] > 0:
+            target[cut.axis] = len(cut.kept)
+            rw.set_input(node, 1, target)
+
+
+@register("Shape")
+class ShapeRule(Rule):
+    """Reading a shape is fine unless the channel count flows somewhere we do not check."""
+
+    def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
+        x = ctx.inp(0)
+        if x is None:
+            return
+        start = normalize_axis(int(attr(node, "start", 0)), x.rank)
+        end = attr(node, "end", None)
+        end = x.rank if end is None else min(normalize_axis(int(end), x.rank), x.rank)
+        if not start <= x.axis < end:
+            return
+        bad = follow_dim(ctx.view, node.output[0], ("dim", node.input[0], x.axis))
+        if bad:
+            ctx.block(x.ids, f"the channel count of '{node.input[0]}' is read at run time by {bad}")
+
+
+_SHAPE_ARITH = ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity")
+_CHECKED_SINKS = {("Reshape", 1), ("Resize", 3)}
+
+
+def follow_dim(view: GraphView, tensor: str, elem: tuple) -> str | None:
+    """Where a run-time channel count goes; returns the first place we cannot check, or None.
+
+    Indexing and concatenating shapes are followed; a Reshape target or Resize sizes are
+    checked by their own rules; anything else (arithmetic, ConstantOfShape, a graph output)
+    could size a tensor we do not cut.
+    """
+    todo, seen = [tensor], set()
+    while todo:
+        t = todo.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in view.graph_outputs:
+            return f"the graph output '{t}'"
+        for use in view.uses(t):
+            n = view.nodes[use.node]
+            if (n.op_type, use.index) in _CHECKED_SINKS:
+                continue
+            if n.op_type in _SHAPE_ARITH:
+                expr = view.shape_expr(n.output[0])
+                if expr is None:
+                    return f"'{view.label(use.node)}' ({n.op_type})"
+                if elem in expr:
+                    todo.append(n.output[0])
+                continue
+            return f"'{view.label(use.node)}' ({n.op_type})"
+    return None
+
+
+@register("Expand", "Tile")
+class RepeatRule(Rule):
+    """Broadcasting or tiling other axes is fine; repeating the channel axis blocks."""
+
+    def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
+        x = ctx.inp(0)
+        value = ctx.const(1)
+        if ctx.is_const(1):
+            ctx.claim(1)
+        else:
+            ctx.inp(1)
+        if x is None:
+            if value is None:
+                block_tracked_dims(
+                    ctx, ctx.view.shape_expr(node.input[1]), f"'{ctx.where}' ({node.op_type})"
+                )
+            return
+        if value is None:
+            ctx.block(x.ids, f"{node.op_type} shape is computed at run time")
+            return
+        v = [int(a) for a in value.reshape(-1)]
+        if node.op_type == "Tile":
+            if v[x.axis] != 1:
+                ctx.block(x.ids, "Tile repeats the channel axis")
+                return
+            ctx.set_out(0, x.axis, x.ids, x.rank)
+            return
+        rank = max(x.rank, len(v))
+        axis = x.axis + rank - x.rank
+        e = v[axis - (rank - len(v))] if axis - (rank - len(v)) >= 0 else 1
+        if e != 1 and len(x.ids) != 1:
+            ctx.block(x.ids, "Expand sets the channel count")
+            return
+        ctx.set_out(0, axis, x.ids, rank)
+
+
+@register("Size")
+class SizeRule(Rule):
+    def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
+        ctx.block_inputs("Size counts every element, channels included")

@@ -1,0 +1,254 @@
+"""From scores to a Plan: which slots of which group stay, and what that cuts where.
+
+Pure data in, pure data out; no graph is touched. A ``Plan`` lists, per group, the kept
+slots and, per tensor axis, the kept positions (``params`` for initializers, ``tensors`` for
+activations), so it can be printed, saved as JSON, diffed, and re-applied with
+``onnxprune.rewrite.apply_plan`` without running the analysis again.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from onnxprune.dependency import Group
+from onnxprune.errors import UsageError
+from onnxprune.importance import normalize
+
+DEFAULT_ROUND_TO = 8
+"""Kept channel counts are rounded up to a multiple of this by default: measured with
+``tools/bench_round_to.py`` on onnxruntime CPU (see README), counts that are not multiples
+of 8 can make a pruned model slower than the original."""
+
+SCOPES = ("local", "global")
+
+
+@dataclass
+class GroupPlan:
+    """What happens to one prunable group."""
+
+    id: str
+    members: list[str]
+    slots: int
+    width: int
+    kept: list[int]
+    score_min: float
+    score_mean: float
+    score_max: float
+
+    @property
+    def channels_before(self) -> int:
+        return self.slots * self.width
+
+    @property
+    def channels_after(self) -> int:
+        return len(self.kept) * self.width
+
+
+@dataclass
+class Cut:
+    """Keep ``kept`` of the ``size`` positions on ``axis`` of tensor ``name``."""
+
+    name: str
+    axis: int
+    size: int
+    kept: list[int]
+    role: str
+
+
+@dataclass
+class Plan:
+    groups: list[GroupPlan]
+    params: list[Cut]
+    tensors: list[Cut]
+    blocked: list[dict[str, str]] = field(default_factory=list)
+    settings: dict[str, object] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Plan:
+        return cls(
+            groups=[GroupPlan(**g) for g in d["groups"]],
+            params=[Cut(**c) for c in d["params"]],
+            tensors=[Cut(**c) for c in d["tensors"]],
+            blocked=list(d.get("blocked", [])),
+            settings=dict(d.get("settings", {})),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        return cls.from_dict(json.loads(text))
+
+    @property
+    def empty(self) -> bool:
+        return not self.params and not self.tensors
+
+
+def round_keep(keep: int, slots: int, width: int, round_to: int) -> int:
+    """Round a kept slot count up so that kept *channels* are a multiple of ``round_to``.
+
+    Up, so that no more is pruned than asked; never below ``round_to`` channels; never more
+    than the group has.
+    """
+    if round_to <= 1:
+        return keep
+    step = round_to // math.gcd(round_to, width)
+    return min(slots, max(step, -(-keep // step) * step))
+
+
+def _check(ratio: float, scope: str, round_to: int, max_group_ratio: float) -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise UsageError(f"the structured ratio must be in [0, 1), got {ratio}")
+    if scope not in SCOPES:
+        raise UsageError(f"unknown scope '{scope}' (choose local or global)")
+    if int(round_to) != round_to or round_to < 1:
+        raise UsageError(f"--round-to must be a whole number >= 1, got {round_to}")
+    if not 0.0 < max_group_ratio < 1.0:
+        raise UsageError(f"--max-group-ratio must be in (0, 1), got {max_group_ratio}")
+
+
+def _excluded(g: Group, patterns: Sequence[str]) -> str | None:
+    for pat in patterns:
+        for name in sorted(g.names):
+            if name and fnmatch.fnmatchcase(name, pat):
+                return f"excluded by --exclude '{pat}' (matches '{name}')"
+    return None
+
+
+def _global_removals(
+    groups: list[Group], scores: Mapping[str, np.ndarray], ratio: float, cap: float
+) -> dict[str, int]:
+    """Remove the lowest normalized scores of all groups together, until ``ratio`` of all
+    prunable channels are gone; each group loses at most ``cap`` of its slots, never all."""
+    total = sum(g.slots * g.width for g in groups)
+    target = ratio * total
+    keys, widths = [], []
+    for gi, g in enumerate(groups):
+        norm = normalize(scores[g.id])
+        keys.append(np.stack([norm, np.full(g.slots, gi), np.arange(g.slots)], axis=1))
+        widths.append(g.width)
+    order = np.concatenate(keys)
+    order = order[np.lexsort((order[:, 2], order[:, 1], order[:, 0]))]
+    limit = [min(int(cap * g.slots + 1e-9), g.slots - 1) for g in groups]
+    removed = [0] * len(groups)
+    done = 0.0
+    for gi in order[:, 1].astype(np.int64).tolist():
+        w = widths[gi]
+        if removed[gi] < limit[gi] and done + w <= target + 1e-9:
+            removed[gi] += 1
+            done += w
+            if done >= target - 1e-9:
+                break
+    return {g.id: removed[i] for i, g in enumerate(groups)}
+
+
+def make_plan(
+    groups: Sequence[Group],
+    scores: Mapping[str, np.ndarray],
+    *,
+    ratio: float,
+    scope: str = "local",
+    round_to: int = DEFAULT_ROUND_TO,
+    max_group_ratio: float = 0.9,
+    exclude: Sequence[str] = (),
+) -> Plan:
+    """Choose the kept slots of every prunable group and derive every cut (see module doc)."""
+    _check(ratio, scope, round_to, max_group_ratio)
+    round_to = int(round_to)
+    blocked: list[dict[str, str]] = []
+    prunable: list[Group] = []
+    for g in groups:
+        if g.blocked_reason is not None:
+            if any(m.role == "out" for m in g.members):
+                for where, reason in g.reasons[:3]:
+                    blocked.append({"where": f"{g.id} (at {where})", "reason": reason})
+                if len(g.reasons) > 3:
+                    blocked.append(
+                        {"where": g.id, "reason": f"and {len(g.reasons) - 3} more reasons"}
+                    )
+            continue
+        why = _excluded(g, exclude)
+        if why is not None:
+            blocked.append({"where": g.id, "reason": why})
+            continue
+        prunable.append(g)
+
+    if scope == "global":
+        removals = _global_removals(prunable, scores, ratio, max_group_ratio)
+    else:
+        removals = {g.id: int(ratio * g.slots + 1e-9) for g in prunable}
+
+    plans: list[GroupPlan] = []
+    removed_slots: dict[str, np.ndarray] = {}
+    for g in prunable:
+        s = scores[g.id]
+        keep = max(1, g.slots - removals[g.id])
+        keep = round_keep(keep, g.slots, g.width, round_to)
+        order = np.lexsort((np.arange(g.slots), -s))  # best first, ties by position
+        kept = np.zeros(g.slots, dtype=bool)
+        kept[order[:keep]] = True
+        for subset in g.subsets:  # every tensor that sees part of the group keeps a channel
+            if not kept[subset].any():
+                kept[subset[np.argmax(s[subset])]] = True
+        plans.append(
+            GroupPlan(
+                id=g.id,
+                members=[m.label for m in g.params],
+                slots=g.slots,
+                width=g.width,
+                kept=np.flatnonzero(kept).tolist(),
+                score_min=float(s.min()),
+                score_mean=float(s.mean()),
+                score_max=float(s.max()),
+            )
+        )
+        if not kept.all():
+            removed_slots[g.id] = ~kept
+
+    params, tensors = _cuts([g for g in prunable if g.id in removed_slots], removed_slots)
+    settings = {
+        "ratio": float(ratio),
+        "scope": scope,
+        "round_to": round_to,
+        "max_group_ratio": float(max_group_ratio),
+        "exclude": list(exclude),
+    }
+    return Plan(plans, params, tensors, blocked, settings)
+
+
+def _cuts(
+    groups: list[Group], removed_slots: Mapping[str, np.ndarray]
+) -> tuple[list[Cut], list[Cut]]:
+    """Per tensor axis, the positions that survive every group's cut."""
+    masks: dict[tuple[bool, str, int], np.ndarray] = {}
+    roles: dict[tuple[bool, str, int], str] = {}
+    for g in groups:
+        gone = removed_slots[g.id]
+        for m in g.members:
+            key = (m.role == "act", m.target, m.axis)
+            hit = np.zeros(m.size, dtype=bool)
+            on = m.slot >= 0
+            hit[on] = gone[m.slot[on]]
+            if key in masks:
+                masks[key] |= hit
+            else:
+                masks[key] = hit
+                roles[key] = m.role
+    params, tensors = [], []
+    for key, mask in masks.items():
+        if not mask.any():
+            continue
+        act, name, axis = key
+        cut = Cut(name, axis, len(mask), np.flatnonzero(~mask).tolist(), roles[key])
+        (tensors if act else params).append(cut)
+    return params, tensors

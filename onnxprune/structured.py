@@ -1,0 +1,171 @@
+"""Structured pruning in one call: analyze, score, plan, rewrite.
+
+This is the facade the public API and the CLI call. Each stage stays callable on its own
+(``analyze``, ``score_groups``, ``make_plan``, ``apply_plan``) because later features slot in
+between them: data-aware scores need the groups, reconstruction needs the rewritten model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from onnxprune.dependency import Group, analyze
+from onnxprune.errors import UsageError
+from onnxprune.graph import GraphView
+from onnxprune.importance import CRITERIA, score_groups
+from onnxprune.plan import DEFAULT_ROUND_TO, SCOPES, GroupPlan, Plan, make_plan
+from onnxprune.rewrite import apply_plan
+
+__all__ = [
+    "Group",
+    "Plan",
+    "StructuredOptions",
+    "StructuredResult",
+    "analyze",
+    "apply_plan",
+    "make_plan",
+    "prune_structured",
+    "score_groups",
+]
+
+
+@dataclass
+class StructuredOptions:
+    ratio: float
+    """Fraction of channels to remove, in [0, 1)."""
+    scope: str = "local"
+    """``local``: the ratio applies to each group; ``global``: to all prunable channels
+    ranked together (normalized scores), capped per group by ``max_group_ratio``."""
+    criterion: str = "l1"
+    round_to: int | None = None
+    """None: ``DEFAULT_ROUND_TO`` (measured fastest on onnxruntime); 1: exact counts."""
+    max_group_ratio: float = 0.9
+    exclude: Sequence[str] = ()
+    """fnmatch globs on node or tensor names: groups touching a match stay intact."""
+    seed: int = 0
+    stats: Mapping[str, np.ndarray] | None = None
+    """Per-tensor activation statistics for data-aware criteria; ignored by the others."""
+
+    def validate(self) -> None:
+        """Raise ``UsageError`` (one line) for options that make no sense."""
+        if (
+            isinstance(self.ratio, bool)
+            or not isinstance(self.ratio, int | float)
+            or not 0.0 <= self.ratio < 1.0
+        ):
+            raise UsageError(f"the structured ratio must be in [0, 1), got {self.ratio}")
+        if self.scope not in SCOPES:
+            raise UsageError(f"unknown scope '{self.scope}' (choose local or global)")
+        if self.criterion not in CRITERIA:
+            raise UsageError(
+                f"unknown criterion '{self.criterion}' (choose from {', '.join(CRITERIA)})"
+            )
+        if self.round_to is not None and (
+            isinstance(self.round_to, bool)
+            or not isinstance(self.round_to, int)
+            or self.round_to < 1
+        ):
+            raise UsageError(f"--round-to must be a whole number >= 1, got {self.round_to}")
+        if not 0.0 < self.max_group_ratio < 1.0:
+            raise UsageError(f"--max-group-ratio must be in (0, 1), got {self.max_group_ratio}")
+        if isinstance(self.exclude, str):
+            raise UsageError("exclude must be a list of patterns, not one string")
+
+
+@dataclass
+class StructuredResult:
+    groups: list[GroupPlan]
+    """Every prunable group, with its kept slots."""
+    blocked: list[dict[str, str]]
+    """Each blocked group or place, with a reason a user can read."""
+    settings: dict[str, object] = field(default_factory=dict)
+    plan: Plan | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "scope": self.settings.get("scope"),
+            "criterion": self.settings.get("criterion"),
+            "round_to": int(self.settings.get("round_to", 1)),
+            "ratio": float(self.settings.get("ratio", 0.0)),
+            "groups": [
+                {
+                    "id": g.id,
+                    "members": list(g.members),
+                    "channels_before": g.channels_before,
+                    "channels_after": g.channels_after,
+                    "score_min": g.score_min,
+                    "score_mean": g.score_mean,
+                    "score_max": g.score_max,
+                }
+                for g in self.groups
+            ],
+            "blocked": [dict(b) for b in self.blocked],
+        }
+
+
+def prune_structured(
+    model: onnx.ModelProto, options: StructuredOptions, *, progress: bool = False
+) -> tuple[onnx.ModelProto, StructuredResult]:
+    """Remove whole channels; see issue #3 and the module docstrings of each stage.
+
+    Never mutates ``model``. When nothing can be pruned, ``model`` itself is returned and
+    every reason is in ``result.blocked``; the caller decides whether that is an error.
+    """
+    options.validate()
+    round_to = DEFAULT_ROUND_TO if options.round_to is None else options.round_to
+    bar = _progress(progress)
+    view = GraphView(model)
+    bar("analyze")
+    groups = analyze(model, view=view)
+    bar("score")
+    scores = score_groups(groups, view, options.criterion, options.stats, seed=options.seed)
+    bar("plan")
+    plan = make_plan(
+        groups,
+        scores,
+        ratio=options.ratio,
+        scope=options.scope,
+        round_to=round_to,
+        max_group_ratio=options.max_group_ratio,
+        exclude=options.exclude,
+    )
+    plan.settings["criterion"] = options.criterion
+    if not plan.groups and not plan.blocked:
+        plan.blocked.append(
+            {
+                "where": "model",
+                "reason": "no prunable producer (Conv, ConvTranspose, Gemm or MatMul with a constant weight)",
+            }
+        )
+    result = StructuredResult(plan.groups, plan.blocked, plan.settings, plan)
+    if plan.empty:
+        bar(None)
+        return model, result
+    bar("rewrite")
+    pruned = apply_plan(model, plan, view=view)
+    bar(None)
+    return pruned, result
+
+
+def _progress(enabled: bool):
+    """A tiny stage reporter on tqdm; a no-op when disabled."""
+    if not enabled:
+        return lambda stage: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=4, desc="structured", unit="stage", leave=False)
+
+    def step(stage: str | None) -> None:
+        if stage is None:
+            bar.update(bar.total - bar.n)
+            bar.close()
+        else:
+            if bar.n or stage != "analyze":
+                bar.update(1)
+            bar.set_postfix_str(stage)
+
+    return step

@@ -1,0 +1,329 @@
+"""Tiny ONNX graphs built with ``onnx.helper``, reused by every structured-pruning test.
+
+``Builder`` writes graphs the way exporters do (NCHW, constant weights as initializers,
+random values from a seed); the functions below it are the named blocks the tests and the
+property tests compose: ``conv_bn_relu``, ``residual_block``, ``se_block``, ...
+Every builder returns a checked ``ModelProto`` whose outputs have inferred shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+class Builder:
+    """Accumulates nodes and initializers; ``op`` returns the output name(s)."""
+
+    def __init__(self, seed: int = 0, opset: int = OPSET) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[str] = []
+        self._n = 0
+
+    def name(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}{self._n}"
+
+    def input(self, shape: Sequence[int | str], name: str = "x") -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)))
+        return name
+
+    def const(self, value: np.ndarray | Sequence, name: str | None = None, dtype=None) -> str:
+        arr = np.asarray(value, dtype=dtype)
+        if arr.dtype == np.float64:
+            arr = arr.astype(np.float32)
+        name = name or self.name("c")
+        self.inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def ints(self, values: Sequence[int], name: str | None = None) -> str:
+        return self.const(np.asarray(values, dtype=np.int64), name)
+
+    def rand(
+        self,
+        shape: Sequence[int],
+        name: str | None = None,
+        scale: float = 0.5,
+        positive: bool = False,
+    ) -> str:
+        v = self.rng.standard_normal(shape).astype(np.float32) * scale
+        return self.const(np.abs(v) + 0.1 if positive else v, name)
+
+    def op(
+        self, op_type: str, inputs: Sequence[str], n_out: int = 1, name: str | None = None, **attrs
+    ):
+        name = name or self.name(op_type.lower())
+        outs = [f"{name}_out{i}" if n_out > 1 else f"{name}_out" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=name, **attrs))
+        return outs if n_out > 1 else outs[0]
+
+    # ---- layers -------------------------------------------------------------------
+    def conv(
+        self,
+        x: str,
+        cin: int,
+        cout: int,
+        k: int = 3,
+        group: int = 1,
+        bias: bool = True,
+        stride: int = 1,
+        name: str | None = None,
+    ) -> str:
+        name = name or self.name("conv")
+        w = self.rand([cout, cin // group, k, k], f"{name}.weight")
+        ins = [x, w] + ([self.rand([cout], f"{name}.bias", 0.1)] if bias else [])
+        return self.op(
+            "Conv",
+            ins,
+            name=name,
+            kernel_shape=[k, k],
+            pads=[k // 2] * 4,
+            group=group,
+            strides=[stride, stride],
+        )
+
+    def conv_t(
+        self, x: str, cin: int, cout: int, k: int = 2, group: int = 1, name: str | None = None
+    ) -> str:
+        name = name or self.name("convt")
+        w = self.rand([cin, cout // group, k, k], f"{name}.weight")
+        b = self.rand([cout], f"{name}.bias", 0.1)
+        return self.op(
+            "ConvTranspose", [x, w, b], name=name, kernel_shape=[k, k], strides=[2, 2], group=group
+        )
+
+    def bn(self, x: str, c: int, name: str | None = None) -> str:
+        name = name or self.name("bn")
+        return self.op(
+            "BatchNormalization",
+            [
+                x,
+                self.rand([c], f"{name}.scale", 1.0, positive=True),
+                self.rand([c], f"{name}.bias", 0.2),
+                self.rand([c], f"{name}.mean", 0.2),
+                self.rand([c], f"{name}.var", 0.5, positive=True),
+            ],
+            name=name,
+        )
+
+    def gemm(self, x: str, k: int, n: int, trans_b: bool = True, name: str | None = None) -> str:
+        name = name or self.name("fc")
+        w = self.rand([n, k] if trans_b else [k, n], f"{name}.weight", 0.2)
+        b = self.rand([n], f"{name}.bias", 0.1)
+        return self.op("Gemm", [x, w, b], name=name, transB=int(trans_b))
+
+    def matmul(self, x: str, k: int, n: int, bias: bool = True, name: str | None = None) -> str:
+        name = name or self.name("mm")
+        y = self.op("MatMul", [x, self.rand([k, n], f"{name}.weight", 0.2)], name=name)
+        return self.op("Add", [y, self.rand([n], f"{name}.bias", 0.1)]) if bias else y
+
+    def relu(self, x: str) -> str:
+        return self.op("Relu", [x])
+
+    def build(self, outputs: Sequence[str] | None = None, name: str = "tiny") -> onnx.ModelProto:
+        outputs = list(outputs or self.outputs)
+        graph = helper.make_graph(
+            self.nodes,
+            name,
+            self.inputs,
+            [helper.make_empty_tensor_value_info(o) for o in outputs],
+            self.inits,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+        model.ir_version = 8
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        known = {vi.name: vi for vi in inferred.graph.output}
+        del model.graph.output[:]
+        model.graph.output.extend(known[o] for o in outputs)
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
+
+# ---- named blocks ---------------------------------------------------------------------
+def conv_bn_relu(
+    c_in: int = 3, c_mid: int = 16, c_out: int = 8, hw: int = 8, seed: int = 0
+) -> onnx.ModelProto:
+    """conv-bn-relu -> conv: the first conv's filters are one prunable group."""
+    b = Builder(seed)
+    x = b.input([1, c_in, hw, hw])
+    y = b.relu(b.bn(b.conv(x, c_in, c_mid, name="conv1"), c_mid, name="bn1"))
+    return b.build([b.conv(y, c_mid, c_out, name="conv2")])
+
+
+def residual_block(
+    c: int = 16, hw: int = 8, seed: int = 0, downsample: bool = True
+) -> onnx.ModelProto:
+    """stem -> (conv-bn-relu-conv-bn) + shortcut -> relu -> head conv."""
+    b = Builder(seed)
+    x = b.input([1, 3, hw, hw])
+    stem = b.relu(b.bn(b.conv(x, 3, c, name="stem"), c))
+    y = b.relu(b.bn(b.conv(stem, c, c, name="c1"), c))
+    y = b.bn(b.conv(y, c, 2 * c if downsample else c, name="c2"), 2 * c if downsample else c)
+    short = b.bn(b.conv(stem, c, 2 * c, k=1, name="down"), 2 * c) if downsample else stem
+    out = b.relu(b.op("Add", [y, short]))
+    return b.build([b.conv(out, 2 * c if downsample else c, 4, name="head")])
+
+
+def se_block(
+    c: int = 16, squeeze: int = 8, hw: int = 8, seed: int = 0, gate: str = "Sigmoid"
+) -> onnx.ModelProto:
+    """Squeeze-and-excitation: GAP -> conv -> relu -> conv -> sigmoid, times the input."""
+    b = Builder(seed)
+    x = b.input([1, 3, hw, hw])
+    f = b.relu(b.conv(x, 3, c, name="feat"))
+    s = b.op("GlobalAveragePool", [f])
+    s = b.relu(b.conv(s, c, squeeze, k=1, name="se_reduce"))
+    s = b.op(gate, [b.conv(s, squeeze, c, k=1, name="se_expand")])
+    y = b.op("Mul", [f, s])
+    return b.build([b.conv(y, c, 4, name="head")])
+
+
+def concat_block(hw: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """Two producers concatenated on channels, then one consumer (inception / dense style)."""
+    b = Builder(seed)
+    x = b.input([1, 3, hw, hw])
+    a = b.relu(b.conv(x, 3, 8, name="branch_a"))
+    c = b.relu(b.conv(x, 3, 12, k=1, name="branch_b"))
+    cat = b.op("Concat", [a, c], axis=1)
+    y = b.relu(b.bn(cat, 20, name="bn_cat"))
+    return b.build([b.conv(y, 20, 4, name="head")])
+
+
+def split_block(
+    hw: int = 8, seed: int = 0, opset: int = OPSET, use_slice: bool = False
+) -> onnx.ModelProto:
+    """C2f-style: conv -> split in two -> one half through a bottleneck -> concat all."""
+    b = Builder(seed, opset)
+    x = b.input([1, 3, hw, hw])
+    y = b.op("Sigmoid", [b.conv(x, 3, 16, k=1, name="cv1")])
+    if use_slice:
+        y0 = b.op("Slice", [y, b.ints([0]), b.ints([6]), b.ints([1])])
+        y1 = b.op("Slice", [y, b.ints([6]), b.ints([16]), b.ints([1])])
+        sizes = (6, 10)
+    elif opset >= 13:
+        y0, y1 = b.op("Split", [y, b.ints([6, 10])], n_out=2, axis=1)
+        sizes = (6, 10)
+    else:
+        y0, y1 = b.op("Split", [y], n_out=2, axis=1, split=[8, 8])
+        sizes = (8, 8)
+    m = b.relu(b.conv(y1, sizes[1], 8, name="m1"))
+    m = b.conv(m, 8, sizes[1], name="m2")
+    m = b.op("Add", [m, y1])
+    cat = b.op("Concat", [y0, y1, m], axis=1)
+    return b.build([b.conv(cat, sizes[0] + 2 * sizes[1], 4, k=1, name="cv2")])
+
+
+def depthwise_block(hw: int = 8, seed: int = 0, multiplier: int = 1) -> onnx.ModelProto:
+    """MobileNet-style: expand -> depthwise -> project."""
+    b = Builder(seed)
+    x = b.input([1, 3, hw, hw])
+    e = (
+        b.op("Clip", [b.bn(b.conv(x, 3, 16, k=1, name="expand"), 16)], min=0.0, max=6.0)
+        if b.opset < 11
+        else b.op(
+            "Clip",
+            [
+                b.bn(b.conv(x, 3, 16, k=1, name="expand"), 16),
+                b.const(np.float32(0)),
+                b.const(np.float32(6)),
+            ],
+        )
+    )
+    d = b.relu(b.bn(b.conv(e, 16, 16 * multiplier, group=16, name="dw"), 16 * multiplier))
+    return b.build([b.conv(d, 16 * multiplier, 4, k=1, name="project")])
+
+
+def grouped_block(hw: int = 8, seed: int = 0, groups: int = 4) -> onnx.ModelProto:
+    """ResNeXt-style: 1x1 -> grouped 3x3 -> 1x1."""
+    b = Builder(seed)
+    x = b.input([1, 3, hw, hw])
+    a = b.relu(b.conv(x, 3, 16, k=1, name="reduce"))
+    g = b.relu(b.bn(b.conv(a, 16, 16, group=groups, name="grouped"), 16))
+    return b.build([b.conv(g, 16, 4, k=1, name="expand")])
+
+
+def flatten_gemm(hw: int = 4, seed: int = 0, reshape: str | None = None) -> onnx.ModelProto:
+    """conv -> (Flatten | Reshape) -> Gemm: channel c owns rows c*HW..(c+1)*HW."""
+    b = Builder(seed)
+    x = b.input([1, 3, hw, hw])
+    f = b.relu(b.conv(x, 3, 8, name="conv"))
+    if reshape is None:
+        flat = b.op("Flatten", [f], axis=1)
+    elif reshape == "const":
+        flat = b.op("Reshape", [f, b.ints([1, 8 * hw * hw])])
+    elif reshape == "minus1":
+        flat = b.op("Reshape", [f, b.ints([1, -1])])
+    else:  # computed like torch's x.view(x.size(0), -1)
+        shape = b.op("Shape", [f])
+        n = b.op("Unsqueeze", [b.op("Gather", [shape, b.const(np.int64(0))], axis=0), b.ints([0])])
+        flat = b.op("Reshape", [f, b.op("Concat", [n, b.ints([-1])], axis=0)])
+    h = b.relu(b.gemm(flat, 8 * hw * hw, 6, name="fc1"))
+    return b.build([b.gemm(h, 6, 3, name="fc2")])
+
+
+def mlp_block(seed: int = 0, tokens: int = 5, dim: int = 8, hidden: int = 16) -> onnx.ModelProto:
+    """Transformer-style MLP on [N, T, D]: MatMul+Add -> GELU(erf) -> MatMul+Add."""
+    b = Builder(seed)
+    x = b.input([1, tokens, dim])
+    h = b.matmul(x, dim, hidden, name="fc1")
+    g = b.op(
+        "Mul",
+        [
+            b.op(
+                "Mul",
+                [
+                    h,
+                    b.op(
+                        "Add",
+                        [
+                            b.op("Erf", [b.op("Div", [h, b.const(np.float32(1.4142135))])]),
+                            b.const(np.float32(1.0)),
+                        ],
+                    ),
+                ],
+            ),
+            b.const(np.float32(0.5)),
+        ],
+    )
+    return b.build([b.matmul(g, hidden, dim, name="fc2")])
+
+
+def unet_block(hw: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """Encoder conv -> pool -> conv -> ConvTranspose up -> concat with the skip -> conv."""
+    b = Builder(seed)
+    x = b.input([1, 3, hw, hw])
+    e1 = b.relu(b.conv(x, 3, 8, name="enc1"))
+    p = b.op("MaxPool", [e1], kernel_shape=[2, 2], strides=[2, 2])
+    e2 = b.relu(b.conv(p, 8, 16, name="enc2"))
+    up = b.conv_t(e2, 16, 8, name="up")
+    cat = b.op("Concat", [up, e1], axis=1)
+    d = b.relu(b.conv(cat, 16, 8, name="dec"))
+    return b.build([b.conv(d, 8, 2, k=1, name="out")])
+
+
+def chain(
+    ops: Sequence[tuple[str, dict]],
+    hw: int = 8,
+    seed: int = 0,
+    c: int = 8,
+    opset: int = OPSET,
+    extra_inputs=None,
+) -> onnx.ModelProto:
+    """conv -> each op in ``ops`` (single input, attributes as given) -> conv."""
+    b = Builder(seed, opset)
+    x = b.input([1, 3, hw, hw])
+    y = b.conv(x, 3, c, name="producer")
+    for op, attrs in ops:
+        attrs = dict(attrs)
+        ins = [y] + [b.const(v) if not isinstance(v, str) else v for v in attrs.pop("_inputs", [])]
+        y = b.op(op, ins, **attrs)
+    return b.build([b.conv(y, c, 4, k=1, name="consumer")])

@@ -1,0 +1,180 @@
+"""Oracles for structured pruning, independent of the rewrite.
+
+Exactness: removing channels must equal, in the *original* model, zeroing those channels'
+contributions — the consumers' input slices (Conv ``weight[:, c]``, Gemm/MatMul rows, the HW
+row blocks after a Flatten). The zeroed model is built from the plan's ``in`` cuts alone, not
+by re-running any rewrite, and both run in onnxruntime on random inputs.
+
+Planted dead: zero whole channels (filters, per-channel parameters, consumer slices) so that
+they are provably useless, prune globally with exact counts below the planted fraction: the
+outputs must not move, and every removed channel must be a planted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from onnxprune.dependency import Group, analyze
+from onnxprune.plan import Plan
+from onnxprune.structured import StructuredOptions, prune_structured
+
+_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+}
+
+
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        t = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
+        feeds[vi.name] = rng.standard_normal(shape).astype(_TYPES[t.elem_type])
+    return feeds
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return session(model).run(None, feeds)
+
+
+def assert_close(ref: Sequence[np.ndarray], got: Sequence[np.ndarray], rtol: float = 1e-5) -> None:
+    """Equal to ``rtol`` relative to each output's scale (max |ref|)."""
+    assert len(ref) == len(got)
+    for i, (r, g) in enumerate(zip(ref, got, strict=True)):
+        assert r.shape == g.shape, f"output {i}: shape {g.shape} != {r.shape}"
+        scale = max(float(np.max(np.abs(r))), 1e-6) if r.size else 1.0
+        err = float(np.max(np.abs(r.astype(np.float64) - g))) if r.size else 0.0
+        assert err <= rtol * scale, f"output {i}: max error {err:.3g} > {rtol} * {scale:.3g}"
+
+
+def zeroed(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
+    """The original model with the removed channels' input slices zeroed at every consumer."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    for cut in plan.params:
+        if cut.role != "in":
+            continue
+        t = inits[cut.name]
+        arr = numpy_helper.to_array(t).copy()
+        gone = np.setdiff1d(np.arange(cut.size), cut.kept)
+        index = [slice(None)] * arr.ndim
+        index[cut.axis] = gone
+        arr[tuple(index)] = 0
+        t.CopyFrom(numpy_helper.from_array(arr, cut.name))
+    return out
+
+
+def assert_exact(
+    model: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    plan: Plan,
+    *,
+    seeds: Sequence[int] = (0, 1),
+    rtol: float = 1e-5,
+) -> None:
+    """The exactness oracle, plus the invariants every rewrite must keep."""
+    onnx.checker.check_model(pruned, full_check=True)
+    assert [(i.name, i.type) for i in pruned.graph.input] == [
+        (i.name, i.type) for i in model.graph.input
+    ]
+    assert [(o.name, o.type) for o in pruned.graph.output] == [
+        (o.name, o.type) for o in model.graph.output
+    ]
+    ref_model = zeroed(model, plan)
+    for seed in seeds:
+        feeds = random_feeds(model, seed)
+        assert_close(run(ref_model, feeds), run(pruned, feeds), rtol)
+
+
+def prune_exact(
+    model: onnx.ModelProto, ratio: float = 0.5, *, expect_pruned: bool = True, **kw
+) -> tuple[onnx.ModelProto, Plan]:
+    """Prune with exact counts and check the exactness oracle; returns (pruned, plan)."""
+    kw.setdefault("round_to", 1)
+    pruned, result = prune_structured(model, StructuredOptions(ratio=ratio, **kw))
+    plan = result.plan
+    if expect_pruned:
+        assert not plan.empty, f"nothing was pruned; blocked: {result.blocked}"
+    assert_exact(model, pruned, plan)
+    return pruned, plan
+
+
+def plant_dead(
+    model: onnx.ModelProto, fraction: float, seed: int = 0
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray], list[Group]]:
+    """Zero ``fraction`` of the slots of every prunable group in every scored member.
+
+    Returns the planted model, the planted slots per group id, and the groups.
+    """
+    groups = analyze(model)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    rng = np.random.default_rng(seed)
+    planted: dict[str, np.ndarray] = {}
+    values: dict[str, np.ndarray] = {}
+    for g in groups:
+        if g.blocked_reason is not None:
+            continue
+        n = int(np.ceil(fraction * g.slots))
+        if n == 0 or n >= g.slots:
+            continue
+        dead = rng.choice(g.slots, size=n, replace=False)
+        planted[g.id] = np.sort(dead)
+        for m in g.members:
+            if m.role in ("act", "stat"):
+                continue
+            arr = values.setdefault(m.target, numpy_helper.to_array(inits[m.target]).copy())
+            pos = np.flatnonzero(np.isin(m.slot, dead))
+            index = [slice(None)] * arr.ndim
+            index[m.axis] = pos
+            arr[tuple(index)] = 0
+    for name, arr in values.items():
+        inits[name].CopyFrom(numpy_helper.from_array(arr, name))
+    return out, planted, groups
+
+
+def assert_planted_dead(
+    model: onnx.ModelProto,
+    fraction: float = 0.5,
+    ratio: float = 0.3,
+    criterion: str = "l1",
+    seed: int = 0,
+) -> Plan:
+    """Prune only planted channels (global scope, exact counts): outputs unchanged."""
+    planted_model, planted, _ = plant_dead(model, fraction, seed)
+    assert planted, "no prunable group to plant in"
+    pruned, result = prune_structured(
+        planted_model,
+        StructuredOptions(ratio=ratio, scope="global", round_to=1, criterion=criterion),
+    )
+    plan = result.plan
+    assert not plan.empty, f"nothing was pruned; blocked: {result.blocked}"
+    for gp in plan.groups:
+        removed = np.setdiff1d(np.arange(gp.slots), gp.kept)
+        assert np.isin(removed, planted.get(gp.id, [])).all(), (
+            f"{gp.id}: pruned live channels {removed}"
+        )
+    feeds = random_feeds(model, seed)
+    assert_close(run(planted_model, feeds), run(pruned, feeds))
+    return plan
