@@ -81,7 +81,51 @@ def zeroed(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
         index[cut.axis] = gone
         arr[tuple(index)] = 0
         t.CopyFrom(numpy_helper.from_array(arr, cut.name))
+    _mask_contractions(out, plan)
     return out
+
+
+def _mask_contractions(model: onnx.ModelProto, plan: Plan) -> None:
+    """A MatMul of two computed tensors consumes channels without a weight (q @ k^T):
+    zero the removed channels of its left operand with a mask instead."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {
+        vi.name: len(vi.type.tensor_type.shape.dim)
+        for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    }
+    consts = {t.name for t in model.graph.initializer}
+    cuts = {c.name: c for c in plan.tensors}
+    for node in list(model.graph.node):
+        a = node.input[0] if node.op_type == "MatMul" else ""
+        cut = cuts.get(a)
+        if cut is None or node.input[1] in consts or cut.axis != ranks.get(a, -1) - 1:
+            continue
+        mask = np.zeros(cut.size, dtype=np.float32)
+        mask[cut.kept] = 1
+        name = f"{a}__oracle_mask"
+        model.graph.initializer.append(numpy_helper.from_array(mask, name))
+        model.graph.node.append(onnx.helper.make_node("Mul", [a, name], [f"{a}__masked"]))
+        node.input[0] = f"{a}__masked"
+    onnx_sort(model)
+
+
+def onnx_sort(model: onnx.ModelProto) -> None:
+    """Topologically sort the nodes (the oracle appends mask nodes at the end)."""
+    nodes = list(model.graph.node)
+    known = {t.name for t in model.graph.initializer} | {i.name for i in model.graph.input} | {""}
+    ordered = []
+    while nodes:
+        rest = []
+        for n in nodes:
+            if all(i in known for i in n.input):
+                ordered.append(n)
+                known.update(n.output)
+            else:
+                rest.append(n)
+        assert len(rest) < len(nodes), "cycle"
+        nodes = rest
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
 
 
 def assert_exact(
