@@ -111,7 +111,7 @@ class GraphView:
         self.model = model
         g = model.graph
         self.opset = default_opset(model)
-        self.nodes: list[onnx.NodeProto] = list(g.node)
+        self.nodes: list[onnx.NodeProto] = _toposorted(g)
         self.graph_inputs: list[str] = [vi.name for vi in g.input]
         self.graph_outputs: list[str] = [vi.name for vi in g.output]
         overridable = set(self.graph_inputs)
@@ -289,6 +289,33 @@ class GraphView:
 
     def names_of(self, indices: Iterable[int]) -> list[str]:
         return [self.label(i) for i in indices]
+
+
+def _toposorted(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes in an order where producers come first (ONNX requires it; some tools do
+    not comply). Cheap when already sorted: one pass."""
+    nodes = list(graph.node)
+    known = {t.name for t in graph.initializer} | {vi.name for vi in graph.input} | {""}
+    for n in nodes:
+        if not all(i in known for i in n.input):
+            break
+        known.update(n.output)
+    else:
+        return nodes
+    produced = {o for n in nodes for o in n.output}
+    known = {t.name for t in graph.initializer} | {vi.name for vi in graph.input} | {""}
+    known |= {i for n in nodes for i in n.input if i not in produced}  # outer-scope names
+    ordered: list[onnx.NodeProto] = []
+    while nodes:
+        rest = [n for n in nodes if not all(i in known for i in n.input)]
+        ready = [n for n in nodes if all(i in known for i in n.input)]
+        if not ready:
+            raise OnnxPruneError("the graph has a cycle")
+        for n in ready:
+            ordered.append(n)
+            known.update(n.output)
+        nodes = rest
+    return ordered
 
 
 def attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
