@@ -130,6 +130,8 @@ def _global_removals(
 ) -> dict[str, int]:
     """Remove the lowest normalized scores of all groups together, until ``ratio`` of all
     prunable channels are gone; each group loses at most ``cap`` of its slots, never all."""
+    if not groups:
+        return {}
     total = sum(g.slots * g.width for g in groups)
     target = ratio * total
     keys, widths = [], []

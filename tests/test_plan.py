@@ -174,3 +174,11 @@ def test_nothing_prunable_returns_the_model_with_reasons():
     x = b.input([1, 3])
     out, res = prune_structured(b.build([b.op("Relu", [x])]), StructuredOptions(0.5))
     assert "no prunable producer" in res.blocked[0]["reason"]
+
+
+def test_global_with_nothing_prunable():
+    b = Builder()
+    x = b.input([1, 3, 6, 6])
+    model = b.build([b.conv(x, 3, 4, name="only")])
+    out, res = prune_structured(model, StructuredOptions(0.5, scope="global"))
+    assert out is model and res.plan.empty
