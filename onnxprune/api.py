@@ -152,6 +152,10 @@ def _prune(
     with stages.stage("load"):
         if isinstance(model, onnx.ModelProto):
             original, input_path, used_external = model, None, False
+            if io.needs_normalization(original):
+                original = onnx.ModelProto()
+                original.CopyFrom(model)  # never modify the caller's model
+                report.notes.extend(io.normalize_model(original))
             size_before = original.ByteSize() if not io.model_needs_external_data(original) else 0
         else:
             loaded = io.load_model(model)

@@ -217,18 +217,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
             f"file{'s' if len(data_files) != 1 else ''} ({names})"
         )
 
-    if model.ir_version < 4:
-        notes.append(
-            f"IR version {model.ir_version} predates separate initializers; "
-            "Constant nodes were left as they are"
-        )
-    else:
-        converted = _constants_to_initializers(model.graph)
-        if converted:
-            notes.append(
-                f"{converted} Constant-node weight{'s' if converted != 1 else ''} "
-                "converted to initializers"
-            )
+    notes.extend(normalize_model(model))
 
     opset_note = _opset_note(model)
     if opset_note:
@@ -404,6 +393,76 @@ def _constants_to_initializers(graph: onnx.GraphProto) -> int:
     for index in reversed(converted):
         del graph.node[index]
     return len(converted)
+
+
+#: Initializers up to this size that reach a node through an Identity are given their own copy.
+#: Exporters deduplicate equal tensors (e.g. the all-zero biases of freshly folded BatchNorms)
+#: behind Identity nodes; left alone, every consumer would look like a shared weight that
+#: cannot be pruned on its own. Large tensors shared this way (tied embeddings) stay shared.
+IDENTITY_FOLD_MAX_BYTES = 1 << 20
+
+
+def _identities_to_initializers(graph: onnx.GraphProto) -> int:
+    """Give each small initializer read through an Identity node its own initializer."""
+    inits = {t.name: t for t in graph.initializer}
+    taken = set(inits) | {i.name for i in graph.input}
+    graph_outputs = {o.name for o in graph.output}
+    folded: list[int] = []
+    for index, node in enumerate(graph.node):
+        if node.op_type != "Identity" or node.domain not in _DEFAULT_DOMAINS:
+            continue
+        if len(node.input) != 1 or len(node.output) != 1 or node.input[0] not in inits:
+            continue
+        name = node.output[0]
+        source = inits[node.input[0]]
+        if name in taken or name in graph_outputs or _is_external(source):
+            continue
+        if _tensor_nbytes(source) > IDENTITY_FOLD_MAX_BYTES:
+            continue
+        init = graph.initializer.add()
+        init.CopyFrom(source)
+        init.name = name
+        taken.add(name)
+        folded.append(index)
+    for index in reversed(folded):
+        del graph.node[index]
+    return len(folded)
+
+
+def normalize_model(model: onnx.ModelProto) -> list[str]:
+    """Make weights visible as initializers, in place; returns notes for the report.
+
+    Constant-node weights (Paddle and older exports) become initializers, and small
+    initializers that exporters deduplicated behind Identity nodes get their own copy.
+    """
+    notes: list[str] = []
+    if model.ir_version < 4:
+        notes.append(
+            f"IR version {model.ir_version} predates separate initializers; "
+            "Constant nodes were left as they are"
+        )
+        return notes
+    converted = _constants_to_initializers(model.graph)
+    if converted:
+        notes.append(
+            f"{converted} Constant-node weight{'s' if converted != 1 else ''} "
+            "converted to initializers"
+        )
+    folded = _identities_to_initializers(model.graph)
+    if folded:
+        notes.append(
+            f"{folded} deduplicated initializer{'s' if folded != 1 else ''} "
+            "(read through Identity nodes) given their own copy"
+        )
+    return notes
+
+
+def needs_normalization(model: onnx.ModelProto) -> bool:
+    """Whether ``normalize_model`` would change anything (cheap: looks at node types only)."""
+    return any(
+        n.op_type in ("Constant", "Identity") and n.domain in _DEFAULT_DOMAINS
+        for n in model.graph.node
+    )
 
 
 def _opset_note(model: onnx.ModelProto) -> str | None:

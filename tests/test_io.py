@@ -578,3 +578,34 @@ def test_input_is_never_modified(tmp_path: Path) -> None:
     io.save_model(loaded.model, tmp_path / "in.pruned.onnx")
     after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in before}
     assert after == before
+
+
+def test_identity_deduplicated_initializers_get_their_own_copy(tmp_path):
+    """TorchScript exports share equal tensors (zero biases) through Identity nodes."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(size=(4, 3, 1, 1)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(size=(4, 4, 1, 1)).astype(np.float32), "w2")
+    b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
+    nodes = [
+        helper.make_node("Identity", ["b"], ["b_copy"], name="dedup"),
+        helper.make_node("Conv", ["x", "w1", "b"], ["h"], name="c1"),
+        helper.make_node("Conv", ["h", "w2", "b_copy"], ["y"], name="c2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dedup",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+        initializer=[w1, w2, b],
+    )
+    path = tmp_path / "dedup.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    loaded = io.load_model(path)
+    assert [n.op_type for n in loaded.model.graph.node] == ["Conv", "Conv"]
+    assert {"b", "b_copy"} <= {t.name for t in loaded.model.graph.initializer}
+    assert any("deduplicated" in n for n in loaded.notes)
+    onnx.checker.check_model(loaded.model, full_check=True)
+    feeds = {"x": rng.normal(size=(1, 3, 4, 4)).astype(np.float32)}
+    ref = ort.InferenceSession(str(path)).run(None, feeds)[0]
+    got = ort.InferenceSession(loaded.model.SerializeToString()).run(None, feeds)[0]
+    np.testing.assert_array_equal(ref, got)
