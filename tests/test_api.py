@@ -1,0 +1,110 @@
+"""The library API as a deployment pipeline uses it."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from test_cli import small_cnn
+
+import onnxprune
+from onnxprune import OnnxPruneError, UsageError, prune
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def test_in_memory_model_is_not_modified_and_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = small_cnn()
+    snapshot = model.SerializeToString()
+    result = prune(model, unstructured=0.5, runs=5)
+    assert model.SerializeToString() == snapshot
+    assert list(tmp_path.iterdir()) == []
+    assert result.output_path is None
+    assert isinstance(result.model, onnx.ModelProto)
+    r = result.report.to_dict()
+    assert r["nonzero_after"] < r["nonzero_before"]
+    assert r["validation"]["max_abs_diff"] > 0
+
+
+def test_validation_of_identical_weights_reports_zero_drift():
+    """With nothing zeroed (ratio 0) the pruned model is the original: drift must be exactly 0."""
+    result = prune(small_cnn(), unstructured=0.0, runs=5)
+    v = result.report.validation
+    assert v["max_abs_diff"] == 0.0
+    assert v["cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert v["latency_ms_before"] > 0 and v["latency_ms_after"] > 0
+
+
+def test_constant_node_weights_are_pruned(tmp_path):
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 16)).astype(np.float32)
+    nodes = [
+        helper.make_node(
+            "Constant", [], ["w"], name="const_w", value=numpy_helper.from_array(w, "w")
+        ),
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+    ]
+    graph = helper.make_graph(
+        nodes, "c", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16])],
+    )  # fmt: skip
+    path = tmp_path / "const.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    result = prune(path, unstructured=0.75, output=tmp_path / "out.onnx", runs=5)
+    saved = onnx.load(tmp_path / "out.onnx")
+    weights = [numpy_helper.to_array(t) for t in saved.graph.initializer if t.name == "w"]
+    assert len(weights) == 1 and np.count_nonzero(weights[0] == 0) == round(0.75 * w.size)
+    assert result.report.unstructured["tensors"][0]["tensor"] == "w"
+
+
+def test_structured_through_the_api_shrinks_and_keeps_io(tmp_path):
+    model = small_cnn()
+    result = prune(model, structured=0.5, round_to=1, runs=5)
+    pruned = result.model
+    onnx.checker.check_model(pruned, full_check=True)
+    assert [i.name for i in pruned.graph.input] == ["x"]
+    assert [o.name for o in pruned.graph.output] == ["y"]
+    r = result.report.to_dict()
+    assert r["params_after"] < r["params_before"]
+    assert r["macs_after"] < r["macs_before"]
+    assert r["structured"]["groups"]
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    assert _run(pruned, x).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"unstructured": 1.0},
+        {"structured": -0.2},
+        {"nm": "2:2"},
+        {"unstructured": 0.5, "nm": "2:4"},
+        {"unstructured": 0.5, "scope": "everywhere"},
+        {"structured": 0.3, "criterion": "vibes"},
+        {"structured": 0.3, "round_to": 0},
+        {"unstructured": 0.5, "providers": "tpu"},
+    ],
+)
+def test_bad_options_raise_usage_error(kwargs):
+    with pytest.raises(UsageError):
+        prune(small_cnn(), **kwargs)
+
+
+def test_model_problems_raise_onnxprune_error(tmp_path):
+    with pytest.raises(OnnxPruneError) as info:
+        prune(tmp_path / "nope.onnx", unstructured=0.5)
+    assert not isinstance(info.value, UsageError)
+
+
+def test_public_names():
+    assert onnxprune.prune is prune
+    assert {"prune", "PruneResult", "Report", "OnnxPruneError", "UsageError"} <= set(
+        onnxprune.__all__
+    )

@@ -1,0 +1,284 @@
+"""The command line as a user meets it: the happy path, and every bad input ending in one
+`error:` line, the right exit code, no traceback, the input untouched and no output left."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.cli import main
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def small_cnn(seed: int = 0) -> onnx.ModelProto:
+    """Conv(3->16)+Relu -> Conv(16->16) -> GlobalAveragePool -> Flatten -> Gemm(16->10)."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(16, 3, 3, 3)).astype(np.float32), "c1.w"),
+        numpy_helper.from_array(rng.normal(size=(16,)).astype(np.float32), "c1.b"),
+        numpy_helper.from_array(rng.normal(size=(16, 16, 3, 3)).astype(np.float32), "c2.w"),
+        numpy_helper.from_array(rng.normal(size=(10, 16)).astype(np.float32), "fc.w"),
+        numpy_helper.from_array(rng.normal(size=(10,)).astype(np.float32), "fc.b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "c1.w", "c1.b"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "c2.w"], ["b"], name="c2", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["b"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture
+def cnn_path(tmp_path: Path) -> Path:
+    p = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn(), p)
+    return p
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_unstructured_happy_path_writes_validated_output_and_report(cnn_path, tmp_path, capsys):
+    report = tmp_path / "r.json"
+    code, out, err = run_cli(
+        [cnn_path, "--unstructured", "0.5", "--report", report, "--runs", "5"], capsys
+    )
+    assert code == 0, err
+    out_path = tmp_path / "cnn.pruned.onnx"
+    assert out_path.exists()
+    data = json.loads(report.read_text())
+    for key in (
+        "params_before", "params_after", "nonzero_before", "nonzero_after", "macs_before",
+        "macs_after", "size_bytes_before", "size_bytes_after",
+    ):  # fmt: skip
+        assert isinstance(data[key], int), key
+    assert data["params_after"] == data["params_before"]
+    # 50% of the three weight tensors (432 + 2304 + 160 = 2896) are zeroed; biases stay
+    assert data["nonzero_before"] - data["nonzero_after"] == round(0.5 * 432) + round(
+        0.5 * 2304
+    ) + round(0.5 * 160)
+    v = data["validation"]
+    for key in ("provider", "max_abs_diff", "cosine", "latency_ms_before", "latency_ms_after"):
+        assert key in v
+    assert v["provider"] == "CPUExecutionProvider"
+    assert v["max_abs_diff"] > 0  # zeroing half the weights changes the answer, and we see it
+    assert -1.0 <= v["cosine"] < 1.0
+    assert "nonzero params" in out and "validation on CPUExecutionProvider" in out
+
+
+def test_nm_happy_path_and_inspect_reports_pattern(cnn_path, tmp_path, capsys):
+    out_path = tmp_path / "nm.onnx"
+    code, _, err = run_cli([cnn_path, "--nm", "2:4", "-o", out_path, "--no-validate"], capsys)
+    assert code == 0, err
+    code, out, _ = run_cli(["inspect", out_path], capsys)
+    assert code == 0
+    # c1 has Cin=3 (not a multiple of 4): n/a; c2 (Cin 16) and fc (K 16) satisfy 2:4
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert lines["c1.w"].rstrip().endswith("n/a")
+    assert lines["c2.w"].rstrip().endswith("yes")
+    assert lines["fc.w"].rstrip().endswith("yes")
+    code, out, _ = run_cli(["inspect", cnn_path], capsys)
+    assert (
+        {line.split()[0]: line for line in out.splitlines() if line.strip()}["c2.w"]
+        .rstrip()
+        .endswith("no")
+    )
+
+
+def _assert_clean_failure(code, out, err, expected_code, folder, before_files, inputs=()):
+    assert code == expected_code, (code, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in err + out
+    assert sorted(p.name for p in folder.iterdir()) == before_files  # no output, no temp folder
+    for path, sha in inputs:
+        assert digest(path) == sha
+
+
+def make_quantized_model() -> onnx.ModelProto:
+    wq = numpy_helper.from_array(np.arange(-32, 32, dtype=np.int8).reshape(4, 16), "wq")
+    nodes = [
+        helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["w"], name="dq"),
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+    ]
+    inits = [
+        wq,
+        numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+        numpy_helper.from_array(np.array(0, np.int8), "z"),
+    ]
+    graph = helper.make_graph(
+        nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16])], initializer=inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def make_no_weights_model() -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def make_unrunnable_model() -> onnx.ModelProto:
+    """Parses and has a prunable Conv, but uses an operator onnxruntime does not know."""
+    model = small_cnn()
+    model.graph.node[1].op_type = "NoSuchRelu"
+    return model
+
+
+def make_external_model(folder: Path, location: str) -> Path:
+    model = small_cnn()
+    onnx.save(model, folder / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.onnx.data", size_threshold=0)  # fmt: skip
+    if location != "ext.onnx.data":
+        m = onnx.load(folder / "ext.onnx", load_external_data=False)
+        for t in m.graph.initializer:
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = location
+        onnx.save(m, folder / "ext.onnx")
+    return folder / "ext.onnx"
+
+
+@pytest.mark.parametrize(
+    "case, expected_code, needle",
+    [
+        ("not_a_file", 1, "not a file"),
+        ("directory", 1, "not a file"),
+        ("not_onnx", 1, "not a valid ONNX"),
+        ("truncated", 1, "not a valid ONNX"),
+        ("missing_external", 1, "ext.onnx.data"),
+        ("traversal", 1, "outside"),
+        ("ratio_high", 2, "--unstructured"),
+        ("ratio_negative", 2, "--structured"),
+        ("bad_nm", 2, "N:M"),
+        ("output_is_input", 2, "input"),
+        ("unwritable_folder", 1, "cannot write"),
+        ("no_weights", 1, "no prunable weights"),
+        ("quantized", 1, "quantized"),
+        ("unrunnable", 1, "onnxruntime cannot run"),
+        ("nothing_to_do", 2, "nothing to do"),
+        ("unknown_option", 2, "--frobnicate"),
+    ],
+)
+def test_bad_input_gives_one_error_line(case, expected_code, needle, tmp_path, capsys):
+    model_path = tmp_path / "m.onnx"
+    args_tail = ["--unstructured", "0.5"]
+    out_arg: list = []
+    inputs = []
+    if case == "not_a_file":
+        model_path = tmp_path / "missing.onnx"
+    elif case == "directory":
+        model_path = tmp_path / "adir.onnx"
+        model_path.mkdir()
+    elif case == "not_onnx":
+        model_path.write_text("hello, I am not a model\n" * 20)
+    elif case == "truncated":
+        data = small_cnn().SerializeToString()
+        model_path.write_bytes(data[: len(data) // 2])
+    elif case == "missing_external":
+        model_path = make_external_model(tmp_path, "ext.onnx.data")
+        (tmp_path / "ext.onnx.data").unlink()
+    elif case == "traversal":
+        sub = tmp_path / "sub"
+        sub.mkdir()
+        make_external_model(sub, "ext.onnx.data")
+        (sub / "ext.onnx.data").rename(tmp_path / "secret.data")
+        model_path = make_external_model(sub, "../secret.data")
+        tmp_path = sub  # the folder that must stay clean
+    elif case in ("ratio_high", "ratio_negative"):
+        onnx.save(small_cnn(), model_path)
+        args_tail = ["--unstructured", "1.0"] if case == "ratio_high" else ["--structured", "-0.1"]
+    elif case == "bad_nm":
+        onnx.save(small_cnn(), model_path)
+        args_tail = ["--nm", "4:2"]
+    elif case == "output_is_input":
+        onnx.save(small_cnn(), model_path)
+        out_arg = ["-o", model_path]
+    elif case == "unwritable_folder":
+        onnx.save(small_cnn(), model_path)
+        out_arg = ["-o", tmp_path / "no" / "such" / "dir" / "out.onnx"]
+    elif case == "no_weights":
+        onnx.save(make_no_weights_model(), model_path)
+    elif case == "quantized":
+        onnx.save(make_quantized_model(), model_path)
+    elif case == "unrunnable":
+        onnx.save(make_unrunnable_model(), model_path)
+    elif case == "nothing_to_do":
+        onnx.save(small_cnn(), model_path)
+        args_tail = []
+    elif case == "unknown_option":
+        onnx.save(small_cnn(), model_path)
+        args_tail = ["--frobnicate"]
+    folder = model_path.parent if model_path.parent.exists() else tmp_path
+    if case == "traversal":
+        folder = model_path.parent
+    before_files = sorted(p.name for p in folder.iterdir())
+    if model_path.is_file():
+        inputs = [(model_path, digest(model_path))]
+    code, out, err = run_cli([model_path, *args_tail, *out_arg, "--runs", "5"], capsys)
+    _assert_clean_failure(code, out, err, expected_code, folder, before_files, inputs)
+    assert needle.lower() in err.lower(), err
+
+
+def test_force_allows_overwriting_the_input(cnn_path, capsys):
+    code, _, err = run_cli(
+        [cnn_path, "--unstructured", "0.5", "-o", cnn_path, "--force", "--no-validate"], capsys
+    )
+    assert code == 0, err
+    w = {t.name: numpy_helper.to_array(t) for t in onnx.load(cnn_path).graph.initializer}["c2.w"]
+    assert np.count_nonzero(w == 0) == round(0.5 * w.size)
+
+
+def test_console_entry_point_runs_as_a_subprocess(cnn_path, tmp_path):
+    """The real process: exit codes and a single error line survive outside pytest too."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxprune", str(cnn_path), "--nm", "3:2"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxprune", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0
+    assert "--structured" in proc.stdout and "inspect" in proc.stdout
+    assert not (tmp_path / "cnn.pruned.onnx").exists()
