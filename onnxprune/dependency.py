@@ -367,7 +367,10 @@ class Context:
             by_name.setdefault(p.name, []).append(p)
         for name, params in by_name.items():
             for use in self.view.uses(name):
-                if (use.node, use.index) not in self._claimed:
+                if (
+                    use.node,
+                    use.index,
+                ) not in self._claimed and use.node not in self.view.alias_nodes:
                     for p in params:
                         self.block(
                             p.ids,

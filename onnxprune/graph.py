@@ -28,7 +28,31 @@ Dim = int | str | None
 ShapeElem = int | tuple[str, str, int] | None
 """An element of a shape computed in the graph; see ``GraphView.shape_expr``."""
 
-_SMALL = 4096  # elements: initializers at most this big stay in the inference skeleton
+
+def _div(a: int, b: int) -> int | None:
+    """ONNX integer division truncates toward zero."""
+    if b == 0:
+        return None
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
+_ARITH = {
+    "Add": lambda a, b: a + b,
+    "Sub": lambda a, b: a - b,
+    "Mul": lambda a, b: a * b,
+    "Div": _div,
+}
+
+_SMALL = 4096
+
+_SHAPE_SLOTS: dict[str, tuple[int, ...]] = {
+    "Slice": (1, 2, 3, 4), "Split": (1,), "Reshape": (1,), "Resize": (1, 2, 3), "Upsample": (1,),
+    "Pad": (1, 2, 3), "Expand": (1,), "Tile": (1,), "Squeeze": (1,), "Unsqueeze": (1,),
+    "ConstantOfShape": (0,), "Range": (0, 1, 2), "ReduceMean": (1,), "ReduceSum": (1,),
+    "ReduceMax": (1,), "ReduceMin": (1,),
+}  # fmt: skip
+"""Inputs that hold shapes, sizes, bounds or axes: where a known computed value may be folded."""  # elements: initializers at most this big stay in the inference skeleton
 
 
 @dataclass(frozen=True)
@@ -70,10 +94,12 @@ def _shape_of(vi: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
     return tuple(dims)
 
 
-def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def skeleton(model: onnx.ModelProto, folds: dict[str, list[int]] | None = None) -> onnx.ModelProto:
     """The model without its large weights: they become typed graph inputs.
 
     Shape inference and checks then cost what the graph costs, not what the weights cost.
+    ``folds`` replaces computed shape values that are known (``GraphView.static_ints``) by
+    constants, so that inference sees through shape arithmetic it cannot evaluate itself.
     """
     src = model.graph
     sk = onnx.ModelProto()
@@ -83,6 +109,15 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     g = sk.graph
     g.name = src.name
     g.node.extend(src.node)
+    if folds:
+        for node in g.node:
+            for i, name in enumerate(node.input):
+                if name in folds and i in _SHAPE_SLOTS.get(node.op_type, ()):
+                    node.input[i] = f"{name}__folded"
+        for name, value in folds.items():
+            g.initializer.append(
+                numpy_helper.from_array(np.asarray(value, dtype=np.int64), f"{name}__folded")
+            )
     g.input.extend(src.input)
     g.output.extend(src.output)
     g.value_info.extend(src.value_info)
@@ -96,10 +131,14 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     return sk
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def infer_shapes(
+    model: onnx.ModelProto, folds: dict[str, list[int]] | None = None
+) -> onnx.ModelProto:
     """Shape inference on the skeleton; returns the inferred skeleton (no big weights)."""
     try:
-        return onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False, data_prop=True)
+        return onnx.shape_inference.infer_shapes(
+            skeleton(model, folds), strict_mode=False, data_prop=True
+        )
     except Exception as exc:  # onnx raises several types; all mean "the graph is inconsistent"
         raise OnnxPruneError(f"shape inference failed: {str(exc).splitlines()[0]}") from exc
 
@@ -134,19 +173,69 @@ class GraphView:
         self._values: dict[str, np.ndarray] = {}
         self._exprs: dict[str, list[ShapeElem] | None] = {}
         self.shapes: dict[str, tuple[Dim, ...]] = {}
-        if shapes:
-            inferred = infer_shapes(model).graph
-            for vi in [*inferred.input, *inferred.output, *inferred.value_info]:
-                s = _shape_of(vi)
-                if s is not None:
-                    self.shapes[vi.name] = s
+        self._const_shapes: dict[str, tuple[Dim, ...]] = {}
         for name, t in self.initializers.items():
-            self.shapes[name] = tuple(int(d) for d in t.dims)
+            self._const_shapes[name] = tuple(int(d) for d in t.dims)
         for name, node in self.constant_nodes.items():
             value = self._constant_node_value(node)
             if value is not None:
                 self._values[name] = value
-                self.shapes[name] = tuple(value.shape)
+                self._const_shapes[name] = tuple(value.shape)
+        self.shapes.update(self._const_shapes)
+        # Exporters write some weights as views of others: torch deduplicates equal
+        # initializers into Identity nodes (all-zero biases of several layers become
+        # Identity(one_bias)), and without constant folding a Linear weight reaches MatMul
+        # through Transpose(weight). Such an output is a constant of its own, ``aliases``
+        # maps it to (root initializer, permutation); the rewrite gives it a private copy.
+        self.aliases: dict[str, tuple[str, tuple[int, ...] | None]] = {}
+        self.alias_nodes: set[int] = set()
+        for i, node in enumerate(self.nodes):
+            if (
+                node.domain
+                or node.op_type not in ("Identity", "Transpose")
+                or not self.is_constant(node.input[0])
+            ):
+                continue
+            root, perm = self.aliases.get(node.input[0], (node.input[0], None))
+            shape = self._const_shapes.get(root)
+            if shape is None:
+                continue
+            if node.op_type == "Transpose":
+                own = attr(node, "perm", None) or list(range(len(shape)))[::-1]
+                base = perm or tuple(range(len(shape)))
+                perm = tuple(base[j] for j in own)
+            self.aliases[node.output[0]] = (root, perm)
+            self.alias_nodes.add(i)
+            self._const_shapes[node.output[0]] = tuple(shape[j] for j in perm) if perm else shape
+        self.shapes.update(self._const_shapes)
+        if shapes:
+            self._infer()
+
+    def _infer(self) -> None:
+        """Shapes from ONNX inference; where inference stops at shape arithmetic it cannot
+        evaluate (torch's ``chunk`` computes Slice bounds with Div), fold the values this
+        view can compute and infer again."""
+        folds: dict[str, list[int]] = {}
+        for _ in range(4):
+            inferred = infer_shapes(self.model, folds).graph
+            self.shapes = {}
+            for vi in [*inferred.input, *inferred.output, *inferred.value_info]:
+                s = _shape_of(vi)
+                if s is not None:
+                    self.shapes[vi.name] = s
+            self.shapes.update(self._const_shapes)
+            self._exprs = {}
+            more = {}
+            for node in self.nodes:
+                for i in _SHAPE_SLOTS.get(node.op_type, ()):
+                    name = node.input[i] if i < len(node.input) else ""
+                    if name and name not in folds and not self.is_constant(name):
+                        value = self.static_ints(name)
+                        if value is not None:
+                            more[name] = value
+            if not more:
+                return
+            folds.update(more)
 
     # ------------------------------------------------------------------ constants
     @staticmethod
@@ -165,18 +254,38 @@ class GraphView:
         return None
 
     def is_constant(self, name: str) -> bool:
-        """True for an initializer (not overridable) or the output of a Constant node."""
-        return name in self.initializers or name in self._values
+        """True for an initializer (not overridable), a Constant node's output, or an
+        Identity of either."""
+        return name in self.initializers or name in self._values or name in self.aliases
 
     def constant(self, name: str) -> np.ndarray | None:
         """The value of a constant tensor (cached), or None if ``name`` is computed."""
         if not name:
             return None
+        if name in self.aliases:
+            root, perm = self.aliases[name]
+            v = self.constant(root)
+            return v if perm is None or v is None else np.transpose(v, perm)
         v = self._values.get(name)
         if v is None and name in self.initializers:
             v = numpy_helper.to_array(self.initializers[name])
             self._values[name] = v
         return v
+
+    def known_value(self, name: str) -> np.ndarray | None:
+        """A constant, or a small value computed from constants only (``Concat`` of
+        ``Constant`` nodes, as exports without constant folding write Resize scales and
+        Reshape targets). Unlike ``static_ints`` it never depends on this model's shapes,
+        so a rule may rewrite it as a constant."""
+        v = self.constant(name)
+        if v is not None:
+            return v
+        expr = self.shape_expr(name)
+        if expr is None or not all(isinstance(e, int | float) for e in expr):
+            return None
+        return np.asarray(
+            expr, dtype=np.int64 if all(isinstance(e, int) for e in expr) else np.float32
+        )
 
     def ints(self, node: onnx.NodeProto, attr: str, input_index: int) -> list[int] | None:
         """An int list given either as attribute ``attr`` (old opsets) or as a constant input.
@@ -187,20 +296,19 @@ class GraphView:
         for a in node.attribute:
             if a.name == attr:
                 return [int(x) for x in a.ints]
-        if len(node.input) > input_index and node.input[input_index]:
-            v = self.constant(node.input[input_index])
-            if v is None:
-                raise LookupError(f"'{attr}' of {node.op_type} is computed at run time")
-            return [int(x) for x in np.asarray(v).reshape(-1)]
-        return None
+        return self.input_ints(node, input_index)
 
     def input_ints(self, node: onnx.NodeProto, index: int) -> list[int] | None:
-        """Constant int input ``index`` as a list; None if absent; ``LookupError`` if computed."""
+        """Int input ``index`` as a list: constant, or computed from shapes and known here
+        (``static_ints``); None if absent; ``LookupError`` if it cannot be known."""
         if len(node.input) <= index or not node.input[index]:
             return None
         v = self.constant(node.input[index])
         if v is None:
-            raise LookupError(f"input {index} of {node.op_type} is computed at run time")
+            static = self.static_ints(node.input[index])
+            if static is None:
+                raise LookupError(f"input {index} of {node.op_type} is computed at run time")
+            return static
         return [int(x) for x in np.asarray(v).reshape(-1)]
 
     # ------------------------------------------------------------------ shapes
@@ -239,9 +347,9 @@ class GraphView:
     def _shape_expr(self, name: str) -> list[ShapeElem] | None:
         v = self.constant(name)
         if v is not None:
-            if v.ndim > 1 or v.dtype.kind not in "iu":
+            if v.ndim > 1 or v.dtype.kind not in "iuf" or v.size > _SMALL:
                 return None
-            return [int(x) for x in v.reshape(-1)]
+            return [int(x) if v.dtype.kind in "iu" else float(x) for x in v.reshape(-1)]
         prod = self.producer.get(name)
         shape = self.shape(name)
         unknown = (
@@ -271,6 +379,16 @@ class GraphView:
             if data is None or idx is None or idx.ndim > 1:
                 return unknown
             return [data[int(i)] for i in idx.reshape(-1)]
+        if op in _ARITH and len(node.input) == 2:
+            a, b = (self._resolved(i) for i in node.input)
+            if a is None or b is None or (len(a) != len(b) and 1 not in (len(a), len(b))):
+                return unknown
+            n = max(len(a), len(b))
+            a, b = a * n if len(a) == 1 else a, b * n if len(b) == 1 else b
+            return [
+                None if x is None or y is None else _ARITH[op](x, y)
+                for x, y in zip(a, b, strict=True)
+            ]
         if op == "Slice" and len(node.input) >= 3:
             data = self.shape_expr(node.input[0])
             vals = [self.constant(i) if i else None for i in node.input[1:5]]
@@ -279,6 +397,25 @@ class GraphView:
             step = int(vals[3][0]) if len(vals) > 3 and vals[3] is not None else 1
             return data[int(vals[0][0]) : int(vals[1][0]) : step]
         return unknown
+
+    def _resolved(self, name: str) -> list[int | None] | None:
+        """``shape_expr`` with run-time dimensions replaced by their inferred numbers."""
+        expr = self.shape_expr(name)
+        if expr is None:
+            return None
+        return [self.dim(e[1], e[2]) if isinstance(e, tuple) else e for e in expr]
+
+    def static_ints(self, name: str) -> list[int] | None:
+        """The value a small shape computation has for the shapes of this model, or None.
+
+        torch exports ``x.chunk(2, dim=1)`` as a Slice whose bounds are computed from
+        ``Shape(x)``; knowing them lets the analysis follow the chunk, and the rewrite then
+        writes the pruned bounds as constants.
+        """
+        values = self._resolved(name)
+        if values is None or not all(isinstance(v, int) for v in values):
+            return None
+        return list(values)
 
     # ------------------------------------------------------------------ misc
     def label(self, index: int) -> str:

@@ -21,7 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.graph import GraphView, infer_shapes, skeleton
+from onnxprune.graph import GraphView, attr, infer_shapes, skeleton
 from onnxprune.ops import rule_for
 from onnxprune.plan import Plan
 
@@ -108,26 +108,60 @@ def _set_constant_node(node: onnx.NodeProto, value: np.ndarray) -> None:
 
 
 def _slice_params(model: onnx.ModelProto, view: GraphView, plan: Plan) -> None:
+    """Slice every cut constant. A constant that other nodes read through an Identity alias
+    (exporters deduplicate equal weights that way) is never changed under their feet: an
+    alias that is cut gets a private sliced copy, one that is not keeps a private original."""
     by_name: dict[str, list] = {}
     for c in plan.params:
         by_name.setdefault(c.name, []).append(c)
     inits = {t.name: t for t in model.graph.initializer}
-    const_nodes = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    nodes = {n.output[0]: n for n in model.graph.node if n.output}
+    alias_users: dict[str, list[onnx.NodeProto]] = {}
+    for i in view.alias_nodes:
+        node = view.nodes[i]
+        alias_users.setdefault(node.input[0], []).append(nodes[node.output[0]])
+    names = {t.name for t in model.graph.initializer} | set(nodes)
+
+    def fresh(base: str) -> str:
+        new, k = f"{base}_pruned", 1
+        while new in names:
+            new, k = f"{base}_pruned_{k}", k + 1
+        names.add(new)
+        return new
+
+    def retarget(node: onnx.NodeProto, value: np.ndarray) -> None:
+        """Feed alias ``node`` from a private initializer holding ``value`` (its input)."""
+        name = fresh(node.output[0])
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        node.input[0] = name
+
+    def as_input(node: onnx.NodeProto, output: np.ndarray) -> np.ndarray:
+        """The input an alias node needs to produce ``output`` (undo its Transpose)."""
+        if node.op_type != "Transpose":
+            return output
+        perm = attr(node, "perm", None) or list(range(output.ndim))[::-1]
+        return np.transpose(output, np.argsort(perm))
+
     for name, cuts in by_name.items():
         value = view.constant(name)
         if value is None:
             raise OnnxPruneError(f"the plan cuts '{name}', which is not a constant of this model")
+        original = value
         for c in cuts:
             if value.ndim <= c.axis or value.shape[c.axis] != c.size:
                 raise OnnxPruneError(
                     f"the plan does not fit this model: '{name}' axis {c.axis} is not {c.size} long"
                 )
             value = np.take(value, np.asarray(c.kept, dtype=np.int64), axis=c.axis)
-        if name in inits:
-            t = inits[name]
-            t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        for user in alias_users.get(name, []):
+            if user.output[0] not in by_name:
+                retarget(user, original)
+        if name in view.aliases:
+            retarget(nodes[name], as_input(nodes[name], value))
+        elif name in inits:
+            inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), name))
         else:
-            _set_constant_node(const_nodes[name], value)
+            _set_constant_node(nodes[name], value)
 
 
 def apply_plan(
@@ -153,6 +187,7 @@ def apply_plan(
             rule = rule_for(node)
             if rule is not None:
                 rule.rewrite(node, rw)
+    _drop_orphans(new, view)
     del new.graph.value_info[:]
     inferred = infer_shapes(new).graph
     outputs = {vi.name for vi in new.graph.output}
@@ -163,6 +198,34 @@ def apply_plan(
     if check:
         check_model(new)
     return new
+
+
+def _drop_orphans(model: onnx.ModelProto, view: GraphView) -> None:
+    """Remove nodes the rewrite left without readers (the Shape arithmetic of a chunk whose
+    bounds became constants, an alias that got a private copy); nodes that were already
+    unused in the original stay, as do graph outputs."""
+
+    def live_in_original(node: onnx.NodeProto) -> bool:
+        return any(o in view.consumers or o in view.graph_outputs for o in node.output if o)
+
+    outputs = {vi.name for vi in model.graph.output}
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | outputs
+        dead = [
+            i
+            for i, n in enumerate(model.graph.node)
+            if not any(o in used for o in n.output if o) and live_in_original(n)
+        ]
+        if not dead:
+            break
+        for i in reversed(dead):
+            del model.graph.node[i]
+    used = {i for n in model.graph.node for i in n.input}
+    keep = [t for t in model.graph.initializer if t.name in used or t.name not in view.consumers]
+    if len(keep) != len(model.graph.initializer):
+        kept = list(keep)
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
 
 
 def check_model(model: onnx.ModelProto) -> None:

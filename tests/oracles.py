@@ -20,6 +20,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from onnxprune.dependency import Group, analyze
+from onnxprune.graph import GraphView
 from onnxprune.plan import Plan
 from onnxprune.structured import StructuredOptions, prune_structured
 
@@ -70,19 +71,43 @@ def zeroed(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
     """The original model with the removed channels' input slices zeroed at every consumer."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    inits = {t.name: t for t in out.graph.initializer}
+    view = GraphView(model, shapes=False)
     for cut in plan.params:
         if cut.role != "in":
             continue
-        t = inits[cut.name]
-        arr = numpy_helper.to_array(t).copy()
+        arr = view.constant(cut.name).copy()
         gone = np.setdiff1d(np.arange(cut.size), cut.kept)
         index = [slice(None)] * arr.ndim
         index[cut.axis] = gone
         arr[tuple(index)] = 0
-        t.CopyFrom(numpy_helper.from_array(arr, cut.name))
+        set_constant(out, cut.name, arr)
     _mask_contractions(out, plan)
     return out
+
+
+def set_constant(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
+    """Give constant ``name`` a new value, whether an initializer, a Constant node's output
+    or an Identity alias of one (which gets its own initializer, leaving the others alone)."""
+    for t in model.graph.initializer:
+        if t.name == name:
+            t.CopyFrom(numpy_helper.from_array(value, name))
+            return
+    node = next(n for n in model.graph.node if name in n.output)
+    if node.op_type == "Constant":
+        del node.attribute[:]
+        node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
+        return
+    assert node.op_type in ("Identity", "Transpose"), node.op_type
+    if node.op_type == "Transpose":
+        perm = next(
+            (list(a.ints) for a in node.attribute if a.name == "perm"),
+            list(range(value.ndim))[::-1],
+        )
+        value = np.transpose(value, np.argsort(perm))
+    model.graph.initializer.append(
+        numpy_helper.from_array(np.ascontiguousarray(value), f"{name}__oracle")
+    )
+    node.input[0] = f"{name}__oracle"
 
 
 def _mask_contractions(model: onnx.ModelProto, plan: Plan) -> None:
@@ -173,7 +198,7 @@ def plant_dead(
     groups = analyze(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    inits = {t.name: t for t in out.graph.initializer}
+    view = GraphView(model, shapes=False)
     rng = np.random.default_rng(seed)
     planted: dict[str, np.ndarray] = {}
     values: dict[str, np.ndarray] = {}
@@ -188,13 +213,13 @@ def plant_dead(
         for m in g.members:
             if m.role in ("act", "stat"):
                 continue
-            arr = values.setdefault(m.target, numpy_helper.to_array(inits[m.target]).copy())
+            arr = values.setdefault(m.target, view.constant(m.target).copy())
             pos = np.flatnonzero(np.isin(m.slot, dead))
             index = [slice(None)] * arr.ndim
             index[m.axis] = pos
             arr[tuple(index)] = 0
     for name, arr in values.items():
-        inits[name].CopyFrom(numpy_helper.from_array(arr, name))
+        set_constant(out, name, arr)
     return out, planted, groups
 
 

@@ -108,7 +108,7 @@ def test_computed_weight_blocks():
     b = Builder()
     x = b.input([1, 3, 6, 6])
     y = b.conv(x, 3, 8, name="a")
-    w = b.op("Identity", [b.rand([4, 8, 1, 1], "w")])
+    w = b.op("Neg", [b.rand([4, 8, 1, 1], "w")])
     model = b.build([b.op("Conv", [y, w], kernel_shape=[1, 1])])
     (g,) = [g for g in analyze(model) if g.id == "a"]
     assert "computed at run time" in g.blocked_reason

@@ -75,3 +75,25 @@ def test_names_order_and_metadata_are_kept():
     assert [n.name for n in pruned.graph.node] == [n.name for n in model.graph.node]
     assert [t.name for t in pruned.graph.initializer] == [t.name for t in model.graph.initializer]
     assert pruned.doc_string == "keep me" and pruned.metadata_props[0].value == "test"
+
+
+def test_identity_aliases_of_a_shared_constant_get_private_copies():
+    """torch deduplicates equal initializers: bias2 = Identity(bias1), bias3 = Identity(bias1)."""
+    b = Builder()
+    x = b.input([1, 3, 6, 6])
+    bias = b.const(np.linspace(-1, 1, 8, dtype=np.float32), "bias1")
+    alias2 = b.op("Identity", [bias], name="alias2")
+    alias3 = b.op("Identity", [bias], name="alias3")
+    p = b.relu(b.op("Conv", [x, b.rand([8, 3, 3, 3], "p.w"), bias], kernel_shape=[3, 3], name="p"))
+    q = b.relu(
+        b.op("Conv", [p, b.rand([8, 8, 1, 1], "q.w"), alias2], kernel_shape=[1, 1], name="q")
+    )
+    r = b.op("Conv", [q, b.rand([8, 8, 1, 1], "r.w"), alias3], kernel_shape=[1, 1], name="r")
+    model = b.build([r])  # r reaches the output: its alias keeps all 8 values
+    pruned, plan = prune_exact(model, 0.5)
+    assert {c.name for c in plan.params} >= {"bias1", "alias2_out"}
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    nodes = {n.name: n for n in pruned.graph.node}
+    assert dims["bias1"] == [4]
+    assert dims[nodes["alias2"].input[0]] == [4]
+    assert dims[nodes["alias3"].input[0]] == [8]

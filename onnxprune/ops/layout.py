@@ -217,7 +217,7 @@ class ReshapeRule(Rule):
 
     def rewrite(self, node: onnx.NodeProto, rw: RewriteContext) -> None:
         cut = rw.cut(node.output[0])
-        target = rw.constant(node.input[1])
+        target = rw.view.known_value(node.input[1])
         if cut is None or target is None:
             return
         target = np.array(target, copy=True)
@@ -239,42 +239,57 @@ class ShapeRule(Rule):
         end = x.rank if end is None else min(normalize_axis(int(end), x.rank), x.rank)
         if not start <= x.axis < end:
             return
-        bad = follow_dim(ctx.view, node.output[0], ("dim", node.input[0], x.axis))
+        bad = follow_dim(ctx.view, node.output[0], ("dim", node.input[0], x.axis), node.input[0])
         if bad:
             ctx.block(x.ids, f"the channel count of '{node.input[0]}' is read at run time by {bad}")
 
 
-_SHAPE_ARITH = ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity")
+_SHAPE_OPS = ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity")
+_NUMERIC = ("Add", "Sub", "Mul", "Div")
 _CHECKED_SINKS = {("Reshape", 1), ("Resize", 3)}
+_BOUNDS = {("Slice", 1), ("Slice", 2), ("Split", 1)}
 
 
-def follow_dim(view: GraphView, tensor: str, elem: tuple) -> str | None:
+def follow_dim(view: GraphView, tensor: str, elem: tuple, source: str) -> str | None:
     """Where a run-time channel count goes; returns the first place we cannot check, or None.
 
-    Indexing and concatenating shapes are followed; a Reshape target or Resize sizes are
-    checked by their own rules; anything else (arithmetic, ConstantOfShape, a graph output)
-    could size a tensor we do not cut.
+    Indexing and concatenating shapes are followed exactly; a Reshape target or Resize sizes
+    that still hold the plain dimension are checked by their own rules; arithmetic on it is
+    accepted only on its way to the bounds of a Slice or Split of ``source`` itself (torch's
+    ``chunk``), which the rewrite replaces by the pruned constants. Anything else
+    (ConstantOfShape, a graph output, ...) could size a tensor we do not cut.
     """
-    todo, seen = [tensor], set()
+    todo, seen = [(tensor, True)], set()
     while todo:
-        t = todo.pop()
-        if t in seen:
+        t, plain = todo.pop()
+        if (t, plain) in seen:
             continue
-        seen.add(t)
+        seen.add((t, plain))
         if t in view.graph_outputs:
             return f"the graph output '{t}'"
         for use in view.uses(t):
             n = view.nodes[use.node]
-            if (n.op_type, use.index) in _CHECKED_SINKS:
-                continue
-            if n.op_type in _SHAPE_ARITH:
+            key = (n.op_type, use.index)
+            where = f"'{view.label(use.node)}' ({n.op_type})"
+            if key in _BOUNDS:
+                if n.input[0] != source:
+                    return where
+            elif key in _CHECKED_SINKS:
+                if not plain:
+                    return where
+            elif n.op_type in _NUMERIC:
+                todo.append((n.output[0], False))
+            elif n.op_type in _SHAPE_OPS and (use.index == 0 or n.op_type == "Concat"):
+                if not plain:
+                    todo.append((n.output[0], False))
+                    continue
                 expr = view.shape_expr(n.output[0])
                 if expr is None:
-                    return f"'{view.label(use.node)}' ({n.op_type})"
+                    return where
                 if elem in expr:
-                    todo.append(n.output[0])
-                continue
-            return f"'{view.label(use.node)}' ({n.op_type})"
+                    todo.append((n.output[0], True))
+            else:
+                return where
     return None
 
 
@@ -284,7 +299,7 @@ class RepeatRule(Rule):
 
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         x = ctx.inp(0)
-        value = ctx.const(1)
+        value = ctx.view.known_value(node.input[1])
         if ctx.is_const(1):
             ctx.claim(1)
         else:

@@ -97,7 +97,7 @@ class AlongAxis(Rule):
         if x is None:
             return
         if op == "CumSum":
-            v = ctx.const(1)
+            v = ctx.view.known_value(ctx.input_name(1))
             if v is None:
                 ctx.block(x.ids, "CumSum axis is computed at run time")
                 return
@@ -168,7 +168,7 @@ class ResizeRule(Rule):
             ch = axes.index(x.axis)
         scales = attr(node, "scales", None)
         if scales is None and si is not None and ctx.input_name(si):
-            scales = ctx.const(si)
+            scales = ctx.view.known_value(ctx.input_name(si))
             if scales is None:
                 ctx.inp(si)
                 ctx.block(x.ids, f"{node.op_type} scales are computed at run time")
@@ -177,7 +177,7 @@ class ResizeRule(Rule):
             ctx.block(x.ids, f"{node.op_type} scales the channel axis")
             return
         if zi is not None and ctx.input_name(zi):
-            sizes = ctx.const(zi)
+            sizes = ctx.view.known_value(ctx.input_name(zi))
             if sizes is None:
                 ctx.inp(zi)
                 expr = ctx.view.shape_expr(ctx.input_name(zi))
@@ -197,7 +197,7 @@ class ResizeRule(Rule):
         cut = rw.cut(node.input[0])
         if cut is None or zi is None or len(node.input) <= zi or not node.input[zi]:
             return
-        sizes = rw.constant(node.input[zi])
+        sizes = rw.view.known_value(node.input[zi])
         if sizes is None:
             return  # computed from the input's shape at run time: follows the pruning
         axes = attr(node, "axes", None)
