@@ -167,3 +167,15 @@ def test_expand_and_tile_on_other_axes():
     assert "Tile repeats" in _blocked(
         chain([("Tile", {"_inputs": [np.array([1, 2, 1, 1], np.int64)]})])
     )
+
+
+def test_reshape_target_built_from_constants_is_rewritten():
+    """Exports without constant folding build targets with Unsqueeze(Constant) + Concat."""
+    b = Builder()
+    x = b.input([1, 3, 3, 3])
+    y = b.relu(b.conv(x, 3, C, name="producer"))
+    parts = [b.op("Unsqueeze", [b.const(np.int64(v)), b.ints([0])]) for v in (1, C * 9)]
+    flat = b.op("Reshape", [y, b.op("Concat", parts, axis=0)])
+    model = b.build([b.gemm(flat, C * 9, 2, name="fc")])
+    pruned, _ = prune_exact(model, 0.5)
+    assert not any(n.op_type == "Unsqueeze" for n in pruned.graph.node)

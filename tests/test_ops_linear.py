@@ -77,3 +77,17 @@ def test_gemm_bias_full_matrix():
     _pruned, plan = prune_exact(model, 0.5)
     assert {c.name: c.axis for c in plan.params}["fc1.bias"] == 1
     assert np.isfinite(1.0)
+
+
+def test_weight_through_transpose_node():
+    """Without constant folding torch writes MatMul(x, Transpose(W)) for a Linear layer."""
+    b = Builder()
+    x = b.input([1, 5, 8])
+    w1 = b.op("Transpose", [b.rand([16, 8], "fc1.weight")], perm=[1, 0])
+    h = b.relu(b.op("MatMul", [x, w1], name="fc1"))
+    w2 = b.op("Transpose", [b.rand([4, 16], "fc2.weight")], perm=[1, 0])
+    model = b.build([b.op("MatMul", [h, w2], name="fc2")])
+    pruned, _ = prune_exact(model, 0.5)
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert sorted(dims.values()) == [[4, 8], [8, 8]]
+    assert_planted_dead(model)

@@ -115,3 +115,14 @@ def test_softmax():
     prune_exact(chain([("Softmax", {"axis": 3})]), 0.5)
     assert "across the channel axis" in _blocked(chain([("Softmax", {"axis": 1})]))
     assert "across the channel axis" in _blocked(chain([("Softmax", {"axis": 1})], opset=11))
+
+
+def test_resize_scales_from_constant_subgraph():
+    b = Builder()
+    x = b.input([1, 3, 4, 4])
+    y = b.conv(x, 3, C, name="producer")
+    scales = b.op(
+        "Concat", [b.const(np.ones(2, np.float32)), b.const(np.full(2, 2.0, np.float32))], axis=0
+    )
+    up = b.op("Resize", [y, "", scales], mode="nearest")
+    prune_exact(b.build([b.conv(up, C, 2, name="consumer")]), 0.5)

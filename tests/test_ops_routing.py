@@ -112,3 +112,35 @@ def test_gather_on_token_axis_passes():
     cls = b.op("Gather", [h, b.const(np.int64(0))], axis=1)
     model = b.build([b.gemm(cls, 16, 3, name="head")])
     prune_exact(model, 0.5)
+
+
+def test_torch_chunk_with_bounds_computed_from_shape():
+    """torch exports x.chunk(2, dim=1) as Slices whose bounds are (C + 1) // 2 * k from
+    Shape(x); the rewrite writes the pruned bounds as constants."""
+    b = Builder()
+    x = b.input([1, 3, 6, 6])
+    y = b.relu(b.conv(x, 3, 12, k=1, name="cv1"))
+    c = b.op("Gather", [b.op("Shape", [y]), b.ints([1])], axis=0)
+    half = b.op("Div", [b.op("Add", [c, b.ints([1])]), b.ints([2])])
+    y0 = b.op("Slice", [y, b.ints([0]), b.op("Mul", [half, b.ints([1])]), b.ints([1])])
+    y1 = b.op(
+        "Slice",
+        [y, b.op("Mul", [half, b.ints([1])]), b.op("Mul", [half, b.ints([2])]), b.ints([1])],
+    )
+    z = b.conv(y1, 6, 6, name="z")
+    model = b.build([b.conv(b.op("Concat", [y0, z], axis=1), 12, 2, name="head")])
+    pruned, plan = prune_exact(model, 0.5)
+    assert {g.id for g in plan.groups} == {"cv1", "z"}
+    assert not any(n.op_type == "Div" for n in pruned.graph.node)  # the arithmetic is gone
+
+
+def test_shape_arithmetic_sizing_another_tensor_blocks():
+    b = Builder()
+    x = b.input([1, 3, 6, 6])
+    y = b.relu(b.conv(x, 3, 12, k=1, name="cv1"))
+    other = b.relu(b.conv(x, 3, 12, k=1, name="other"))
+    half = b.op("Div", [b.op("Gather", [b.op("Shape", [y]), b.ints([1])], axis=0), b.ints([2])])
+    part = b.op("Slice", [other, b.ints([0]), half, b.ints([1])])
+    model = b.build([b.conv(y, 12, 2, name="h1"), b.conv(part, 6, 2, name="h2")])
+    reason = next(g for g in analyze(model) if g.id == "cv1").blocked_reason
+    assert "read at run time" in reason

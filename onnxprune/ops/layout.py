@@ -154,7 +154,7 @@ def _segments(ins: tuple, outs: tuple) -> list[tuple[range, range]] | None:
 class ReshapeRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         x = ctx.inp(0)
-        const = ctx.const(1)
+        const = ctx.view.known_value(node.input[1])
         expr = (
             ctx.view.shape_expr(node.input[1])
             if const is None
