@@ -1,0 +1,635 @@
+"""Does the pruned model still compute what the original did, and is it faster?
+
+Both models run in onnxruntime on the same inputs (a calibration file, or random inputs of
+the right type and shape) and their outputs are compared. Latency is measured the way the
+model is deployed (sessions opened from the file, full graph optimization) and *interleaved*:
+A, B, B, A, ... so that noise from the rest of the machine lands on both models alike.
+
+Sessions are opened from the file path, never from bytes, so that models with external data
+or over 2 GB work. Every onnxruntime failure is turned into an ``OnnxPruneError`` that says
+which of the two models failed.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxprune.errors import OnnxPruneError, UsageError
+
+__all__ = [
+    "InputBatch",
+    "ValidationResult",
+    "compare_outputs",
+    "make_inputs",
+    "measure_latency",
+    "resolve_providers",
+    "run_model",
+    "validate",
+]
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+_MIN_RUNS = 5  # latency runs per model kept even when the time budget is spent
+_BUDGET_S = 10.0  # seconds of latency measurement in validate()
+_TOKEN_ID_HIGH = 100  # random token ids are drawn in [0, 100): valid for any real vocabulary
+
+
+# --------------------------------------------------------------------------------------------
+# Providers and sessions
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_providers(choice: str) -> list[str]:
+    """Execution providers for 'cpu', 'cuda' or 'auto' (CUDA when onnxruntime has it).
+
+    Asking for CUDA on an onnxruntime without it is an error rather than a silent CPU run:
+    the user asked for GPU figures.
+    """
+    import onnxruntime as ort
+
+    key = str(choice).strip().lower()
+    available = ort.get_available_providers()
+    if key == "cpu":
+        return [CPU]
+    if key == "cuda":
+        if CUDA not in available:
+            raise OnnxPruneError(
+                "CUDA requested but onnxruntime has no CUDAExecutionProvider "
+                "(install onnxprune[gpu] / onnxruntime-gpu)"
+            )
+        return [CUDA, CPU]
+    if key == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    raise UsageError(f"unknown providers {choice!r}: choose cpu, cuda or auto")
+
+
+def _ort_message(exc: BaseException) -> str:
+    """The first line of an onnxruntime error, without its '[ONNXRuntimeError] : 1 : FAIL :'."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    if line.startswith("[ONNXRuntimeError]"):
+        parts = line.split(" : ", 3)
+        line = parts[3] if len(parts) == 4 else line
+    return line.strip()
+
+
+def _session(path: str | os.PathLike, providers: Sequence[str], role: str):
+    """An onnxruntime session as a deployment would open it; errors name ``role``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: ORT's warnings are not the user's problem
+    try:
+        return ort.InferenceSession(
+            os.fspath(path), sess_options=options, providers=list(providers)
+        )
+    except Exception as exc:  # onnxruntime raises its own pybind types (Fail, InvalidGraph...)
+        raise OnnxPruneError(f"onnxruntime cannot run the {role}: {_ort_message(exc)}") from exc
+
+
+def _feeds(session, inputs: dict[str, np.ndarray], role: str) -> dict[str, np.ndarray]:
+    """The inputs the session takes (a pruned model may have lost an unused input)."""
+    names = [i.name for i in session.get_inputs()]
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise OnnxPruneError(
+            f"onnxruntime cannot run the {role}: no value for input(s) {', '.join(missing)}"
+        )
+    return {n: inputs[n] for n in names}
+
+
+def _run(session, feeds: dict[str, np.ndarray], role: str, hint: str = "") -> list[np.ndarray]:
+    try:
+        return [np.asarray(o) for o in session.run(None, feeds)]
+    except Exception as exc:
+        raise OnnxPruneError(
+            f"onnxruntime cannot run the {role}: {_ort_message(exc)}{hint}"
+        ) from exc
+
+
+def run_model(
+    path: str | os.PathLike,
+    inputs: dict[str, np.ndarray],
+    providers: list[str],
+    *,
+    role: str = "model",
+) -> list[np.ndarray]:
+    """Run the model at ``path`` once on ``inputs``; outputs in the graph's order.
+
+    ``role`` ("original model", "pruned model") is how an error names the model.
+    """
+    session = _session(path, providers, role)
+    return _run(session, _feeds(session, inputs, role), role, _guess_hint(inputs))
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+class InputBatch(dict):
+    """A ``dict`` of input name to array, plus ``notes`` on what was guessed to make it.
+
+    ``validate`` copies the notes into its result, so a report says when a symbolic
+    dimension was set to 1 or the inputs were random.
+    """
+
+    def __init__(self, *args, notes: list[str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.notes: list[str] = list(notes or [])
+
+
+def _real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs a caller must feed: old IR versions also list initializers as inputs."""
+    inits = {t.name for t in model.graph.initializer}
+    inits |= {t.values.name for t in model.graph.sparse_initializer}
+    return [vi for vi in model.graph.input if vi.name not in inits]
+
+
+def _input_dtype(vi: onnx.ValueInfoProto) -> np.dtype:
+    t = vi.type
+    if not t.HasField("tensor_type"):
+        kind = t.WhichOneof("value") or "unknown"
+        raise OnnxPruneError(
+            f"input {vi.name!r} is a {kind.replace('_type', '')}, not a tensor: "
+            "onnxprune can only feed tensor inputs"
+        )
+    elem = t.tensor_type.elem_type
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise OnnxPruneError(
+            f"input {vi.name!r} has element type {elem}, which onnxprune cannot feed"
+        ) from exc
+    if dtype.kind not in "fiub" or elem == onnx.TensorProto.BFLOAT16:
+        name = onnx.TensorProto.DataType.Name(elem)
+        raise OnnxPruneError(
+            f"input {vi.name!r} has type {name}: onnxprune can feed float, integer and "
+            "bool inputs only"
+        )
+    return dtype
+
+
+def _input_dims(vi: onnx.ValueInfoProto) -> list[int | str | None] | None:
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    dims: list[int | str | None] = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return dims
+
+
+def _random_shape(vi: onnx.ValueInfoProto, batch_size: int, notes: list[str]) -> tuple[int, ...]:
+    dims = _input_dims(vi)
+    if dims is None:
+        raise OnnxPruneError(
+            f"input {vi.name!r} has no shape, so random inputs cannot be made: "
+            "pass calibration data (--calib file.npz)"
+        )
+    shape = []
+    for axis, d in enumerate(dims):
+        if isinstance(d, int) and d > 0:
+            shape.append(d)
+        elif axis == 0:
+            shape.append(batch_size)
+        else:
+            shape.append(1)
+            what = f"dimension {d!r}" if isinstance(d, str) and d else f"dimension {axis}"
+            notes.append(f"input {vi.name!r}: {what} set to 1 (pass --calib to choose it)")
+    return tuple(shape)
+
+
+def _random_values(
+    name: str, dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Generator
+) -> np.ndarray:
+    """Values a real input of this kind could hold, so the model runs its normal path.
+
+    Floats are standard normal. Integers are bounded: masks are all ones, token type and
+    segment ids are zeros, positions count up the last axis, and anything else (token ids,
+    class indices) is drawn in [0, 100), valid for any vocabulary. uint8 (images) covers
+    [0, 256).
+    """
+    lower = name.lower()
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        if "mask" in lower:
+            return np.ones(shape, dtype=bool)
+        return rng.integers(0, 2, size=shape).astype(bool)
+    if "mask" in lower:
+        return np.ones(shape, dtype=dtype)
+    if "type" in lower or "segment" in lower:
+        return np.zeros(shape, dtype=dtype)
+    if "position" in lower and len(shape) >= 1:
+        return np.broadcast_to(np.arange(shape[-1], dtype=dtype), shape).copy()
+    high = 256 if dtype == np.uint8 else _TOKEN_ID_HIGH
+    return rng.integers(0, high, size=shape).astype(dtype)
+
+
+def _load_calib(
+    calib: str | os.PathLike, wanted: list[onnx.ValueInfoProto], max_samples: int | None
+) -> InputBatch:
+    path = Path(calib)
+    shown = os.fspath(calib)
+    if not path.is_file():
+        raise OnnxPruneError(f"calibration data {shown} is not a file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as exc:  # zipfile, pickle refusal, bad headers: all "not an npz"
+        raise OnnxPruneError(
+            f"cannot read calibration data {shown}: not a numpy .npz file ({_ort_message(exc)})"
+        ) from exc
+    names = [vi.name for vi in wanted]
+    missing = [n for n in names if n not in arrays]
+    extra = sorted(k for k in arrays if k not in names)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing)}")
+        if extra:
+            parts.append(f"unexpected {', '.join(extra)}")
+        raise OnnxPruneError(
+            f"calibration data {shown} must have one array per model input "
+            f"({', '.join(names)}): {'; '.join(parts)}"
+        )
+    batch = InputBatch()
+    samples = None
+    for vi in wanted:
+        arr = arrays[vi.name]
+        dtype = _input_dtype(vi)
+        dims = _input_dims(vi)
+        if arr.dtype != dtype:
+            raise OnnxPruneError(
+                f"calibration array {vi.name!r} has dtype {arr.dtype} but the model input is "
+                f"{dtype}: save it with .astype(np.{dtype.name})"
+            )
+        if dims is not None and arr.ndim != len(dims):
+            raise OnnxPruneError(
+                f"calibration array {vi.name!r} has rank {arr.ndim} (shape {arr.shape}) but the "
+                f"model input has rank {len(dims)}"
+            )
+        if max_samples is not None and arr.ndim >= 1:
+            arr = arr[:max_samples]
+        if dims is not None:
+            bad = [
+                f"axis {i} is {arr.shape[i]}, the model wants {d}"
+                for i, d in enumerate(dims)
+                if isinstance(d, int) and d > 0 and arr.shape[i] != d
+            ]
+            if bad:
+                raise OnnxPruneError(
+                    f"calibration array {vi.name!r} has shape {arr.shape}: {'; '.join(bad)}"
+                )
+        if arr.ndim >= 1:
+            samples = arr.shape[0] if samples is None else samples
+        batch[vi.name] = np.ascontiguousarray(arr)
+    batch.notes.append(
+        f"inputs from {shown}" + (f" ({samples} samples)" if samples is not None else "")
+    )
+    return batch
+
+
+def make_inputs(
+    model: onnx.ModelProto,
+    *,
+    calib: str | os.PathLike | None = None,
+    seed: int = 0,
+    batch_size: int = 1,
+    max_samples: int | None = None,
+) -> InputBatch:
+    """Inputs for every real graph input: from a calibration ``.npz`` or random.
+
+    ``calib`` must hold one array per input, keyed by input name, with the input's dtype and
+    rank (mismatches are errors that name the array). ``max_samples`` keeps the first rows.
+    Without it, random inputs get the input's dtype and shape, with a symbolic first dim set
+    to ``batch_size`` and other symbolic dims to 1 (noted in ``.notes``).
+    """
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    if max_samples is not None and max_samples < 1:
+        raise UsageError(f"max samples must be at least 1, got {max_samples}")
+    wanted = _real_inputs(model)
+    if calib is not None:
+        return _load_calib(calib, wanted, max_samples)
+    rng = np.random.default_rng(seed)
+    batch = InputBatch(notes=[])
+    for vi in wanted:
+        dtype = _input_dtype(vi)
+        shape = _random_shape(vi, batch_size, batch.notes)
+        batch[vi.name] = _random_values(vi.name, dtype, shape, rng)
+    batch.notes.insert(0, f"random inputs (seed {seed})")
+    return batch
+
+
+def _guess_hint(inputs: dict) -> str:
+    """Said after a run failure when the inputs were partly guessed."""
+    guessed = [n for n in getattr(inputs, "notes", []) if "set to 1" in n]
+    if not guessed:
+        return ""
+    return " (random inputs had guessed dimensions; pass --calib with real inputs)"
+
+
+# --------------------------------------------------------------------------------------------
+# Comparing outputs
+# --------------------------------------------------------------------------------------------
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity; 1.0 when both are all zero, 0.0 when only one is.
+
+    Identical vectors give exactly 1.0 (not 1 - 1e-16), so "no drift" reads as such.
+    """
+    if np.array_equal(a, b):
+        return 1.0
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 and nb == 0.0:
+        return 1.0
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
+
+
+def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| elementwise; equal values (NaN with NaN, inf with inf) differ by 0."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(a - b)
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    diff[same] = 0.0
+    diff[np.isnan(diff)] = np.inf
+    return diff
+
+
+def _is_class_scores(x: np.ndarray) -> bool:
+    return x.ndim == 2 and x.dtype.kind == "f" and x.shape[1] >= 2 and x.shape[0] >= 1
+
+
+def compare_outputs(
+    reference: list[np.ndarray], candidate: list[np.ndarray], names: list[str]
+) -> dict:
+    """How far ``candidate`` is from ``reference``: keys of ``ValidationResult`` minus latency.
+
+    Returns ``max_abs_diff``, ``rel_diff`` (max_abs_diff / max |reference|, over all
+    outputs), ``cosine`` (of all outputs flattened and concatenated), ``top1_agreement``
+    (rows of every [N, C>=2] float output whose argmax agrees, else None), ``per_output``
+    and ``notes``. Outputs must match in number and shape: a pruned model that changed an
+    output's shape is broken, not merely inaccurate.
+    """
+    if len(reference) != len(candidate):
+        raise OnnxPruneError(
+            f"the pruned model has {len(candidate)} outputs but the original has {len(reference)}"
+        )
+    names = list(names) + [f"output{i}" for i in range(len(names), len(reference))]
+    per_output: list[dict] = []
+    flat_ref, flat_cand = [], []
+    max_abs = max_ref = 0.0
+    agree = rows = 0
+    notes: list[str] = []
+    for name, r, c in zip(names, reference, candidate, strict=False):
+        r, c = np.asarray(r), np.asarray(c)
+        if r.shape != c.shape:
+            raise OnnxPruneError(
+                f"output {name!r} of the pruned model has shape {c.shape} but the original has {r.shape}"
+            )
+        if r.dtype.kind not in "fiub" or c.dtype.kind not in "fiub":
+            same = bool(np.array_equal(r, c))
+            gap = 0.0 if same else float("inf")
+            per_output.append(
+                {"name": name, "max_abs_diff": gap, "rel_diff": gap, "cosine": float(same)}
+            )
+            notes.append(f"output {name!r} is not numeric: compared for equality only")
+            max_abs = max(max_abs, gap)
+            continue
+        rf, cf = r.astype(np.float64).ravel(), c.astype(np.float64).ravel()
+        diff = _abs_diff(rf, cf)
+        out_max = float(diff.max()) if diff.size else 0.0
+        finite_ref = rf[np.isfinite(rf)]
+        out_ref = float(np.abs(finite_ref).max()) if finite_ref.size else 0.0
+        both = np.isfinite(rf) & np.isfinite(cf)
+        if not both.all():
+            notes.append(f"output {name!r} has NaN or Inf values: cosine uses the finite ones")
+        entry = {
+            "name": name,
+            "shape": list(r.shape),
+            "max_abs_diff": out_max,
+            "rel_diff": _relative(out_max, out_ref),
+            "cosine": _cosine(rf[both], cf[both]),
+        }
+        if _is_class_scores(r):
+            hits = int(np.count_nonzero(np.argmax(r, axis=1) == np.argmax(c, axis=1)))
+            entry["top1_agreement"] = hits / r.shape[0]
+            agree, rows = agree + hits, rows + r.shape[0]
+        per_output.append(entry)
+        flat_ref.append(rf[both])
+        flat_cand.append(cf[both])
+        max_abs, max_ref = max(max_abs, out_max), max(max_ref, out_ref)
+    cat_ref = np.concatenate(flat_ref) if flat_ref else np.zeros(0)
+    cat_cand = np.concatenate(flat_cand) if flat_cand else np.zeros(0)
+    return {
+        "max_abs_diff": max_abs,
+        "rel_diff": _relative(max_abs, max_ref),
+        "cosine": _cosine(cat_ref, cat_cand),
+        "top1_agreement": agree / rows if rows else None,
+        "per_output": per_output,
+        "notes": notes,
+    }
+
+
+def _relative(diff: float, scale: float) -> float:
+    if scale > 0.0:
+        return diff / scale
+    return 0.0 if diff == 0.0 else float("inf")
+
+
+# --------------------------------------------------------------------------------------------
+# Latency
+# --------------------------------------------------------------------------------------------
+
+
+def _measure(
+    sessions: list,
+    feeds: list[dict[str, np.ndarray]],
+    roles: list[str],
+    *,
+    runs: int,
+    warmup: int,
+    budget_s: float | None,
+    progress: bool = False,
+) -> list[list[float]]:
+    if runs < 1:
+        raise UsageError(f"latency runs must be at least 1, got {runs}")
+    if warmup < 0:
+        raise UsageError(f"warm-up runs cannot be negative, got {warmup}")
+    for session, feed, role in zip(sessions, feeds, roles, strict=True):
+        for _ in range(warmup):
+            _timed(session, feed, role)
+    from tqdm import tqdm
+
+    n = len(sessions)
+    times: list[list[float]] = [[] for _ in sessions]
+    floor = min(runs, _MIN_RUNS)
+    start = time.perf_counter()
+    bar = tqdm(total=runs, desc="latency", unit="run", file=sys.stderr, disable=not progress)
+    with bar:
+        for r in range(runs):
+            if budget_s is not None and r >= floor and time.perf_counter() - start > budget_s:
+                break
+            for k in range(n):  # rotate who goes first: A B, B A, ...
+                i = (r + k) % n
+                times[i].append(_timed(sessions[i], feeds[i], roles[i]))
+            bar.update(1)
+    return times
+
+
+def _timed(session, feed: dict[str, np.ndarray], role: str) -> float:
+    t0 = time.perf_counter()
+    try:
+        session.run(None, feed)
+    except Exception as exc:
+        raise OnnxPruneError(f"onnxruntime cannot run the {role}: {_ort_message(exc)}") from exc
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def measure_latency(
+    paths: list[str | os.PathLike],
+    inputs: dict,
+    providers: list[str],
+    *,
+    runs: int = 30,
+    warmup: int = 5,
+    budget_s: float | None = 10.0,
+    progress: bool = False,
+) -> list[list[float]]:
+    """Per-model lists of run times (ms), measured interleaved.
+
+    All sessions are opened and warmed up first, then each round runs every model once in a
+    rotating order, so slow spells of the machine hit all models alike. After ``budget_s``
+    seconds of measuring, stops early once every model has at least 5 runs.
+    """
+    roles = [f"model {os.fspath(p)}" for p in paths]
+    sessions = [_session(p, providers, role) for p, role in zip(paths, roles, strict=True)]
+    feeds = [_feeds(s, inputs, role) for s, role in zip(sessions, roles, strict=True)]
+    return _measure(
+        sessions, feeds, roles, runs=runs, warmup=warmup, budget_s=budget_s, progress=progress
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ValidationResult:
+    """How the pruned model compares with the original on the same inputs.
+
+    ``rel_diff`` is ``max_abs_diff / max(|reference|)`` over all outputs (0 when both are 0,
+    inf when only the reference is all zero). ``cosine`` is the cosine similarity of all
+    outputs flattened and concatenated (1.0 when both are all zero). ``top1_agreement`` is the
+    fraction of rows of [N, C>=2] float outputs whose argmax agrees, None when no output
+    looks like class scores. Latencies are the median and 90th percentile of ``runs``
+    interleaved runs, in milliseconds.
+    """
+
+    provider: str
+    max_abs_diff: float
+    rel_diff: float
+    cosine: float
+    top1_agreement: float | None
+    per_output: list[dict]
+    latency_ms_before: float
+    latency_ms_after: float
+    latency_p90_ms_before: float
+    latency_p90_ms_after: float
+    runs: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "provider": self.provider,
+            "max_abs_diff": self.max_abs_diff,
+            "rel_diff": self.rel_diff,
+            "cosine": self.cosine,
+            "top1_agreement": self.top1_agreement,
+            "per_output": [dict(p) for p in self.per_output],
+            "latency_ms_before": self.latency_ms_before,
+            "latency_ms_after": self.latency_ms_after,
+            "latency_p90_ms_before": self.latency_p90_ms_before,
+            "latency_p90_ms_after": self.latency_p90_ms_after,
+            "runs": self.runs,
+            "notes": list(self.notes),
+        }
+
+
+def _p90(values: list[float]) -> float:
+    return float(np.percentile(values, 90))
+
+
+def validate(
+    original: str | os.PathLike,
+    pruned: str | os.PathLike,
+    inputs: dict,
+    providers: list[str],
+    *,
+    runs: int = 30,
+    progress: bool = False,
+) -> ValidationResult:
+    """Run both models on ``inputs``, compare their outputs, and time them interleaved.
+
+    Each model gets one session, used for the comparison and for the timing. Errors say
+    whether the original or the pruned model failed to load or run.
+    """
+    if runs < 1:
+        raise UsageError(f"latency runs must be at least 1, got {runs}")
+    roles = ["original model", "pruned model"]
+    hint = _guess_hint(inputs)
+    sessions, feeds, outputs = [], [], []
+    for path, role in zip((original, pruned), roles, strict=True):
+        session = _session(path, providers, role)
+        feed = _feeds(session, inputs, role)
+        outputs.append(_run(session, feed, role, hint))
+        sessions.append(session)
+        feeds.append(feed)
+    names = [o.name for o in sessions[0].get_outputs()]
+    compared = compare_outputs(outputs[0], outputs[1], names)
+    times = _measure(
+        sessions, feeds, roles, runs=runs, warmup=5, budget_s=_BUDGET_S, progress=progress
+    )
+    notes = list(getattr(inputs, "notes", []))
+    actual = sessions[0].get_providers()[0]
+    if actual != providers[0]:
+        notes.append(f"asked for {providers[0]} but onnxruntime ran on {actual}")
+    done = min(len(t) for t in times)
+    if done < runs:
+        notes.append(f"latency stopped after {done} of {runs} runs ({_BUDGET_S:g} s budget)")
+    notes.extend(compared["notes"])
+    return ValidationResult(
+        provider=actual,
+        max_abs_diff=compared["max_abs_diff"],
+        rel_diff=compared["rel_diff"],
+        cosine=compared["cosine"],
+        top1_agreement=compared["top1_agreement"],
+        per_output=compared["per_output"],
+        latency_ms_before=statistics.median(times[0]),
+        latency_ms_after=statistics.median(times[1]),
+        latency_p90_ms_before=_p90(times[0]),
+        latency_p90_ms_after=_p90(times[1]),
+        runs=done,
+        notes=notes,
+    )
