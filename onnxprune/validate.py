@@ -472,6 +472,11 @@ def _measure(
     budget_s: float | None,
     progress: bool = False,
 ) -> list[list[float]]:
+    """Time already-open sessions; shared by ``measure_latency`` and ``validate``.
+
+    ``validate`` reuses the sessions it compared outputs with: opening a big model twice
+    would double the wait for nothing.
+    """
     if runs < 1:
         raise UsageError(f"latency runs must be at least 1, got {runs}")
     if warmup < 0:
