@@ -5,7 +5,8 @@ parameters, the consumers' input slices), because pruning a slot removes all of 
 members are combined with ``reduction`` (mean by default, as Torch-Pruning does). For global
 ranking, scores are divided by their group's mean so that layers of different scale compare.
 
-Criteria are small functions ``(group, values, stats, rng) -> np.ndarray`` in ``CRITERIA``;
+Criteria are small functions ``(group, weights, stats, rng, reduction) -> np.ndarray`` in
+``CRITERIA`` (``weights`` is a ``Weights``: values and cached per-axis norms);
 ``stats`` (activation statistics) is accepted for data-aware criteria added later.
 """
 
@@ -20,21 +21,52 @@ from onnxprune.dependency import Group, Slice
 from onnxprune.errors import UsageError
 from onnxprune.graph import GraphView
 
-Values = Callable[[str], np.ndarray]
-Criterion = Callable[
-    [Group, Values, "Mapping[str, np.ndarray] | None", np.random.Generator, str], np.ndarray
-]
-
 SCORED_ROLES = ("out", "in", "chan")  # running statistics and activations do not count
 REDUCTIONS = ("mean", "sum", "max")
+_CHUNK = 1 << 22  # elements per pass: bounds the temporary |w| of a 400 MB VGG layer
 
 
-def _rows(m: Slice, values: Values) -> np.ndarray:
-    """The member's tensor with its channel axis first, flattened to [positions, rest]."""
-    w = values(m.target)
-    if w.dtype not in (np.float32, np.float64):
-        w = w.astype(np.float32)
-    return np.moveaxis(w, m.axis, 0).reshape(m.size, -1)
+class Weights:
+    """Read access to parameter values for criteria, with the per-axis norms cached.
+
+    A weight is usually a member of two groups (its filters, its input slices); both need
+    ``sum |w|^p`` along one axis. One chunked pass computes the sums along every axis, so a
+    large weight is read once and never copied or transposed whole.
+    """
+
+    def __init__(self, view: GraphView) -> None:
+        self.view = view
+        self._norms: dict[tuple[str, int], list[np.ndarray]] = {}
+
+    def array(self, name: str) -> np.ndarray:
+        v = self.view.constant(name)
+        if v is None:
+            raise KeyError(name)
+        return v if v.dtype in (np.float32, np.float64) else v.astype(np.float32)
+
+    def rows(self, m: Slice) -> np.ndarray:
+        """The member's tensor with its channel axis first, flattened to [positions, rest]."""
+        return np.moveaxis(self.array(m.target), m.axis, 0).reshape(m.size, -1)
+
+    def norms(self, name: str, axis: int, p: int) -> np.ndarray:
+        """``sum |w|^p`` over every axis but ``axis``: one value per position of ``axis``."""
+        key = (name, p)
+        if key not in self._norms:
+            w = self.view.constant(name)
+            if w is None:
+                raise KeyError(name)
+            w = w.reshape(1) if w.ndim == 0 else w
+            sums = [np.zeros(d, dtype=np.float64) for d in w.shape]
+            step = max(1, _CHUNK // max(1, w[0].size))
+            others = [tuple(a for a in range(w.ndim) if a != k) for k in range(w.ndim)]
+            for i in range(0, w.shape[0], step):
+                c = w[i : i + step]
+                c = np.abs(c, dtype=np.float32) if p == 1 else np.square(c, dtype=np.float32)
+                sums[0][i : i + len(c)] = c.reshape(len(c), -1).sum(1)
+                for k in range(1, w.ndim):
+                    sums[k] += c.sum(axis=others[k])
+            self._norms[key] = sums
+        return self._norms[key][axis]
 
 
 def _per_slot(m: Slice, per_position: np.ndarray, slots: int) -> np.ndarray:
@@ -52,55 +84,57 @@ def _reduce(vectors: list[np.ndarray], slots: int, how: str) -> np.ndarray:
 def magnitude(p: int) -> Callable[..., np.ndarray]:
     """L1 (p=1) or L2 (p=2) norm of each slot's weights, per member, then reduced."""
 
-    def score(g: Group, values: Values, stats: object, rng: object, reduction: str) -> np.ndarray:
+    def score(g: Group, weights: Weights, stats: object, rng: object, reduction: str) -> np.ndarray:
         vectors = []
         for m in g.members:
             if m.role not in SCORED_ROLES:
                 continue
-            rows = _rows(m, values)
-            per_pos = np.abs(rows).sum(1) if p == 1 else np.square(rows, dtype=np.float64).sum(1)
-            v = _per_slot(m, per_pos, g.slots)
+            v = _per_slot(m, weights.norms(m.target, m.axis, p), g.slots)
             vectors.append(np.sqrt(v) if p == 2 else v)
         return _reduce(vectors, g.slots, reduction)
 
     return score
 
 
-def bn_scale(g: Group, values: Values, stats: object, rng: object, reduction: str) -> np.ndarray:
+def bn_scale(g: Group, weights: Weights, stats: object, rng: object, reduction: str) -> np.ndarray:
     """|gamma| of the group's BatchNormalization layers (network slimming); L1 where none."""
     vectors = []
     for m in g.members:
         if m.op == "BatchNormalization" and m.input == 1:
             counts = np.bincount(m.slot[m.slot >= 0], minlength=g.slots)
-            v = _per_slot(m, np.abs(_rows(m, values)[:, 0]), g.slots)
+            v = _per_slot(m, np.abs(weights.array(m.target)), g.slots)
             vectors.append(v / np.maximum(counts, 1))
     if not vectors:
-        return magnitude(1)(g, values, stats, rng, reduction)
+        return magnitude(1)(g, weights, stats, rng, reduction)
     return _reduce(vectors, g.slots, reduction)
 
 
-def fpgm(g: Group, values: Values, stats: object, rng: object, reduction: str) -> np.ndarray:
+def fpgm(g: Group, weights: Weights, stats: object, rng: object, reduction: str) -> np.ndarray:
     """Distance to the other filters (He et al. 2019): filters near the geometric median
     are replaceable by the others and score low."""
     feats = []
     for m in g.members:
         if m.role != "out":
             continue
-        rows = _rows(m, values).astype(np.float64, copy=False)
-        f = np.zeros((g.slots, rows.shape[1]))
+        rows = weights.rows(m)
+        f = np.zeros((g.slots, rows.shape[1]), dtype=np.float32)
         mask = m.slot >= 0
-        np.add.at(f, m.slot[mask], rows[mask])
+        slots = m.slot[mask]
+        if len(np.unique(slots)) == len(slots):
+            f[slots] = rows[mask]
+        else:  # a slot owns several rows (a whole group of a grouped conv): sum them
+            np.add.at(f, slots, rows[mask])
         feats.append(f)
     if not feats:
-        return magnitude(2)(g, values, stats, rng, reduction)
+        return magnitude(2)(g, weights, stats, rng, reduction)
     f = np.concatenate(feats, axis=1)
-    sq = np.einsum("ij,ij->i", f, f)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (f @ f.T)
+    sq = np.einsum("ij,ij->i", f, f, dtype=np.float64)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (f @ f.T).astype(np.float64)
     return np.sqrt(np.maximum(d2, 0.0)).sum(1)
 
 
 def random(
-    g: Group, values: Values, stats: object, rng: np.random.Generator, reduction: str
+    g: Group, weights: Weights, stats: object, rng: np.random.Generator, reduction: str
 ) -> np.ndarray:
     return rng.random(g.slots)
 
@@ -129,19 +163,13 @@ def score_groups(
     if reduction not in REDUCTIONS:
         raise UsageError(f"unknown reduction '{reduction}' (choose from {', '.join(REDUCTIONS)})")
     view = model if isinstance(model, GraphView) else GraphView(model, shapes=False)
-
-    def values(name: str) -> np.ndarray:
-        v = view.constant(name)
-        if v is None:
-            raise KeyError(name)
-        return v
-
+    weights = Weights(view)
     fn = CRITERIA[criterion]
     out = {}
     for i, g in enumerate(groups):
         if g.blocked_reason is None:
             rng = np.random.default_rng([seed, i])
-            out[g.id] = np.asarray(fn(g, values, stats, rng, reduction), dtype=np.float64)
+            out[g.id] = np.asarray(fn(g, weights, stats, rng, reduction), dtype=np.float64)
     return out
 
 

@@ -99,6 +99,23 @@ class RewriteContext:
         node.input[k] = new
 
 
+_DATA_FIELDS = (
+    "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data",
+    "external_data",
+)  # fmt: skip
+
+
+def _write_tensor(t: onnx.TensorProto, value: np.ndarray) -> None:
+    """Replace a tensor's dims and data in place: one copy of the sliced bytes, instead of
+    building a new TensorProto and copying it in."""
+    for f in _DATA_FIELDS:
+        t.ClearField(f)
+    t.ClearField("data_location")
+    del t.dims[:]
+    t.dims.extend(value.shape)
+    t.raw_data = np.ascontiguousarray(value).tobytes()
+
+
 def _set_constant_node(node: onnx.NodeProto, value: np.ndarray) -> None:
     for i, a in enumerate(node.attribute):
         if a.name.startswith("value"):
@@ -159,7 +176,7 @@ def _slice_params(model: onnx.ModelProto, view: GraphView, plan: Plan) -> None:
         if name in view.aliases:
             retarget(nodes[name], as_input(nodes[name], value))
         elif name in inits:
-            inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), name))
+            _write_tensor(inits[name], value)
         else:
             _set_constant_node(nodes[name], value)
 
