@@ -21,6 +21,7 @@ import onnx
 from onnxprune import io
 from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.metrics import compute_metrics
+from onnxprune.progress import progress_bar
 from onnxprune.report import Report
 from onnxprune.unstructured import check_ratio, find_prunable_weights, parse_nm, prune_unstructured
 
@@ -41,11 +42,7 @@ class _Stages:
         self.timings: dict[str, float] = {}
         self._bar = None
         if progress:
-            from tqdm import tqdm
-
-            self._bar = tqdm(
-                total=len(names), desc="onnxprune", unit="step", leave=False, disable=None
-            )
+            self._bar = progress_bar(total=len(names), desc="onnxprune", unit="step")
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
