@@ -30,13 +30,17 @@ class Weights:
     """Read access to parameter values for criteria, with the per-axis norms cached.
 
     A weight is usually a member of two groups (its filters, its input slices); both need
-    ``sum |w|^p`` along one axis. One chunked pass computes the sums along every axis, so a
-    large weight is read once and never copied or transposed whole.
+    ``sum |w|^p`` along one axis. One chunked pass computes the sums along every axis the
+    groups ask for, so a large weight is read once and never copied or transposed whole.
     """
 
-    def __init__(self, view: GraphView) -> None:
+    def __init__(self, view: GraphView, groups: list[Group] = ()) -> None:
         self.view = view
-        self._norms: dict[tuple[str, int], list[np.ndarray]] = {}
+        self._axes: dict[str, set[int]] = {}
+        for g in groups:
+            for m in g.members:
+                self._axes.setdefault(m.target, set()).add(m.axis)
+        self._norms: dict[tuple[str, int], dict[int, np.ndarray]] = {}
 
     def array(self, name: str) -> np.ndarray:
         v = self.view.constant(name)
@@ -50,23 +54,27 @@ class Weights:
 
     def norms(self, name: str, axis: int, p: int) -> np.ndarray:
         """``sum |w|^p`` over every axis but ``axis``: one value per position of ``axis``."""
-        key = (name, p)
-        if key not in self._norms:
+        cached = self._norms.setdefault((name, p), {})
+        if axis not in cached:
             w = self.view.constant(name)
             if w is None:
                 raise KeyError(name)
             w = w.reshape(1) if w.ndim == 0 else w
-            sums = [np.zeros(d, dtype=np.float64) for d in w.shape]
+            axes = sorted(self._axes.get(name, set()) | {axis})
+            sums = {k: np.zeros(w.shape[k], dtype=np.float64) for k in axes}
             step = max(1, _CHUNK // max(1, w[0].size))
-            others = [tuple(a for a in range(w.ndim) if a != k) for k in range(w.ndim)]
             for i in range(0, w.shape[0], step):
                 c = w[i : i + step]
                 c = np.abs(c, dtype=np.float32) if p == 1 else np.square(c, dtype=np.float32)
-                sums[0][i : i + len(c)] = c.reshape(len(c), -1).sum(1)
-                for k in range(1, w.ndim):
-                    sums[k] += c.sum(axis=others[k])
-            self._norms[key] = sums
-        return self._norms[key][axis]
+                for k in axes:
+                    lead = int(np.prod(c.shape[:k]))
+                    part = c.reshape(lead, c.shape[k], -1).sum(axis=(0, 2))
+                    if k == 0:
+                        sums[0][i : i + len(c)] = part
+                    else:
+                        sums[k] += part
+            cached.update(sums)
+        return cached[axis]
 
 
 def _per_slot(m: Slice, per_position: np.ndarray, slots: int) -> np.ndarray:
@@ -163,7 +171,7 @@ def score_groups(
     if reduction not in REDUCTIONS:
         raise UsageError(f"unknown reduction '{reduction}' (choose from {', '.join(REDUCTIONS)})")
     view = model if isinstance(model, GraphView) else GraphView(model, shapes=False)
-    weights = Weights(view)
+    weights = Weights(view, groups)
     fn = CRITERIA[criterion]
     out = {}
     for i, g in enumerate(groups):
