@@ -75,6 +75,7 @@ class Slice:
         return self.target
 
     def positions(self, slot: int) -> np.ndarray:
+        """Where ``slot`` lies on this axis (for stages after the rewrite: reconstruction)."""
         return np.flatnonzero(self.slot == slot)
 
 
@@ -183,11 +184,6 @@ class Context:
                 else:
                     parent[rx] = ry
 
-    def tie(self, ids: np.ndarray) -> None:
-        """All of ``ids`` are one channel (a whole group of a grouped Conv)."""
-        if len(ids) > 1:
-            self.unify(ids[1:], np.full(len(ids) - 1, ids[0], dtype=np.int64))
-
     # ------------------------------------------------------------------ node scope
     @property
     def where(self) -> str:
@@ -213,9 +209,6 @@ class Context:
     def is_const(self, k: int) -> bool:
         name = self.input_name(k)
         return bool(name) and self.view.is_constant(name)
-
-    def const(self, k: int) -> np.ndarray | None:
-        return self.view.constant(self.input_name(k))
 
     def in_shape(self, k: int) -> tuple | None:
         return self.view.shape(self.input_name(k))

@@ -13,7 +13,7 @@ replaced by typed graph inputs, so inference does not serialize the weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -423,9 +423,6 @@ class GraphView:
 
     def uses(self, name: str) -> list[Use]:
         return self.consumers.get(name, [])
-
-    def names_of(self, indices: Iterable[int]) -> list[str]:
-        return [self.label(i) for i in indices]
 
 
 def _toposorted(graph: onnx.GraphProto) -> list[onnx.NodeProto]:

@@ -316,9 +316,9 @@ def chain(
     seed: int = 0,
     c: int = 8,
     opset: int = OPSET,
-    extra_inputs=None,
 ) -> onnx.ModelProto:
-    """conv -> each op in ``ops`` (single input, attributes as given) -> conv."""
+    """conv -> each op in ``ops`` -> 1x1 conv. ``attrs["_inputs"]`` lists extra inputs:
+    arrays become constants, strings are tensor names ("" for an absent optional input)."""
     b = Builder(seed, opset)
     x = b.input([1, 3, hw, hw])
     y = b.conv(x, 3, c, name="producer")
