@@ -153,7 +153,7 @@ def test_computed_reshape_with_fixed_channel_count_blocks():
     )
     flat = b.op("Reshape", [y, b.op("Concat", [n, b.ints([C * 9])], axis=0)])
     model = b.build([b.gemm(flat, C * 9, 2, name="fc")])
-    assert "fixed channel count" in _blocked(model)
+    assert "fixes the channel count" in _blocked(model)
 
 
 def test_unsupported_op_blocks_with_its_name():
@@ -179,3 +179,21 @@ def test_reshape_target_built_from_constants_is_rewritten():
     model = b.build([b.gemm(flat, C * 9, 2, name="fc")])
     pruned, _ = prune_exact(model, 0.5)
     assert not any(n.op_type == "Unsqueeze" for n in pruned.graph.node)
+
+
+def test_reshape_target_reading_another_tensors_count_blocks():
+    """The target takes the channel count from a tensor whose channels are not cut."""
+    b = Builder()
+    x = b.input([1, 3, 3, 3])
+    z = b.input([1, C, 9], name="z")
+    y = b.relu(b.conv(x, 3, C, name="producer"))
+    target = b.op(
+        "Concat",
+        [b.op("Slice", [b.op("Shape", [z]), b.ints([0]), b.ints([2])]), b.ints([9])],
+        axis=0,
+    )
+    r = b.op("Reshape", [y, target])
+    pooled = b.op("ReduceSum", [r, b.ints([2])], keepdims=0)
+    model = b.build([b.gemm(pooled, C, 2, name="fc")])
+    reason = next(g for g in analyze(model) if g.id == "producer").blocked_reason
+    assert "fixes the channel count" in reason

@@ -210,8 +210,14 @@ class ReshapeRule(Rule):
                     )
                     return
         e = expr[out_axis] if out_axis < len(expr) else None
-        if const is None and not (e == -1 or isinstance(e, tuple) or (e == 0 and identity)):
-            ctx.block(x.ids, "Reshape target is computed at run time with a fixed channel count")
+        follows = isinstance(e, tuple) and (ch := ctx.tracked(e[1])) is not None and ch.axis == e[2]
+        if not (
+            e == -1
+            or follows  # the input's own channel count, read at run time (checked above)
+            or (e == 0 and not allowzero and identity)  # copies the (pruned) channel count
+            or (const is not None and isinstance(e, int) and e > 0)  # rewritten below
+        ):
+            ctx.block(x.ids, "Reshape target fixes the channel count where it cannot be rewritten")
             return
         ctx.set_out(0, out_axis, out_ids, len(outs))
 
