@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,12 @@ import onnx
 
 from onnxprune import io
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.metrics import compute_metrics
+from onnxprune.metrics import (
+    compressed_size,
+    compression_note,
+    compute_metrics,
+    is_compression_sampled,
+)
 from onnxprune.progress import progress_bar
 from onnxprune.report import Report
 from onnxprune.unstructured import check_ratio, find_prunable_weights, parse_nm, prune_unstructured
@@ -39,6 +45,7 @@ class _Stages:
     """Times each stage and drives one progress bar over them (stderr; hidden when not a TTY)."""
 
     def __init__(self, names: Sequence[str], progress: bool):
+        self.progress = progress
         self.timings: dict[str, float] = {}
         self._bar = None
         if progress:
@@ -61,29 +68,51 @@ class _Stages:
             self._bar.close()
 
 
-def _check_options(
-    structured, unstructured, nm, scope, criterion, round_to, max_group_ratio, providers
-):
-    if structured is None and unstructured is None and nm is None:
-        raise UsageError("nothing to do: pass --structured RATIO, --unstructured RATIO or --nm N:M")
-    if unstructured is not None and nm is not None:
-        raise UsageError("choose one of --unstructured and --nm")
-    if structured is not None:
-        check_ratio(structured, "--structured")
-    if unstructured is not None:
-        check_ratio(unstructured, "--unstructured")
-    if nm is not None and isinstance(nm, str):
-        parse_nm(nm)
-    if scope not in ("local", "global"):
-        raise UsageError(f"--scope must be 'local' or 'global', got {scope!r}")
-    if criterion not in CRITERIA:
-        raise UsageError(f"unknown --criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
-    if round_to is not None and (not isinstance(round_to, int) or round_to < 1):
-        raise UsageError(f"--round-to must be a positive integer, got {round_to!r}")
-    if not 0.0 < max_group_ratio < 1.0:
-        raise UsageError(f"--max-group-ratio must be in (0, 1), got {max_group_ratio!r}")
-    if providers not in ("cpu", "cuda", "auto"):
-        raise UsageError(f"--providers must be cpu, cuda or auto, got {providers!r}")
+@dataclass(frozen=True)
+class PruneOptions:
+    """Every knob of one run, checked once up front so bad options fail before any work."""
+
+    structured: float | None = None
+    unstructured: float | None = None
+    nm: str | tuple[int, int] | None = None
+    scope: str = "local"
+    criterion: str = "l1"
+    round_to: int | None = None
+    max_group_ratio: float = 0.9
+    exclude: tuple[str, ...] = ()
+    validate: bool = True
+    calib: str | os.PathLike | None = None
+    seed: int = 0
+    providers: str = "cpu"
+    runs: int = 30
+    force: bool = False
+    external_data: bool | None = None
+
+    def check(self) -> None:
+        if self.structured is None and self.unstructured is None and self.nm is None:
+            raise UsageError(
+                "nothing to do: pass --structured RATIO, --unstructured RATIO or --nm N:M"
+            )
+        if self.unstructured is not None and self.nm is not None:
+            raise UsageError("choose one of --unstructured and --nm")
+        if self.structured is not None:
+            check_ratio(self.structured, "--structured")
+        if self.unstructured is not None:
+            check_ratio(self.unstructured, "--unstructured")
+        if isinstance(self.nm, str):
+            parse_nm(self.nm)
+        if self.scope not in ("local", "global"):
+            raise UsageError(f"--scope must be 'local' or 'global', got {self.scope!r}")
+        if self.criterion not in CRITERIA:
+            raise UsageError(
+                f"unknown --criterion {self.criterion!r}; choose from {', '.join(CRITERIA)}"
+            )
+        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
+            raise UsageError(f"--round-to must be a positive integer, got {self.round_to!r}")
+        if not 0.0 < self.max_group_ratio < 1.0:
+            raise UsageError(f"--max-group-ratio must be in (0, 1), got {self.max_group_ratio!r}")
+        if self.providers not in ("cpu", "cuda", "auto"):
+            raise UsageError(f"--providers must be cpu, cuda or auto, got {self.providers!r}")
 
 
 def prune(
@@ -123,128 +152,136 @@ def prune(
     Raises ``UsageError`` for bad options and ``OnnxPruneError`` for model problems, each with
     a message meant for a person.
     """
-    _check_options(
-        structured, unstructured, nm, scope, criterion, round_to, max_group_ratio, providers
-    )
+    opts = PruneOptions(
+        structured=structured, unstructured=unstructured, nm=nm, scope=scope,
+        criterion=criterion, round_to=round_to, max_group_ratio=max_group_ratio,
+        exclude=tuple(exclude), validate=validate, calib=calib, seed=seed, providers=providers,
+        runs=runs, force=force, external_data=external_data,
+    )  # fmt: skip
+    opts.check()
     names = ["load", "measure", "prune", "measure pruned", "save"] + (
         ["validate"] if validate else []
     )
     stages = _Stages(names, progress)
+    # Compressed sizes take about as long as pruning a big model: they run on a background
+    # thread while the main thread prunes and saves, and are joined for the report.
+    background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxprune-gzip")
     try:
-        return _prune(
-            stages, model, output, structured, unstructured, nm, scope, criterion, round_to,
-            max_group_ratio, exclude, validate, calib, seed, providers, runs, force, external_data,
-            progress,
-        )  # fmt: skip
+        return _run(model, None if output is None else Path(output), opts, stages, background)
     finally:
+        background.shutdown(wait=True, cancel_futures=True)
         stages.close()
 
 
-def _prune(
-    stages, model, output, structured, unstructured, nm, scope, criterion, round_to,
-    max_group_ratio, exclude, validate, calib, seed, providers, runs, force, external_data, progress,
-):  # fmt: skip
+@dataclass
+class _Source:
+    model: onnx.ModelProto
+    path: Path | None
+    used_external_data: bool
+    size_bytes: int
+
+
+def _load(model: str | os.PathLike | onnx.ModelProto, report: Report) -> _Source:
+    if isinstance(model, onnx.ModelProto):
+        original = model
+        if io.needs_normalization(model):
+            original = onnx.ModelProto()
+            original.CopyFrom(model)  # never modify the caller's model
+            report.notes.extend(io.normalize_model(original))
+        size = 0 if io.model_needs_external_data(original) else original.ByteSize()
+        return _Source(original, None, False, size)
+    loaded = io.load_model(model)
+    report.notes.extend(loaded.notes)
+    return _Source(loaded.model, loaded.path, loaded.used_external_data, loaded.size_bytes)
+
+
+def _apply(original: onnx.ModelProto, opts: PruneOptions, report: Report, progress: bool):
+    pruned = original
+    if opts.structured is not None:
+        from onnxprune.structured import StructuredOptions, prune_structured
+
+        options = StructuredOptions(
+            ratio=opts.structured, scope=opts.scope, criterion=opts.criterion,
+            round_to=opts.round_to, max_group_ratio=opts.max_group_ratio,
+            exclude=opts.exclude, seed=opts.seed,
+        )  # fmt: skip
+        pruned, sresult = prune_structured(pruned, options, progress=progress)
+        report.structured = sresult.to_dict()
+    if opts.unstructured is not None or opts.nm is not None:
+        pruned, uresult = prune_unstructured(
+            pruned, ratio=opts.unstructured, nm=opts.nm, scope=opts.scope, exclude=opts.exclude
+        )
+        report.unstructured = uresult.to_dict()
+    _refuse_if_nothing_pruned(report, original)
+    quantized = find_prunable_weights(original).quantized_ops
+    if quantized:
+        ops = ", ".join(f"{k} x{v}" for k, v in sorted(quantized.items()))
+        report.notes.append(f"quantized weights left untouched ({ops})")
+    return pruned
+
+
+def _run(model, output_path: Path | None, opts: PruneOptions, stages: _Stages, background):
     report = Report()
-    output_path = Path(output) if output is not None else None
     with stages.stage("load"):
-        if isinstance(model, onnx.ModelProto):
-            original, input_path, used_external = model, None, False
-            if io.needs_normalization(original):
-                original = onnx.ModelProto()
-                original.CopyFrom(model)  # never modify the caller's model
-                report.notes.extend(io.normalize_model(original))
-            size_before = original.ByteSize() if not io.model_needs_external_data(original) else 0
-        else:
-            loaded = io.load_model(model)
-            original, input_path, used_external = (
-                loaded.model,
-                loaded.path,
-                loaded.used_external_data,
-            )
-            size_before = loaded.size_bytes
-            report.notes.extend(loaded.notes)
+        src = _load(model, report)
         if output_path is not None:
-            io.check_output_path(input_path or Path("<memory>"), output_path, force)
-    if validate:
+            io.check_output_path(src.path or Path("<memory>"), output_path, opts.force)
+    provider_list: list[str] = []
+    if opts.validate:
         # Resolve providers before the long work so a missing CUDA fails fast.
         from onnxprune.validate import resolve_providers
 
-        provider_list = resolve_providers(providers)
+        provider_list = resolve_providers(opts.providers)
 
+    gzip_before = background.submit(compressed_size, src.model)
     with stages.stage("measure"):
-        before = compute_metrics(original)
-    pruned = original
+        before = compute_metrics(src.model, compressed=False)
     with stages.stage("prune"):
-        if structured is not None:
-            from onnxprune.structured import StructuredOptions, prune_structured
-
-            options = StructuredOptions(
-                ratio=structured, scope=scope, criterion=criterion, round_to=round_to,
-                max_group_ratio=max_group_ratio, exclude=tuple(exclude), seed=seed,
-            )  # fmt: skip
-            pruned, sresult = prune_structured(pruned, options, progress=progress)
-            report.structured = sresult.to_dict()
-        if unstructured is not None or nm is not None:
-            pruned, uresult = prune_unstructured(
-                pruned, ratio=unstructured, nm=nm, scope=scope, exclude=exclude
-            )
-            report.unstructured = uresult.to_dict()
-        _refuse_if_nothing_pruned(report, original)
-        quantized = find_prunable_weights(original).quantized_ops
-        if quantized:
-            ops = ", ".join(f"{k} x{v}" for k, v in sorted(quantized.items()))
-            report.notes.append(f"quantized weights left untouched ({ops})")
+        pruned = _apply(src.model, opts, report, stages.progress)
+    gzip_after = background.submit(compressed_size, pruned)
     with stages.stage("measure pruned"):
-        after = compute_metrics(pruned)
+        after = compute_metrics(pruned, compressed=False)
 
-    report.input_path = str(input_path) if input_path else None
+    report.input_path = str(src.path) if src.path else None
     report.params_before, report.params_after = before.params, after.params
     report.nonzero_before, report.nonzero_after = before.nonzeros, after.nonzeros
     report.macs_before, report.macs_after = before.macs, after.macs
-    report.gzip_bytes_before, report.gzip_bytes_after = before.gzip_bytes, after.gzip_bytes
-    report.size_bytes_before = size_before
-    for note in before.notes:
-        if note not in report.notes:
-            report.notes.append(note)
+    report.size_bytes_before = src.size_bytes
+    report.notes.extend(n for n in before.notes if n not in report.notes)
 
-    ext = external_data if external_data is not None else (True if used_external else None)
+    ext = opts.external_data
+    if ext is None and src.used_external_data:
+        ext = True
     scratch = None if output_path is not None else Path(tempfile.mkdtemp(prefix="onnxprune-"))
     try:
         with stages.stage("save"):
             target = output_path if output_path is not None else scratch / "pruned.onnx"
             staged = io.stage_model(pruned, target, external_data=ext)
-        try:
+        with staged:  # discarded if validation (or anything) fails: no output left behind
             report.size_bytes_after = staged.size_bytes
-            if validate:
+            if opts.validate:
                 with stages.stage("validate"):
                     report.validation = _validate(
-                        original,
-                        input_path,
-                        staged.path,
-                        calib,
-                        seed,
-                        provider_list,
-                        runs,
-                        progress,
-                        scratch,
+                        src, staged.path, opts, provider_list, stages.progress
                     )
             if output_path is not None:
-                final = staged.commit()
-                report.output_path = str(final)
+                report.output_path = str(staged.commit())
             else:
                 staged.discard()
-        except BaseException:
-            staged.discard()
-            raise
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+    with stages.stage("measure"):
+        report.gzip_bytes_before = gzip_before.result()
+        report.gzip_bytes_after = gzip_after.result()
+    if is_compression_sampled(src.model):
+        report.notes.append(compression_note())
     report.timings_s = dict(stages.timings)
-    return PruneResult(
-        model=pruned,
-        report=report,
-        output_path=Path(report.output_path) if report.output_path else None,
-    )
+    return PruneResult(model=pruned, report=report, output_path=_path_or_none(report.output_path))
+
+
+def _path_or_none(path: str | None) -> Path | None:
+    return Path(path) if path else None
 
 
 def _refuse_if_nothing_pruned(report: Report, model: onnx.ModelProto) -> None:
@@ -277,18 +314,18 @@ def _refuse_if_nothing_pruned(report: Report, model: onnx.ModelProto) -> None:
     )
 
 
-def _validate(original, input_path, pruned_path, calib, seed, providers, runs, progress, scratch):
+def _validate(src: _Source, pruned_path: Path, opts: PruneOptions, providers, progress) -> dict:
     from onnxprune import validate as v
 
-    original_path = input_path
     tmpdir = None
     try:
+        original_path = src.path
         if original_path is None:
             tmpdir = Path(tempfile.mkdtemp(prefix="onnxprune-orig-"))
-            original_path = io.stage_model(original, tmpdir / "original.onnx").commit()
-        inputs = v.make_inputs(original, calib=calib, seed=seed)
+            original_path = io.stage_model(src.model, tmpdir / "original.onnx").commit()
+        inputs = v.make_inputs(src.model, calib=opts.calib, seed=opts.seed)
         result = v.validate(
-            original_path, pruned_path, inputs, providers, runs=runs, progress=progress
+            original_path, pruned_path, inputs, providers, runs=opts.runs, progress=progress
         )
         return result.to_dict()
     finally:

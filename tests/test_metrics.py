@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxprune import metrics
 from onnxprune.metrics import (
     ModelMetrics,
     _Dims,
@@ -286,3 +287,31 @@ def test_unloaded_external_weights_count_as_dense_and_are_noted(tmp_path):
     assert m.macs == 256 * 64 + 64 * 10
     assert m.gzip_bytes > w1.nbytes + w2.nbytes  # stored size, uncompressed
     assert any("external files" in n for n in m.notes)
+
+
+def test_sampled_compressed_size_tracks_the_exact_figure(monkeypatch):
+    """Big models get an estimate from every 8th MiB of each tensor; it must stay close and
+    must still see a layer that was zeroed."""
+    rng = np.random.default_rng(0)
+    dense = rng.normal(size=(3, 1024, 1024)).astype(np.float32)  # 12 MiB, float noise
+    half = dense.copy()
+    half[0] = 0.0
+    models = []
+    for w in (dense, half):
+        init = numpy_helper.from_array(w.reshape(3 * 1024, 1024), "w")
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3 * 1024])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1024])],
+            initializer=[init],
+        )
+        models.append(helper.make_model(graph))
+    monkeypatch.setattr(metrics, "EXACT_COMPRESSION_LIMIT", 1 << 20)
+    assert metrics.is_compression_sampled(models[0])
+    for model in models:
+        exact = metrics.compressed_size(model, exact=True)
+        estimate = metrics.compressed_size(model, exact=False)
+        assert abs(estimate - exact) / exact < 0.05
+    assert metrics.compressed_size(models[1]) < 0.8 * metrics.compressed_size(models[0])
+    assert any("estimated" in n for n in metrics.compute_metrics(models[0]).notes)
