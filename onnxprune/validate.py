@@ -40,6 +40,9 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 _MIN_RUNS = 5  # latency runs per model kept even when the time budget is spent
 _BUDGET_S = 10.0  # seconds of latency measurement in validate()
+#: Calibration sets are compared in chunks of this many samples when the batch is dynamic
+#: (bounded memory), and in chunks of the model's batch size when it is fixed.
+MAX_VALIDATION_BATCH = 256
 _TOKEN_ID_HIGH = 100  # random token ids are drawn in [0, 100): valid for any real vocabulary
 
 
@@ -106,6 +109,41 @@ def _feeds(session, inputs: dict[str, np.ndarray], role: str) -> dict[str, np.nd
             f"onnxruntime cannot run the {role}: no value for input(s) {', '.join(missing)}"
         )
     return {n: inputs[n] for n in names}
+
+
+def _chunked(session, feed: dict[str, np.ndarray], notes: list[str]) -> list[dict]:
+    """Split a feed along the batch axis into what the model accepts.
+
+    A model exported with a fixed batch (1 for most CNN exports) cannot take a calibration
+    set of N samples in one run; a dynamic one can, but memory grows with N. Inputs must
+    share their first dimension to be split; otherwise the feed is used whole.
+    """
+    sizes = {v.shape[0] for v in feed.values() if v.ndim}
+    if len(sizes) != 1 or any(v.ndim == 0 for v in feed.values()):
+        return [feed]
+    n = sizes.pop()
+    fixed = {i.shape[0] for i in session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
+    step = min(fixed) if len(fixed) == 1 else MAX_VALIDATION_BATCH
+    if n <= step:
+        return [feed]
+    usable = n - n % step
+    if usable < n:
+        notes.append(f"last {n - usable} of {n} samples dropped: the model's batch is {step}")
+    notes.append(f"{usable} samples run in batches of {step}; latency measured on one batch")
+    return [{k: v[a : a + step] for k, v in feed.items()} for a in range(0, usable, step)]
+
+
+def _join_chunks(results: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Outputs of all chunks, concatenated along the batch axis where they have one."""
+    if len(results) == 1:
+        return results[0]
+    joined = []
+    for parts in zip(*results, strict=True):
+        if all(p.ndim and p.shape[0] == parts[0].shape[0] for p in parts):
+            joined.append(np.concatenate(parts, axis=0))
+        else:
+            joined.append(np.stack(parts))
+    return joined
 
 
 def _run(session, feeds: dict[str, np.ndarray], role: str, hint: str = "") -> list[np.ndarray]:
@@ -605,18 +643,20 @@ def validate(
     roles = ["original model", "pruned model"]
     hint = _guess_hint(inputs)
     sessions, feeds, outputs = [], [], []
+    chunk_notes: list[str] = []
     for path, role in zip((original, pruned), roles, strict=True):
         session = _session(path, providers, role)
-        feed = _feeds(session, inputs, role)
-        outputs.append(_run(session, feed, role, hint))
+        chunks = _chunked(session, _feeds(session, inputs, role), chunk_notes)
+        results = [_run(session, chunk, role, hint) for chunk in chunks]
+        outputs.append(_join_chunks(results))
         sessions.append(session)
-        feeds.append(feed)
+        feeds.append(chunks[0])  # latency is measured on one chunk
     names = [o.name for o in sessions[0].get_outputs()]
     compared = compare_outputs(outputs[0], outputs[1], names)
     times = _measure(
         sessions, feeds, roles, runs=runs, warmup=5, budget_s=_BUDGET_S, progress=progress
     )
-    notes = list(getattr(inputs, "notes", []))
+    notes = list(getattr(inputs, "notes", [])) + chunk_notes[:1]
     actual = sessions[0].get_providers()[0]
     if actual != providers[0]:
         notes.append(f"asked for {providers[0]} but onnxruntime ran on {actual}")

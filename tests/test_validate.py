@@ -321,3 +321,29 @@ def test_run_failure_is_wrapped_too(clf_path):
         run_model(clf_path, wrong, CPU)
     with pytest.raises(OnnxPruneError, match="no value for input"):
         run_model(clf_path, {}, CPU)
+
+
+def test_calibration_set_runs_in_chunks_of_a_fixed_batch(tmp_path):
+    """A batch-1 export validated on 10 samples: every sample is compared, latency on one."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        initializer=[w],
+    )
+    a = tmp_path / "a.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), a)
+    changed = onnx.load(a)
+    arr = numpy_helper.to_array(changed.graph.initializer[0]).copy()
+    arr[0, 0] += 1.0  # only the first input feature's weights change
+    changed.graph.initializer[0].CopyFrom(numpy_helper.from_array(arr, "w"))
+    b = tmp_path / "b.onnx"
+    onnx.save(changed, b)
+    x = rng.normal(size=(10, 4)).astype(np.float32)
+    result = validate(a, b, {"x": x}, ["CPUExecutionProvider"], runs=5)
+    # the largest change over all 10 samples is |x[:, 0]|.max(): seen only if all ran
+    assert result.max_abs_diff == pytest.approx(float(np.abs(x[:, 0]).max()), rel=1e-5)
+    assert any("batches of 1" in n for n in result.notes)
