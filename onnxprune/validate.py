@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.progress import progress_bar
 
 __all__ = [
     "InputBatch",
@@ -522,13 +522,11 @@ def _measure(
     for session, feed, role in zip(sessions, feeds, roles, strict=True):
         for _ in range(warmup):
             _timed(session, feed, role)
-    from tqdm import tqdm
-
     n = len(sessions)
     times: list[list[float]] = [[] for _ in sessions]
     floor = min(runs, _MIN_RUNS)
     start = time.perf_counter()
-    bar = tqdm(total=runs, desc="latency", unit="run", file=sys.stderr, disable=not progress)
+    bar = progress_bar(total=runs, desc="latency", unit="run", enabled=progress)
     with bar:
         for r in range(runs):
             if budget_s is not None and r >= floor and time.perf_counter() - start > budget_s:
