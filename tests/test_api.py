@@ -108,3 +108,16 @@ def test_public_names():
     assert {"prune", "PruneResult", "Report", "OnnxPruneError", "UsageError"} <= set(
         onnxprune.__all__
     )
+
+
+@pytest.mark.parametrize("opset", [11, 13, 15, 17, 19, 21, 22])
+def test_every_supported_opset_prunes_and_validates(opset):
+    model = small_cnn()
+    model.opset_import[0].version = opset
+    if opset >= 21:
+        model.ir_version = 10
+    result = prune(model, unstructured=0.5, structured=0.25, round_to=1, runs=5)
+    r = result.report.to_dict()
+    assert r["macs_after"] < r["macs_before"]
+    assert r["validation"]["provider"] == "CPUExecutionProvider"
+    onnx.checker.check_model(result.model, full_check=True)
