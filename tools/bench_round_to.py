@@ -87,7 +87,9 @@ def main() -> None:
         "--values", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2, 4, 8, 16, 32]
     )
     ap.add_argument("--runs", type=int, default=40)
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument(
+        "--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)"
+    )
     args = ap.parse_args()
     print(f"onnxruntime {ort.__version__} CPU, {os.cpu_count()} cores, threads {args.threads or 'default'}, "
           f"structured {args.ratio} local l1, median of {args.runs} interleaved runs")  # fmt: skip

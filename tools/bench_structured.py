@@ -72,32 +72,31 @@ def macs(model: onnx.ModelProto) -> int:
     return count_macs(model)[0]
 
 
-def session(model: onnx.ModelProto | str, threads: int = 0) -> ort.InferenceSession:
+def session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    src = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def interleaved_latency(
-    models: list[onnx.ModelProto | str],
-    feeds: dict,
-    runs: int = 30,
-    warmup: int = 5,
-    threads: int = 0,
+    models: list[onnx.ModelProto], feeds: dict, runs: int = 30, warmup: int = 5, threads: int = 0
 ) -> list[float]:
-    """Median seconds per run of each model, runs interleaved so that drift hits all alike."""
+    """Median seconds per run of each model; every round runs every model once, in a
+    rotating order, so slow spells of the machine hit all alike (the method of
+    ``onnxprune.validate.measure_latency``, plus a thread count: on this 2-vCPU machine the
+    default two threads make timings noisy, one thread is stable)."""
     sessions = [session(m, threads) for m in models]
     for s in sessions:
         for _ in range(warmup):
             s.run(None, feeds)
     times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(runs):
-        for i, s in enumerate(sessions):
+    for r in range(runs):
+        for k in range(len(sessions)):
+            i = (r + k) % len(sessions)
             t0 = time.perf_counter()
-            s.run(None, feeds)
+            sessions[i].run(None, feeds)
             times[i].append(time.perf_counter() - t0)
     return [float(np.median(t)) for t in times]
 
@@ -338,7 +337,8 @@ def cmd_latency(args: argparse.Namespace) -> None:
     paths = zoo_models(Path(args.zoo), args.only) if Path(args.zoo).exists() else []
     models = [(p.stem, load(p)) for p in paths] or [("resnet50_synthetic", synthetic_resnet50())]
     print(
-        f"onnxruntime {ort.__version__} CPU, {os.cpu_count()} cores, threads {args.threads or 'default'}"
+        f"onnxruntime {ort.__version__} CPU, {os.cpu_count()} cores, threads {args.threads or 'default'}, "
+        f"median of {args.runs} interleaved runs"
     )
     print("| model | MACs ratio | latency orig | latency pruned | speed-up | efficiency |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -374,7 +374,9 @@ def main() -> None:
     lat.add_argument("--ratio", type=float, default=0.3)
     lat.add_argument("--round-to", type=int, default=None)
     lat.add_argument("--runs", type=int, default=30)
-    lat.add_argument("--threads", type=int, default=0)
+    lat.add_argument(
+        "--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default)"
+    )
     args = ap.parse_args()
     {"coverage": cmd_coverage, "speed": cmd_speed, "latency": cmd_latency}[args.cmd](args)
 
