@@ -182,3 +182,17 @@ def test_global_with_nothing_prunable():
     model = b.build([b.conv(x, 3, 4, name="only")])
     out, res = prune_structured(model, StructuredOptions(0.5, scope="global"))
     assert out is model and res.plan.empty
+
+
+def test_progress_bar_does_not_change_the_result(capsys):
+    model = residual_block()
+    quiet = prune_structured(model, StructuredOptions(0.5, round_to=1))[1]
+    shown = prune_structured(model, StructuredOptions(0.5, round_to=1), progress=True)[1]
+    assert quiet.plan == shown.plan
+
+
+def test_stats_are_accepted_and_ignored_by_weight_criteria():
+    model = residual_block()
+    a = prune_structured(model, StructuredOptions(0.5, round_to=1))[1]
+    b = prune_structured(model, StructuredOptions(0.5, round_to=1, stats={"x": np.ones(3)}))[1]
+    assert a.plan == b.plan
