@@ -312,8 +312,8 @@ class Context:
             self.unify(prev.ids, ids)
 
     def claim(self, k: int) -> None:
-        """Constant input ``k`` is read but never sliced (a scalar, a kept axis)."""
-        self._claimed.add((self._node_index, k))
+        """Constant input ``k`` is read but never sliced (a scalar, a kept axis). If the same
+        constant is sliced for another node, ``finish`` blocks: this reader would see it cut."""
         self._read.add(k)
 
     def block(self, ids: np.ndarray | None, reason: str) -> None:

@@ -110,3 +110,15 @@ def test_single_channel_group_is_not_prunable():
 def test_names_for_exclusion():
     g = _groups(conv_bn_relu())["conv1"]
     assert {"conv1", "conv1.weight", "bn1.scale", "conv2"} <= g.names
+
+
+def test_constant_sliced_for_one_node_and_read_whole_by_another_blocks():
+    """One initializer is a BatchNorm scale (sliced) and a LayerNorm scale (read whole)."""
+    b = Builder()
+    x = b.input([1, 3, 6, 6])
+    shared = b.const(np.linspace(0.5, 1.5, 8, dtype=np.float32), "shared")
+    rest = [b.rand([8], positive=True) for _ in range(3)]
+    y = b.op("BatchNormalization", [b.conv(x, 3, 8, name="p"), shared, *rest])
+    t = b.op("Transpose", [b.conv(y, 8, 8, k=1, name="q")], perm=[0, 2, 3, 1])
+    model = b.build([b.op("LayerNormalization", [t, shared], axis=-1)])
+    assert "also used by" in _groups(model)["p"].blocked_reason
