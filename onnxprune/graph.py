@@ -208,6 +208,8 @@ class GraphView:
             self.alias_nodes.add(i)
             self._const_shapes[node.output[0]] = tuple(shape[j] for j in perm) if perm else shape
         self.shapes.update(self._const_shapes)
+        self.value_info: list[onnx.ValueInfoProto] = []
+        """Inferred types of computed tensors (with the folds), for tools that count MACs."""
         if shapes:
             self._infer()
 
@@ -218,6 +220,8 @@ class GraphView:
         folds: dict[str, list[int]] = {}
         for _ in range(4):
             inferred = infer_shapes(self.model, folds).graph
+            produced = set(self.producer)
+            self.value_info = [vi for vi in inferred.value_info if vi.name in produced]
             self.shapes = {}
             for vi in [*inferred.input, *inferred.output, *inferred.value_info]:
                 s = _shape_of(vi)

@@ -94,7 +94,7 @@ def _shuffle(b: Builder, x: str, c: int, hw: int, groups: int = 2) -> str:
 
 
 def test_channel_shuffle_is_exact():
-    """ShuffleNet: concat two branches, shuffle, split; the shuffle ties branch channels."""
+    """ShuffleNet: concat two branches, shuffle, split; the shuffle is a permutation."""
     b = Builder()
     hw = 4
     x = b.input([1, 3, hw, hw])
@@ -105,9 +105,25 @@ def test_channel_shuffle_is_exact():
     z = b.relu(b.conv(y1, 8, 8, k=1, name="z"))
     s2 = _shuffle(b, b.op("Concat", [y0, z], axis=1), 16, hw)
     model = b.build([b.conv(s2, 16, 2, k=1, name="head")])
-    _pruned, plan = prune_exact(model, 0.5)
-    assert plan.groups
+    groups = {g.id for g in analyze(model) if g.blocked_reason is None}
+    assert groups == {"a", "c", "z"}  # followed as a permutation: the branches stay apart
+    pruned, _ = prune_exact(model, 0.5)
+    ops = [n.op_type for n in pruned.graph.node]
+    assert ops.count("Gather") == 2 and "Transpose" not in ops
     assert_planted_dead(model, fraction=0.6, ratio=0.2)
+
+
+def test_reshape_splitting_channels_ties_them_rectangularly():
+    """[N, 2C', H, W] -> [N, 2, C', H, W] -> sum over the 2: position c and c + C' tie."""
+    b = Builder()
+    x = b.input([1, 3, 4, 4])
+    y = b.relu(b.conv(x, 3, 16, k=1, name="p"))
+    r = b.op("Reshape", [y, b.ints([1, 2, 8, 4, 4])])
+    s = b.op("ReduceSum", [r, b.ints([1])], keepdims=0)
+    model = b.build([b.conv(s, 8, 2, k=1, name="head")])
+    (g,) = [g for g in analyze(model) if g.id == "p"]
+    assert g.slots == 8 and g.width == 2
+    prune_exact(model, 0.5)
 
 
 def test_reshape_splitting_channels_for_groupnorm_blocks_cleanly():

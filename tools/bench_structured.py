@@ -68,8 +68,14 @@ ZOO_ORDER = [
 
 # ---------------------------------------------------------------------------- measuring
 def macs(model: onnx.ModelProto) -> int:
-    """Multiply-accumulates as the report counts them (``onnxprune.metrics``)."""
-    return count_macs(model)[0]
+    """Multiply-accumulates as the report counts them (``onnxprune.metrics``), given the
+    shapes ``GraphView`` infers: ONNX inference alone cannot see through the Div of a torch
+    ``chunk`` (ShuffleNet) and would count those convolutions with one channel."""
+    typed = onnx.ModelProto()
+    typed.CopyFrom(model)
+    del typed.graph.value_info[:]
+    typed.graph.value_info.extend(GraphView(model).value_info)
+    return count_macs(typed)[0]
 
 
 def session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:

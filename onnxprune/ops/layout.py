@@ -164,6 +164,15 @@ class ReshapeRule(Rule):
             ctx.claim(1)
         else:
             ctx.inp(1)
+        shuffle = channel_shuffle(ctx.view, node)
+        if shuffle is not None:
+            source, axis, perm = shuffle
+            src = ctx.tracked(source)
+            if node.input[0] == source and src is not None and src.axis == axis:
+                return  # the first Reshape of a shuffle: the last one carries the channels
+            if node.input[0] != source and src is not None and src.axis == axis:
+                ctx.set_out(0, axis, src.ids[perm], src.rank)
+                return
         if x is None:
             if const is None:
                 block_tracked_dims(ctx, expr, f"the target of '{ctx.where}' (Reshape)")
@@ -222,6 +231,10 @@ class ReshapeRule(Rule):
         ctx.set_out(0, out_axis, out_ids, len(outs))
 
     def rewrite(self, node: onnx.NodeProto, rw: RewriteContext) -> None:
+        shuffle = channel_shuffle(rw.view, node)
+        if shuffle is not None and node.input[0] != shuffle[0]:
+            self._gather(node, rw, *shuffle)
+            return
         cut = rw.cut(node.output[0])
         target = rw.view.known_value(node.input[1])
         if cut is None or target is None:
@@ -230,6 +243,88 @@ class ReshapeRule(Rule):
         if target[cut.axis] > 0:
             target[cut.axis] = len(cut.kept)
             rw.set_input(node, 1, target)
+
+    @staticmethod
+    def _gather(
+        node: onnx.NodeProto, rw: RewriteContext, source: str, axis: int, perm: np.ndarray
+    ) -> None:
+        """The pruned shuffle is no longer a reshape/transpose (its parts need not stay
+        equal): the last Reshape becomes one Gather of the kept channels, in shuffled order."""
+        src, out = rw.cut(source), rw.cut(node.output[0])
+        if src is None or out is None:
+            return
+        indices = np.searchsorted(src.kept, perm[out.kept]).astype(np.int64)
+        del node.input[:]
+        node.input.extend([source, ""])
+        rw.set_input(node, 1, indices)
+        del node.attribute[:]
+        node.op_type = "Gather"
+        node.attribute.append(onnx.helper.make_attribute("axis", axis))
+
+
+def channel_shuffle(view: GraphView, node: onnx.NodeProto) -> tuple[str, int, np.ndarray] | None:
+    """(input, axis, permutation) when ``node`` is either Reshape of a Reshape -> Transpose ->
+    Reshape chain that only permutes one axis (ShuffleNet's channel shuffle), else None.
+
+    Followed as a permutation, the shuffle ties no channels together; tied, every block of a
+    ShuffleNet stage would halve the prunable channels of its stream.
+    """
+
+    def only_use(name: str, op: str) -> onnx.NodeProto | None:
+        uses = view.uses(name)
+        if len(uses) != 1 or name in view.graph_outputs or uses[0].index != 0:
+            return None
+        n = view.nodes[uses[0].node]
+        return n if n.op_type == op else None
+
+    def producer(name: str, op: str) -> onnx.NodeProto | None:
+        p = view.producer.get(name)
+        n = view.nodes[p[0]] if p else None
+        return n if n is not None and n.op_type == op else None
+
+    def same(a: onnx.NodeProto | None, b: onnx.NodeProto | None) -> bool:
+        # by outputs: the rewrite passes nodes of the copy, the view holds the original's
+        return a is not None and b is not None and list(a.output) == list(b.output)
+
+    if node.op_type != "Reshape":
+        return None
+    t = only_use(node.output[0], "Transpose")
+    if t is not None:
+        first, last = node, only_use(t.output[0], "Reshape")
+    else:
+        t = producer(node.input[0], "Transpose")
+        first = producer(t.input[0], "Reshape") if t is not None else None
+        last = node
+        if first is None or not same(only_use(first.output[0], "Transpose"), t):
+            return None
+    if last is None or not same(only_use(t.output[0], "Reshape"), last):
+        return None
+    ins, mid, out = (
+        view.shape(first.input[0]),
+        view.shape(first.output[0]),
+        view.shape(last.output[0]),
+    )
+    dims = (ins, mid, out)
+    if (
+        any(d is None or not all(isinstance(v, int) and v > 0 for v in d) for d in dims)
+        or ins != out
+    ):
+        return None
+    if len(ins) < 2 or product(ins) > 1 << 22:
+        return None
+    perm = attr(t, "perm", None) or list(range(len(mid)))[::-1]
+    index = np.arange(product(ins)).reshape(ins)
+    moved = np.transpose(index.reshape(mid), perm).reshape(out)
+    for axis in range(len(ins)):
+        first_line = tuple(slice(None) if a == axis else 0 for a in range(len(ins)))
+        order = moved[first_line] // product(ins[axis + 1 :]) % ins[axis]
+        if np.array_equal(moved, np.take(index, order, axis=axis)):
+            return (
+                (first.input[0], axis, order)
+                if not np.array_equal(order, np.arange(ins[axis]))
+                else None
+            )
+    return None
 
 
 @register("Shape")
