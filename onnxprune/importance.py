@@ -41,6 +41,14 @@ class Weights:
             for m in g.members:
                 self._axes.setdefault(m.target, set()).add(m.axis)
         self._norms: dict[tuple[str, int], dict[int, np.ndarray]] = {}
+        self._scratch = np.empty(0, dtype=np.float32)
+
+    def _buffer(self, size: int) -> np.ndarray:
+        """One scratch buffer for |w| reused across weights: fresh temporaries would fault
+        in new pages for every weight, which costs more than the arithmetic."""
+        if len(self._scratch) < size:
+            self._scratch = np.empty(size, dtype=np.float32)
+        return self._scratch
 
     def array(self, name: str) -> np.ndarray:
         v = self.view.constant(name)
@@ -63,12 +71,14 @@ class Weights:
             axes = sorted(self._axes.get(name, set()) | {axis})
             sums = {k: np.zeros(w.shape[k], dtype=np.float64) for k in axes}
             step = max(1, _CHUNK // max(1, w[0].size))
+            buf = self._buffer(min(w.size, step * max(1, w[0].size)))
             for i in range(0, w.shape[0], step):
                 c = w[i : i + step]
-                c = np.abs(c, dtype=np.float32) if p == 1 else np.square(c, dtype=np.float32)
+                a = buf[: c.size].reshape(c.shape)
+                (np.abs if p == 1 else np.square)(c, out=a)
                 for k in axes:
-                    lead = int(np.prod(c.shape[:k]))
-                    part = c.reshape(lead, c.shape[k], -1).sum(axis=(0, 2))
+                    lead = int(np.prod(a.shape[:k]))
+                    part = a.reshape(lead, a.shape[k], -1).sum(axis=(0, 2))
                     if k == 0:
                         sums[0][i : i + len(c)] = part
                     else:

@@ -164,7 +164,7 @@ def _slice_params(model: onnx.ModelProto, view: GraphView, plan: Plan) -> None:
         if value is None:
             raise OnnxPruneError(f"the plan cuts '{name}', which is not a constant of this model")
         original = value
-        for c in cuts:
+        for c in sorted(cuts, key=lambda c: c.axis):  # contiguous rows first: less to copy
             if value.ndim <= c.axis or value.shape[c.axis] != c.size:
                 raise OnnxPruneError(
                     f"the plan does not fit this model: '{name}' axis {c.axis} is not {c.size} long"
