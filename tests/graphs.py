@@ -54,9 +54,11 @@ class Builder:
         name: str | None = None,
         scale: float = 0.5,
         positive: bool = False,
+        floor: float = 0.1,
     ) -> str:
+        """Seeded normal values; ``positive``: |v| + ``floor`` (scales, variances)."""
         v = self.rng.standard_normal(shape).astype(np.float32) * scale
-        return self.const(np.abs(v) + 0.1 if positive else v, name)
+        return self.const(np.abs(v) + floor if positive else v, name)
 
     def op(
         self, op_type: str, inputs: Sequence[str], n_out: int = 1, name: str | None = None, **attrs
@@ -79,7 +81,7 @@ class Builder:
         name: str | None = None,
     ) -> str:
         name = name or self.name("conv")
-        w = self.rand([cout, cin // group, k, k], f"{name}.weight")
+        w = self.rand([cout, cin // group, k, k], f"{name}.weight", (cin // group * k * k) ** -0.5)
         ins = [x, w] + ([self.rand([cout], f"{name}.bias", 0.1)] if bias else [])
         return self.op(
             "Conv",
@@ -95,7 +97,7 @@ class Builder:
         self, x: str, cin: int, cout: int, k: int = 2, group: int = 1, name: str | None = None
     ) -> str:
         name = name or self.name("convt")
-        w = self.rand([cin, cout // group, k, k], f"{name}.weight")
+        w = self.rand([cin, cout // group, k, k], f"{name}.weight", (cin // group) ** -0.5)
         b = self.rand([cout], f"{name}.bias", 0.1)
         return self.op(
             "ConvTranspose", [x, w, b], name=name, kernel_shape=[k, k], strides=[2, 2], group=group
@@ -110,20 +112,20 @@ class Builder:
                 self.rand([c], f"{name}.scale", 1.0, positive=True),
                 self.rand([c], f"{name}.bias", 0.2),
                 self.rand([c], f"{name}.mean", 0.2),
-                self.rand([c], f"{name}.var", 0.5, positive=True),
+                self.rand([c], f"{name}.var", 0.5, positive=True, floor=0.5),
             ],
             name=name,
         )
 
     def gemm(self, x: str, k: int, n: int, trans_b: bool = True, name: str | None = None) -> str:
         name = name or self.name("fc")
-        w = self.rand([n, k] if trans_b else [k, n], f"{name}.weight", 0.2)
+        w = self.rand([n, k] if trans_b else [k, n], f"{name}.weight", k**-0.5)
         b = self.rand([n], f"{name}.bias", 0.1)
         return self.op("Gemm", [x, w, b], name=name, transB=int(trans_b))
 
     def matmul(self, x: str, k: int, n: int, bias: bool = True, name: str | None = None) -> str:
         name = name or self.name("mm")
-        y = self.op("MatMul", [x, self.rand([k, n], f"{name}.weight", 0.2)], name=name)
+        y = self.op("MatMul", [x, self.rand([k, n], f"{name}.weight", k**-0.5)], name=name)
         return self.op("Add", [y, self.rand([n], f"{name}.bias", 0.1)]) if bias else y
 
     def relu(self, x: str) -> str:

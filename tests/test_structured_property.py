@@ -2,10 +2,10 @@
 exactness oracle holds.
 
 Graphs are drawn block by block from the ops the registry covers (residuals, concat, split,
-slice, depthwise and grouped convs, squeeze-and-excitation, channel shuffle, channels-last
-MatMul, pooling, activations, per-channel constants) and end in a conv head, a
-GAP/Flatten/Gemm head or a Reshape/Gemm head. 200 derandomized examples by default (about
-20 s on two cores); ``ONNXPRUNE_PROPERTY_EXAMPLES`` asks for more, and
+slice, torch chunk, depthwise and grouped convs, squeeze-and-excitation, channel shuffle,
+channel-splitting Reshape, channels-last MatMul, pooling, activations, per-channel constants) and end in a conv head, a
+GAP/Flatten/Gemm head or a Reshape/Gemm head. 500 derandomized examples by default (about
+5 s on two cores); ``ONNXPRUNE_PROPERTY_EXAMPLES`` asks for more, and
 ``ONNXPRUNE_PROPERTY_RANDOM=1`` draws fresh examples instead of the fixed ones.
 """
 
@@ -21,7 +21,7 @@ from oracles import assert_exact
 
 from onnxprune.structured import StructuredOptions, prune_structured
 
-EXAMPLES = int(os.environ.get("ONNXPRUNE_PROPERTY_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("ONNXPRUNE_PROPERTY_EXAMPLES", "500"))
 RANDOM = os.environ.get("ONNXPRUNE_PROPERTY_RANDOM") == "1"
 
 ACTS = [
@@ -50,6 +50,8 @@ BLOCKS = [
     "pool",
     "channels_last",
     "upsample",
+    "chunk",
+    "fold",
 ]
 HEADS = ["conv", "gap_gemm", "flatten_gemm", "reshape_gemm"]
 
@@ -159,6 +161,18 @@ def _block(draw, n: Net, kind: str) -> None:
         h = b.op("Relu", [b.matmul(t, n.c, hidden)])
         h = b.matmul(h, hidden, n.c)
         n.y = b.op("Add", [b.op("Transpose", [h], perm=[0, 3, 1, 2]), n.y])
+    elif kind == "chunk" and n.c >= 2:  # torch's x.chunk(2, 1): bounds computed from Shape(x)
+        c = b.op("Gather", [b.op("Shape", [n.y]), b.ints([1])], axis=0)
+        half = b.op("Div", [b.op("Add", [c, b.ints([1])]), b.ints([2])])
+        y0 = b.op("Slice", [n.y, b.ints([0]), half, b.ints([1])])
+        y1 = b.op("Slice", [n.y, half, b.op("Mul", [half, b.ints([2])]), b.ints([1])])
+        h0 = (n.c + 1) // 2
+        n.y, n.c = y1, n.c - h0
+        _conv(draw, n, k=1)
+        n.y, n.c = b.op("Concat", [y0, n.y], axis=1), h0 + n.c
+    elif kind == "fold" and n.c % 2 == 0:  # [N, 2C', H, W] -> [N, 2, C', H, W] -> max: ties c, c+C'
+        r = b.op("Reshape", [n.y, b.ints([1, 2, n.c // 2, n.hw, n.hw])])
+        n.y, n.c = b.op("ReduceMax", [r], axes=[1], keepdims=0), n.c // 2
     elif kind == "upsample":
         up = b.op("Resize", [n.y, "", b.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest")
         n.y = b.op("MaxPool", [up], kernel_shape=[2, 2], strides=[2, 2])
