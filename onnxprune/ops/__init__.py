@@ -47,6 +47,7 @@ from onnxprune.ops import (  # noqa: E402
     norm,
     pool,
     routing,
+    shape,
 )
 
 __all__ = [
@@ -60,5 +61,6 @@ __all__ = [
     "register",
     "routing",
     "rule_for",
+    "shape",
     "supported_ops",
 ]
