@@ -517,7 +517,22 @@ def _node_macs(node: onnx.NodeProto, shapes: dict[str, Shape], d: _Dims) -> int:
 
 
 def _inferred_shapes(model: onnx.ModelProto, notes: list[str]) -> dict[str, Shape]:
-    """Shapes of every tensor of the main graph, from inference on the light copy."""
+    """Shapes of every tensor of the main graph.
+
+    The structured engine's ``GraphView`` infers on a weight-less skeleton and folds the
+    shape arithmetic ONNX inference stops at (torch's ``chunk``), so MACs and pruning see
+    the same shapes; plain inference on the light copy is the fallback.
+    """
+    from onnxprune.graph import GraphView
+
+    try:
+        shapes: dict[str, Shape] = dict(GraphView(model).shapes)
+    except Exception:  # the view refuses some graphs; plain inference may still work
+        shapes = {}
+    if shapes:
+        for t in model.graph.initializer:
+            shapes.setdefault(t.name, tuple(int(x) for x in t.dims))
+        return shapes
     light, _ = _without_payloads(model, _INFERENCE_KEEP_BYTES)
     inferred = None
     error = ""
@@ -533,7 +548,6 @@ def _inferred_shapes(model: onnx.ModelProto, notes: list[str]) -> dict[str, Shap
         notes.append(f"shape inference failed ({error}); MACs use the shapes stored in the model")
         inferred = light
     g = inferred.graph
-    shapes: dict[str, Shape] = {}
     for vi in [*g.input, *g.output, *g.value_info]:
         s = _shape_of(vi)
         if s is not None:

@@ -152,12 +152,12 @@ def prune_structured(
 
 
 def _progress(enabled: bool):
-    """A tiny stage reporter on tqdm; a no-op when disabled."""
+    """A tiny stage reporter on the shared progress bar; a no-op when disabled."""
     if not enabled:
         return lambda stage: None
-    from tqdm import tqdm
+    from onnxprune.progress import progress_bar
 
-    bar = tqdm(total=4, desc="structured", unit="stage", leave=False)
+    bar = progress_bar(total=4, desc="structured", unit="stage")
 
     def step(stage: str | None) -> None:
         if stage is None:
