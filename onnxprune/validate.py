@@ -126,7 +126,8 @@ def _chunked(session, feed: dict[str, np.ndarray], notes: list[str]) -> list[dic
     step = min(fixed) if len(fixed) == 1 else MAX_VALIDATION_BATCH
     if n <= step:
         return [feed]
-    usable = n - n % step
+    # A fixed batch cannot take a short last chunk; a dynamic one can.
+    usable = n - n % step if fixed else n
     if usable < n:
         notes.append(f"last {n - usable} of {n} samples dropped: the model's batch is {step}")
     notes.append(f"{usable} samples run in batches of {step}; latency measured on one batch")

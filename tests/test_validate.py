@@ -349,3 +349,31 @@ def test_calibration_set_runs_in_chunks_of_a_fixed_batch(tmp_path):
     # the largest change over all 10 samples is |x[:, 0]|.max(): seen only if all ran
     assert result.max_abs_diff == pytest.approx(float(np.abs(x[:, 0]).max()), rel=1e-5)
     assert any("batches of 1" in n for n in result.notes)
+
+
+def test_dynamic_batch_compares_every_sample_past_the_chunk_size(tmp_path, monkeypatch):
+    import onnxprune.validate as v
+
+    monkeypatch.setattr(v, "MAX_VALIDATION_BATCH", 4)
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "dyn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        initializer=[w],
+    )
+    a = tmp_path / "a.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), a)
+    changed = onnx.load(a)
+    arr = numpy_helper.to_array(changed.graph.initializer[0]).copy()
+    arr[0, 0] += 1.0
+    changed.graph.initializer[0].CopyFrom(numpy_helper.from_array(arr, "w"))
+    b = tmp_path / "b.onnx"
+    onnx.save(changed, b)
+    x = rng.normal(size=(10, 4)).astype(np.float32)
+    x[9, 0] = 50.0  # the largest drift sits in the short last chunk
+    result = validate(a, b, {"x": x}, ["CPUExecutionProvider"], runs=5)
+    assert result.max_abs_diff == pytest.approx(50.0, rel=1e-5)
+    assert not any("dropped" in n for n in result.notes)
