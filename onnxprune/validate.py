@@ -140,7 +140,7 @@ def _join_chunks(results: list[list[np.ndarray]]) -> list[np.ndarray]:
         return results[0]
     joined = []
     for parts in zip(*results, strict=True):
-        if all(p.ndim and p.shape[0] == parts[0].shape[0] for p in parts):
+        if all(p.ndim and p.shape[1:] == parts[0].shape[1:] for p in parts):
             joined.append(np.concatenate(parts, axis=0))
         else:
             joined.append(np.stack(parts))
