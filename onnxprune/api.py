@@ -21,6 +21,7 @@ import onnx
 
 from onnxprune import io
 from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.importance import CRITERIA
 from onnxprune.metrics import (
     compressed_size,
     compression_note,
@@ -30,8 +31,6 @@ from onnxprune.metrics import (
 from onnxprune.progress import progress_bar
 from onnxprune.report import Report
 from onnxprune.unstructured import check_ratio, find_prunable_weights, parse_nm, prune_unstructured
-
-CRITERIA = ("l1", "l2", "bn-scale", "fpgm", "random")
 
 
 @dataclass

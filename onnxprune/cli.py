@@ -15,6 +15,7 @@ import click
 
 from onnxprune import __version__
 from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.importance import CRITERIA
 
 MAIN_HELP = """Prune an ONNX model and prove it still answers the same.
 
@@ -88,7 +89,7 @@ def _ratio_option(name: str, help_text: str):
 )
 @click.option(
     "--criterion",
-    type=click.Choice(["l1", "l2", "bn-scale", "fpgm", "random"]),
+    type=click.Choice(list(CRITERIA)),
     default="l1",
     show_default=True,
     help="Channel importance for --structured.",
