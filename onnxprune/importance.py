@@ -151,6 +151,22 @@ def fpgm(g: Group, weights: Weights, stats: object, rng: object, reduction: str)
     return np.sqrt(np.maximum(d2, 0.0)).sum(1)
 
 
+def neuron_l2(
+    g: Group, weights: Weights, stats: object, rng: object, reduction: str
+) -> np.ndarray:
+    """L2 norm of each neuron's outgoing weights: the consumers' input slices (``in``
+    members) only, the classic neuron-pruning rule. Each consumer's norm is taken alone,
+    then reduced; a group with no weighted consumer falls back to L2 over every member."""
+    vectors = [
+        np.sqrt(_per_slot(m, weights.norms(m.target, m.axis, 2), g.slots))
+        for m in g.members
+        if m.role == "in"
+    ]
+    if not vectors:
+        return magnitude(2)(g, weights, stats, rng, reduction)
+    return _reduce(vectors, g.slots, reduction)
+
+
 def random(
     g: Group, weights: Weights, stats: object, rng: np.random.Generator, reduction: str
 ) -> np.ndarray:
@@ -162,6 +178,7 @@ CRITERIA: dict[str, Callable[..., np.ndarray]] = {
     "l2": magnitude(2),
     "bn-scale": bn_scale,
     "fpgm": fpgm,
+    "neuron-l2": neuron_l2,
     "random": random,
 }
 
