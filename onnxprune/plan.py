@@ -175,12 +175,8 @@ def make_plan(
     for g in groups:
         if g.blocked_reason is not None:
             if any(m.role == "out" for m in g.members):
-                for where, reason in g.reasons[:3]:
+                for where, reason in g.reasons:
                     blocked.append({"where": f"{g.id} (at {where})", "reason": reason})
-                if len(g.reasons) > 3:
-                    blocked.append(
-                        {"where": g.id, "reason": f"and {len(g.reasons) - 3} more reasons"}
-                    )
             continue
         why = _excluded(g, exclude)
         if why is not None:
