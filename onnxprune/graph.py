@@ -29,6 +29,21 @@ ShapeElem = int | tuple[str, str, int] | None
 """An element of a shape computed in the graph; see ``GraphView.shape_expr``."""
 
 
+def _equal(a: ShapeElem, b: ShapeElem) -> int | None:
+    """``Equal`` of two shape elements when it is decided for every input: numbers compare;
+    a dimension (never negative) differs from a negative number (torch's ``expand`` compares
+    its sizes with -1); the same dimension equals itself."""
+    if isinstance(a, int) and isinstance(b, int):
+        return int(a == b)
+    if isinstance(a, tuple) and isinstance(b, tuple) and a == b:
+        return 1
+    if (isinstance(a, tuple) and isinstance(b, int) and b < 0) or (
+        isinstance(b, tuple) and isinstance(a, int) and a < 0
+    ):
+        return 0
+    return None
+
+
 def _div(a: int, b: int) -> int | None:
     """ONNX integer division truncates toward zero."""
     if b == 0:
@@ -45,6 +60,11 @@ _ARITH = {
 }
 
 _SMALL = 4096
+
+PROBES = ((13, 17, 19, 23, 29, 31, 37, 41), (24, 30, 36, 42, 48, 54, 60, 66))
+"""Sizes given to the symbolic input dimensions (in order of appearance) when probing which
+inferred dimensions are really constant (``GraphView._refine``): two sets that differ in every
+value and in parity, small enough for sequence limits such as position embeddings."""
 
 _SHAPE_SLOTS: dict[str, tuple[int, ...]] = {
     "Slice": (1, 2, 3, 4), "Split": (1,), "Reshape": (1,), "Resize": (1, 2, 3), "Upsample": (1,),
@@ -94,7 +114,9 @@ def _shape_of(vi: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
     return tuple(dims)
 
 
-def skeleton(model: onnx.ModelProto, folds: dict[str, list[int]] | None = None) -> onnx.ModelProto:
+def skeleton(
+    model: onnx.ModelProto, folds: dict[str, list[int] | int] | None = None
+) -> onnx.ModelProto:
     """The model without its large weights: they become typed graph inputs.
 
     Shape inference and checks then cost what the graph costs, not what the weights cost.
@@ -132,7 +154,7 @@ def skeleton(model: onnx.ModelProto, folds: dict[str, list[int]] | None = None) 
 
 
 def infer_shapes(
-    model: onnx.ModelProto, folds: dict[str, list[int]] | None = None
+    model: onnx.ModelProto, folds: dict[str, list[int] | int] | None = None
 ) -> onnx.ModelProto:
     """Shape inference on the skeleton; returns the inferred skeleton (no big weights)."""
     try:
@@ -208,6 +230,9 @@ class GraphView:
             self.alias_nodes.add(i)
             self._const_shapes[node.output[0]] = tuple(shape[j] for j in perm) if perm else shape
         self.shapes.update(self._const_shapes)
+        self.probe_shapes: list[dict[str, tuple[Dim, ...]]] = []
+        """Shapes with the symbolic input sizes set to numbers (see ``_refine``); empty when
+        the inputs have no symbolic size."""
         self.value_info: list[onnx.ValueInfoProto] = []
         """Inferred types of computed tensors (with the folds), for tools that count MACs."""
         if shapes:
@@ -217,7 +242,7 @@ class GraphView:
         """Shapes from ONNX inference; where inference stops at shape arithmetic it cannot
         evaluate (torch's ``chunk`` computes Slice bounds with Div), fold the values this
         view can compute and infer again."""
-        folds: dict[str, list[int]] = {}
+        folds: dict[str, list[int] | int] = {}
         for _ in range(4):
             inferred = infer_shapes(self.model, folds).graph
             produced = set(self.producer)
@@ -236,10 +261,65 @@ class GraphView:
                     if name and name not in folds and not self.is_constant(name):
                         value = self.static_ints(name)
                         if value is not None:
-                            more[name] = value
+                            # a scalar stays a scalar (Range bounds must be 0-D)
+                            more[name] = value[0] if self.rank(name) == 0 else value
             if not more:
-                return
+                break
             folds.update(more)
+        self._refine()
+
+    def _refine(self) -> None:
+        """Numbers for the dimensions that symbolic inference leaves as names although they
+        do not depend on the inputs' symbolic sizes (a head count inferred from ``-1``, a mask
+        broadcast over heads). The model is inferred again with the symbolic input sizes set
+        to two different sets of numbers (``PROBES``); a dimension that comes out as the same
+        number both times is that number. The probe shapes are kept in ``probe_shapes`` for
+        rules that must align dimensions whose symbols inference lost (a Reshape that splits
+        heads reads the batch and sequence sizes of another tensor)."""
+        symbols: dict[str, int] = {}
+        for vi in self.model.graph.input:
+            if vi.name in self.initializers:
+                continue
+            dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else ()
+            for k, d in enumerate(dims):
+                if not d.HasField("dim_value"):
+                    symbols.setdefault(d.dim_param or f"{vi.name}:{k}", len(symbols))
+        if not symbols or len(symbols) > len(PROBES[0]):
+            return
+        probes = []
+        for values in PROBES:
+            shapes = self._probe({s: values[i] for s, i in symbols.items()})
+            if shapes is None:
+                return
+            probes.append(shapes)
+        self.probe_shapes = probes
+        for name, s in self.shapes.items():
+            if all(isinstance(d, int) for d in s):
+                continue
+            a, b = probes[0].get(name), probes[1].get(name)
+            if a is None or b is None or len(a) != len(s) or len(b) != len(s):
+                continue
+            self.shapes[name] = tuple(
+                d if isinstance(d, int) or not (isinstance(x, int) and x == y and x > 0) else x
+                for d, x, y in zip(s, a, b, strict=True)
+            )
+        self._exprs = {}
+
+    def _probe(self, values: dict[str, int]) -> dict[str, tuple[Dim, ...]] | None:
+        """Shapes of every tensor with the symbolic input sizes set to ``values``."""
+        probe = skeleton(self.model)
+        for vi in probe.graph.input:
+            if vi.name in self.initializers or not vi.type.HasField("tensor_type"):
+                continue
+            for k, d in enumerate(vi.type.tensor_type.shape.dim):
+                if not d.HasField("dim_value"):
+                    size = values[d.dim_param or f"{vi.name}:{k}"]
+                    d.ClearField("dim_param")
+                    d.dim_value = size
+        try:
+            return GraphView(probe).shapes
+        except OnnxPruneError:
+            return None
 
     # ------------------------------------------------------------------ constants
     @staticmethod
@@ -369,12 +449,42 @@ class GraphView:
             r = self.rank(node.input[0])
             if r is None:
                 return unknown
+            inner = self.shape_expr(node.input[0]) if r == 1 else None
+            if inner is not None and None not in inner and attr(node, "start", 0) in (0, -1):
+                return [len(inner)]  # a shape vector's length is structural, not a dimension
             start = normalize_axis(int(attr(node, "start", 0)), r)
             end = attr(node, "end", None)
             end = r if end is None else min(normalize_axis(int(end), r), r)
             return [("dim", node.input[0], i) for i in range(max(start, 0), end)]
-        if op in ("Cast", "Identity", "Unsqueeze", "Squeeze"):
+        if op in ("Cast", "Identity", "Unsqueeze", "Squeeze") or (
+            op == "Reshape" and self.rank(node.input[0]) in (0, 1)
+        ):
             return self.shape_expr(node.input[0]) or unknown
+        if op == "ConstantOfShape":
+            n = self.shape_expr(node.input[0])
+            value = attr(node, "value", None)
+            fill = numpy_helper.to_array(value).reshape(-1) if value is not None else None
+            if n is None or len(n) != 1 or not isinstance(n[0], int) or fill is None:
+                return unknown
+            if fill.dtype.kind not in "iu" or n[0] > _SMALL:
+                return unknown
+            return [int(fill[0])] * n[0]
+        if op == "Equal" and len(node.input) == 2:
+            a, b = (self.shape_expr(i) for i in node.input)
+            if a is None or b is None or (len(a) != len(b) and 1 not in (len(a), len(b))):
+                return unknown
+            n = max(len(a), len(b))
+            a, b = a * n if len(a) == 1 else a, b * n if len(b) == 1 else b
+            return [_equal(x, y) for x, y in zip(a, b, strict=True)]
+        if op == "Where" and len(node.input) == 3:
+            parts = [self.shape_expr(i) for i in node.input]
+            if any(p is None for p in parts):
+                return unknown
+            n = max(len(p) for p in parts)
+            if any(len(p) not in (1, n) for p in parts):
+                return unknown
+            c, a, b = (p * n if len(p) == 1 else p for p in parts)
+            return [x if k == 1 else y if k == 0 else None for k, x, y in zip(c, a, b, strict=True)]
         if op == "Concat" and attr(node, "axis", 0) in (0, -1):
             parts = [self.shape_expr(i) for i in node.input]
             return unknown if any(p is None for p in parts) else [e for p in parts for e in p]
