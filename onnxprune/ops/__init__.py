@@ -28,9 +28,10 @@ def register(*op_types: str):
 
 
 def rule_for(node: onnx.NodeProto) -> Rule | None:
-    """The rule for a node of the default ONNX domain, or None."""
+    """The rule for a node, or None; ops of other domains register as ``domain.op``
+    (``com.microsoft.Attention``)."""
     if node.domain not in ("", "ai.onnx"):
-        return None
+        return _RULES.get(f"{node.domain}.{node.op_type}")
     return _RULES.get(node.op_type)
 
 
@@ -40,6 +41,7 @@ def supported_ops() -> list[str]:
 
 # Importing the families fills the registry.
 from onnxprune.ops import (  # noqa: E402
+    attention,
     conv,
     elementwise,
     layout,
@@ -52,6 +54,7 @@ from onnxprune.ops import (  # noqa: E402
 
 __all__ = [
     "Rule",
+    "attention",
     "conv",
     "elementwise",
     "layout",

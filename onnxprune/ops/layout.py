@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from onnxprune.graph import GraphView, attr, normalize_axis, product
-from onnxprune.ops import register
+from onnxprune.ops import attention, register
 from onnxprune.ops.base import Rule, claim_constants
 from onnxprune.ops.shape import block_tracked_dims
 
@@ -169,6 +169,9 @@ class ReshapeRule(Rule):
         if x is None:
             if const is None:
                 block_tracked_dims(ctx, expr, f"the target of '{ctx.where}' (Reshape)")
+                attention.check_target(ctx, node, None, None, None)
+            return
+        if attention.reshape_heads(node, ctx, x):
             return
         ins, outs = ctx.in_shape(0), ctx.out_shape(0)
         segs = _segments(ins, outs) if ins is not None and outs is not None else None
@@ -221,12 +224,15 @@ class ReshapeRule(Rule):
         ):
             ctx.block(x.ids, "Reshape target fixes the channel count where it cannot be rewritten")
             return
-        ctx.set_out(0, out_axis, out_ids, len(outs))
+        if attention.check_target(ctx, node, x, out_axis, out_ids):
+            ctx.set_out(0, out_axis, out_ids, len(outs))
 
     def rewrite(self, node: onnx.NodeProto, rw: RewriteContext) -> None:
         shuffle = channel_shuffle(rw.view, node)
         if shuffle is not None and node.input[0] != shuffle[0]:
             self._gather(node, rw, *shuffle)
+            return
+        if attention.rewrite_reshape(node, rw):
             return
         cut = rw.cut(node.output[0])
         target = rw.view.known_value(node.input[1])
@@ -336,6 +342,10 @@ class RepeatRule(Rule):
                 block_tracked_dims(
                     ctx, ctx.view.shape_expr(node.input[1]), f"'{ctx.where}' ({node.op_type})"
                 )
+                attention.block_live_sizes(ctx, node, 1, f"'{ctx.where}' ({node.op_type})")
+            return
+        if node.op_type == "Expand" and (value is None or attention.live_sizes(ctx, node, 1)):
+            attention.expand_heads(node, ctx, x)
             return
         if value is None:
             ctx.block(x.ids, f"{node.op_type} shape is computed at run time")

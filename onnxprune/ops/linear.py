@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 
 from onnxprune.graph import attr
@@ -18,7 +19,7 @@ from onnxprune.ops import register
 from onnxprune.ops.base import Rule
 
 if TYPE_CHECKING:
-    from onnxprune.dependency import Context
+    from onnxprune.dependency import Chan, Context
 
 
 @register("Gemm")
@@ -102,11 +103,42 @@ class MatMulRule(Rule):
             outs.append((ro - 2, a.ids))
         if b is not None and b.axis == rb - 1:
             outs.append((ro - 1, b.ids))
-        for c, ax in ((a, ra), (b, rb)):
-            if c is not None and c.axis < ax - 2:
-                ctx.block(c.ids, "MatMul reads channels on a batch axis")
+        batch = _batch_axis(ctx, (a, b), (sa, sb), ro)
+        if batch is not None:
+            outs.append(batch)
         if len(outs) == 1:
             ctx.set_out(0, outs[0][0], outs[0][1], ro)
-        elif len(outs) == 2:
+        elif len(outs) >= 2:
             for _, ids in outs:
                 ctx.block(ids, "MatMul output would carry channels on two axes")
+
+
+def _batch_axis(
+    ctx: Context, chans: tuple[Chan | None, Chan | None], shapes: tuple[tuple, tuple], ro: int
+) -> tuple[int, np.ndarray] | None:
+    """Channels on a batch axis (the heads of ``q @ k^T`` and ``probs @ v``): each output
+    batch entry reads only the same entry of both operands, so the axis passes through and
+    the operands' channels there are the same channels (or one operand broadcasts it)."""
+    batch = [
+        (c, ro - len(s) + c.axis)
+        for c, s in zip(chans, shapes, strict=True)
+        if c is not None and c.axis < len(s) - 2
+    ]
+    if not batch:
+        return None
+    axis, ids = batch[0][1], batch[0][0].ids
+    if any(o != axis for _, o in batch):
+        for c, _ in batch:
+            ctx.block(c.ids, "MatMul reads channels on different batch axes of its operands")
+        return None
+    for k, (c, s) in enumerate(zip(chans, shapes, strict=True)):
+        j = axis - (ro - len(s))
+        if c is not None and c.axis == j:
+            ctx.unify(ids, c.ids)
+        elif j >= 0 and s[j] != 1:
+            other = ctx.inp_or_pseudo(k, j)
+            if other is None or len(other) != len(ids):
+                ctx.block(ids, f"MatMul operand {k} has another batch size where channels are")
+                return None
+            ctx.unify(ids, other)
+    return axis, ids

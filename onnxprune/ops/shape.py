@@ -50,7 +50,12 @@ class ShapeRule(Rule):
 
 _SHAPE_OPS = ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity")
 _NUMERIC = ("Add", "Sub", "Mul", "Div")
-_CHECKED_SINKS = {("Reshape", 1), ("Resize", 3)}
+_CHECKED_SINKS = {("Reshape", 1), ("Resize", 3), ("Expand", 1)}
+_VERIFIED = ("Reshape", "Expand")
+"""Sinks whose rules evaluate every element with ``onnxprune.dimexpr``, arithmetic included
+(``Shape(k)[1] * 4`` heads after Llama's ``repeat_kv``)."""
+_VALUE_OPS = ("Reshape", "Equal", "Where")
+"""Ops torch's ``expand`` sizes pass through: ``Where(Equal(s, -1), 1, s)`` over ``s``."""
 _BOUNDS = {("Slice", 1), ("Slice", 2), ("Split", 1)}
 
 
@@ -79,7 +84,7 @@ def follow_dim(view: GraphView, tensor: str, elem: tuple, source: str) -> str | 
                 if n.input[0] != source:
                     return where
             elif key in _CHECKED_SINKS:
-                if not plain:
+                if not plain and n.op_type not in _VERIFIED:
                     return where
             elif n.op_type in _NUMERIC:
                 todo.append((n.output[0], False))
@@ -92,6 +97,18 @@ def follow_dim(view: GraphView, tensor: str, elem: tuple, source: str) -> str | 
                     return where
                 if elem in expr:
                     todo.append((n.output[0], True))
+            elif n.op_type in _VALUE_OPS and (
+                n.op_type != "Reshape" or (use.index == 0 and view.rank(n.input[0]) in (0, 1))
+            ):
+                expr = view.shape_expr(n.output[0])
+                if expr is None or None in expr:
+                    return where
+                if not plain:
+                    todo.append((n.output[0], False))
+                elif elem in expr:
+                    todo.append((n.output[0], True))
+            elif n.op_type == "Shape" and view.rank(n.input[0]) == 1:
+                continue  # the length of a shape vector, not the dimensions it holds
             else:
                 return where
     return None
