@@ -95,6 +95,9 @@ class Group:
     subsets: list[np.ndarray] = field(default_factory=list)
     """Slot sets a member sees only part of (each side of a Split): at least one slot of
     each must stay, or that tensor would have no channels."""
+    heads: int = 0
+    """Attention heads the group holds (``onnxprune.heads``); 0 for neurons and channels.
+    Its slots are heads, or key/value groups of query heads in grouped-query attention."""
 
     @property
     def params(self) -> list[Slice]:
@@ -488,4 +491,8 @@ def analyze(model: onnx.ModelProto, *, view: GraphView | None = None) -> list[Gr
     for i, node in enumerate(view.nodes):
         ctx.visit(i, rule_for(node))
     ctx.finish()
-    return ctx.groups()
+    groups = ctx.groups()
+    from onnxprune.heads import mark_heads
+
+    mark_heads(view, groups)
+    return groups

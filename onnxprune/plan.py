@@ -43,6 +43,8 @@ class GroupPlan:
     score_min: float
     score_mean: float
     score_max: float
+    heads: int = 0
+    """Attention heads before pruning (0 for neurons and channels); see ``Group.heads``."""
 
     @property
     def channels_before(self) -> int:
@@ -51,6 +53,11 @@ class GroupPlan:
     @property
     def channels_after(self) -> int:
         return len(self.kept) * self.width
+
+    @property
+    def heads_after(self) -> int:
+        """Heads left: whole slots go, each with ``heads / slots`` query heads."""
+        return len(self.kept) * self.heads // self.slots if self.heads else 0
 
 
 @dataclass
@@ -109,9 +116,13 @@ def round_keep(keep: int, slots: int, width: int, round_to: int) -> int:
     return min(slots, max(step, -(-keep // step) * step))
 
 
-def _check(ratio: float, scope: str, round_to: int, max_group_ratio: float) -> None:
+def _check(
+    ratio: float, scope: str, round_to: int, max_group_ratio: float, heads: float | None = None
+) -> None:
     if not 0.0 <= ratio < 1.0:
         raise UsageError(f"the structured ratio must be in [0, 1), got {ratio}")
+    if heads is not None and not 0.0 <= heads < 1.0:
+        raise UsageError(f"--heads must be in [0, 1), got {heads}")
     if scope not in SCOPES:
         raise UsageError(f"unknown scope '{scope}' (choose local or global)")
     if int(round_to) != round_to or round_to < 1:
@@ -166,9 +177,14 @@ def make_plan(
     round_to: int = DEFAULT_ROUND_TO,
     max_group_ratio: float = 0.9,
     exclude: Sequence[str] = (),
+    heads: float | None = None,
 ) -> Plan:
-    """Choose the kept slots of every prunable group and derive every cut (see module doc)."""
-    _check(ratio, scope, round_to, max_group_ratio)
+    """Choose the kept slots of every prunable group and derive every cut (see module doc).
+
+    ``ratio`` applies to neurons and channels; head groups (``Group.heads``) lose ``heads``
+    of their slots instead, always per attention layer, and none when ``heads`` is None.
+    """
+    _check(ratio, scope, round_to, max_group_ratio, heads)
     round_to = int(round_to)
     blocked: list[dict[str, str]] = []
     prunable: list[Group] = []
@@ -184,10 +200,14 @@ def make_plan(
             continue
         prunable.append(g)
 
+    channels = [g for g in prunable if not g.heads]
     if scope == "global":
-        removals = _global_removals(prunable, scores, ratio, max_group_ratio)
+        removals = _global_removals(channels, scores, ratio, max_group_ratio)
     else:
-        removals = {g.id: int(ratio * g.slots + 1e-9) for g in prunable}
+        removals = {g.id: int(ratio * g.slots + 1e-9) for g in channels}
+    for g in prunable:
+        if g.heads:
+            removals[g.id] = int((heads or 0.0) * g.slots + 1e-9)
 
     plans: list[GroupPlan] = []
     removed_slots: dict[str, np.ndarray] = {}
@@ -211,6 +231,7 @@ def make_plan(
                 score_min=float(s.min()),
                 score_mean=float(s.mean()),
                 score_max=float(s.max()),
+                heads=g.heads,
             )
         )
         if not kept.all():
@@ -223,6 +244,7 @@ def make_plan(
         "round_to": round_to,
         "max_group_ratio": float(max_group_ratio),
         "exclude": list(exclude),
+        "heads": None if heads is None else float(heads),
     }
     return Plan(plans, params, tensors, blocked, settings)
 

@@ -49,6 +49,9 @@ class StructuredOptions:
     seed: int = 0
     stats: Mapping[str, np.ndarray] | None = None
     """Per-tensor activation statistics for data-aware criteria; ignored by the others."""
+    heads: float | None = None
+    """Fraction of the heads of each attention layer to remove, in [0, 1) (whole key/value
+    groups in grouped-query attention); None: heads stay. ``ratio`` never removes heads."""
 
     def validate(self) -> None:
         """Raise ``UsageError`` (one line) for options that make no sense."""
@@ -74,6 +77,12 @@ class StructuredOptions:
             raise UsageError(f"--max-group-ratio must be in (0, 1), got {self.max_group_ratio}")
         if isinstance(self.exclude, str):
             raise UsageError("exclude must be a list of patterns, not one string")
+        if self.heads is not None and (
+            isinstance(self.heads, bool)
+            or not isinstance(self.heads, int | float)
+            or not 0.0 <= self.heads < 1.0
+        ):
+            raise UsageError(f"--heads must be in [0, 1), got {self.heads}")
 
 
 @dataclass
@@ -91,6 +100,7 @@ class StructuredResult:
             "criterion": self.settings.get("criterion"),
             "round_to": int(self.settings.get("round_to", 1)),
             "ratio": float(self.settings.get("ratio", 0.0)),
+            **({"heads": self.settings["heads"]} if self.settings.get("heads") is not None else {}),
             "groups": [
                 {
                     "id": g.id,
@@ -100,6 +110,7 @@ class StructuredResult:
                     "score_min": g.score_min,
                     "score_mean": g.score_mean,
                     "score_max": g.score_max,
+                    **({"heads_before": g.heads, "heads_after": g.heads_after} if g.heads else {}),
                 }
                 for g in self.groups
             ],
@@ -132,6 +143,7 @@ def prune_structured(
         round_to=round_to,
         max_group_ratio=options.max_group_ratio,
         exclude=options.exclude,
+        heads=options.heads,
     )
     plan.settings["criterion"] = options.criterion
     if not plan.groups and not plan.blocked:

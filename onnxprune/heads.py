@@ -1,0 +1,32 @@
+"""Which groups are attention heads, and how many heads they hold.
+
+The analysis does not distinguish a head from a neuron: a head is a slot whose positions are
+tied by a head split (``onnxprune.ops.attention``). The CLI does: ``--structured R`` prunes
+neurons and channels, ``--heads R`` removes heads, and the report counts heads. A group is a
+head group when one of its activations is the output of a Reshape that splits the channel
+axis of another of its activations into heads; its head count is the largest such axis (the
+query heads of grouped-query attention, whose slots are the key/value groups).
+"""
+
+from __future__ import annotations
+
+from onnxprune.dependency import Group
+from onnxprune.graph import GraphView
+from onnxprune.ops.attention import head_segment
+
+
+def mark_heads(view: GraphView, groups: list[Group]) -> None:
+    """Set ``Group.heads`` on every head group of ``groups`` (0 stays for the others)."""
+    for g in groups:
+        acts = {m.target: m for m in g.members if m.role == "act"}
+        for m in acts.values():
+            prod = view.producer.get(m.target)
+            node = view.nodes[prod[0]] if prod else None
+            if node is None or node.op_type != "Reshape" or node.domain:
+                continue
+            src = acts.get(node.input[0])
+            if src is None:
+                continue
+            seg = head_segment(view, node, src.axis)
+            if seg is not None and seg[0] == "split" and seg[1] == m.axis:
+                g.heads = max(g.heads, m.size)
