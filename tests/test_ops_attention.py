@@ -10,10 +10,15 @@ removing heads equals zeroing their rows of the output projection in the origina
 from __future__ import annotations
 
 import numpy as np
-from graphs import Builder
-from onnx import TensorProto, helper
+import onnx
+import pytest
+from graphs import HEAD_FORMS, Builder, decoder_block, mha_block, size_of
+from onnx import TensorProto, helper, numpy_helper
+from oracles import assert_close, assert_exact, random_feeds, run
 
+from onnxprune.dependency import analyze
 from onnxprune.graph import GraphView
+from onnxprune.structured import StructuredOptions, prune_structured
 
 
 def _dims(b: Builder, x: str, axes: list[int]) -> list[str]:
@@ -62,3 +67,166 @@ def test_shape_expr_sees_through_torch_expand_sizes():
     where = next(n for n in model.graph.node if n.op_type == "Where").output[0]
     assert view.shape_expr(where) == [("dim", "x", 0), ("dim", "x", 1), 3, ("dim", "x", 3)]
     assert view.shape("rep_out")[1:] == (2, 3, 4)
+
+
+def _prune(model, heads=0.5, ratio=0.0, **kw):
+    """Prune with exact counts and check the exactness oracle with 3 tokens per sequence."""
+    pruned, result = prune_structured(
+        model, StructuredOptions(ratio=ratio, heads=heads, round_to=1, **kw)
+    )
+    assert not result.plan.empty, f"nothing was pruned; blocked: {result.blocked}"
+    assert_exact(model, pruned, result.plan, symbolic=3)
+    return pruned, result
+
+
+def _weights(model):
+    return {t.name: list(t.dims) for t in model.graph.initializer if "attn." in t.name}
+
+
+@pytest.mark.parametrize("form", HEAD_FORMS)
+def test_mha_heads_removed_whole(form):
+    """Every target form: a group of 4 heads of 4 positions; removing 2 heads cuts their
+    Q/K/V columns and biases and their rows of the output projection, and the targets."""
+    model = mha_block(form, mask=form != "const")
+    (g,) = [g for g in analyze(model) if g.blocked_reason is None]
+    assert (g.slots, g.width, g.heads) == (4, 4, 4)
+    pruned, result = _prune(model, 0.5)
+    (gp,) = [gp for gp in result.groups if gp.heads]
+    assert (gp.heads, gp.heads_after, gp.channels_after) == (4, 2, 8)
+    w = _weights(pruned)
+    assert w["attn.q.weight"] == w["attn.k.weight"] == w["attn.v.weight"] == [16, 8]
+    assert w["attn.q.bias"] == [8] and w["attn.o.weight"] == [8, 16] and w["attn.o.bias"] == [16]
+    if form in ("const", "zero", "runtime"):  # the head count is written somewhere: rewritten
+        view = GraphView(pruned)
+        split = next(n for n in pruned.graph.node if n.op_type == "Reshape")
+        assert view.shape(split.output[0])[2:] == (2, 4)
+
+
+def test_structured_ratio_leaves_heads_alone():
+    model = mha_block("runtime_minus1")
+    pruned, result = prune_structured(model, StructuredOptions(ratio=0.5, round_to=1))
+    assert pruned is model and result.plan.empty
+    (gp,) = result.groups
+    assert gp.heads == gp.heads_after == 4
+    assert result.to_dict()["groups"][0]["heads_after"] == 4
+
+
+def test_dead_heads_go_first():
+    """Zero every weight of heads 1 and 3: l2 (Q/K/V/O slices) and neuron-l2 (the output
+    projection's rows) both remove exactly those, and the outputs do not move."""
+    model = mha_block("runtime")
+    dead = [1, 3]
+    for t in model.graph.initializer:
+        if t.name.startswith("attn.") and t.name != "attn.o.bias":
+            w = numpy_helper.to_array(t).copy()
+            axis = 0 if t.name == "attn.o.weight" else w.ndim - 1
+            idx = [slice(None)] * w.ndim
+            idx[axis] = np.concatenate([np.arange(h * 4, h * 4 + 4) for h in dead])
+            w[tuple(idx)] = 0
+            t.CopyFrom(numpy_helper.from_array(w, t.name))
+    for criterion in ("l2", "neuron-l2"):
+        pruned, result = _prune(model, 0.5, criterion=criterion)
+        (gp,) = [gp for gp in result.groups if gp.heads]
+        assert gp.kept == [0, 2], criterion
+        feeds = random_feeds(model, 0, 3)
+        assert_close(run(model, feeds), run(pruned, feeds))
+
+
+def test_gqa_removes_whole_kv_groups():
+    """4 query heads share 2 key/value heads (repeat_kv): a slot is one KV head with its 2
+    query heads; removing one cuts 8 Q columns, 4 K and 4 V columns, 8 rows of Wo."""
+    model = decoder_block(dim=16, heads=4, kv_heads=2, mlp=8, tokens=5)
+    (g,) = [g for g in analyze(model) if g.heads]
+    assert (g.slots, g.heads, g.blocked_reason) == (2, 4, None)
+    pruned, result = _prune(model, 0.5)
+    (gp,) = [gp for gp in result.groups if gp.heads]
+    assert (gp.heads_after, len(gp.kept)) == (2, 1)
+    w = _weights(pruned)
+    assert w["attn.q.weight"] == [16, 8] and w["attn.k.weight"] == w["attn.v.weight"] == [16, 4]
+    assert w["attn.o.weight"] == [8, 16]
+
+
+def test_gqa_heads_ratio_rounds_down_to_whole_groups():
+    model = decoder_block(dim=16, heads=4, kv_heads=2, mlp=8, tokens=5)
+    _, result = prune_structured(model, StructuredOptions(ratio=0.0, heads=0.25, round_to=1))
+    (gp,) = [gp for gp in result.groups if gp.heads]
+    assert gp.heads_after == 4  # a quarter of 4 query heads is less than one KV group of 2
+
+
+def test_head_count_from_another_tensor_blocks():
+    """The target takes its head count from a graph input: it would not follow the cut."""
+    b = Builder()
+    x = b.input([1, 5, 8])
+    other = b.input([1, 5, 2, 4], name="other")
+    q = b.matmul(x, 8, 8, name="q")
+    target = b.op("Concat", [b.ints([1, 5]), size_of(b, other, 2), b.ints([4])], axis=0)
+    r = b.op("ReduceSum", [b.op("Reshape", [q, target]), b.ints([3])], keepdims=0)
+    model = b.build([b.matmul(r, 2, 3, name="head")])
+    (g,) = [g for g in analyze(model) if g.id == "q"]
+    assert "fixes the head or channel count" in g.blocked_reason
+
+
+def test_shared_head_count_constant_blocks():
+    """One Concat target shared by two head splits: its constant cannot be rewritten for
+    one of them alone."""
+    b = Builder()
+    x = b.input([1, 5, 8])
+    target = b.op("Concat", [size_of(b, x, 0), size_of(b, x, 1), b.ints([2, 4])], axis=0)
+    q = b.op("Reshape", [b.matmul(x, 8, 8, name="q"), target])
+    k = b.op("Reshape", [b.matmul(x, 8, 8, name="k"), target])
+    s = b.op("Add", [q, k])
+    model = b.build([b.matmul(b.op("Reshape", [s, b.ints([1, 5, 8])]), 8, 3, name="head")])
+    (g,) = [g for g in analyze(model) if g.id == "q"]
+    assert "fixes the head or channel count" in g.blocked_reason
+
+
+def test_head_count_computed_by_division_blocks():
+    """``view(B, S, C // D, D)`` with C read at run time: not followed, blocks (no guess)."""
+    b = Builder()
+    x = b.input(["batch", 5, 8])
+    q = b.matmul(x, 8, 8, name="q")
+    c = b.op("Gather", [b.op("Shape", [q]), b.const(np.int64(2))], axis=0)
+    h = b.op("Unsqueeze", [b.op("Div", [c, b.const(np.int64(4))]), b.ints([0])])
+    target = b.op("Concat", [size_of(b, q, 0), b.ints([5]), h, b.ints([4])], axis=0)
+    r = b.op("ReduceSum", [b.op("Reshape", [q, target]), b.ints([3])], keepdims=0)
+    model = b.build([b.matmul(r, 2, 3, name="head")])
+    (g,) = [g for g in analyze(model) if g.id == "q"]
+    assert "fixes the head or channel count" in g.blocked_reason
+
+
+def test_keys_from_elsewhere_block_their_heads():
+    """q @ k^T with k reshaped from a graph input: the query heads are coupled to heads
+    onnxprune cannot cut."""
+    b = Builder()
+    x = b.input([1, 5, 8])
+    kin = b.input([1, 2, 4, 5], name="k")
+    q = b.op("Transpose", [b.op("Reshape", [b.matmul(x, 8, 8, name="q"), b.ints([1, 5, 2, 4])])], perm=[0, 2, 1, 3])  # fmt: skip
+    s = b.op("MatMul", [q, kin])
+    o = b.op("Reshape", [b.op("Transpose", [s], perm=[0, 2, 1, 3]), b.ints([1, 5, 10])])
+    model = b.build([b.matmul(o, 10, 3, name="head")])
+    (g,) = [g for g in analyze(model) if g.id == "q"]
+    assert "graph input" in g.blocked_reason
+
+
+@pytest.mark.parametrize("op", ["Attention", "MultiHeadAttention"])
+def test_fused_microsoft_attention_blocks_with_reason(op):
+    b = Builder()
+    x = b.input([1, 5, 8])
+    h = b.matmul(x, 8, 8, name="pre")
+    if op == "Attention":
+        ins = [h, b.rand([8, 24], "qkv.weight"), b.rand([24], "qkv.bias")]
+    else:
+        ins = [h, h, h]
+    node = helper.make_node(op, ins, ["att"], domain="com.microsoft", num_heads=2, name="fused")
+    b.nodes.append(node)
+    out = b.matmul("att", 8, 3, name="post")
+    graph = helper.make_graph(
+        b.nodes, "fused", b.inputs, [helper.make_tensor_value_info(out, 1, [1, 5, 3])], b.inits
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    groups = {g.id: g for g in analyze(model)}
+    assert f"fused com.microsoft.{op}" in groups["pre"].blocked_reason
+    onnx.checker.check_model(model)
+    run(model, random_feeds(model))  # onnxruntime runs the fused op: the test graph is real
