@@ -133,3 +133,60 @@ def test_neuron_l2_ranks_by_outgoing_weights():
     # outgoing L2 norms: 6*sqrt3, 5*sqrt3, 5.5, 3*sqrt3, 2*sqrt3, 1*sqrt3
     assert list(gp.kept) == [0, 1, 2]
     assert _dims(pruned)["fc2.weight"] == [3, 3]
+
+
+@pytest.mark.parametrize("act", ["Tanh", "Sigmoid", "Gelu"])
+def test_single_op_activations(act):
+    """Tanh, Sigmoid and the Gelu op (opset 20) pass the neurons through."""
+    b = Builder(opset=20 if act == "Gelu" else 17)
+    x = b.input([2, 5, D])
+    h = b.op(act, [b.matmul(x, D, H, name="fc1")])
+    model = b.build([b.matmul(h, H, D, name="fc2")])
+    (g,) = _prunable(model)
+    assert g.slots == H
+    pruned, _ = prune_exact(model, 0.5)
+    assert _dims(pruned)["fc2.weight"] == [H // 2, D]
+
+
+def test_gemm_trans_a():
+    """Gemm with transA reads its input transposed ([K, M]); a producer of [M, K] feeding
+    it through a Transpose still prunes the next layer's hidden units."""
+    b = Builder()
+    x = b.input([3, D])
+    h = b.relu(b.gemm(x, D, H, name="fc1"))
+    ht = b.op("Transpose", [h], perm=[1, 0])  # [H, 3]
+    w2 = b.rand([H, 4], "fc2.weight", H**-0.5)
+    y = b.op("Gemm", [ht, w2, b.rand([4], "fc2.bias", 0.1)], transA=1, name="fc2")
+    model = b.build([y])
+    (g,) = _prunable(model)
+    assert {m.label for m in g.params} == {"fc1.weight[out]", "fc1.bias", "fc2.weight[in]"}
+    pruned, _ = prune_exact(model, 0.5)
+    assert _dims(pruned)["fc2.weight"] == [H // 2, 4]
+
+
+def _layer_norm_decomposed(b, x, dim, name):
+    """LayerNorm as older exporters write it: ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div."""
+    mean = b.op("ReduceMean", [x], axes=[-1])
+    c = b.op("Sub", [x, mean])
+    var = b.op("ReduceMean", [b.op("Pow", [c, b.const(np.float32(2.0))])], axes=[-1])
+    n = b.op("Div", [c, b.op("Sqrt", [b.op("Add", [var, b.const(np.float32(1e-5))])])])
+    scale = b.rand([dim], f"{name}.scale", 1.0, positive=True)
+    return b.op("Add", [b.op("Mul", [n, scale]), b.rand([dim], f"{name}.bias", 0.1)], name=name)
+
+
+def test_ffn_between_decomposed_layer_norms():
+    """x -> LN (decomposed) -> FFN -> + -> LN (decomposed): the hidden units prune; the
+    residual stream is blocked by the normalization's reduction over it."""
+    b = Builder()
+    x = b.input([2, 5, D])
+    h = _layer_norm_decomposed(b, x, D, "ln1")
+    f = b.matmul(_gelu_erf(b, b.matmul(h, D, H, name="fc1")), H, D, name="fc2")
+    y = _layer_norm_decomposed(b, b.op("Add", [f, h]), D, "ln2")
+    model = b.build([b.matmul(y, D, 3, name="head")])
+    groups = analyze(model)
+    (g,) = [g for g in groups if g.blocked_reason is None]
+    assert g.id == "fc1" and g.slots == H
+    stream = next(g for g in groups if g.id == "fc2")
+    assert any("ReduceMean reduces over the channel axis" in r for _, r in stream.reasons)
+    pruned, _ = prune_exact(model, 0.5)
+    assert _dims(pruned)["fc2.weight"] == [H // 2, D] and _dims(pruned)["ln2.scale"] == [D]
