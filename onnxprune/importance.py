@@ -151,9 +151,7 @@ def fpgm(g: Group, weights: Weights, stats: object, rng: object, reduction: str)
     return np.sqrt(np.maximum(d2, 0.0)).sum(1)
 
 
-def neuron_l2(
-    g: Group, weights: Weights, stats: object, rng: object, reduction: str
-) -> np.ndarray:
+def neuron_l2(g: Group, weights: Weights, stats: object, rng: object, reduction: str) -> np.ndarray:
     """L2 norm of each neuron's outgoing weights: the consumers' input slices (``in``
     members) only, the classic neuron-pruning rule. Each consumer's norm is taken alone,
     then reduced; a group with no weighted consumer falls back to L2 over every member."""
@@ -165,6 +163,38 @@ def neuron_l2(
     if not vectors:
         return magnitude(2)(g, weights, stats, rng, reduction)
     return _reduce(vectors, g.slots, reduction)
+
+
+def incoming(p: int) -> Callable[..., np.ndarray]:
+    """L1 (p=1) or L2 (p=2) norm of each neuron's incoming weights: the producers' filters
+    and columns (``out`` members; the rows of a torch ``Linear`` weight) only."""
+
+    def score(g: Group, weights: Weights, stats: object, rng: object, reduction: str) -> np.ndarray:
+        vectors = []
+        for m in g.members:
+            if m.role == "out":
+                v = _per_slot(m, weights.norms(m.target, m.axis, p), g.slots)
+                vectors.append(np.sqrt(v) if p == 2 else v)
+        if not vectors:
+            return magnitude(p)(g, weights, stats, rng, reduction)
+        return _reduce(vectors, g.slots, reduction)
+
+    return score
+
+
+def group_norm(p: int) -> Callable[..., np.ndarray]:
+    """The norm of everything a slot removes, summed over the group: ``sum |w|`` (p=1) or
+    ``sqrt(sum w^2)`` (p=2) over every member at once. A head scores its Q, K and V columns,
+    biases and output-projection rows together; members with more weights weigh more."""
+
+    def score(g: Group, weights: Weights, stats: object, rng: object, reduction: str) -> np.ndarray:
+        total = np.zeros(g.slots)
+        for m in g.members:
+            if m.role in SCORED_ROLES:
+                total += _per_slot(m, weights.norms(m.target, m.axis, p), g.slots)
+        return np.sqrt(total) if p == 2 else total
+
+    return score
 
 
 def random(
@@ -179,6 +209,10 @@ CRITERIA: dict[str, Callable[..., np.ndarray]] = {
     "bn-scale": bn_scale,
     "fpgm": fpgm,
     "neuron-l2": neuron_l2,
+    "incoming-l1": incoming(1),
+    "incoming-l2": incoming(2),
+    "group-l1": group_norm(1),
+    "group-l2": group_norm(2),
     "random": random,
 }
 
