@@ -18,6 +18,7 @@ from oracles import assert_close, assert_exact, random_feeds, run
 
 from onnxprune.dependency import analyze
 from onnxprune.graph import GraphView
+from onnxprune.importance import score_groups
 from onnxprune.structured import StructuredOptions, prune_structured
 
 
@@ -230,3 +231,23 @@ def test_fused_microsoft_attention_blocks_with_reason(op):
     assert f"fused com.microsoft.{op}" in groups["pre"].blocked_reason
     onnx.checker.check_model(model)
     run(model, random_feeds(model))  # onnxruntime runs the fused op: the test graph is real
+
+
+def test_head_scores_read_q_k_v_and_o_slices():
+    """group-l2 of a head is the norm of its Q, K, V columns, biases and Wo rows together."""
+    model = mha_block("runtime")
+    groups = analyze(model)
+    (g,) = [g for g in groups if g.heads]
+    w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    expect = np.zeros(4)
+    for h in range(4):
+        cols = slice(h * 4, h * 4 + 4)
+        for p in "qkv":
+            expect[h] += (w[f"attn.{p}.weight"][:, cols] ** 2).sum()
+            expect[h] += (w[f"attn.{p}.bias"][cols] ** 2).sum()
+        expect[h] += (w["attn.o.weight"][cols] ** 2).sum()
+    np.testing.assert_allclose(
+        score_groups(groups, model, "group-l2")[g.id], np.sqrt(expect), rtol=1e-5
+    )
+    outgoing = np.linalg.norm(w["attn.o.weight"].reshape(4, -1), axis=1)
+    np.testing.assert_allclose(score_groups(groups, model, "neuron-l2")[g.id], outgoing, rtol=1e-5)

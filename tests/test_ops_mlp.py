@@ -190,3 +190,26 @@ def test_ffn_between_decomposed_layer_norms():
     assert any("ReduceMean reduces over the channel axis" in r for _, r in stream.reasons)
     pruned, _ = prune_exact(model, 0.5)
     assert _dims(pruned)["fc2.weight"] == [H // 2, D] and _dims(pruned)["ln2.scale"] == [D]
+
+
+def test_incoming_and_group_criteria():
+    """incoming-l1/l2 read only the producer's rows of each neuron; group-l1/l2 sum every
+    weight the neuron removes (its row of fc1, its bias, its row of fc2)."""
+    b = Builder()
+    x = b.input([1, 4])
+    rng = np.random.default_rng(3)
+    w_in = rng.standard_normal((6, 4)).astype(np.float32)  # Gemm transB: [neurons, inputs]
+    bias = rng.standard_normal(6).astype(np.float32)
+    w_out = rng.standard_normal((6, 3)).astype(np.float32)
+    h = b.relu(b.op("Gemm", [x, b.const(w_in, "fc1.weight"), b.const(bias, "fc1.bias")], transB=1))
+    model = b.build([b.op("Gemm", [h, b.const(w_out, "fc2.weight")], name="fc2")])
+    groups = analyze(model)
+    (g,) = [g for g in groups if g.blocked_reason is None]
+    got = {c: score_groups(groups, model, c)[g.id] for c in CRITERIA if c != "random"}
+    np.testing.assert_allclose(got["incoming-l1"], np.abs(w_in).sum(1), rtol=1e-6)
+    np.testing.assert_allclose(got["incoming-l2"], np.linalg.norm(w_in, axis=1), rtol=1e-6)
+    everything = np.concatenate([w_in, bias[:, None], w_out], axis=1)
+    np.testing.assert_allclose(got["group-l1"], np.abs(everything).sum(1), rtol=1e-6)
+    np.testing.assert_allclose(got["group-l2"], np.linalg.norm(everything, axis=1), rtol=1e-6)
+    assert not np.allclose(got["incoming-l2"], got["neuron-l2"])
+    prune_exact(model, 0.5, criterion="incoming-l2")
