@@ -72,6 +72,7 @@ class PruneOptions:
     """Every knob of one run, checked once up front so bad options fail before any work."""
 
     structured: float | None = None
+    heads: float | None = None
     unstructured: float | None = None
     nm: str | tuple[int, int] | None = None
     scope: str = "local"
@@ -88,14 +89,17 @@ class PruneOptions:
     external_data: bool | None = None
 
     def check(self) -> None:
-        if self.structured is None and self.unstructured is None and self.nm is None:
+        if all(x is None for x in (self.structured, self.heads, self.unstructured, self.nm)):
             raise UsageError(
-                "nothing to do: pass --structured RATIO, --unstructured RATIO or --nm N:M"
+                "nothing to do: pass --structured RATIO, --heads RATIO, --unstructured RATIO "
+                "or --nm N:M"
             )
         if self.unstructured is not None and self.nm is not None:
             raise UsageError("choose one of --unstructured and --nm")
         if self.structured is not None:
             check_ratio(self.structured, "--structured")
+        if self.heads is not None:
+            check_ratio(self.heads, "--heads")
         if self.unstructured is not None:
             check_ratio(self.unstructured, "--unstructured")
         if isinstance(self.nm, str):
@@ -119,6 +123,7 @@ def prune(
     *,
     output: str | os.PathLike | None = None,
     structured: float | None = None,
+    heads: float | None = None,
     unstructured: float | None = None,
     nm: str | tuple[int, int] | None = None,
     scope: str = "local",
@@ -140,8 +145,9 @@ def prune(
     ``model`` is a path or an in-memory ``ModelProto`` (never modified). ``structured`` removes
     that fraction of channels/neurons physically (smaller dense model, real speed-up);
     ``unstructured`` zeroes that fraction of weights by magnitude and ``nm`` ("2:4") zeroes to
-    an N:M pattern (smaller on disk once compressed; fast only with sparse kernels). Structured
-    pruning runs first when combined with either.
+    an N:M pattern (smaller on disk once compressed; fast only with sparse kernels). ``heads``
+    removes that fraction of the heads of each attention layer (whole key/value groups in
+    grouped-query attention). Structured pruning runs first when combined with either.
 
     With ``output`` the result is written atomically, and only after validation passed; without
     it nothing is written (validation then uses a temporary folder). ``validate`` compares the
@@ -152,7 +158,7 @@ def prune(
     a message meant for a person.
     """
     opts = PruneOptions(
-        structured=structured, unstructured=unstructured, nm=nm, scope=scope,
+        structured=structured, heads=heads, unstructured=unstructured, nm=nm, scope=scope,
         criterion=criterion, round_to=round_to, max_group_ratio=max_group_ratio,
         exclude=tuple(exclude), validate=validate, calib=calib, seed=seed, providers=providers,
         runs=runs, force=force, external_data=external_data,
@@ -196,11 +202,12 @@ def _load(model: str | os.PathLike | onnx.ModelProto, report: Report) -> _Source
 
 def _apply(original: onnx.ModelProto, opts: PruneOptions, report: Report, progress: bool):
     pruned = original
-    if opts.structured is not None:
+    if opts.structured is not None or opts.heads is not None:
         from onnxprune.structured import StructuredOptions, prune_structured
 
         options = StructuredOptions(
-            ratio=opts.structured, scope=opts.scope, criterion=opts.criterion,
+            ratio=opts.structured or 0.0, heads=opts.heads, scope=opts.scope,
+            criterion=opts.criterion,
             round_to=opts.round_to, max_group_ratio=opts.max_group_ratio,
             exclude=opts.exclude, seed=opts.seed,
         )  # fmt: skip

@@ -72,6 +72,10 @@ def _ratio_option(name: str, help_text: str):
     "Remove fraction R of the channels/neurons of every prunable group (physically smaller, faster on dense hardware).",
 )
 @_ratio_option(
+    "--heads",
+    "Remove fraction R of the heads of each attention layer (whole key/value groups in GQA).",
+)
+@_ratio_option(
     "--unstructured", "Zero fraction R of the prunable weights by magnitude (no shape change)."
 )
 @click.option(

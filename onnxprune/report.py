@@ -177,6 +177,8 @@ def render_report(r: Report, max_rows: int = 25) -> str:
                 members = g.get("members", [])
                 first = members[0] if members else g.get("id", "?")
                 more = f" +{len(members) - 1}" if len(members) > 1 else ""
+                if "heads_before" in g:
+                    more += f" (heads {g['heads_before']}->{g['heads_after']})"
                 grows.append(
                     [
                         f"{first}{more}",

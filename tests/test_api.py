@@ -121,3 +121,20 @@ def test_every_supported_opset_prunes_and_validates(opset):
     assert r["macs_after"] < r["macs_before"]
     assert r["validation"]["provider"] == "CPUExecutionProvider"
     onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_heads_flag_removes_attention_heads_and_validates():
+    from graphs import mha_block
+
+    result = prune(mha_block(heads=4, head_dim=4), heads=0.5, round_to=1, runs=5)
+    groups = [g for g in result.report.structured["groups"] if "heads_before" in g]
+    assert groups and groups[0]["heads_before"] == 4 and groups[0]["heads_after"] == 2
+    r = result.report.to_dict()
+    assert r["params_after"] < r["params_before"]
+    assert r["validation"]["provider"] == "CPUExecutionProvider"
+    onnx.checker.check_model(result.model, full_check=True)
+
+
+def test_heads_ratio_is_checked():
+    with pytest.raises(UsageError):
+        prune(small_cnn(), heads=1.5)
