@@ -1,26 +1,31 @@
-"""Transformer neuron-pruning benchmark (issue #4): FFN hidden units of the zoo transformers.
+"""Transformer pruning benchmark (issue #4): FFN neurons and attention heads of the zoo models.
 
-    python tools/bench_transformers.py [--zoo zoo] [--ratio 0.3] [--runs 30] [--threads 4]
-        [--latency-batch 32] [--batches 1,32,130]
+    python tools/bench_transformers.py [--zoo zoo] [--ratio 0.3] [--heads 0.25] [--runs 30]
+        [--threads 4] [--latency-batch 32] [--batches 1,32,130]
 
-quality: zoo/minilm.onnx (pretrained all-MiniLM-L6-v2) pruned at ``--ratio`` with
-``--round-to`` default and 1, criteria l1 and neuron-l2. For each: the mean per-sentence
-cosine between original and pruned ``last_hidden_state`` over the sentences of
-``zoo/minilm_inputs.npz`` (each sentence's padded tokens masked out, its real tokens'
-hidden states flattened into one vector), the MAC ratio (pruned / original, from
-``onnxprune.metrics.count_macs``: symbolic batch and sequence taken as 1), and the latency
-speed-up (original / pruned, medians of interleaved runs on onnxruntime CPU on the first
-``--latency-batch`` sentences) and efficiency = speed-up / (original MACs / pruned MACs).
-A second table repeats the latency of the neuron-l2 prunes at each of ``--batches``: the
-speed-up depends on the batch (on a 2-core machine the whole 130-sentence batch gained
-nothing while 32 sentences gained ~1.2x).
+quality: zoo/minilm.onnx (pretrained all-MiniLM-L6-v2) with ``--ratio`` of its FFN neurons
+removed, by criteria l1, neuron-l2 (``--round-to`` default 16 and 1) and group-l2, once more
+with ``--heads 0.25`` added, and by a data-aware sketch (below). For each: the mean
+per-sentence cosine between original and pruned ``last_hidden_state`` over the sentences of
+``zoo/minilm_inputs.npz`` (each sentence's padded tokens masked out, its real tokens' hidden
+states flattened into one vector) — over all of them and over the odd-numbered half — the MAC
+ratio (pruned / original, from ``onnxprune.metrics.count_macs``: symbolic batch and sequence
+taken as 1), and the latency speed-up (original / pruned, medians of interleaved runs on
+onnxruntime CPU on the first ``--latency-batch`` sentences) and efficiency = speed-up /
+(original MACs / pruned MACs). A second table repeats the latency of the neuron-l2 prunes at
+each of ``--batches``: the speed-up depends on the batch.
 
-exactness: bert_tiny, vit_tiny, gqa_decoder (and minilm) pruned at ``--ratio`` with the
-default options; the pruned model must equal the original with the removed neurons'
-outgoing weights zeroed (the oracle of tests/oracles.py) on random inputs with batch 2 and
-sequence 8 (token ids in [0, 100), attention mask all ones).
+The data-aware rows are a tools-side sketch of what calibration and recovery (another issue:
+onnxprune/calibrate.py, onnxprune/recover.py) can add, measured with the same plan and rewrite:
+neurons ranked by std(activation) x L2(outgoing weights) on the even-numbered sentences, and
+with bias compensation (each removed neuron's mean activation times its outgoing weights
+added to the next bias). Compare them on the held-out odd-numbered sentences. The library
+rows are raw prunes: no data is used.
 
-No data-aware recovery is applied: the cosine is that of the raw prune.
+exactness: bert_tiny, vit_tiny, gqa_decoder (and minilm) pruned at ``--ratio`` neurons and
+``--heads`` heads with the default options; the pruned model must equal the original with the
+removed neurons' and heads' outgoing weights zeroed (the oracle of tests/oracles.py) on random
+inputs with batch 2 and sequence 8 (token ids in [0, 100), attention mask all ones).
 """
 
 from __future__ import annotations
@@ -35,13 +40,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the oracles are shared with the unit tests
 
 from oracles import assert_close, zeroed  # noqa: E402
 
+from onnxprune.dependency import analyze  # noqa: E402
+from onnxprune.graph import GraphView  # noqa: E402
+from onnxprune.importance import score_groups  # noqa: E402
 from onnxprune.metrics import count_macs  # noqa: E402
+from onnxprune.plan import make_plan  # noqa: E402
+from onnxprune.rewrite import apply_plan  # noqa: E402
 from onnxprune.structured import StructuredOptions, prune_structured  # noqa: E402
 from onnxprune.validate import measure_latency  # noqa: E402
 
@@ -74,10 +85,22 @@ def sentence_cosines(ref: np.ndarray, got: np.ndarray, mask: np.ndarray) -> np.n
 
 
 def _groups_summary(result) -> str:
+    """FFN neurons and heads per layer, before -> after, over the groups that were cut."""
+    parts = []
     cut = [g for g in result.groups if g.channels_after < g.channels_before]
-    before = sum(g.channels_before for g in cut)
-    after = sum(g.channels_after for g in cut)
-    return f"{len(cut)} groups, {before} -> {after}"
+    ffn = [g for g in cut if not g.heads]
+    heads = [g for g in cut if g.heads]
+    if ffn:
+        parts.append(
+            f"{len(ffn)} FFN, {sum(g.channels_before for g in ffn)} -> "
+            f"{sum(g.channels_after for g in ffn)}"
+        )
+    if heads:
+        parts.append(
+            f"{len(heads)} attention, heads {sum(g.heads for g in heads)} -> "
+            f"{sum(g.heads_after for g in heads)}"
+        )
+    return "; ".join(parts) or "nothing"
 
 
 def _latency(paths: list[str], feeds: dict, batch: int, runs: int) -> tuple[float, float]:
@@ -87,50 +110,152 @@ def _latency(paths: list[str], feeds: dict, batch: int, runs: int) -> tuple[floa
     return m0, m1
 
 
+# --------------------------------------------------------------------------------------------
+# Data-aware sketch: what calibration + bias compensation would give. onnxprune's own
+# calibration and recovery (onnxprune/calibrate.py, onnxprune/recover.py) belong to another
+# issue; this sketch only measures the headroom, with the structured engine's plan.
+
+
+def _consumer_inputs(view: GraphView, g) -> list[tuple[str, object, str | None]]:
+    """(activation, ``in`` member, bias) for each MatMul that reads the group's neurons."""
+    out = []
+    for m in g.members:
+        if m.role != "in":
+            continue
+        node = next(
+            (n for n in view.nodes if n.op_type == "MatMul" and n.input[1] == m.target), None
+        )
+        if node is None:
+            continue
+        uses = view.uses(node.output[0])
+        add = view.nodes[uses[0].node] if len(uses) == 1 else None
+        bias = None
+        if add is not None and add.op_type == "Add":
+            bias = next((i for i in add.input if view.is_constant(i)), None)
+        out.append((node.input[0], m, bias))
+    return out
+
+
+def data_aware(
+    model: onnx.ModelProto, feeds: dict, calib: np.ndarray, ratio: float, compensate: bool
+) -> tuple[onnx.ModelProto, object]:
+    """Prune FFN neurons by std(activation) * L2(outgoing weights) measured on the ``calib``
+    sentences; ``compensate``: fold each removed neuron's mean activation times its outgoing
+    weights into the next bias (bias compensation)."""
+    view = GraphView(model)
+    groups = analyze(model, view=view)
+    targets = {g.id: _consumer_inputs(view, g) for g in groups if g.blocked_reason is None}
+    names = sorted({a for cons in targets.values() for a, _, _ in cons})
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    cf = {k: v[calib] for k, v in feeds.items()}
+    values = _run(probe, cf, 2)[1:]
+    keep = cf["attention_mask"].astype(bool)
+    acts = {n: v[keep].astype(np.float64) for n, v in zip(names, values, strict=True)}
+    scores = score_groups(groups, view, "neuron-l2")
+    for gid, cons in targets.items():
+        g = next(g for g in groups if g.id == gid)
+        if g.heads or not cons:
+            continue
+        vecs = []
+        for act, m, _ in cons:
+            w = np.linalg.norm(view.constant(m.target).reshape(m.size, -1), axis=1)
+            per_pos = acts[act].std(0) * w
+            mask = m.slot >= 0
+            vecs.append(np.bincount(m.slot[mask], per_pos[mask], minlength=g.slots))
+        scores[gid] = np.mean(vecs, axis=0)
+    plan = make_plan(groups, scores, ratio=ratio, round_to=16)
+    pruned = apply_plan(model, plan, view=view)
+    if compensate:
+        inits = {t.name: t for t in pruned.graph.initializer}
+        for gid, cons in targets.items():
+            gp = next((p for p in plan.groups if p.id == gid), None)
+            if gp is None or gp.heads or len(gp.kept) == gp.slots:
+                continue
+            for act, m, bias in cons:
+                if bias is None or bias not in inits:
+                    continue
+                gone = np.isin(m.slot, np.setdiff1d(np.arange(gp.slots), gp.kept))
+                w = view.constant(m.target).reshape(m.size, -1)[gone]
+                b = numpy_helper.to_array(inits[bias]).astype(np.float64)
+                b = b + acts[act][:, gone].mean(0) @ w
+                inits[bias].CopyFrom(numpy_helper.from_array(b.astype(np.float32), bias))
+    return pruned, plan
+
+
 def quality(
     zoo: Path, ratio: float, runs: int, threads: int, batch: int, batches: list[int]
 ) -> None:
     model = onnx.load(zoo / "minilm.onnx")
     data = dict(np.load(zoo / "minilm_inputs.npz"))
     feeds = {k: data[k] for k in ("input_ids", "attention_mask")}
+    mask = feeds["attention_mask"]
     ref = _run(model, feeds, threads)[0]
     macs0, _ = count_macs(model)
-    print(f"\n### MiniLM-L6 (all-MiniLM-L6-v2), FFN neurons at {ratio:.0%}, {len(ref)} sentences\n")
+    n = len(ref)
+    calib, held = np.arange(0, n, 2), np.arange(1, n, 2)
+    print(f"\n### MiniLM-L6 (all-MiniLM-L6-v2), FFN neurons at {ratio:.0%}, {n} sentences\n")
     print(
-        "| criterion | round_to | pruned | cosine mean | cosine min | MAC ratio "
-        "| latency ms orig / pruned | speed-up | efficiency |"
+        f"| criterion | round_to | pruned | cosine mean ({n}) | cosine min | cosine mean "
+        f"({len(held)} held out) | MAC ratio | latency ms orig / pruned | speed-up | efficiency |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    worst = 1.0
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    configs: list[tuple[str, int | None, float | None]] = [
+        ("l1", None, None),
+        ("l1", 1, None),
+        ("neuron-l2", None, None),
+        ("neuron-l2", 1, None),
+        ("group-l2", None, None),
+        ("neuron-l2", None, 0.25),
+        ("data-aware", None, None),
+        ("data-aware + bias", None, None),
+    ]
+    best = 0.0
     by_batch: list[tuple[object, str, int]] = []
     with tempfile.TemporaryDirectory() as tmp:
         orig_path = os.path.join(tmp, "orig.onnx")
         onnx.save(model, orig_path)
-        for criterion in ("l1", "neuron-l2"):
-            for round_to in (None, 1):
-                t0 = time.perf_counter()
+        for i, (criterion, round_to, heads) in enumerate(configs):
+            t0 = time.perf_counter()
+            if criterion.startswith("data-aware"):
+                pruned, plan = data_aware(model, feeds, calib, ratio, "bias" in criterion)
+                summary = _groups_summary(plan)
+                rt = 16
+            else:
                 pruned, result = prune_structured(
-                    model, StructuredOptions(ratio=ratio, criterion=criterion, round_to=round_to)
+                    model,
+                    StructuredOptions(
+                        ratio=ratio, criterion=criterion, round_to=round_to, heads=heads
+                    ),
                 )
-                took = time.perf_counter() - t0
-                got = _run(pruned, feeds, threads)[0]
-                cos = sentence_cosines(ref, got, feeds["attention_mask"])
-                worst = min(worst, float(cos.mean()))
-                macs1, _ = count_macs(pruned)
-                path = os.path.join(tmp, f"pruned_{criterion}_{round_to}.onnx")
-                onnx.save(pruned, path)
-                m0, m1 = _latency([orig_path, path], feeds, batch, runs)
-                speed = m0 / m1
-                if criterion == "neuron-l2":
-                    by_batch.append((result.settings.get("round_to", round_to), path, macs1))
+                summary = _groups_summary(result)
                 rt = result.settings.get("round_to", round_to)
-                print(
-                    f"| {criterion} | {rt} | {_groups_summary(result)} ({took:.1f} s) "
-                    f"| {cos.mean():.4f} | {cos.min():.4f} | {macs1 / macs0:.3f} "
-                    f"| {m0:.1f} / {m1:.1f} | {speed:.2f}x | {speed / (macs0 / macs1):.2f} |"
-                )
+            took = time.perf_counter() - t0
+            got = _run(pruned, feeds, threads)[0]
+            cos = sentence_cosines(ref, got, mask)
+            if heads is None and not criterion.startswith("data-aware"):
+                best = max(best, float(cos.mean()))
+            macs1, _ = count_macs(pruned)
+            path = os.path.join(tmp, f"pruned_{i}.onnx")
+            onnx.save(pruned, path)
+            m0, m1 = _latency([orig_path, path], feeds, batch, runs)
+            speed = m0 / m1
+            if criterion == "neuron-l2" and heads is None:
+                by_batch.append((rt, path, macs1))
+            name = criterion + (f", --heads {heads:g}" if heads else "")
+            print(
+                f"| {name} | {rt} | {summary} ({took:.1f} s) | {cos.mean():.4f} | "
+                f"{cos.min():.4f} | {cos[held].mean():.4f} | {macs1 / macs0:.3f} "
+                f"| {m0:.1f} / {m1:.1f} | {speed:.2f}x | {speed / (macs0 / macs1):.2f} |",
+                flush=True,
+            )
         print(
-            f"\nLatency above: batch of {batch} sentences x {feeds['input_ids'].shape[1]} tokens."
+            f"\nLatency above: batch of {batch} sentences x {feeds['input_ids'].shape[1]} tokens. "
+            "data-aware: neurons ranked by std(activation) x L2(outgoing weights), measured on "
+            f"the {len(calib)} even-numbered sentences (calibration); '+ bias': each removed "
+            "neuron's mean activation times its outgoing weights folded into the next bias. "
+            "Compare those on the held-out (odd-numbered) sentences."
         )
         print(
             "\n| neuron-l2, round_to | batch | latency ms orig / pruned | speed-up | efficiency |"
@@ -141,13 +266,13 @@ def quality(
                 m0, m1 = _latency([orig_path, path], feeds, bs, runs)
                 eff = (m0 / m1) / (macs0 / macs1)
                 print(f"| {rt} | {bs} | {m0:.1f} / {m1:.1f} | {m0 / m1:.2f}x | {eff:.2f} |")
-    if worst < GOAL_COSINE:
+    if best < GOAL_COSINE:
         print(
-            f"\nGoal not met: mean cosine {worst:.4f} < {GOAL_COSINE} for at least one setting "
-            "(raw magnitude prune, no data-aware recovery)."
+            f"\nGoal not met by the weight-only criteria: best mean cosine {best:.4f} < "
+            f"{GOAL_COSINE} (no data-aware recovery in onnxprune yet; see the data-aware rows)."
         )
     else:
-        print(f"\nGoal met: every mean cosine >= {GOAL_COSINE}.")
+        print(f"\nGoal met: mean cosine {best:.4f} >= {GOAL_COSINE}.")
 
 
 def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
@@ -173,17 +298,22 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]
     return feeds
 
 
-def exactness(zoo: Path, ratio: float, names: list[str]) -> None:
-    print(f"\n### Exactness at {ratio:.0%} (default options: l1, local, default round_to)\n")
+def exactness(zoo: Path, ratio: float, heads: float, names: list[str]) -> None:
+    print(
+        f"\n### Exactness at {ratio:.0%} neurons and {heads:.0%} heads "
+        "(default options: l1, local, default round_to)\n"
+    )
     print("| model | pruned | blocked | MAC ratio | exact (zeroed-weights oracle) |")
     print("|---|---|---|---|---|")
+    results = {}
     for name in names:
         path = zoo / f"{name}.onnx"
         if not path.exists():
             print(f"| {name} | missing | | | |")
             continue
         model = onnx.load(path)
-        pruned, result = prune_structured(model, StructuredOptions(ratio=ratio))
+        pruned, result = prune_structured(model, StructuredOptions(ratio=ratio, heads=heads))
+        results[name] = result
         macs0, _ = count_macs(model)
         macs1, _ = count_macs(pruned)
         if result.plan is None or result.plan.empty:
@@ -202,20 +332,18 @@ def exactness(zoo: Path, ratio: float, names: list[str]) -> None:
             f"| {name} | {_groups_summary(result)} | {len(result.blocked)} "
             f"| {macs1 / macs0:.3f} | {verdict} |"
         )
-    for name in names:
-        path = zoo / f"{name}.onnx"
-        if path.exists():
-            _, result = prune_structured(onnx.load(path), StructuredOptions(ratio=ratio))
-            reasons = sorted({b.get("reason", "") for b in result.blocked})
-            print(f"\n{name} blocked reasons ({len(result.blocked)} places):")
-            for r in reasons[:6]:
-                print(f"- {r}")
+    for name, result in results.items():
+        reasons = sorted({b.get("reason", "") for b in result.blocked})
+        print(f"\n{name} blocked reasons ({len(result.blocked)} places):")
+        for r in reasons[:6]:
+            print(f"- {r}")
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", type=Path, default=ROOT / "zoo")
     ap.add_argument("--ratio", type=float, default=0.3)
+    ap.add_argument("--heads", type=float, default=0.25, help="--heads for the exactness table")
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=4, help="threads for the cosine runs")
     ap.add_argument("--latency-batch", type=int, default=32)
@@ -227,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
         batches = [int(b) for b in args.batches.split(",") if b]
         quality(args.zoo, args.ratio, args.runs, args.threads, args.latency_batch, batches)
     if not args.skip_exactness:
-        exactness(args.zoo, args.ratio, EXACT_MODELS)
+        exactness(args.zoo, args.ratio, args.heads, EXACT_MODELS)
 
 
 if __name__ == "__main__":
