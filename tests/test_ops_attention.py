@@ -251,3 +251,27 @@ def test_head_scores_read_q_k_v_and_o_slices():
     )
     outgoing = np.linalg.norm(w["attn.o.weight"].reshape(4, -1), axis=1)
     np.testing.assert_allclose(score_groups(groups, model, "neuron-l2")[g.id], outgoing, rtol=1e-5)
+
+
+def test_gqa_repeat_with_tile():
+    """repeat_kv written with Tile on an inserted axis ([B, Hkv, 1, S, D] tiled to
+    [B, Hkv, rep, S, D], then merged): the same key/value groups as with Expand."""
+    b = Builder()
+    x = b.input([1, 5, 16])
+    q = b.op("Transpose", [b.op("Reshape", [b.matmul(x, 16, 16, name="q"), b.ints([1, 5, 4, 4])])], perm=[0, 2, 1, 3])  # fmt: skip
+    kv = []
+    for name in "kv":
+        t = b.op("Transpose", [b.op("Reshape", [b.matmul(x, 16, 8, name=name), b.ints([1, 5, 2, 4])])], perm=[0, 2, 1, 3])  # fmt: skip
+        t = b.op("Tile", [b.op("Unsqueeze", [t, b.ints([2])]), b.ints([1, 1, 2, 1, 1])])
+        kv.append(b.op("Reshape", [t, b.ints([1, 4, 5, 4])]))
+    s = b.op("MatMul", [q, b.op("Transpose", [kv[0]], perm=[0, 1, 3, 2])])
+    o = b.op("MatMul", [b.op("Softmax", [s], axis=-1), kv[1]])
+    o = b.op("Reshape", [b.op("Transpose", [o], perm=[0, 2, 1, 3]), b.ints([1, 5, 16])])
+    model = b.build([b.matmul(o, 16, 16, name="o")])
+    (g,) = [g for g in analyze(model) if g.heads]
+    assert (g.slots, g.heads, g.blocked_reason) == (2, 4, None)
+    pruned, _ = _prune(model, 0.5)
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert (
+        dims["q.weight"] == [16, 8] and dims["k.weight"] == [16, 4] and dims["o.weight"] == [8, 16]
+    )
