@@ -9,14 +9,17 @@ removing heads equals zeroing their rows of the output projection in the origina
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import onnx
 import pytest
-from graphs import HEAD_FORMS, Builder, decoder_block, mha_block, size_of
+from graphs import HEAD_FORMS, Builder, decoder_block, mha_block, repeat_kv, size_of
 from onnx import TensorProto, helper, numpy_helper
 from oracles import assert_close, assert_exact, random_feeds, run
 
 from onnxprune.dependency import analyze
+from onnxprune.dimexpr import Opaque, Term, _equal, exprs, private
 from onnxprune.graph import GraphView
 from onnxprune.importance import score_groups
 from onnxprune.structured import StructuredOptions, prune_structured
@@ -275,3 +278,30 @@ def test_gqa_repeat_with_tile():
     assert (
         dims["q.weight"] == [16, 8] and dims["k.weight"] == [16, 4] and dims["o.weight"] == [8, 16]
     )
+
+
+def test_dimexpr_reads_run_time_targets_with_provenance():
+    """The GQA merge target is Shape(k)[1] * 2 heads; the head-split target's constant knows
+    which node input holds it; an undecided comparison stays opaque but keeps its dims."""
+    b = Builder()
+    x = b.input(["batch", 5, 8])
+    k = b.op("Transpose", [b.op("Reshape", [b.matmul(x, 8, 8, name="k"), _target_runtime(b, x)])], perm=[0, 2, 1, 3])  # fmt: skip
+    rep = repeat_kv(b, k, 2)
+    model = b.build([rep])
+    view = GraphView(model)
+    ex = exprs(view)
+    merge = next(i for i, n in enumerate(view.nodes) if n.output[0] == rep)
+    terms = ex.input_of(merge, 1)
+    assert terms[1] == Term(Fraction(2), ((k, 1),))
+    assert terms[0].refs == ((k, 0),) and terms[3] == Term(Fraction(1), ((k, 3),))
+    split = next(i for i, n in enumerate(view.nodes) if n.op_type == "Reshape")
+    head_count = ex.input_of(split, 1)[2]
+    assert head_count.const == 2 and head_count.origin is not None
+    holder = view.nodes[head_count.origin.node]
+    assert holder.op_type == "Concat" and private(view, head_count.origin)
+    undecided = _equal(Term(Fraction(1), ((k, 0),)), Term(Fraction(3)))
+    assert isinstance(undecided, Opaque) and undecided.refs == {(k, 0)}
+
+
+def _target_runtime(b, x):
+    return b.op("Concat", [size_of(b, x, 0), size_of(b, x, 1), b.ints([2, 4])], axis=0)
