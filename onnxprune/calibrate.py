@@ -1,0 +1,242 @@
+"""Activations from calibration data, read with onnxruntime and never held all at once.
+
+Intermediate tensors are exposed as extra graph outputs ("taps") of a copy of the model, run
+batch by batch; the caller folds each batch into running statistics and drops it. When the
+tapped tensors of one batch would not fit ``budget_bytes``, they are read in several passes
+over the data, a few tensors at a time, so memory stays bounded on any model size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxprune.errors import OnnxPruneError
+from onnxprune.graph import GraphView
+
+DEFAULT_BATCH = 32
+"""Samples per run when the model's batch is dynamic: big enough for onnxruntime's threads,
+small enough that early CNN activations of a batch stay in tens of MB."""
+DEFAULT_BUDGET_BYTES = 512 << 20
+_UNKNOWN_BYTES = 4 << 20  # per sample, when a tapped tensor's shape is not known
+_MAX_PROTO_BYTES = 2_000_000_000
+
+
+def tapped_model(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs ``names`` (after its own outputs)."""
+    new = onnx.ModelProto()
+    new.CopyFrom(model)
+    have = {o.name for o in new.graph.output}
+    for name in names:
+        if name not in have:
+            new.graph.output.append(onnx.ValueInfoProto(name=name))
+            have.add(name)
+    return new
+
+
+def session(model: onnx.ModelProto, providers: Sequence[str] = ("CPUExecutionProvider",)):
+    """An onnxruntime session on an in-memory model, with errors a user can read."""
+    import onnxruntime as ort
+
+    if model.ByteSize() > _MAX_PROTO_BYTES:
+        raise OnnxPruneError(
+            "calibration needs the model in one protobuf under 2 GB; this one is larger"
+        )
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(
+            model.SerializeToString(), sess_options=options, providers=list(providers)
+        )
+    except Exception as exc:
+        raise OnnxPruneError(f"onnxruntime cannot run the model for calibration: {exc}") from exc
+
+
+def batch_size_for(sess, samples: int) -> int:
+    """The model's fixed batch (1 for most CNN exports), else ``DEFAULT_BATCH``."""
+    fixed = fixed_batch(sess)
+    return fixed if fixed is not None else max(1, min(DEFAULT_BATCH, samples))
+
+
+def fixed_batch(sess) -> int | None:
+    fixed = {i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int)}
+    return max(1, fixed.pop()) if len(fixed) == 1 else None
+
+
+def sample_count(inputs: Mapping[str, np.ndarray]) -> int:
+    sizes = {v.shape[0] for v in inputs.values() if np.ndim(v)}
+    if len(sizes) != 1:
+        raise OnnxPruneError(
+            "calibration inputs must share their first (sample) dimension, got "
+            + ", ".join(f"{k}: {np.shape(v)}" for k, v in inputs.items())
+        )
+    return sizes.pop()
+
+
+def batches(
+    inputs: Mapping[str, np.ndarray], size: int, names: Sequence[str], *, fixed: bool = False
+) -> Iterator[dict]:
+    """Feeds of ``size`` samples; a model with a fixed batch cannot take the short last one."""
+    n = sample_count(inputs)
+    if fixed and n < size:
+        raise OnnxPruneError(
+            f"the model takes batches of exactly {size} but the calibration data has {n} samples"
+        )
+    stop = n - n % size if fixed else n
+    for a in range(0, stop, size):
+        yield {k: inputs[k][a : a + size] for k in names}
+
+
+def run_taps(
+    sess, inputs: Mapping[str, np.ndarray], names: Sequence[str], batch: int
+) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
+    """For each batch: (feed, {tapped name: value}). ``sess`` must output ``names``."""
+    wanted = [i.name for i in sess.get_inputs()]
+    outputs = [o.name for o in sess.get_outputs()]
+    missing = [n for n in names if n not in outputs]
+    if missing:
+        raise OnnxPruneError(f"internal: tensors {missing[:3]} are not outputs of the session")
+    for feed in batches(inputs, batch, wanted, fixed=fixed_batch(sess) is not None):
+        try:
+            values = sess.run(list(names), feed)
+        except Exception as exc:
+            raise OnnxPruneError(f"onnxruntime failed on calibration data: {exc}") from exc
+        yield feed, dict(zip(names, values, strict=True))
+
+
+def plan_passes(
+    view: GraphView, names: Sequence[str], batch: int, budget_bytes: int = DEFAULT_BUDGET_BYTES
+) -> list[list[str]]:
+    """Split ``names`` into passes whose tapped tensors for one batch fit ``budget_bytes``."""
+    passes: list[list[str]] = [[]]
+    used = 0
+    for name in names:
+        shape = view.shape(name)
+        per_sample = _UNKNOWN_BYTES
+        if shape and all(isinstance(d, int) for d in shape[1:]):
+            per_sample = 4 * int(np.prod(shape[1:], dtype=np.int64))
+        cost = per_sample * batch
+        if passes[-1] and used + cost > budget_bytes:
+            passes.append([])
+            used = 0
+        passes[-1].append(name)
+        used += cost
+    return [p for p in passes if p]
+
+
+@dataclass
+class ChannelStats:
+    """Running per-channel sums of one tensor along one axis."""
+
+    axis: int
+    count: int = 0
+    sum_abs: np.ndarray | None = None
+    sum_sq: np.ndarray | None = None
+    zeros: np.ndarray | None = None
+
+    def add(self, x: np.ndarray) -> None:
+        axis = self.axis if self.axis >= 0 else x.ndim + self.axis
+        moved = np.moveaxis(np.asarray(x, dtype=np.float32), axis, -1).reshape(-1, x.shape[axis])
+        parts = (
+            np.abs(moved).sum(0, dtype=np.float64),
+            np.square(moved).sum(0, dtype=np.float64),
+            (moved == 0).sum(0).astype(np.float64),
+        )
+        if self.sum_abs is None:
+            self.sum_abs, self.sum_sq, self.zeros = parts
+        else:
+            self.sum_abs += parts[0]
+            self.sum_sq += parts[1]
+            self.zeros += parts[2]
+        self.count += moved.shape[0]
+
+    @property
+    def mean_abs(self) -> np.ndarray:
+        return self.sum_abs / max(1, self.count)
+
+    @property
+    def norm(self) -> np.ndarray:
+        """L2 norm over every position and sample (Wanda's ``||X_j||``)."""
+        return np.sqrt(self.sum_sq)
+
+    @property
+    def apoz(self) -> np.ndarray:
+        """Average percentage of zeros (Hu et al. 2016): high means the channel rarely fires."""
+        return self.zeros / max(1, self.count)
+
+
+def channel_stats(
+    model: onnx.ModelProto,
+    inputs: Mapping[str, np.ndarray],
+    targets: Mapping[str, int],
+    *,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    view: GraphView | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, ChannelStats]:
+    """Per-channel statistics of each tensor in ``targets`` (name -> channel axis).
+
+    Graph inputs can be targets too (they are read from the feed).
+    """
+    view = view if view is not None else GraphView(model)
+    graph_inputs = set(view.graph_inputs)
+    stats = {name: ChannelStats(axis) for name, axis in targets.items()}
+    computed = [n for n in targets if n not in graph_inputs]
+    fed = [n for n in targets if n in graph_inputs]
+    sess = session(tapped_model(model, computed))
+    batch = batch_size_for(sess, sample_count(inputs))
+    passes = plan_passes(view, computed, batch, budget_bytes) or [[]]
+    for k, names in enumerate(passes):
+        for feed, values in run_taps(sess, inputs, names, batch):
+            for name, v in values.items():
+                stats[name].add(v)
+            if k == 0:
+                for name in fed:
+                    stats[name].add(feed[name])
+        if progress is not None:
+            progress(len(names))
+    return stats
+
+
+def wanda_scorer(
+    model: onnx.ModelProto,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> Callable[[np.ndarray, object], np.ndarray]:
+    """Wanda's score ``|W_ij| * ||X_j||`` (Sun et al. 2023) for ``prune_unstructured``.
+
+    ``||X_j||`` is the L2 norm of input feature ``j`` of the weight's layer over every
+    calibration row (token, pixel); a Conv weight takes its input channel's norm at every
+    kernel position. Weights whose layer is not a plain Gemm/MatMul/Conv keep magnitude.
+    """
+    from onnxprune.layers import find_layers
+
+    view = GraphView(model)
+    layers = {}
+    for lay in find_layers(model, view):
+        layers.setdefault(lay.weight, lay)
+    targets = {lay.x: (1 if lay.op == "Conv" else -1) for lay in layers.values()}
+    stats = channel_stats(model, inputs, targets, providers=providers, view=view)
+
+    def score(weight: np.ndarray, ref: object) -> np.ndarray:
+        w = np.abs(weight.astype(np.float32, copy=False))
+        lay = layers.get(getattr(ref, "name", None))
+        if lay is None:
+            return w
+        norm = stats[lay.x].norm.astype(np.float32)
+        if lay.op == "Conv":
+            g, cpg = lay.groups, w.shape[1]
+            if len(norm) != g * cpg:
+                return w
+            per = norm.reshape(g, 1, cpg).repeat(w.shape[0] // g, axis=1).reshape(w.shape[0], cpg)
+            return w * per[:, :, None, None]
+        if len(norm) != w.shape[lay.in_axis]:
+            return w
+        return w * (norm[:, None] if lay.in_axis == 0 else norm[None, :])
+
+    return score

@@ -1,0 +1,586 @@
+"""Recover accuracy after pruning from a few hundred unlabeled samples, without retraining.
+
+Every refit layer ``y = W x + b`` (``onnxprune.layers``) is fitted so that, on calibration data,
+the *pruned* model's input to it, ``x_p``, gives the *original* layer's output ``V x_o + c``:
+
+    min_W  sum ||W x_p - (V x_o + c)||^2 + lam ||W - W_0||^2
+
+Both sides come from onnxruntime runs of the two models on the same samples, reduced to the
+Gram matrices ``G_pp = sum x_p x_p^T`` and ``G_op = sum x_o x_p^T`` (with a constant 1 appended
+to ``x`` so the bias is fitted too), so memory is ``O(d^2)`` per layer, not ``O(samples)``.
+Layers are processed in topological order in a few *waves*; each wave reads the model as
+recovered so far, so a layer is fitted to the inputs it will really see and errors do not
+accumulate (He et al. 2017, ThiNet; SparseGPT does the same block by block).
+
+Three steps, each optional:
+
+- ``bias``: only the mean: ``b += V mean(x_o) - W mean(x_p)`` (the expected contribution of
+  removed channels and weights folded into the bias);
+- ``lstsq`` (structured): the ridge least-squares solution above for every layer whose input
+  changed; ``lam`` is ``damp`` times the mean diagonal of ``G_pp`` and pulls toward ``W_0``;
+- ``obs`` (unstructured, N:M): the least-squares target is then sparsified column by column
+  with the optimal-brain-surgeon update of SparseGPT (Frantar & Alistarh 2023): the weights
+  with the lowest ``w^2 / [H^-1]_jj`` go and the others absorb their error through the
+  Cholesky factor of the damped inverse Hessian ``H = G_pp``.
+
+Rows (tokens, patch positions) are sampled up to ``max_rows`` per layer: a Gram matrix is
+well estimated from a few times ``d`` rows, and a 56x56 feature map over 128 images would give
+400k of them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxprune import calibrate
+from onnxprune.graph import GraphView
+from onnxprune.layers import Layer, find_layers
+from onnxprune.plan import Plan
+
+STEPS = ("bias", "lstsq", "obs")
+_CHECK_ROWS = 2048  # rows kept per layer to measure the output error before and after
+
+
+@dataclass(frozen=True)
+class RecoveryOptions:
+    bias: bool = True
+    lstsq: bool = True
+    obs: bool = True
+    damp: float = 0.01
+    """Ridge / Hessian damping, relative to the mean diagonal of the input Gram matrix."""
+    max_rows: int = 8192
+    """Input rows sampled per layer (tokens, patch positions) over all calibration samples."""
+    waves: int = 8
+    """Most passes over the data; each refits a consecutive run of layers."""
+    block: int = 128
+    """Columns per OBS block (SparseGPT's lazy batch update)."""
+    seed: int = 0
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    budget_bytes: int = calibrate.DEFAULT_BUDGET_BYTES
+
+    @property
+    def any(self) -> bool:
+        return self.bias or self.lstsq or self.obs
+
+
+@dataclass
+class RecoveryResult:
+    steps: list[str]
+    layers: list[dict] = field(default_factory=list)
+    """Per refit layer: name, op, method, rows, err_before, err_after (relative output
+    error ``||W x_p - V x_o|| / ||V x_o||`` on calibration rows)."""
+    skipped: list[dict] = field(default_factory=list)
+    samples: int = 0
+    waves: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        errs_b = [x["err_before"] for x in self.layers]
+        errs_a = [x["err_after"] for x in self.layers]
+        return {
+            "steps": list(self.steps),
+            "samples": self.samples,
+            "waves": self.waves,
+            "seconds": self.seconds,
+            "layers_refit": len(self.layers),
+            "mean_err_before": float(np.mean(errs_b)) if errs_b else None,
+            "mean_err_after": float(np.mean(errs_a)) if errs_a else None,
+            "layers": [dict(x) for x in self.layers],
+            "skipped": [dict(x) for x in self.skipped],
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics of one layer over the calibration data
+# --------------------------------------------------------------------------------------------
+
+
+class _LayerStats:
+    """Gram matrices of one layer's (pruned, original) inputs over sampled rows."""
+
+    def __init__(self, layer_p: Layer, layer_o: Layer, group_map: np.ndarray | None) -> None:
+        self.lp, self.lo = layer_p, layer_o
+        self.group_map = group_map
+        self.gpp: np.ndarray | None = None
+        self.gop: np.ndarray | None = None
+        self.check_p: list[np.ndarray] = []
+        self.check_o: list[np.ndarray] = []
+        self.rows = 0
+
+    def add(self, xp: np.ndarray, xo: np.ndarray, picks: np.ndarray) -> None:
+        rp = self.lp.rows(xp, picks)
+        ro = self.lo.rows(xo, picks)
+        if self.group_map is not None:
+            ro = ro[:, self.group_map]
+        rp, ro = _augment(rp), _augment(ro)
+        a = rp.transpose(1, 2, 0)  # [g, d+1, rows]
+        gpp = a @ rp.transpose(1, 0, 2)
+        gop = ro.transpose(1, 2, 0) @ rp.transpose(1, 0, 2)
+        if self.gpp is None:
+            self.gpp, self.gop = gpp.astype(np.float64), gop.astype(np.float64)
+        else:
+            self.gpp += gpp
+            self.gop += gop
+        kept = sum(len(c) for c in self.check_p)
+        if kept < _CHECK_ROWS:
+            take = _CHECK_ROWS - kept
+            self.check_p.append(rp[:take])
+            self.check_o.append(ro[:take])
+        self.rows += len(picks)
+
+
+def _augment(rows: np.ndarray) -> np.ndarray:
+    ones = np.ones((*rows.shape[:2], 1), dtype=rows.dtype)
+    return np.concatenate([rows, ones], axis=2)
+
+
+# --------------------------------------------------------------------------------------------
+# Solvers (pure numpy on one layer)
+# --------------------------------------------------------------------------------------------
+
+
+def _ridge(gpp: np.ndarray, damp: float, fit_bias: bool) -> np.ndarray:
+    """``G_pp`` plus ``lam`` on the weight diagonal (not the bias row/column)."""
+    a = gpp.copy()
+    d = a.shape[-1] - 1
+    for k in range(a.shape[0]):
+        diag = np.diagonal(a[k])[:d]
+        lam = damp * float(np.mean(diag)) if d and np.mean(diag) > 0 else damp
+        a[k, np.arange(d), np.arange(d)] += max(lam, 1e-8)
+        if not fit_bias:
+            a[k, d, :] = 0.0
+            a[k, :, d] = 0.0
+            a[k, d, d] = 1.0
+    return a
+
+
+def least_squares(
+    target: np.ndarray, w0: np.ndarray, gpp: np.ndarray, gop: np.ndarray, damp: float, fit_bias: bool
+) -> np.ndarray:
+    """argmin_W sum ||W x_p - T x_o||^2 + lam ||W - W0||^2, all ``[g, out, d+1]`` with bias last.
+
+    ``fit_bias`` False keeps ``W0``'s bias column.
+    """
+    a = _ridge(gpp, damp, fit_bias)
+    d = a.shape[-1] - 1
+    rhs = target @ gop  # [g, out, dp+1]
+    lam = a[:, np.arange(d), np.arange(d)] - gpp[:, np.arange(d), np.arange(d)]  # [g, d]
+    rhs[..., :d] += w0[..., :d] * lam[:, None, :]
+    if not fit_bias:
+        rhs[..., d] = w0[..., d]
+    # a is symmetric: W a = rhs  <=>  a W^T = rhs^T
+    return np.linalg.solve(a, rhs.transpose(0, 2, 1)).transpose(0, 2, 1)
+
+
+def mean_shift(
+    target: np.ndarray, w: np.ndarray, gpp: np.ndarray, gop: np.ndarray
+) -> np.ndarray:
+    """``w`` with its bias column moved so that mean outputs match: bias compensation."""
+    n = gpp[:, -1, -1]  # rows seen
+    mean_p = gpp[:, -1, :] / n[:, None]  # [g, dp+1], last entry 1
+    mean_o = gop[:, :, -1] / n[:, None]  # [g, do+1]
+    out = w.copy()
+    shift = np.einsum("god,gd->go", target, mean_o) - np.einsum("god,gd->go", w, mean_p)
+    out[..., -1] += shift
+    return out
+
+
+def obs_sparsify(
+    w: np.ndarray,
+    hessian: np.ndarray,
+    *,
+    zeros: int | None = None,
+    nm: tuple[int, int] | None = None,
+    block: int = 128,
+    damp: float = 0.01,
+) -> np.ndarray:
+    """SparseGPT on ``w`` ``[out, d+1]`` (bias last, never pruned) with ``H`` ``[d+1, d+1]``.
+
+    Zeroes ``zeros`` weights (spread over column blocks in proportion to their size, chosen
+    inside each block by ``w^2 / [H^-1]_jj^2``) or keeps ``nm`` = (N, M) of every M columns per
+    row; the remaining weights of later columns (and the bias) absorb each removal's error.
+    """
+    w = w.astype(np.float64).copy()
+    out, cols = w.shape
+    d = cols - 1
+    h = _ridge(hessian[None], damp, True)[0]
+    h[d, d] += damp * max(1.0, float(np.mean(np.diagonal(h)[:d])) if d else 1.0)
+    dead = np.diagonal(hessian)[:d] == 0
+    try:
+        hinv = np.linalg.inv(h)
+        u = np.linalg.cholesky(hinv).T  # upper: H^-1 = U^T U
+    except np.linalg.LinAlgError:
+        hinv = np.linalg.pinv(h)
+        u = np.linalg.cholesky(hinv + 1e-6 * np.eye(cols)).T
+    quota = _block_quota(d, block, out, zeros) if zeros is not None else None
+    for b, i1 in enumerate(range(0, d, block)):
+        i2 = min(i1 + block, d)
+        w1 = w[:, i1:i2].copy()
+        err = np.zeros_like(w1)
+        u1 = u[i1:i2, i1:i2]
+        diag = np.diagonal(u1)
+        mask = np.zeros(w1.shape, dtype=bool)  # True: zero this weight
+        if quota is not None and quota[b]:
+            sal = w1**2 / diag[None, :] ** 2
+            sal[:, dead[i1:i2]] = -1.0  # inputs that never fire go first, for free
+            flat = np.argpartition(sal.ravel(), quota[b] - 1)[: quota[b]]
+            mask.ravel()[flat] = True
+        for j in range(i2 - i1):
+            if nm is not None and j % nm[1] == 0:
+                n, m = nm
+                sal = w1[:, j : j + m] ** 2 / diag[None, j : j + m] ** 2
+                drop = np.argpartition(sal, m - n - 1, axis=1)[:, : m - n]
+                np.put_along_axis(mask[:, j : j + m], drop, True, axis=1)
+            col = w1[:, j]
+            q = np.where(mask[:, j], 0.0, col)
+            e = (col - q) / diag[j]
+            w1[:, j:] -= np.outer(e, u1[j, j:])
+            w1[:, j] = q
+            err[:, j] = e
+        w[:, i1:i2] = w1
+        w[:, i2:] -= err @ u[i1:i2, i2:]
+    return w
+
+
+def _block_quota(d: int, block: int, out: int, zeros: int) -> list[int]:
+    """Zeros per column block, proportional to block size, summing exactly to ``zeros``."""
+    sizes = [min(block, d - i) * out for i in range(0, d, block)]
+    total = sum(sizes)
+    raw = [zeros * s / total for s in sizes]
+    quota = [math.floor(r) for r in raw]
+    for k in sorted(range(len(raw)), key=lambda k: quota[k] - raw[k])[: zeros - sum(quota)]:
+        quota[k] += 1
+    return [min(q, s) for q, s in zip(quota, sizes, strict=True)]
+
+
+def _rel_err(w: np.ndarray, target: np.ndarray, st: _LayerStats) -> float:
+    if not st.check_p:
+        return float("nan")
+    xp = np.concatenate(st.check_p).astype(np.float64)  # [rows, g, dp+1]
+    xo = np.concatenate(st.check_o).astype(np.float64)
+    got = np.einsum("god,rgd->rgo", w, xp)
+    want = np.einsum("god,rgd->rgo", target, xo)
+    den = float(np.linalg.norm(want))
+    return float(np.linalg.norm(got - want)) / den if den > 0 else float(np.linalg.norm(got))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and writing one layer's parameters in a model
+# --------------------------------------------------------------------------------------------
+
+
+class _Params:
+    """Initializer access by name, and a bias created where a layer has none."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.inits = {t.name: t for t in model.graph.initializer}
+        self.names = set(self.inits) | {o for n in model.graph.node for o in n.output}
+
+    def get(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self.inits[name])
+
+    def set(self, name: str, value: np.ndarray) -> None:
+        t = self.inits[name]
+        t.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(t).dtype), name))
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.names:
+            name, k = f"{base}_{k}", k + 1
+        self.names.add(name)
+        return name
+
+    def add_bias(self, layer: Layer, value: np.ndarray, dtype: np.dtype) -> None:
+        """Give ``layer`` a bias input (Conv B, Gemm C) or an Add after a MatMul."""
+        name = self.fresh(f"{layer.weight}_recovered_bias")
+        self.model.graph.initializer.append(numpy_helper.from_array(value.astype(dtype), name))
+        node = next(n for n in self.model.graph.node if n.output and n.output[0] == layer.y)
+        if layer.op in ("Conv", "Gemm"):
+            while len(node.input) < 2:
+                node.input.append("")
+            node.input.append(name)
+            return
+        pre = self.fresh(f"{layer.y}_before_bias")
+        node.output[0] = pre
+        add = onnx.helper.make_node("Add", [pre, name], [layer.y], name=self.fresh(f"{layer.y}_bias"))
+        nodes = list(self.model.graph.node)
+        at = next(k for k, n in enumerate(nodes) if n is node or n.output[0] == pre)
+        self.model.graph.node.insert(at + 1, add)
+
+
+def _augmented(layer: Layer, params: _Params) -> np.ndarray:
+    """``[g, out, d+1]``: the layer's weight matrix with its bias (0 if none) as last column."""
+    m = layer.matrix(params.get(layer.weight))
+    b = params.get(layer.bias).astype(np.float64) if layer.bias else np.zeros(m.shape[:2])
+    return np.concatenate([m, b.reshape(*m.shape[:2], 1)], axis=2)
+
+
+def _write(layer: Layer, params: _Params, wb: np.ndarray, write_bias: bool) -> None:
+    like = params.get(layer.weight)
+    params.set(layer.weight, layer.unmatrix(wb[..., :-1], like))
+    if not write_bias:
+        return
+    bias = wb[..., -1].reshape(-1)
+    if layer.bias:
+        params.set(layer.bias, bias)
+    elif np.any(bias != 0):
+        params.add_bias(layer, bias, like.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Target:
+    lp: Layer
+    lo: Layer
+    rows: np.ndarray | None
+    """Kept output rows of the original weight (flat over groups); None: all."""
+    group_map: np.ndarray | None
+    """Kept groups of a grouped Conv that lost whole groups; None: the same groups."""
+    method: str
+    zeros: int | None = None
+    nm: tuple[int, int] | None = None
+
+
+def _reference(lo: Layer, params_o: _Params, t: _Target) -> np.ndarray:
+    """``[g_p, out_p, do+1]``: the original weight and bias rows the pruned layer must match."""
+    w = lo.matrix(params_o.get(lo.weight))  # [g_o, opg_o, do]
+    g_o, opg_o, _ = w.shape
+    b = params_o.get(lo.bias).astype(np.float64) if lo.bias else np.zeros(g_o * opg_o)
+    full = np.concatenate([w, b.reshape(g_o, opg_o, 1)], axis=2)
+    if t.rows is None:
+        return full
+    rows = np.asarray(t.rows)
+    groups = t.group_map if t.group_map is not None else np.arange(g_o)
+    out = []
+    for kg in groups:
+        local = rows[(rows >= kg * opg_o) & (rows < (kg + 1) * opg_o)] - kg * opg_o
+        out.append(full[kg, local])
+    return np.stack(out)
+
+
+def _waves(targets: list[_Target], count: int) -> list[list[_Target]]:
+    count = max(1, min(count, len(targets)))
+    size = math.ceil(len(targets) / count)
+    return [targets[i : i + size] for i in range(0, len(targets), size)]
+
+
+def _run(
+    original: onnx.ModelProto,
+    current: onnx.ModelProto,
+    targets: list[_Target],
+    inputs: Mapping[str, np.ndarray],
+    opts: RecoveryOptions,
+    result: RecoveryResult,
+    progress: Callable[[int], None] | None,
+) -> onnx.ModelProto:
+    params_o = _Params(original)
+    params_p = _Params(current)
+    rng = np.random.default_rng(opts.seed)
+    waves = _waves(targets, opts.waves)
+    result.waves = len(waves)
+    result.samples = calibrate.sample_count(inputs)
+    for wave in waves:
+        xs = list(dict.fromkeys(t.lo.x for t in wave))
+        sess_o = calibrate.session(calibrate.tapped_model(original, xs), opts.providers)
+        sess_p = calibrate.session(calibrate.tapped_model(current, xs), opts.providers)
+        batch = calibrate.batch_size_for(sess_o, result.samples)
+        n_batches = max(1, result.samples // batch)
+        stats = {id(t): _LayerStats(t.lp, t.lo, t.group_map) for t in wave}
+        feeds_o = calibrate.run_taps(sess_o, inputs, xs, batch)
+        feeds_p = calibrate.run_taps(sess_p, inputs, xs, batch)
+        for (_, vo), (_, vp) in zip(feeds_o, feeds_p, strict=True):
+            for t in wave:
+                xo, xp = vo[t.lo.x], vp[t.lp.x]
+                n = t.lo.positions(xo.shape)
+                take = min(n, math.ceil(opts.max_rows / n_batches))
+                picks = np.sort(rng.choice(n, size=take, replace=False)) if take < n else np.arange(n)
+                stats[id(t)].add(xp, xo, picks)
+        for t in wave:
+            _refit(t, stats[id(t)], params_o, params_p, opts, result)
+        if progress is not None:
+            progress(len(wave))
+    return current
+
+
+def _refit(
+    t: _Target, st: _LayerStats, params_o: _Params, params_p: _Params,
+    opts: RecoveryOptions, result: RecoveryResult,
+) -> None:  # fmt: skip
+    if st.gpp is None:
+        result.skipped.append({"layer": t.lp.label, "reason": "no calibration rows reached it"})
+        return
+    target = _reference(t.lo, params_o, t)
+    w0 = _augmented(t.lp, params_p)
+    before = _rel_err(w0, target, st)
+    if t.method == "obs":
+        dense = least_squares(target, target_like(w0, target), st.gpp, st.gop, opts.damp, True)
+        shares = _shares(t.zeros, dense.shape[0])
+        new = np.stack(
+            [
+                obs_sparsify(dense[k], st.gpp[k], zeros=shares[k], nm=t.nm,
+                             block=opts.block, damp=opts.damp)
+                for k in range(dense.shape[0])
+            ]
+        )  # fmt: skip
+        if not opts.bias:
+            new[..., -1] = w0[..., -1]
+    elif t.method == "lstsq":
+        new = least_squares(target, w0, st.gpp, st.gop, opts.damp, opts.bias)
+    else:
+        new = mean_shift(target, w0, st.gpp, st.gop)
+    after = _rel_err(new, target, st)
+    if t.method != "obs" and not after <= before:
+        new, after = w0, before  # never make a layer worse on its own data
+    _write(t.lp, params_p, new, opts.bias or t.method == "lstsq")
+    result.layers.append(
+        {"layer": t.lp.label, "op": t.lp.op, "method": t.method, "rows": st.rows,
+         "err_before": before, "err_after": after}
+    )  # fmt: skip
+
+
+def target_like(w0: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The ridge prior of the dense OBS target: the original weights (same shape here)."""
+    return target if target.shape == w0.shape else w0
+
+
+def _shares(zeros: int | None, groups: int) -> list[int | None]:
+    """``zeros`` split over the groups of a grouped Conv, summing exactly."""
+    if zeros is None:
+        return [None] * groups
+    return [zeros // groups + (1 if k < zeros % groups else 0) for k in range(groups)]
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------
+
+
+def recover_structured(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    plan: Plan,
+    inputs: Mapping[str, np.ndarray],
+    options: RecoveryOptions = RecoveryOptions(),
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[onnx.ModelProto, RecoveryResult]:
+    """Refit, in a copy of ``pruned``, every layer whose input differs from the original's.
+
+    ``pruned`` must come from ``apply_plan(original, plan)``: tensor names match and the plan
+    says which output rows each weight kept.
+    """
+    t0 = time.perf_counter()
+    steps = [s for s in ("bias", "lstsq") if getattr(options, s)]
+    result = RecoveryResult(steps)
+    current = onnx.ModelProto()
+    current.CopyFrom(pruned)
+    if not steps:
+        return current, result
+    cuts = {(c.name, c.axis): c for c in plan.params}
+    lo_by_y = {lay.y: lay for lay in find_layers(original)}
+    changed = _changed_tensors(original, plan, lo_by_y, cuts)
+    method = "lstsq" if options.lstsq else "bias"
+    targets = []
+    for lp in find_layers(current):
+        lo = lo_by_y.get(lp.y)
+        if lo is None or lp.x not in changed:
+            continue
+        if lo.op != lp.op:
+            result.skipped.append({"layer": lp.label, "reason": "does not match the original"})
+            continue
+        out_cut = cuts.get((lo.weight, lo.out_axis))
+        rows = np.asarray(out_cut.kept) if out_cut is not None else None
+        group_map = None
+        if lo.groups != lp.groups:
+            opg = lo.matrix(params_shape(original, lo.weight)).shape[1]
+            group_map = np.unique(rows // opg) if rows is not None else None
+            if group_map is None or len(group_map) != lp.groups:
+                result.skipped.append({"layer": lp.label, "reason": "groups changed unevenly"})
+                continue
+        targets.append(_Target(lp, lo, rows, group_map, method))
+    current = _run(original, current, targets, inputs, options, result, progress)
+    result.seconds = time.perf_counter() - t0
+    return current, result
+
+
+def params_shape(model: onnx.ModelProto, name: str) -> np.ndarray:
+    t = next(t for t in model.graph.initializer if t.name == name)
+    return np.zeros(tuple(t.dims), dtype=np.float32)
+
+
+def _changed_tensors(
+    original: onnx.ModelProto, plan: Plan, layers: dict[str, Layer], cuts: dict
+) -> set[str]:
+    """Tensors whose values differ after the rewrite: downstream of any cut parameter."""
+    view = GraphView(original, shapes=False)
+    cut_names = {c.name for c in plan.params}
+    changed: set[str] = set()
+    for node in view.nodes:
+        if any(i in cut_names or i in changed for i in node.input if i):
+            changed.update(o for o in node.output if o)
+    return changed
+
+
+def recover_unstructured(
+    reference: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    weights: Sequence[str],
+    inputs: Mapping[str, np.ndarray],
+    options: RecoveryOptions = RecoveryOptions(),
+    *,
+    nm: tuple[int, int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[onnx.ModelProto, RecoveryResult]:
+    """Reconstruct the layers of the zeroed ``weights`` of ``pruned`` (same graph as
+    ``reference``, weights partly zeroed).
+
+    With ``obs`` each layer is re-pruned to the same number of zeros (or the same N:M
+    pattern) by SparseGPT on the pruned model's own inputs; otherwise its mask stays and only
+    the bias moves (``bias``).
+    """
+    t0 = time.perf_counter()
+    steps = [s for s in ("bias", "obs") if getattr(options, s)]
+    result = RecoveryResult(steps)
+    current = onnx.ModelProto()
+    current.CopyFrom(pruned)
+    if not steps:
+        return current, result
+    wanted = set(weights)
+    lo_by_y = {lay.y: lay for lay in find_layers(reference)}
+    params_p = _Params(current)
+    params_o = _Params(reference)
+    targets = []
+    seen: set[str] = set()
+    for lp in find_layers(current):
+        lo = lo_by_y.get(lp.y)
+        if lp.weight not in wanted or lo is None:
+            continue
+        if lp.weight in seen:
+            result.skipped.append({"layer": lp.label, "reason": "weight shared with another node"})
+            continue
+        seen.add(lp.weight)
+        w = params_p.get(lp.weight)
+        zeros = int(w.size - np.count_nonzero(w))
+        already = int(params_o.get(lo.weight).size - np.count_nonzero(params_o.get(lo.weight)))
+        if options.obs:
+            if nm is not None and lp.op == "Conv" and (lp.matrix(w).shape[-1] // (lp.kernel[0] * lp.kernel[1])) % nm[1]:
+                result.skipped.append({"layer": lp.label, "reason": f"channels not a multiple of {nm[1]}"})
+                continue
+            targets.append(_Target(lp, lo, None, None, "obs", None if nm else max(zeros, already), nm))
+        else:
+            targets.append(_Target(lp, lo, None, None, "bias"))
+    current = _run(reference, current, targets, inputs, options, result, progress)
+    result.seconds = time.perf_counter() - t0
+    return current, result
