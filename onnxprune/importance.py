@@ -7,7 +7,8 @@ ranking, scores are divided by their group's mean so that layers of different sc
 
 Criteria are small functions ``(group, weights, stats, rng, reduction) -> np.ndarray`` in
 ``CRITERIA`` (``weights`` is a ``Weights``: values and cached per-axis norms);
-``stats`` (activation statistics) is accepted for data-aware criteria added later.
+``stats`` maps activation tensors to ``calibrate.ChannelStats`` for the data-aware criteria
+(``DATA_AWARE``: activation, apoz, wanda), gathered from ``--calib`` data.
 """
 
 from __future__ import annotations
@@ -197,6 +198,77 @@ def group_norm(p: int) -> Callable[..., np.ndarray]:
     return score
 
 
+# --------------------------------------------------------------------------------------------
+# Data-aware criteria: ``stats`` maps an activation tensor to its ``calibrate.ChannelStats``
+# --------------------------------------------------------------------------------------------
+
+_LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+DATA_AWARE = ("activation", "apoz", "wanda")
+"""Criteria that need calibration statistics (``--calib``)."""
+
+
+def consumer_activations(g: Group, view: GraphView) -> list[Slice]:
+    """The group's activation tensors that a weighted layer reads: what the next layer sees
+    (after ReLU, pooling...), not the pre-activation values. Every ``act`` member if none."""
+    acts = [m for m in g.members if m.role == "act"]
+    fed = [
+        m
+        for m in acts
+        if any(
+            view.nodes[u.node].op_type in _LINEAR_OPS and u.index == 0 for u in view.uses(m.target)
+        )
+    ]
+    return fed or acts
+
+
+def activation_targets(groups: list[Group], view: GraphView) -> dict[str, int]:
+    """Tensor -> channel axis for every statistic the data-aware criteria read."""
+    out: dict[str, int] = {}
+    for g in groups:
+        if g.blocked_reason is None:
+            for m in consumer_activations(g, view):
+                out[m.target] = m.axis
+    return out
+
+
+def _act_per_slot(
+    g: Group, weights: Weights, stats: Mapping, value: Callable[[object], np.ndarray]
+) -> np.ndarray | None:
+    """Mean over the group's consumer activations of ``value(stat)`` per slot, or None."""
+    vectors = []
+    for m in consumer_activations(g, weights.view):
+        st = (stats or {}).get(m.target)
+        if st is None or len(value(st)) != m.size:
+            continue
+        counts = np.bincount(m.slot[m.slot >= 0], minlength=g.slots)
+        vectors.append(_per_slot(m, value(st), g.slots) / np.maximum(counts, 1))
+    return np.mean(vectors, axis=0) if vectors else None
+
+
+def activation(g: Group, weights: Weights, stats: Mapping, rng: object, reduction: str) -> np.ndarray:
+    """Mean |activation| of each channel on the calibration data (L1 where none is known)."""
+    v = _act_per_slot(g, weights, stats, lambda st: st.mean_abs)
+    return v if v is not None else magnitude(1)(g, weights, stats, rng, reduction)
+
+
+def apoz(g: Group, weights: Weights, stats: Mapping, rng: object, reduction: str) -> np.ndarray:
+    """1 - APoZ (Hu et al. 2016): channels whose activations are mostly zero score low."""
+    v = _act_per_slot(g, weights, stats, lambda st: st.apoz)
+    return 1.0 - v if v is not None else magnitude(1)(g, weights, stats, rng, reduction)
+
+
+def wanda(g: Group, weights: Weights, stats: Mapping, rng: object, reduction: str) -> np.ndarray:
+    """``||X_c|| * sum |W_out,c|``: Wanda's |W|.||X|| summed over what a channel feeds
+    (the channel's expected contribution to the next layers); L1 where no statistic."""
+    v = _act_per_slot(g, weights, stats, lambda st: st.norm)
+    out = [
+        _per_slot(m, weights.norms(m.target, m.axis, 1), g.slots) for m in g.members if m.role == "in"
+    ]
+    if v is None or not out:
+        return magnitude(1)(g, weights, stats, rng, reduction)
+    return v * np.sum(out, axis=0)
+
+
 def random(
     g: Group, weights: Weights, stats: object, rng: np.random.Generator, reduction: str
 ) -> np.ndarray:
@@ -214,6 +286,9 @@ CRITERIA: dict[str, Callable[..., np.ndarray]] = {
     "group-l1": group_norm(1),
     "group-l2": group_norm(2),
     "random": random,
+    "activation": activation,
+    "apoz": apoz,
+    "wanda": wanda,
 }
 
 

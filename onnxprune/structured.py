@@ -7,7 +7,7 @@ between them: data-aware scores need the groups, reconstruction needs the rewrit
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +16,7 @@ import onnx
 from onnxprune.dependency import Group, analyze
 from onnxprune.errors import UsageError
 from onnxprune.graph import GraphView
-from onnxprune.importance import CRITERIA, score_groups
+from onnxprune.importance import CRITERIA, DATA_AWARE, activation_targets, score_groups
 from onnxprune.plan import DEFAULT_ROUND_TO, SCOPES, GroupPlan, Plan, make_plan
 from onnxprune.rewrite import apply_plan
 
@@ -119,21 +119,34 @@ class StructuredResult:
 
 
 def prune_structured(
-    model: onnx.ModelProto, options: StructuredOptions, *, progress: bool = False
+    model: onnx.ModelProto,
+    options: StructuredOptions,
+    *,
+    progress: bool = False,
+    stats_for: Callable[[dict[str, int]], Mapping] | None = None,
 ) -> tuple[onnx.ModelProto, StructuredResult]:
     """Remove whole channels; see issue #3 and the module docstrings of each stage.
 
     Never mutates ``model``. When nothing can be pruned, ``model`` itself is returned and
     every reason is in ``result.blocked``; the caller decides whether that is an error.
+    A data-aware criterion reads ``options.stats``, or asks ``stats_for`` for the statistics
+    of the tensors it names (tensor -> channel axis) once the groups are known.
     """
     options.validate()
+    if options.criterion in DATA_AWARE and options.stats is None and stats_for is None:
+        raise UsageError(
+            f"--criterion {options.criterion} scores channels from activations: pass --calib"
+        )
     round_to = DEFAULT_ROUND_TO if options.round_to is None else options.round_to
     bar = _progress(progress)
     view = GraphView(model)
     bar("analyze")
     groups = analyze(model, view=view)
     bar("score")
-    scores = score_groups(groups, view, options.criterion, options.stats, seed=options.seed)
+    stats = options.stats
+    if options.criterion in DATA_AWARE and stats is None:
+        stats = stats_for(activation_targets(groups, view))
+    scores = score_groups(groups, view, options.criterion, stats, seed=options.seed)
     bar("plan")
     plan = make_plan(
         groups,
