@@ -17,11 +17,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from onnxprune import io
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.importance import CRITERIA
+from onnxprune.importance import CRITERIA, DATA_AWARE
 from onnxprune.metrics import (
     compressed_size,
     compression_note,
@@ -30,7 +31,13 @@ from onnxprune.metrics import (
 )
 from onnxprune.progress import progress_bar
 from onnxprune.report import Report
-from onnxprune.unstructured import check_ratio, find_prunable_weights, parse_nm, prune_unstructured
+from onnxprune.unstructured import (
+    check_ratio,
+    find_prunable_weights,
+    magnitude,
+    parse_nm,
+    prune_unstructured,
+)
 
 
 @dataclass
@@ -87,6 +94,17 @@ class PruneOptions:
     runs: int = 30
     force: bool = False
     external_data: bool | None = None
+    calib_samples: int | None = None
+    calib_preprocess: str | None = None
+    labels: str | os.PathLike | None = None
+    bias_correction: bool | None = None
+    lstsq: bool | None = None
+    obs: bool | None = None
+
+    def step(self, name: str) -> bool:
+        """Whether recovery step ``name`` runs: as asked, else on exactly when --calib is."""
+        asked = {"bias": self.bias_correction, "lstsq": self.lstsq, "obs": self.obs}[name]
+        return self.calib is not None if asked is None else bool(asked)
 
     def check(self) -> None:
         if all(x is None for x in (self.structured, self.heads, self.unstructured, self.nm)):
@@ -116,6 +134,20 @@ class PruneOptions:
             raise UsageError(f"--max-group-ratio must be in (0, 1), got {self.max_group_ratio!r}")
         if self.providers not in ("cpu", "cuda", "auto"):
             raise UsageError(f"--providers must be cpu, cuda or auto, got {self.providers!r}")
+        if self.calib is None:
+            flags = {"--bias-correction": self.bias_correction, "--lstsq": self.lstsq,
+                     "--obs": self.obs, "--labels": self.labels,
+                     "--calib-samples": self.calib_samples,
+                     "--calib-preprocess": self.calib_preprocess}  # fmt: skip
+            asked = [f for f, v in flags.items() if v]
+            if asked:
+                raise UsageError(f"{asked[0]} needs calibration data: pass --calib PATH")
+            if self.criterion in DATA_AWARE:
+                raise UsageError(
+                    f"--criterion {self.criterion} scores from activations: pass --calib PATH"
+                )
+        if self.calib_samples is not None and self.calib_samples < 1:
+            raise UsageError(f"--calib-samples must be at least 1, got {self.calib_samples}")
 
 
 def prune(
@@ -138,6 +170,12 @@ def prune(
     runs: int = 30,
     force: bool = False,
     external_data: bool | None = None,
+    calib_samples: int | None = None,
+    calib_preprocess: str | None = None,
+    labels: str | os.PathLike | None = None,
+    bias_correction: bool | None = None,
+    lstsq: bool | None = None,
+    obs: bool | None = None,
     progress: bool = False,
 ) -> PruneResult:
     """Prune an ONNX model and prove the result with onnxruntime.
@@ -154,6 +192,14 @@ def prune(
     original and pruned models on ``calib`` inputs (an .npz keyed by input name) or on random
     inputs drawn with ``seed``, and measures latency interleaved on ``providers``.
 
+    ``calib`` also turns on recovery (each step can be switched with its flag): after
+    structured pruning, ``bias_correction`` and ``lstsq`` refit every layer whose input
+    changed so its output matches the original on the calibration data; after unstructured
+    or N:M pruning, ``obs`` re-chooses and compensates the zeroed weights layer by layer
+    (SparseGPT). ``calib_samples`` caps the samples read; ``calib_preprocess`` says how to
+    turn images into tensors; ``labels`` (a .npy of class indices for the ``calib`` samples)
+    adds accuracy before and after to the validation.
+
     Raises ``UsageError`` for bad options and ``OnnxPruneError`` for model problems, each with
     a message meant for a person.
     """
@@ -161,10 +207,12 @@ def prune(
         structured=structured, heads=heads, unstructured=unstructured, nm=nm, scope=scope,
         criterion=criterion, round_to=round_to, max_group_ratio=max_group_ratio,
         exclude=tuple(exclude), validate=validate, calib=calib, seed=seed, providers=providers,
-        runs=runs, force=force, external_data=external_data,
+        runs=runs, force=force, external_data=external_data, calib_samples=calib_samples,
+        calib_preprocess=calib_preprocess, labels=labels, bias_correction=bias_correction,
+        lstsq=lstsq, obs=obs,
     )  # fmt: skip
     opts.check()
-    names = ["load", "measure", "prune", "measure pruned", "save"] + (
+    names = ["load", "measure", "calibrate", "prune", "measure pruned", "save"] + (
         ["validate"] if validate else []
     )
     stages = _Stages(names, progress)
@@ -200,7 +248,22 @@ def _load(model: str | os.PathLike | onnx.ModelProto, report: Report) -> _Source
     return _Source(loaded.model, loaded.path, loaded.used_external_data, loaded.size_bytes)
 
 
-def _apply(original: onnx.ModelProto, opts: PruneOptions, report: Report, progress: bool):
+def _calibration(opts: PruneOptions, model: onnx.ModelProto):
+    """The calibration samples, read once and shared by scoring, recovery and validation."""
+    if opts.calib is None:
+        return None
+    from onnxprune.validate import make_inputs
+
+    extra = {"preprocess": opts.calib_preprocess} if opts.calib_preprocess else {}
+    return make_inputs(model, calib=opts.calib, max_samples=opts.calib_samples, **extra)
+
+
+def _apply(
+    original: onnx.ModelProto, opts: PruneOptions, report: Report, progress: bool, inputs
+) -> onnx.ModelProto:
+    from onnxprune import calibrate, recover
+
+    providers = ("CPUExecutionProvider",)
     pruned = original
     if opts.structured is not None or opts.heads is not None:
         from onnxprune.structured import StructuredOptions, prune_structured
@@ -211,19 +274,73 @@ def _apply(original: onnx.ModelProto, opts: PruneOptions, report: Report, progre
             round_to=opts.round_to, max_group_ratio=opts.max_group_ratio,
             exclude=opts.exclude, seed=opts.seed,
         )  # fmt: skip
-        pruned, sresult = prune_structured(pruned, options, progress=progress)
-        report.structured = sresult.to_dict()
-    if opts.unstructured is not None or opts.nm is not None:
-        pruned, uresult = prune_unstructured(
-            pruned, ratio=opts.unstructured, nm=opts.nm, scope=opts.scope, exclude=opts.exclude
+
+        def stats_for(targets: dict[str, int]):
+            return calibrate.channel_stats(original, inputs, targets, providers=providers)
+
+        pruned, sresult = prune_structured(
+            pruned, options, progress=progress, stats_for=stats_for if inputs else None
         )
+        report.structured = sresult.to_dict()
+        steps = recover.RecoveryOptions(
+            bias=opts.step("bias"), lstsq=opts.step("lstsq"), obs=False, seed=opts.seed
+        )
+        if inputs is not None and steps.any and pruned is not original:
+            pruned, rec = recover.recover_structured(
+                original, pruned, sresult.plan, inputs, steps, progress=_layer_bar(progress)
+            )
+            report.recovery = {**(report.recovery or {}), "structured": rec.to_dict()}
+    if opts.unstructured is not None or opts.nm is not None:
+        reference = pruned
+        scorer = magnitude
+        if opts.criterion == "wanda" and inputs is not None:
+            scorer = calibrate.wanda_scorer(reference, inputs, providers=providers)
+        pruned, uresult = prune_unstructured(
+            reference, ratio=opts.unstructured, nm=opts.nm, scope=opts.scope,
+            exclude=opts.exclude, scorer=scorer,
+        )  # fmt: skip
         report.unstructured = uresult.to_dict()
+        report.unstructured["criterion"] = "wanda" if scorer is not magnitude else "magnitude"
+        steps = recover.RecoveryOptions(
+            bias=opts.step("bias"), lstsq=False, obs=opts.step("obs"), seed=opts.seed
+        )
+        weights = [t["tensor"] for t in uresult.tensors]
+        if inputs is not None and steps.any and weights:
+            nm = (parse_nm(opts.nm) if isinstance(opts.nm, str) else opts.nm) if opts.nm else None
+            pruned, rec = recover.recover_unstructured(
+                reference, pruned, weights, inputs, steps, nm=nm, progress=_layer_bar(progress)
+            )
+            report.recovery = {**(report.recovery or {}), "unstructured": rec.to_dict()}
+            if steps.obs:
+                report.unstructured["zeroed"] = _zeroed(reference, pruned, weights)
     _refuse_if_nothing_pruned(report, original)
     quantized = find_prunable_weights(original).quantized_ops
     if quantized:
         ops = ", ".join(f"{k} x{v}" for k, v in sorted(quantized.items()))
         report.notes.append(f"quantized weights left untouched ({ops})")
     return pruned
+
+
+def _zeroed(reference: onnx.ModelProto, pruned: onnx.ModelProto, names: list[str]) -> int:
+    """Weights zeroed by the run: OBS re-chooses them, so count again."""
+    from onnx import numpy_helper
+
+    wanted = set(names)
+    count = 0
+    for model, sign in ((pruned, 1), (reference, -1)):
+        for t in model.graph.initializer:
+            if t.name in wanted:
+                a = numpy_helper.to_array(t)
+                count += sign * int(a.size - np.count_nonzero(a))
+    return count
+
+
+def _layer_bar(progress: bool):
+    """A progress callback counting refit layers (a no-op when progress is off)."""
+    if not progress:
+        return None
+    bar = progress_bar(total=None, desc="recover", unit="layer")
+    return bar.update
 
 
 def _run(model, output_path: Path | None, opts: PruneOptions, stages: _Stages, background):
@@ -242,8 +359,10 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: _Stages, b
     gzip_before = background.submit(compressed_size, src.model)
     with stages.stage("measure"):
         before = compute_metrics(src.model, compressed=False)
+    with stages.stage("calibrate"):
+        inputs = _calibration(opts, src.model)
     with stages.stage("prune"):
-        pruned = _apply(src.model, opts, report, stages.progress)
+        pruned = _apply(src.model, opts, report, stages.progress, inputs)
     gzip_after = background.submit(compressed_size, pruned)
     with stages.stage("measure pruned"):
         after = compute_metrics(pruned, compressed=False)
@@ -268,7 +387,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: _Stages, b
             if opts.validate:
                 with stages.stage("validate"):
                     report.validation = _validate(
-                        src, staged.path, opts, provider_list, stages.progress
+                        src, staged.path, opts, provider_list, stages.progress, inputs
                     )
             if output_path is not None:
                 report.output_path = str(staged.commit())
@@ -320,7 +439,9 @@ def _refuse_if_nothing_pruned(report: Report, model: onnx.ModelProto) -> None:
     )
 
 
-def _validate(src: _Source, pruned_path: Path, opts: PruneOptions, providers, progress) -> dict:
+def _validate(
+    src: _Source, pruned_path: Path, opts: PruneOptions, providers, progress, inputs
+) -> dict:
     from onnxprune import validate as v
 
     tmpdir = None
@@ -329,7 +450,8 @@ def _validate(src: _Source, pruned_path: Path, opts: PruneOptions, providers, pr
         if original_path is None:
             tmpdir = Path(tempfile.mkdtemp(prefix="onnxprune-orig-"))
             original_path = io.stage_model(src.model, tmpdir / "original.onnx").commit()
-        inputs = v.make_inputs(src.model, calib=opts.calib, seed=opts.seed)
+        if inputs is None:
+            inputs = v.make_inputs(src.model, seed=opts.seed)
         result = v.validate(
             original_path, pruned_path, inputs, providers, runs=opts.runs, progress=progress
         )

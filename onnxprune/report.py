@@ -31,6 +31,8 @@ class Report:
     unstructured: dict | None = None
     structured: dict | None = None
     validation: dict | None = None
+    recovery: dict | None = None
+    """Per pruning kind ("structured", "unstructured"): ``RecoveryResult.to_dict()``."""
     notes: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
 
@@ -51,6 +53,7 @@ class Report:
             "unstructured": self.unstructured,
             "structured": self.structured,
             "validation": self.validation,
+            "recovery": self.recovery,
             "notes": list(self.notes),
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
         }
@@ -196,6 +199,22 @@ def render_report(r: Report, max_rows: int = 25) -> str:
             out.append(f"  blocked {b['where']}: {b['reason']}")
         if len(s.get("blocked", [])) > max_rows:
             out.append(f"  ... and {len(s['blocked']) - max_rows} more blocked (see --report)")
+
+    for kind, rec in (r.recovery or {}).items():
+        out.append("")
+        steps = "+".join(rec.get("steps", [])) or "none"
+        line = (
+            f"recovery after {kind} pruning ({steps}, {rec.get('samples')} calibration samples, "
+            f"{rec.get('seconds', 0):.1f} s): refit {rec.get('layers_refit', 0)} layers"
+        )
+        if rec.get("mean_err_before") is not None:
+            line += (
+                f", mean layer output error {rec['mean_err_before']:.3g} -> "
+                f"{rec['mean_err_after']:.3g}"
+            )
+        out.append(line)
+        for sk in rec.get("skipped", [])[:max_rows]:
+            out.append(f"  left alone {sk['layer']}: {sk['reason']}")
 
     if v:
         out.append("")
