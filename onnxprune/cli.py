@@ -24,6 +24,8 @@ MAIN_HELP = """Prune an ONNX model and prove it still answers the same.
   onnxprune model.onnx --unstructured 0.5    zero 50% of weights by magnitude (smaller zipped)
   onnxprune model.onnx --nm 2:4              keep 2 of every 4 weights (sparse tensor cores)
   onnxprune inspect model.onnx               per-tensor shapes, sparsity, 2:4 status, MACs
+  onnxprune validate model.onnx model.pruned.onnx --calib data.npz --labels labels.npy
+                                             agreement, drift and accuracy before/after
 
 The first form is short for `onnxprune prune model.onnx ...`; `onnxprune prune --help`
 lists every option. The output is written to <stem>.pruned.onnx beside the input unless
@@ -56,6 +58,29 @@ def _ratio_option(name: str, help_text: str):
         metavar="R",
         help=help_text,
     )
+
+
+CALIB_HELP = (
+    "Calibration/validation inputs: .npz keyed by input name, a folder of .npy files, or a "
+    "folder of images"
+)
+
+_calib_samples_option = click.option(
+    "--calib-samples",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Use only the first N calibration samples (first N files in sorted order).",
+)
+
+_calib_preprocess_option = click.option(
+    "--calib-preprocess",
+    default=None,
+    metavar="SPEC",
+    help="For an image folder: imagenet, none/raw (0..255), or a spec such as "
+    "'scale=1/255,mean=0.485,0.456,0.406,std=0.229,0.224,0.225' "
+    "[default: imagenet for 3 channels, scale=1/255 otherwise].",
+)
 
 
 @cli.command("prune")
@@ -128,7 +153,35 @@ def _ratio_option(name: str, help_text: str):
     "--calib",
     type=click.Path(path_type=Path),
     default=None,
-    help="Inputs for validation: .npz keyed by input name [default: random inputs].",
+    help=CALIB_HELP + " [default: random inputs].",
+)
+@_calib_samples_option
+@_calib_preprocess_option
+@click.option(
+    "--labels",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="PATH",
+    help="A .npy of integer class labels for the --calib inputs: the report then shows "
+    "accuracy before/after.",
+)
+@click.option(
+    "--bias-correction/--no-bias-correction",
+    default=None,
+    help="Fold the mean contribution of removed channels/weights into the next layer's bias "
+    "[default: on with --calib].",
+)
+@click.option(
+    "--lstsq/--no-lstsq",
+    default=None,
+    help="Refit each layer that lost input channels by ridge least squares on calibration "
+    "data so its output matches the original [default: on with --calib].",
+)
+@click.option(
+    "--obs/--no-obs",
+    default=None,
+    help="For --unstructured/--nm: choose and compensate zeroed weights with a damped-Hessian "
+    "(SparseGPT-style) reconstruction [default: on with --calib].",
 )
 @click.option(
     "--seed",
@@ -191,6 +244,54 @@ def inspect_cmd(model: Path, nm: str) -> None:
     from onnxprune.inspect import inspect_model
 
     click.echo(inspect_model(model, nm))
+
+
+@cli.command("validate")
+@click.argument("original", type=click.Path(path_type=Path))
+@click.argument("pruned", type=click.Path(path_type=Path))
+@click.option(
+    "--calib",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=CALIB_HELP + " [default: random inputs].",
+)
+@_calib_samples_option
+@_calib_preprocess_option
+@click.option(
+    "--labels",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="PATH",
+    help="A .npy of integer class labels for the --calib inputs: adds accuracy before/after.",
+)
+@click.option(
+    "--providers",
+    type=click.Choice(["cpu", "cuda", "auto"]),
+    default="cpu",
+    show_default=True,
+    help="onnxruntime provider; auto takes CUDA when present.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="PATH",
+    help="Also write the results as JSON to this path.",
+)
+def validate_cmd(original: Path, pruned: Path, json_path: Path | None, **kw) -> None:
+    """Compare PRUNED with ORIGINAL on the same inputs: agreement, drift, accuracy."""
+    import json
+
+    from onnxprune.evaluate import evaluate_files, render_evaluation
+
+    if json_path is not None and not json_path.parent.resolve().is_dir():
+        raise UsageError(f"--json folder {json_path.parent} does not exist")
+    result = evaluate_files(original, pruned, **kw)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    click.echo(render_evaluation(result))
 
 
 def main(argv: list[str] | None = None) -> None:

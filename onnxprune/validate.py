@@ -17,7 +17,6 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -281,70 +280,6 @@ def _random_values(
     return rng.integers(0, high, size=shape).astype(dtype)
 
 
-def _load_calib(
-    calib: str | os.PathLike, wanted: list[onnx.ValueInfoProto], max_samples: int | None
-) -> InputBatch:
-    path = Path(calib)
-    shown = os.fspath(calib)
-    if not path.is_file():
-        raise OnnxPruneError(f"calibration data {shown} is not a file")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as exc:  # zipfile, pickle refusal, bad headers: all "not an npz"
-        raise OnnxPruneError(
-            f"cannot read calibration data {shown}: not a numpy .npz file ({_ort_message(exc)})"
-        ) from exc
-    names = [vi.name for vi in wanted]
-    missing = [n for n in names if n not in arrays]
-    extra = sorted(k for k in arrays if k not in names)
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing)}")
-        if extra:
-            parts.append(f"unexpected {', '.join(extra)}")
-        raise OnnxPruneError(
-            f"calibration data {shown} must have one array per model input "
-            f"({', '.join(names)}): {'; '.join(parts)}"
-        )
-    batch = InputBatch()
-    samples = None
-    for vi in wanted:
-        arr = arrays[vi.name]
-        dtype = _input_dtype(vi)
-        dims = _input_dims(vi)
-        if arr.dtype != dtype:
-            raise OnnxPruneError(
-                f"calibration array {vi.name!r} has dtype {arr.dtype} but the model input is "
-                f"{dtype}: save it with .astype(np.{dtype.name})"
-            )
-        if dims is not None and arr.ndim != len(dims):
-            raise OnnxPruneError(
-                f"calibration array {vi.name!r} has rank {arr.ndim} (shape {arr.shape}) but the "
-                f"model input has rank {len(dims)}"
-            )
-        if max_samples is not None and arr.ndim >= 1:
-            arr = arr[:max_samples]
-        if dims is not None:
-            bad = [
-                f"axis {i} is {arr.shape[i]}, the model wants {d}"
-                for i, d in enumerate(dims)
-                if isinstance(d, int) and d > 0 and arr.shape[i] != d
-            ]
-            if bad:
-                raise OnnxPruneError(
-                    f"calibration array {vi.name!r} has shape {arr.shape}: {'; '.join(bad)}"
-                )
-        if arr.ndim >= 1:
-            samples = arr.shape[0] if samples is None else samples
-        batch[vi.name] = np.ascontiguousarray(arr)
-    batch.notes.append(
-        f"inputs from {shown}" + (f" ({samples} samples)" if samples is not None else "")
-    )
-    return batch
-
-
 def make_inputs(
     model: onnx.ModelProto,
     *,
@@ -352,21 +287,28 @@ def make_inputs(
     seed: int = 0,
     batch_size: int = 1,
     max_samples: int | None = None,
+    preprocess: str | None = None,
 ) -> InputBatch:
-    """Inputs for every real graph input: from a calibration ``.npz`` or random.
+    """Inputs for every real graph input: from calibration data or random.
 
-    ``calib`` must hold one array per input, keyed by input name, with the input's dtype and
-    rank (mismatches are errors that name the array). ``max_samples`` keeps the first rows.
-    Without it, random inputs get the input's dtype and shape, with a symbolic first dim set
-    to ``batch_size`` and other symbolic dims to 1 (noted in ``.notes``).
+    ``calib`` is an ``.npz`` keyed by input name, a folder of ``.npy`` files or a folder of
+    images (``onnxprune.calib_data.load_calibration``: dtype, rank and fixed dims must match
+    the model, mismatches are errors that name the array or file; ``max_samples`` keeps the
+    first samples; ``preprocess`` normalizes images). Without it, random inputs get the
+    input's dtype and shape, with a symbolic first dim set to ``batch_size`` and other
+    symbolic dims to 1 (noted in ``.notes``).
     """
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     if max_samples is not None and max_samples < 1:
         raise UsageError(f"max samples must be at least 1, got {max_samples}")
-    wanted = _real_inputs(model)
     if calib is not None:
-        return _load_calib(calib, wanted, max_samples)
+        from onnxprune.calib_data import load_calibration  # it builds on this module
+
+        return load_calibration(calib, model, max_samples=max_samples, preprocess=preprocess)
+    if preprocess is not None:
+        raise UsageError("--calib-preprocess needs --calib (a folder of images)")
+    wanted = _real_inputs(model)
     rng = np.random.default_rng(seed)
     batch = InputBatch(notes=[])
     for vi in wanted:

@@ -282,3 +282,104 @@ def test_console_entry_point_runs_as_a_subprocess(cnn_path, tmp_path):
     assert proc.returncode == 0
     assert "--structured" in proc.stdout and "inspect" in proc.stdout
     assert not (tmp_path / "cnn.pruned.onnx").exists()
+
+
+# ---- calibration data, labels and recovery switches (issue #5) -------------------------------
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+def write_pngs(folder: Path, n: int, size: tuple[int, int] = (8, 8)) -> None:
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(11)
+    for i in range(n):
+        pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:02d}.png")
+
+
+def test_prune_help_lists_the_calibration_options(capsys):
+    code, out, _ = run_cli(["prune", "--help"], capsys)
+    assert code == 0
+    flat = " ".join(out.split())
+    for text in (
+        "a folder of .npy files, or a folder of images", "--calib-samples N",
+        "--calib-preprocess SPEC", "--labels PATH", "--bias-correction / --no-bias-correction",
+        "--lstsq / --no-lstsq", "--obs / --no-obs", "SparseGPT-style",
+        "Refit each layer that lost input channels by ridge least squares",
+    ):  # fmt: skip
+        assert text in flat, text
+
+
+def test_prune_takes_an_image_folder_with_samples_and_preprocess(cnn_path, tmp_path, capsys):
+    write_pngs(tmp_path / "imgs", 4, size=(10, 12))  # resized to the model's 8x8
+    report = tmp_path / "r.json"
+    code, _, err = run_cli(
+        [cnn_path, "--unstructured", "0.5", "--calib", tmp_path / "imgs", "--calib-samples", 3,
+         "--calib-preprocess", "imagenet", "--report", report, "--runs", 5],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    notes = " | ".join(json.loads(report.read_text())["validation"]["notes"])
+    assert "(3 samples)" in notes and "preprocess imagenet (--calib-preprocess)" in notes
+
+
+def test_prune_with_labels_reports_accuracy_before_and_after(tmp_path, capsys):
+    import onnxruntime as ort
+
+    out_path, report = tmp_path / "cnn.onnx", tmp_path / "r.json"
+    code, _, err = run_cli(
+        [MODELS / "digits_cnn.onnx", "--structured", 0.3, "-o", out_path, "--calib",
+         MODELS / "digits_cnn_test.npz", "--labels", MODELS / "digits_test_labels.npy",
+         "--report", report, "--runs", 5],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    x = np.load(MODELS / "digits_cnn_test.npz")["input"]
+    labels = np.load(MODELS / "digits_test_labels.npy")
+
+    def accuracy(path: Path) -> float:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return float(np.mean(session.run(None, {"input": x})[0].argmax(1) == labels))
+
+    v = json.loads(report.read_text())["validation"]
+    assert v["accuracy_before"] == pytest.approx(accuracy(MODELS / "digits_cnn.onnx")) == 1.0
+    assert v["accuracy_after"] == pytest.approx(accuracy(out_path))
+
+
+def test_recovery_switches_off_leave_plain_magnitude_pruning(cnn_path, tmp_path, capsys):
+    """--calib with every recovery step off gives exactly what pruning without data gives."""
+    write_pngs(tmp_path / "imgs", 4)
+
+    def weights(args: list) -> dict[str, np.ndarray]:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}.onnx"
+        code, _, err = run_cli([cnn_path, "--unstructured", 0.5, "-o", out, *args], capsys)
+        assert code == 0, err
+        return {t.name: numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer}
+
+    calib = ["--calib", tmp_path / "imgs", "--runs", 5]
+    plain = weights(["--no-validate"])
+    off = weights([*calib, "--no-bias-correction", "--no-lstsq", "--no-obs"])
+    on = weights(calib)
+    assert plain.keys() == off.keys()
+    assert all(np.array_equal(plain[k], off[k]) for k in plain)
+    # on by default with --calib: weights refitted, or a bias added where there was none
+    assert on.keys() != plain.keys() or not all(np.array_equal(plain[k], on[k]) for k in plain)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["--calib-samples", 0], 2, "--calib-samples"),
+        (["--calib-preprocess", "gamma=2"], 2, "unknown key 'gamma'"),
+        (["--labels", "labels.npy"], 2, "--calib"),
+    ],
+)
+def test_bad_calibration_options_for_prune(cnn_path, tmp_path, capsys, args, code, needle):
+    write_pngs(tmp_path / "imgs", 2)
+    calib = [] if args[0] == "--labels" else ["--calib", tmp_path / "imgs"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    got, out, err = run_cli([cnn_path, "--unstructured", 0.5, *calib, *args, "--runs", 5], capsys)
+    _assert_clean_failure(got, out, err, code, tmp_path, before, [(cnn_path, digest(cnn_path))])
+    assert needle in err, err

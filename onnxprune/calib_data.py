@@ -1,0 +1,517 @@
+"""Calibration and validation inputs from the files users actually have.
+
+Three forms, told apart by what ``--calib`` points at:
+
+* an ``.npz`` file keyed by input name (what a script that already feeds the model writes);
+* a folder of ``.npy`` files: ``<input name>.npy`` per input holding every sample along axis
+  0, or, for a one-input model, one file per sample (with or without a leading batch axis of
+  1), stacked in sorted filename order (what a data pipeline dumping tensors writes);
+* a folder of images (png, jpg, jpeg, bmp) for a model with one 4-D image input: each is
+  resized to the input's height and width, converted to RGB (or L for one channel) and
+  normalized by a preprocessing spec (what a user with a deployed vision model has).
+
+Everything must match the model input's dtype, rank and fixed dimensions; a mismatch is one
+``OnnxPruneError`` line that names the array or the file. ``max_samples`` keeps the first N
+samples, and files past it are never opened: a folder of a million images costs only what
+is used. A malformed preprocessing spec is a ``UsageError`` (the command line is wrong).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.validate import InputBatch, _input_dims, _input_dtype, _ort_message, _real_inputs
+
+__all__ = ["IMAGE_SUFFIXES", "PRESETS", "Preprocess", "load_calibration", "parse_preprocess"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+_IMAGENET = "scale=1/255,mean=0.485,0.456,0.406,std=0.229,0.224,0.225"
+#: Named preprocessing specs; ``none`` and ``raw`` keep pixel values 0..255.
+PRESETS = {"imagenet": _IMAGENET, "none": "", "raw": ""}
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing specs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """``(pixel * scale - mean) / std`` per channel; ``mean``/``std`` hold 1 or C values.
+
+    ``scale`` comes first because the usual mean and std (ImageNet's) are given for pixels
+    in [0, 1], not [0, 255].
+    """
+
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    spec: str = "none"
+
+    @property
+    def is_identity(self) -> bool:
+        return self.scale == 1.0 and set(self.mean) == {0.0} and set(self.std) == {1.0}
+
+    def check(self, channels: int) -> None:
+        """Refuse a mean or std whose length fits neither one value nor ``channels``."""
+        for key, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, channels):
+                raise UsageError(
+                    f"--calib-preprocess {self.spec!r}: {key} has {len(values)} values but the "
+                    f"model takes {channels}-channel images: give 1 or {channels}"
+                )
+
+    def apply(self, pixels: np.ndarray, channel_axis: int) -> np.ndarray:
+        """Normalize float ``pixels`` whose channels lie along ``channel_axis``."""
+        self.check(pixels.shape[channel_axis])
+        shape = [1] * pixels.ndim
+        shape[channel_axis] = -1
+        out = pixels * np.float32(self.scale)
+        out -= np.asarray(self.mean, np.float32).reshape(shape if len(self.mean) > 1 else [1])
+        out /= np.asarray(self.std, np.float32).reshape(shape if len(self.std) > 1 else [1])
+        return out
+
+
+def _number(text: str, key: str, spec: str) -> float:
+    try:
+        value = float(Fraction(text.strip()))  # "1/255" as well as "0.5" and "2e-3"
+    except (ValueError, ZeroDivisionError, OverflowError):
+        raise UsageError(
+            f"--calib-preprocess {spec!r}: {key} value {text.strip()!r} is not a number"
+        ) from None
+    return value
+
+
+def parse_preprocess(spec: str) -> Preprocess:
+    """Parse ``"scale=1/255,mean=0.485,0.456,0.406,std=0.229,0.224,0.225"`` or a preset.
+
+    Presets: ``imagenet`` (that spec), ``none`` and ``raw`` (pixels stay 0..255). Values
+    after ``mean=``/``std=`` run up to the next ``key=``; any key may be left out.
+    """
+    text = str(spec).strip()
+    preset = PRESETS.get(text.lower())
+    if preset is not None:
+        return _parse_fields(preset, shown=text.lower())
+    if not text:
+        raise UsageError(
+            "--calib-preprocess is empty: give a preset (imagenet, none, raw) or a spec "
+            "such as scale=1/255,mean=0.5,std=0.5"
+        )
+    return _parse_fields(text, shown=text)
+
+
+def _parse_fields(text: str, shown: str) -> Preprocess:
+    fields: dict[str, list[float]] = {}
+    key = None
+    for token in text.split(",") if text else []:
+        if "=" in token:
+            key, _, token = token.partition("=")
+            key = key.strip().lower()
+            if key not in ("scale", "mean", "std"):
+                raise UsageError(
+                    f"--calib-preprocess {shown!r}: unknown key {key!r} "
+                    "(keys: scale, mean, std; presets: imagenet, none, raw)"
+                )
+            if key in fields:
+                raise UsageError(f"--calib-preprocess {shown!r}: {key} is given twice")
+            fields[key] = []
+        elif key is None:
+            raise UsageError(
+                f"--calib-preprocess {shown!r}: expected key=value (scale, mean, std) or a "
+                "preset (imagenet, none, raw)"
+            )
+        fields[key].append(_number(token, key, shown))
+    if len(fields.get("scale", [1.0])) != 1:
+        raise UsageError(f"--calib-preprocess {shown!r}: scale takes one value")
+    std = tuple(fields.get("std", [1.0]))
+    if any(s == 0.0 for s in std):
+        raise UsageError(f"--calib-preprocess {shown!r}: std cannot be 0")
+    return Preprocess(
+        scale=fields.get("scale", [1.0])[0],
+        mean=tuple(fields.get("mean", [0.0])),
+        std=std,
+        spec=shown,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def load_calibration(
+    path: str | os.PathLike,
+    model: onnx.ModelProto,
+    *,
+    max_samples: int | None = None,
+    preprocess: str | None = None,
+) -> InputBatch:
+    """Inputs for every real input of ``model`` from an .npz, a folder of .npy, or images.
+
+    ``max_samples`` keeps the first N samples (first N files in sorted order). ``preprocess``
+    applies to image folders only; its default there is ``imagenet`` for 3-channel inputs
+    and ``scale=1/255`` otherwise. ``.notes`` says where the inputs came from, how many
+    samples there are, and for images the preprocessing used.
+    """
+    if max_samples is not None and max_samples < 1:
+        raise UsageError(f"max samples must be at least 1, got {max_samples}")
+    parsed = parse_preprocess(preprocess) if preprocess is not None else None
+    wanted = _real_inputs(model)
+    folder = Path(path)
+    shown = os.fspath(path)
+    if folder.is_dir():
+        return _load_folder(folder, shown, wanted, max_samples, parsed)
+    if parsed is not None:
+        raise UsageError(
+            f"--calib-preprocess applies to a folder of images; {shown} is not a folder"
+        )
+    return _load_npz(folder, shown, wanted, max_samples)
+
+
+def _noted(batch: InputBatch, shown: str, extra: str = "") -> InputBatch:
+    samples = next((a.shape[0] for a in batch.values() if a.ndim >= 1), None)
+    count = f" ({samples} samples)" if samples is not None else ""
+    batch.notes.insert(0, f"inputs from {shown}{count}{extra}")
+    return batch
+
+
+# --------------------------------------------------------------------------------------------
+# Arrays: .npz and per-input .npy
+# --------------------------------------------------------------------------------------------
+
+
+def _check_array(arr: np.ndarray, vi: onnx.ValueInfoProto, max_samples: int | None) -> np.ndarray:
+    """``arr`` trimmed to ``max_samples`` rows after checking dtype, rank and fixed dims.
+
+    Trimming comes before any copy, so a memory-mapped .npy reads only the rows kept.
+    """
+    dtype = _input_dtype(vi)
+    dims = _input_dims(vi)
+    if arr.dtype != dtype:
+        raise OnnxPruneError(
+            f"calibration array {vi.name!r} has dtype {arr.dtype} but the model input is "
+            f"{dtype}: save it with .astype(np.{dtype.name})"
+        )
+    if dims is not None and arr.ndim != len(dims):
+        raise OnnxPruneError(
+            f"calibration array {vi.name!r} has rank {arr.ndim} (shape {arr.shape}) but the "
+            f"model input has rank {len(dims)}"
+        )
+    if max_samples is not None and arr.ndim >= 1:
+        arr = arr[:max_samples]
+    if dims is not None:
+        # Axis 0 holds samples: a model with a fixed batch takes them in batches of that size
+        # (validation and calibration run in chunks), so only fewer samples than one batch fail.
+        bad = [
+            f"axis {i} is {arr.shape[i]}, the model wants {d}"
+            + (" (at least one batch)" if i == 0 else "")
+            for i, d in enumerate(dims)
+            if isinstance(d, int) and d > 0 and (arr.shape[i] < d if i == 0 else arr.shape[i] != d)
+        ]
+        if bad:
+            raise OnnxPruneError(
+                f"calibration array {vi.name!r} has shape {arr.shape}: {'; '.join(bad)}"
+            )
+    if isinstance(arr, np.memmap):  # read the rows kept; hold no mapping of the file
+        return np.array(arr, order="C")
+    return np.ascontiguousarray(arr)
+
+
+def _name_mismatch(names: list[str], have: list[str]) -> str:
+    missing = [n for n in names if n not in have]
+    extra = sorted(k for k in have if k not in names)
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(missing)}")
+    if extra:
+        parts.append(f"unexpected {', '.join(extra)}")
+    return "; ".join(parts)
+
+
+def _load_npz(
+    path: Path, shown: str, wanted: list[onnx.ValueInfoProto], max_samples: int | None
+) -> InputBatch:
+    if not path.is_file():
+        raise OnnxPruneError(f"calibration data {shown} is not a file or a folder")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = list(npz.files)
+            names = [vi.name for vi in wanted]
+            problem = _name_mismatch(names, keys)
+            if problem:
+                raise OnnxPruneError(
+                    f"calibration data {shown} must have one array per model input "
+                    f"({', '.join(names)}): {problem}"
+                )
+            arrays = {}
+            for vi in wanted:
+                head = _npz_head(path, vi.name, max_samples)
+                arrays[vi.name] = npz[vi.name] if head is None else head
+    except OnnxPruneError:
+        raise
+    except Exception as exc:  # zipfile, pickle refusal, bad headers, a bare .npy: "not an npz"
+        raise OnnxPruneError(
+            f"cannot read calibration data {shown}: not a numpy .npz file ({_ort_message(exc)})"
+        ) from exc
+    batch = InputBatch()
+    for vi in wanted:
+        batch[vi.name] = _check_array(arrays.pop(vi.name), vi, max_samples)
+    return _noted(batch, shown)
+
+
+def _npz_head(path: Path, key: str, rows: int | None) -> np.ndarray | None:
+    """The first ``rows`` rows of array ``key`` of an .npz, reading no further into it.
+
+    An .npz member is a .npy stream (stored or deflated): after its header come the rows in
+    order, so the rows kept are read and the rest never decompressed. None when the whole
+    array is wanted or the member is unusual (Fortran order, a scalar, objects): the caller
+    then reads it the ordinary way, with the ordinary errors.
+    """
+    if rows is None:
+        return None
+    fmt = np.lib.format
+    with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as member:
+        version = fmt.read_magic(member)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(member)
+        else:
+            return None
+        if fortran or not shape or dtype.hasobject or shape[0] <= rows:
+            return None
+        row_items = int(np.prod(shape[1:], dtype=np.int64))
+        data = member.read(rows * row_items * dtype.itemsize)
+    return np.frombuffer(data, dtype=dtype).reshape((rows, *shape[1:])).copy()
+
+
+def _read_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except Exception as exc:
+        raise OnnxPruneError(
+            f"cannot read calibration file {path}: not a numpy .npy file ({_ort_message(exc)})"
+        ) from exc
+    if not isinstance(arr, np.ndarray):  # np.load returns an NpzFile for a zip archive
+        raise OnnxPruneError(f"cannot read calibration file {path}: not a numpy .npy file")
+    return arr
+
+
+# --------------------------------------------------------------------------------------------
+# Folders
+# --------------------------------------------------------------------------------------------
+
+
+def _load_folder(
+    folder: Path,
+    shown: str,
+    wanted: list[onnx.ValueInfoProto],
+    max_samples: int | None,
+    preprocess: Preprocess | None,
+) -> InputBatch:
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file()]
+    npys = [p for p in files if p.suffix.lower() == ".npy"]
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    kinds = "png, jpg, jpeg, bmp"
+    if not files:
+        sub = " (subfolders are not searched)" if entries else ""
+        raise OnnxPruneError(
+            f"calibration folder {shown} is empty: it needs .npy files or images ({kinds}){sub}"
+        )
+    other = [p for p in files if p not in npys and p not in images]
+    if other:
+        raise OnnxPruneError(
+            f"calibration folder {shown} holds {other[0].name}, which is neither .npy nor an "
+            f"image ({kinds}): keep only one kind of calibration file there"
+        )
+    if npys and images:
+        raise OnnxPruneError(
+            f"calibration folder {shown} mixes .npy files and images "
+            f"({npys[0].name}, {images[0].name}): keep only one kind"
+        )
+    if images:
+        return _load_images(images, shown, wanted, max_samples, preprocess)
+    if preprocess is not None:
+        raise UsageError(
+            f"--calib-preprocess applies to a folder of images; {shown} holds .npy files"
+        )
+    names = [vi.name for vi in wanted]
+    stems = [p.stem for p in npys]
+    if len(wanted) == 1 and (len(npys) > 1 or stems != names):
+        return _load_npy_samples(npys, shown, wanted[0], max_samples)
+    problem = _name_mismatch(names, stems)
+    if problem:
+        raise OnnxPruneError(
+            f"calibration folder {shown} must hold one <input name>.npy per model input "
+            f"({', '.join(names)}): {problem}"
+        )
+    batch = InputBatch()
+    by_stem = {p.stem: p for p in npys}
+    for vi in wanted:
+        batch[vi.name] = _check_array(_read_npy(by_stem[vi.name], mmap=True), vi, max_samples)
+    return _noted(batch, shown)
+
+
+def _load_npy_samples(
+    files: list[Path], shown: str, vi: onnx.ValueInfoProto, max_samples: int | None
+) -> InputBatch:
+    """One sample per file, stacked along a new batch axis into one preallocated array."""
+    files = files[:max_samples] if max_samples is not None else files
+    dtype = _input_dtype(vi)
+    dims = _input_dims(vi)
+    out: np.ndarray | None = None
+    first = None
+    for i, path in enumerate(files):
+        arr = _read_npy(path)
+        if arr.dtype != dtype:
+            raise OnnxPruneError(
+                f"calibration file {path.name} has dtype {arr.dtype} but the model input "
+                f"{vi.name!r} is {dtype}: save it with .astype(np.{dtype.name})"
+            )
+        sample = _one_sample(arr, dims, vi.name, path.name)
+        if out is None:
+            first = path.name
+            out = np.empty((len(files), *sample.shape), dtype=dtype)
+        elif sample.shape != out.shape[1:]:
+            raise OnnxPruneError(
+                f"calibration file {path.name} holds a sample of shape {sample.shape} but "
+                f"{first} holds {out.shape[1:]}: samples are stacked, so they must match"
+            )
+        out[i] = sample
+    assert out is not None  # the caller passes at least one file
+    batch = InputBatch()
+    batch[vi.name] = out
+    return _noted(batch, shown, f", one per .npy file, for input {vi.name!r}")
+
+
+def _one_sample(
+    arr: np.ndarray, dims: list[int | str | None] | None, name: str, file: str
+) -> np.ndarray:
+    """``arr`` as one sample without its batch axis, checked against the input's dims."""
+    if dims is None:  # no shape to go by: each file is taken as one sample as it is
+        return arr
+    rank = len(dims)
+    if arr.ndim == rank and arr.shape[:1] == (1,):
+        arr = arr[0]
+    elif arr.ndim != rank - 1:
+        want = _dims_text(dims[1:])
+        raise OnnxPruneError(
+            f"calibration file {file} has shape {arr.shape}: a sample for input {name!r} "
+            f"{_dims_text(dims)} must have shape {want} or (1, *{want})"
+        )
+    bad = [
+        f"axis {i + 1} is {arr.shape[i]}, the model wants {d}"
+        for i, d in enumerate(dims[1:])
+        if isinstance(d, int) and d > 0 and arr.shape[i] != d
+    ]
+    if bad:
+        raise OnnxPruneError(
+            f"calibration file {file} has shape {arr.shape} for input {name!r}: {'; '.join(bad)}"
+        )
+    return arr
+
+
+def _dims_text(dims: list[int | str | None]) -> str:
+    return "[" + ", ".join(str(d) if d not in (None, "") else "?" for d in dims) + "]"
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+
+
+def _image_layout(vi: onnx.ValueInfoProto, shown: str) -> tuple[int, int, int, int]:
+    """(channel axis, channels, height, width) of a 4-D NCHW or NHWC image input."""
+    dims = _input_dims(vi)
+    if dims is None or len(dims) != 4:
+        what = "no shape" if dims is None else f"shape {_dims_text(dims)}"
+        raise OnnxPruneError(
+            f"calibration folder {shown} holds images, but input {vi.name!r} has {what}: "
+            "images need a 4-D NCHW or NHWC input"
+        )
+    if dims[1] in (1, 3):
+        axis = 1
+        h, w = dims[2], dims[3]
+    elif dims[3] in (1, 3):
+        axis = 3
+        h, w = dims[1], dims[2]
+    else:
+        raise OnnxPruneError(
+            f"calibration folder {shown} holds images, but input {vi.name!r} "
+            f"{_dims_text(dims)} has no 1- or 3-channel axis at 1 (NCHW) or 3 (NHWC)"
+        )
+    if not (isinstance(h, int) and h > 0 and isinstance(w, int) and w > 0):
+        raise OnnxPruneError(
+            f"input {vi.name!r} {_dims_text(dims)} has no fixed height and width to resize "
+            f"the images in {shown} to: give a folder of .npy files instead"
+        )
+    return axis, int(dims[axis]), h, w
+
+
+def _load_images(
+    files: list[Path],
+    shown: str,
+    wanted: list[onnx.ValueInfoProto],
+    max_samples: int | None,
+    preprocess: Preprocess | None,
+) -> InputBatch:
+    from PIL import Image, UnidentifiedImageError
+
+    if len(wanted) != 1:
+        names = ", ".join(vi.name for vi in wanted)
+        raise OnnxPruneError(
+            f"calibration folder {shown} holds images, but the model has {len(wanted)} "
+            f"inputs ({names}): images feed a model with one image input"
+        )
+    vi = wanted[0]
+    axis, channels, h, w = _image_layout(vi, shown)
+    dtype = _input_dtype(vi)
+    default = preprocess is None
+    if preprocess is None:
+        if dtype == np.uint8:
+            preprocess = parse_preprocess("raw")
+        else:
+            preprocess = parse_preprocess("imagenet" if channels == 3 else "scale=1/255")
+    if dtype.kind != "f" and not (dtype == np.uint8 and preprocess.is_identity):
+        raise OnnxPruneError(
+            f"input {vi.name!r} is {dtype}: images feed float inputs, or uint8 inputs with "
+            "--calib-preprocess none"
+        )
+    preprocess.check(channels)
+    files = files[:max_samples] if max_samples is not None else files
+    shape = (len(files), channels, h, w) if axis == 1 else (len(files), h, w, channels)
+    out = np.empty(shape, dtype=dtype)
+    mode = "RGB" if channels == 3 else "L"
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as img:
+                img = img.convert(mode)
+                if img.size != (w, h):
+                    img = img.resize((w, h), Image.Resampling.BILINEAR)
+                pixels = np.asarray(img, dtype=np.float32)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise OnnxPruneError(
+                f"cannot read image {path.name} in {shown}: {_ort_message(exc)}"
+            ) from exc
+        pixels = pixels.reshape(h, w, channels)
+        if axis == 1:
+            pixels = pixels.transpose(2, 0, 1)
+        if dtype == np.uint8:
+            out[i] = pixels.astype(np.uint8)
+        else:
+            out[i] = preprocess.apply(pixels, 0 if axis == 1 else 2)
+    layout = "NCHW" if axis == 1 else "NHWC"
+    why = f"default for {channels}-channel images" if default else "--calib-preprocess"
+    batch = InputBatch()
+    batch[vi.name] = out
+    extra = f", images resized to {h}x{w} {mode} {layout}, preprocess {preprocess.spec} ({why})"
+    return _noted(batch, shown, extra)
