@@ -361,6 +361,10 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: _Stages, b
         before = compute_metrics(src.model, compressed=False)
     with stages.stage("calibrate"):
         inputs = _calibration(opts, src.model)
+        if opts.labels is not None:  # a bad labels file fails now, not after the pruning
+            from onnxprune.evaluate import load_labels
+
+            load_labels(opts.labels, max_samples=opts.calib_samples)
     with stages.stage("prune"):
         pruned = _apply(src.model, opts, report, stages.progress, inputs)
     gzip_after = background.submit(compressed_size, pruned)
@@ -454,8 +458,16 @@ def _validate(
             inputs = v.make_inputs(src.model, seed=opts.seed)
         result = v.validate(
             original_path, pruned_path, inputs, providers, runs=opts.runs, progress=progress
-        )
-        return result.to_dict()
+        ).to_dict()
+        if opts.labels is not None:
+            from onnxprune.evaluate import evaluate, load_labels
+
+            labels = load_labels(opts.labels, max_samples=opts.calib_samples)
+            scored = evaluate(original_path, pruned_path, inputs, providers, labels=labels)
+            for key in ("accuracy_before", "accuracy_after", "samples"):
+                if key in scored:
+                    result[key] = scored[key]
+        return result
     finally:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
