@@ -25,16 +25,46 @@ _UNKNOWN_BYTES = 4 << 20  # per sample, when a tapped tensor's shape is not know
 _MAX_PROTO_BYTES = 2_000_000_000
 
 
-def tapped_model(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs ``names`` (after its own outputs)."""
+def tapped_model(
+    model: onnx.ModelProto, names: Sequence[str], *, only: bool = False
+) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs ``names`` (after its own outputs).
+
+    ``only``: output just ``names`` and drop every node they do not need, so a pass that
+    reads early layers does not pay for the rest of the network.
+    """
     new = onnx.ModelProto()
+    if not only:
+        new.CopyFrom(model)
+        have = {o.name for o in new.graph.output}
+        for name in names:
+            if name not in have:
+                new.graph.output.append(onnx.ValueInfoProto(name=name))
+                have.add(name)
+        return new
+    nodes = list(model.graph.node)
+    needed = set(names)
+    keep = [False] * len(nodes)
+    for i in range(len(nodes) - 1, -1, -1):  # nodes are in topological order
+        if any(o in needed for o in nodes[i].output) or _has_subgraph(nodes[i]):
+            keep[i] = True
+            needed.update(x for x in nodes[i].input if x)
+    graph = onnx.helper.make_graph(
+        [n for n, k in zip(nodes, keep, strict=True) if k],
+        model.graph.name,
+        [vi for vi in model.graph.input],
+        [onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names)],
+        [t for t in model.graph.initializer if t.name in needed],
+        value_info=[vi for vi in model.graph.value_info if vi.name in needed],
+    )
     new.CopyFrom(model)
-    have = {o.name for o in new.graph.output}
-    for name in names:
-        if name not in have:
-            new.graph.output.append(onnx.ValueInfoProto(name=name))
-            have.add(name)
+    new.graph.CopyFrom(graph)
     return new
+
+
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    """Nodes with subgraphs (If, Loop) may read outer tensors: kept, to stay safe."""
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
 
 
 def session(model: onnx.ModelProto, providers: Sequence[str] = ("CPUExecutionProvider",)):
@@ -47,6 +77,9 @@ def session(model: onnx.ModelProto, providers: Sequence[str] = ("CPUExecutionPro
         )
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # Idle onnxruntime threads spin for a while after each run; the numpy BLAS work done
+    # between runs (recovery's Gram matrices and solves) would fight them for the cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(
             model.SerializeToString(), sess_options=options, providers=list(providers)
@@ -101,7 +134,7 @@ def run_taps(
         raise OnnxPruneError(f"internal: tensors {missing[:3]} are not outputs of the session")
     for feed in batches(inputs, batch, wanted, fixed=fixed_batch(sess) is not None):
         try:
-            values = sess.run(list(names), feed)
+            values = sess.run(list(names), feed) if names else []
         except Exception as exc:
             raise OnnxPruneError(f"onnxruntime failed on calibration data: {exc}") from exc
         yield feed, dict(zip(names, values, strict=True))
@@ -187,7 +220,7 @@ def channel_stats(
     stats = {name: ChannelStats(axis) for name, axis in targets.items()}
     computed = [n for n in targets if n not in graph_inputs]
     fed = [n for n in targets if n in graph_inputs]
-    sess = session(tapped_model(model, computed))
+    sess = session(tapped_model(model, computed), providers)
     batch = batch_size_for(sess, sample_count(inputs))
     passes = plan_passes(view, computed, batch, budget_bytes) or [[]]
     for k, names in enumerate(passes):

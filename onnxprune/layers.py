@@ -158,6 +158,8 @@ def find_layers(model: onnx.ModelProto, view: GraphView | None = None) -> list[L
             continue
         dims = list(inits[w].dims)
         bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
+        if len(node.input) > 2 and node.input[2] and bias is None:
+            continue  # a bias computed at run time: not a parameter, and no room for one
         if node.op_type == "Conv" and len(dims) == 4:
             layers.append(
                 Layer(
@@ -173,8 +175,9 @@ def find_layers(model: onnx.ModelProto, view: GraphView | None = None) -> list[L
         elif node.op_type == "Gemm" and len(dims) == 2:
             if attr(node, "transA", 0) or float(attr(node, "alpha", 1.0)) != 1.0:
                 continue
+            n_out = dims[0] if attr(node, "transB", 0) else dims[1]
             if bias is not None and (
-                len(inits[bias].dims) != 1 or float(attr(node, "beta", 1.0)) != 1.0
+                list(inits[bias].dims) != [n_out] or float(attr(node, "beta", 1.0)) != 1.0
             ):
                 bias = None  # a broadcast matrix C or scaled C: not a per-output bias
                 if len(node.input) > 2:

@@ -45,7 +45,8 @@ from onnxprune.layers import Layer, find_layers
 from onnxprune.plan import Plan
 
 STEPS = ("bias", "lstsq", "obs")
-_CHECK_ROWS = 2048  # rows kept per layer to measure the output error before and after
+_CHECK_ROWS = 1024  # rows kept per layer to measure the output error before and after
+_FOLD_BYTES = 32 << 20  # buffered rows per layer before they are folded into the Gram matrices
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,13 @@ class RecoveryOptions:
     obs: bool = True
     damp: float = 0.01
     """Ridge / Hessian damping, relative to the mean diagonal of the input Gram matrix."""
-    max_rows: int = 8192
+    max_rows: int = 4096
     """Input rows sampled per layer (tokens, patch positions) over all calibration samples."""
     waves: int = 8
     """Most passes over the data; each refits a consecutive run of layers."""
+    pass_budget_s: float | None = 25.0
+    """Fewer waves when ``waves`` passes of onnxruntime over the calibration data would take
+    longer than this (measured on one batch); None: always ``waves``."""
     block: int = 128
     """Columns per OBS block (SparseGPT's lazy batch update)."""
     seed: int = 0
@@ -103,7 +107,11 @@ class RecoveryResult:
 
 
 class _LayerStats:
-    """Gram matrices of one layer's (pruned, original) inputs over sampled rows."""
+    """Gram matrices of one layer's (pruned, original) inputs over sampled rows.
+
+    Rows are buffered and folded in chunks of about ``_FOLD_BYTES``: folding a few rows per
+    batch would rewrite a 4609^2 float64 matrix for every image.
+    """
 
     def __init__(self, layer_p: Layer, layer_o: Layer, group_map: np.ndarray | None) -> None:
         self.lp, self.lo = layer_p, layer_o
@@ -112,6 +120,9 @@ class _LayerStats:
         self.gop: np.ndarray | None = None
         self.check_p: list[np.ndarray] = []
         self.check_o: list[np.ndarray] = []
+        self._buf_p: list[np.ndarray] = []
+        self._buf_o: list[np.ndarray] = []
+        self._buffered = 0
         self.rows = 0
 
     def add(self, xp: np.ndarray, xo: np.ndarray, picks: np.ndarray) -> None:
@@ -120,20 +131,37 @@ class _LayerStats:
         if self.group_map is not None:
             ro = ro[:, self.group_map]
         rp, ro = _augment(rp), _augment(ro)
-        a = rp.transpose(1, 2, 0)  # [g, d+1, rows]
-        gpp = a @ rp.transpose(1, 0, 2)
-        gop = ro.transpose(1, 2, 0) @ rp.transpose(1, 0, 2)
-        if self.gpp is None:
-            self.gpp, self.gop = gpp.astype(np.float64), gop.astype(np.float64)
-        else:
-            self.gpp += gpp
-            self.gop += gop
         kept = sum(len(c) for c in self.check_p)
         if kept < _CHECK_ROWS:
             take = _CHECK_ROWS - kept
             self.check_p.append(rp[:take])
             self.check_o.append(ro[:take])
         self.rows += len(picks)
+        self._buf_p.append(rp)
+        self._buf_o.append(ro)
+        self._buffered += rp.nbytes + ro.nbytes
+        if self._buffered >= _FOLD_BYTES:
+            self.fold()
+
+    def fold(self) -> None:
+        """Add the buffered rows to the Gram matrices."""
+        if not self._buf_p:
+            return
+        rp = np.concatenate(self._buf_p)
+        ro = np.concatenate(self._buf_o)
+        self._buf_p, self._buf_o, self._buffered = [], [], 0
+        if rp.shape[1] == 1:  # one group: 2-D products (A^T A runs as a symmetric rank-k update)
+            p, o = rp[:, 0], ro[:, 0]
+            gpp, gop = (p.T @ p)[None], (o.T @ p)[None]
+        else:
+            a = rp.transpose(1, 2, 0)  # [g, d+1, rows]
+            gpp = a @ rp.transpose(1, 0, 2)
+            gop = ro.transpose(1, 2, 0) @ rp.transpose(1, 0, 2)
+        if self.gpp is None:
+            self.gpp, self.gop = gpp.astype(np.float64), gop.astype(np.float64)
+        else:
+            self.gpp += gpp
+            self.gop += gop
 
 
 def _augment(rows: np.ndarray) -> np.ndarray:
@@ -174,6 +202,7 @@ def least_squares(
     lam = a[:, np.arange(d), np.arange(d)] - gpp[:, np.arange(d), np.arange(d)]  # [g, d]
     rhs[..., :d] += w0[..., :d] * lam[:, None, :]
     if not fit_bias:
+        rhs[..., :d] -= w0[..., d:] * gpp[:, None, d, :d]  # the kept bias times sum(x_p)
         rhs[..., d] = w0[..., d]
     # a is symmetric: W a = rhs  <=>  a W^T = rhs^T
     return np.linalg.solve(a, rhs.transpose(0, 2, 1)).transpose(0, 2, 1)
@@ -219,6 +248,8 @@ def obs_sparsify(
     except np.linalg.LinAlgError:
         hinv = np.linalg.pinv(h)
         u = np.linalg.cholesky(hinv + 1e-6 * np.eye(cols)).T
+    if nm is not None:
+        block = max(nm[1], block - block % nm[1])  # N:M groups must not straddle two blocks
     quota = _block_quota(d, block, out, zeros) if zeros is not None else None
     for b, i1 in enumerate(range(0, d, block)):
         i2 = min(i1 + block, d)
@@ -263,10 +294,10 @@ def _block_quota(d: int, block: int, out: int, zeros: int) -> list[int]:
 def _rel_err(w: np.ndarray, target: np.ndarray, st: _LayerStats) -> float:
     if not st.check_p:
         return float("nan")
-    xp = np.concatenate(st.check_p).astype(np.float64)  # [rows, g, dp+1]
-    xo = np.concatenate(st.check_o).astype(np.float64)
-    got = np.einsum("god,rgd->rgo", w, xp)
-    want = np.einsum("god,rgd->rgo", target, xo)
+    xp = np.concatenate(st.check_p).transpose(1, 0, 2)  # [g, rows, dp+1]
+    xo = np.concatenate(st.check_o).transpose(1, 0, 2)
+    got = xp @ w.transpose(0, 2, 1).astype(np.float32)  # [g, rows, out]
+    want = xo @ target.transpose(0, 2, 1).astype(np.float32)
     den = float(np.linalg.norm(want))
     return float(np.linalg.norm(got - want)) / den if den > 0 else float(np.linalg.norm(got))
 
@@ -307,6 +338,9 @@ class _Params:
             while len(node.input) < 2:
                 node.input.append("")
             node.input.append(name)
+            for k in reversed(range(len(node.attribute))):
+                if node.attribute[k].name == "beta":  # it scaled an absent C: now it would not
+                    del node.attribute[k]
             return
         pre = self.fresh(f"{layer.y}_before_bias")
         node.output[0] = pre
@@ -370,7 +404,35 @@ def _reference(lo: Layer, params_o: _Params, t: _Target) -> np.ndarray:
     return np.stack(out)
 
 
+def _wave_count(
+    original: onnx.ModelProto, inputs: Mapping[str, np.ndarray], targets: list[_Target],
+    opts: RecoveryOptions, samples: int,
+) -> int:  # fmt: skip
+    """``opts.waves``, or fewer so the passes fit ``opts.pass_budget_s``.
+
+    Wave k of w runs both models up to its last layer only, about k/w of a full pass each,
+    so w waves cost about (w + 1) / 2 full passes of the original and the pruned model.
+    """
+    wanted = max(1, min(opts.waves, len(targets)))
+    if opts.pass_budget_s is None or wanted == 1:
+        return wanted
+    sess = calibrate.session(original, opts.providers)
+    batch = calibrate.batch_size_for(sess, samples)
+    feed = next(calibrate.batches(inputs, batch, [i.name for i in sess.get_inputs()],
+                                  fixed=calibrate.fixed_batch(sess) is not None))  # fmt: skip
+    sess.run(None, feed)  # warm-up: the first run allocates
+    t0 = time.perf_counter()
+    sess.run(None, feed)
+    full = (time.perf_counter() - t0) * samples / batch * 2  # original and pruned
+    for w in range(wanted, 1, -1):
+        if full * (w + 1) / 2 <= opts.pass_budget_s:
+            return w
+    return 1
+
+
 def _waves(targets: list[_Target], count: int) -> list[list[_Target]]:
+    if not targets:
+        return []
     count = max(1, min(count, len(targets)))
     size = math.ceil(len(targets) / count)
     return [targets[i : i + size] for i in range(0, len(targets), size)]
@@ -388,13 +450,13 @@ def _run(
     params_o = _Params(original)
     params_p = _Params(current)
     rng = np.random.default_rng(opts.seed)
-    waves = _waves(targets, opts.waves)
-    result.waves = len(waves)
     result.samples = calibrate.sample_count(inputs)
+    waves = _waves(targets, _wave_count(original, inputs, targets, opts, result.samples))
+    result.waves = len(waves)
     for wave in waves:
         xs = list(dict.fromkeys(t.lo.x for t in wave))
-        sess_o = calibrate.session(calibrate.tapped_model(original, xs), opts.providers)
-        sess_p = calibrate.session(calibrate.tapped_model(current, xs), opts.providers)
+        sess_o = calibrate.session(calibrate.tapped_model(original, xs, only=True), opts.providers)
+        sess_p = calibrate.session(calibrate.tapped_model(current, xs, only=True), opts.providers)
         batch = calibrate.batch_size_for(sess_o, result.samples)
         n_batches = max(1, result.samples // batch)
         stats = {id(t): _LayerStats(t.lp, t.lo, t.group_map) for t in wave}
@@ -408,6 +470,7 @@ def _run(
                 picks = np.sort(rng.choice(n, size=take, replace=False)) if take < n else np.arange(n)
                 stats[id(t)].add(xp, xo, picks)
         for t in wave:
+            stats[id(t)].fold()
             _refit(t, stats[id(t)], params_o, params_p, opts, result)
         if progress is not None:
             progress(len(wave))
@@ -575,7 +638,7 @@ def recover_unstructured(
         zeros = int(w.size - np.count_nonzero(w))
         already = int(params_o.get(lo.weight).size - np.count_nonzero(params_o.get(lo.weight)))
         if options.obs:
-            if nm is not None and lp.op == "Conv" and (lp.matrix(w).shape[-1] // (lp.kernel[0] * lp.kernel[1])) % nm[1]:
+            if nm is not None and (lp.matrix(w).shape[-1] // (lp.kernel[0] * lp.kernel[1])) % nm[1]:
                 result.skipped.append({"layer": lp.label, "reason": f"channels not a multiple of {nm[1]}"})
                 continue
             targets.append(_Target(lp, lo, None, None, "obs", None if nm else max(zeros, already), nm))

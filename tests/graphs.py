@@ -502,3 +502,28 @@ def decoder_block(
     up = b.matmul(n, dim, mlp, bias=False, name="mlp.up")
     act = b.op("Mul", [b.op("Mul", [gate, b.op("Sigmoid", [gate])]), up])
     return b.build([b.op("Add", [h, b.matmul(act, mlp, dim, bias=False, name="mlp.down")])])
+
+
+# ---- recovery (issue #5) ----------------------------------------------------------------
+def dynamic_batch(model: onnx.ModelProto, name: str = "N") -> onnx.ModelProto:
+    """A copy whose inputs and outputs take any batch (first dimension ``name``)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for vi in [*out.graph.input, *out.graph.output]:
+        vi.type.tensor_type.shape.dim[0].dim_param = name
+    del out.graph.value_info[:]
+    onnx.checker.check_model(out, full_check=True)
+    return out
+
+
+def gemm_mlp(
+    dims: Sequence[int] = (16, 32, 24, 8), seed: int = 0, trans_b: bool = True
+) -> onnx.ModelProto:
+    """LeNet-style MLP on [N, D]: (Gemm -> Relu) * k -> Gemm, dynamic batch."""
+    b = Builder(seed)
+    y = b.input(["N", dims[0]])
+    for k in range(len(dims) - 1):
+        y = b.gemm(y, dims[k], dims[k + 1], trans_b=trans_b, name=f"fc{k + 1}")
+        if k < len(dims) - 2:
+            y = b.relu(y)
+    return b.build([y])
