@@ -58,13 +58,17 @@ class RecoveryOptions:
     """Ridge / Hessian damping, relative to the mean diagonal of the input Gram matrix."""
     max_rows: int = 4096
     """Input rows sampled per layer (tokens, patch positions) over all calibration samples."""
-    waves: int = 8
+    waves: int = 16
     """Most passes over the data; each refits a consecutive run of layers."""
     pass_budget_s: float | None = 25.0
     """Fewer waves when ``waves`` passes of onnxruntime over the calibration data would take
     longer than this (measured on one batch); None: always ``waves``."""
     block: int = 128
     """Columns per OBS block (SparseGPT's lazy batch update)."""
+    downstream: bool = False
+    """Structured: refit every layer whose input changed, not only the consumers that lost
+    input channels. More layers fitted to few samples generalize worse: on MiniLM (65
+    sentences) held-out cosine 0.948 against 0.951 for consumers only."""
     seed: int = 0
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     budget_bytes: int = calibrate.DEFAULT_BUDGET_BYTES
@@ -79,7 +83,8 @@ class RecoveryResult:
     steps: list[str]
     layers: list[dict] = field(default_factory=list)
     """Per refit layer: name, op, method, rows, err_before, err_after (relative output
-    error ``||W x_p - V x_o|| / ||V x_o||`` on calibration rows)."""
+    error ``||W x_p - V x_o|| / ||V x_o||`` on calibration rows; for bias and lstsq, rows
+    held out of the first fit, which decides whether the refit is kept)."""
     skipped: list[dict] = field(default_factory=list)
     samples: int = 0
     waves: int = 0
@@ -113,8 +118,11 @@ class _LayerStats:
     batch would rewrite a 4609^2 float64 matrix for every image.
     """
 
-    def __init__(self, layer_p: Layer, layer_o: Layer, group_map: np.ndarray | None) -> None:
+    def __init__(
+        self, layer_p: Layer, layer_o: Layer, group_map: np.ndarray | None, holdout: bool
+    ) -> None:
         self.lp, self.lo = layer_p, layer_o
+        self.holdout = holdout
         self.group_map = group_map
         self.gpp: np.ndarray | None = None
         self.gop: np.ndarray | None = None
@@ -132,15 +140,33 @@ class _LayerStats:
             ro = ro[:, self.group_map]
         rp, ro = _augment(rp), _augment(ro)
         kept = sum(len(c) for c in self.check_p)
-        if kept < _CHECK_ROWS:
-            take = _CHECK_ROWS - kept
-            self.check_p.append(rp[:take])
-            self.check_o.append(ro[:take])
-        self.rows += len(picks)
+        if kept < _CHECK_ROWS and len(rp) > 1 and not self.holdout:
+            self.check_p.append(rp[: _CHECK_ROWS - kept])
+            self.check_o.append(ro[: _CHECK_ROWS - kept])
+        elif kept < _CHECK_ROWS and len(rp) > 1:
+            # Every 5th row is held out of the fit: the layer's error before and after is
+            # measured on rows it was not fitted to, and a refit that does worse there is
+            # dropped (a wide layer fitted to a few hundred tokens can memorize them).
+            held = np.zeros(len(rp), dtype=bool)
+            held[4::5] = True
+            held[np.flatnonzero(held)[_CHECK_ROWS - kept :]] = False
+            self.check_p.append(rp[held])
+            self.check_o.append(ro[held])
+            rp, ro = rp[~held], ro[~held]
+        self.rows += len(rp)
         self._buf_p.append(rp)
         self._buf_o.append(ro)
         self._buffered += rp.nbytes + ro.nbytes
         if self._buffered >= _FOLD_BYTES:
+            self.fold()
+
+    def fold_held_out(self) -> None:
+        """Add the held-out rows to the fit, once they have served their purpose."""
+        if self.holdout and self.check_p:
+            self._buf_p.extend(self.check_p)
+            self._buf_o.extend(self.check_o)
+            self.rows += sum(len(c) for c in self.check_p)
+            self.holdout = False
             self.fold()
 
     def fold(self) -> None:
@@ -174,13 +200,21 @@ def _augment(rows: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _ridge(gpp: np.ndarray, damp: float, fit_bias: bool) -> np.ndarray:
-    """``G_pp`` plus ``lam`` on the weight diagonal (not the bias row/column)."""
+def _ridge(gpp: np.ndarray, damp: float, fit_bias: bool, prior_rows: bool = False) -> np.ndarray:
+    """``G_pp`` plus ``lam`` on the weight diagonal (not the bias row/column).
+
+    ``lam`` is ``damp`` times the mean diagonal; with ``prior_rows`` the prior is also worth
+    ``d`` rows of data (``lam += d * mean(x^2)``), so a layer fitted from fewer rows than it
+    has inputs (a 1536-wide layer from 800 tokens) stays near its starting weights instead
+    of fitting the calibration set exactly and failing on new data.
+    """
     a = gpp.copy()
     d = a.shape[-1] - 1
     for k in range(a.shape[0]):
         diag = np.diagonal(a[k])[:d]
-        lam = damp * float(np.mean(diag)) if d and np.mean(diag) > 0 else damp
+        rows = max(1.0, float(a[k, d, d]))  # the constant 1 appended to every row counts them
+        scale = damp + (d / rows if prior_rows else 0.0)
+        lam = scale * float(np.mean(diag)) if d and np.mean(diag) > 0 else damp
         a[k, np.arange(d), np.arange(d)] += max(lam, 1e-8)
         if not fit_bias:
             a[k, d, :] = 0.0
@@ -190,13 +224,19 @@ def _ridge(gpp: np.ndarray, damp: float, fit_bias: bool) -> np.ndarray:
 
 
 def least_squares(
-    target: np.ndarray, w0: np.ndarray, gpp: np.ndarray, gop: np.ndarray, damp: float, fit_bias: bool
+    target: np.ndarray,
+    w0: np.ndarray,
+    gpp: np.ndarray,
+    gop: np.ndarray,
+    damp: float,
+    fit_bias: bool,
+    prior_rows: bool = False,
 ) -> np.ndarray:
     """argmin_W sum ||W x_p - T x_o||^2 + lam ||W - W0||^2, all ``[g, out, d+1]`` with bias last.
 
-    ``fit_bias`` False keeps ``W0``'s bias column.
+    ``fit_bias`` False keeps ``W0``'s bias column; ``prior_rows``: see ``_ridge``.
     """
-    a = _ridge(gpp, damp, fit_bias)
+    a = _ridge(gpp, damp, fit_bias, prior_rows)
     d = a.shape[-1] - 1
     rhs = target @ gop  # [g, out, dp+1]
     lam = a[:, np.arange(d), np.arange(d)] - gpp[:, np.arange(d), np.arange(d)]  # [g, d]
@@ -404,6 +444,27 @@ def _reference(lo: Layer, params_o: _Params, t: _Target) -> np.ndarray:
     return np.stack(out)
 
 
+def _live_rows(layer: Layer, x_shape: tuple[int, ...], feed: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Rows of a [batch, tokens, features] MatMul input that an attention mask keeps.
+
+    Padded tokens flow through every layer but nothing reads their results; in a batch of
+    short sentences they are most of the rows and would dominate the fit. A 2-D integer or
+    bool feed named like ``*mask*`` with the input's [batch, tokens] shape marks them.
+    """
+    n = layer.positions(x_shape)
+    if layer.op != "MatMul" or len(x_shape) != 3:
+        return np.arange(n)
+    for name, value in feed.items():
+        if (
+            "mask" in name.lower()
+            and value.ndim == 2
+            and value.shape == tuple(x_shape[:2])
+            and value.dtype.kind in "iub"
+        ):
+            return np.flatnonzero(value.reshape(-1) != 0)
+    return np.arange(n)
+
+
 def _wave_count(
     original: onnx.ModelProto, inputs: Mapping[str, np.ndarray], targets: list[_Target],
     opts: RecoveryOptions, samples: int,
@@ -459,16 +520,17 @@ def _run(
         sess_p = calibrate.session(calibrate.tapped_model(current, xs, only=True), opts.providers)
         batch = calibrate.batch_size_for(sess_o, result.samples)
         n_batches = max(1, result.samples // batch)
-        stats = {id(t): _LayerStats(t.lp, t.lo, t.group_map) for t in wave}
+        stats = {id(t): _LayerStats(t.lp, t.lo, t.group_map, t.method != "obs") for t in wave}
         feeds_o = calibrate.run_taps(sess_o, inputs, xs, batch)
         feeds_p = calibrate.run_taps(sess_p, inputs, xs, batch)
-        for (_, vo), (_, vp) in zip(feeds_o, feeds_p, strict=True):
+        for (feed, vo), (_, vp) in zip(feeds_o, feeds_p, strict=True):
             for t in wave:
                 xo, xp = vo[t.lo.x], vp[t.lp.x]
-                n = t.lo.positions(xo.shape)
-                take = min(n, math.ceil(opts.max_rows / n_batches))
-                picks = np.sort(rng.choice(n, size=take, replace=False)) if take < n else np.arange(n)
-                stats[id(t)].add(xp, xo, picks)
+                rows = _live_rows(t.lo, xo.shape, feed)
+                take = min(len(rows), math.ceil(opts.max_rows / n_batches))
+                picks = np.sort(rng.choice(rows, size=take, replace=False)) if take < len(rows) else rows
+                if len(picks):
+                    stats[id(t)].add(xp, xo, picks)
         for t in wave:
             stats[id(t)].fold()
             _refit(t, stats[id(t)], params_o, params_p, opts, result)
@@ -499,18 +561,28 @@ def _refit(
         )  # fmt: skip
         if not opts.bias:
             new[..., -1] = w0[..., -1]
-    elif t.method == "lstsq":
-        new = least_squares(target, w0, st.gpp, st.gop, opts.damp, opts.bias)
     else:
-        new = mean_shift(target, w0, st.gpp, st.gop)
+        new = _fit(t, st, target, w0, opts)
     after = _rel_err(new, target, st)
-    if t.method != "obs" and not after <= before:
-        new, after = w0, before  # never make a layer worse on its own data
+    if t.method != "obs":
+        if not after <= before:
+            new, after = w0, before  # never make a layer worse on rows it was not fitted to
+        else:  # the refit generalizes: fit once more with every row
+            st.fold_held_out()
+            new = _fit(t, st, target, w0, opts)
     _write(t.lp, params_p, new, opts.bias or t.method == "lstsq")
     result.layers.append(
         {"layer": t.lp.label, "op": t.lp.op, "method": t.method, "rows": st.rows,
          "err_before": before, "err_after": after}
     )  # fmt: skip
+
+
+def _fit(
+    t: _Target, st: _LayerStats, target: np.ndarray, w0: np.ndarray, opts: RecoveryOptions
+) -> np.ndarray:
+    if t.method == "lstsq":
+        return least_squares(target, w0, st.gpp, st.gop, opts.damp, opts.bias, prior_rows=True)
+    return mean_shift(target, w0, st.gpp, st.gop)
 
 
 def target_like(w0: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -539,7 +611,8 @@ def recover_structured(
     *,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[onnx.ModelProto, RecoveryResult]:
-    """Refit, in a copy of ``pruned``, every layer whose input differs from the original's.
+    """Refit, in a copy of ``pruned``, the consumers that lost input channels (every layer
+    whose input differs from the original's with ``options.downstream``).
 
     ``pruned`` must come from ``apply_plan(original, plan)``: tensor names match and the plan
     says which output rows each weight kept.
@@ -558,7 +631,8 @@ def recover_structured(
     targets = []
     for lp in find_layers(current):
         lo = lo_by_y.get(lp.y)
-        if lo is None or lp.x not in changed:
+        consumer = (lo.weight, lo.in_axis) in cuts if lo is not None else False
+        if lo is None or lp.x not in changed or not (consumer or options.downstream):
             continue
         if lo.op != lp.op:
             result.skipped.append({"layer": lp.label, "reason": "does not match the original"})

@@ -497,3 +497,37 @@ def test_digits_mlp_at_90_percent_global_sparsity_recovers_its_accuracy():
     total = sum(w_r[n].size for n in names)
     assert sum(np.count_nonzero(w_r[n] == 0) for n in names) >= 0.9 * total - len(names)
     assert rec.to_dict()["mean_err_after"] < rec.to_dict()["mean_err_before"]
+
+
+def test_least_squares_prior_rows_adds_d_rows_worth_of_ridge():
+    """prior_rows: lam = (damp + d / rows) * mean(diag G_pp), so a fit from fewer rows than
+    inputs stays near W0; the same ridge written out through numpy's lstsq."""
+    rng = np.random.default_rng(5)
+    xo, xp, target, gpp, gop = _two_views(rng, groups=1)
+    w0 = rng.standard_normal((1, 3, 5))
+    damp = 0.01
+    got = least_squares(target, w0, gpp, gop, damp=damp, fit_bias=True, prior_rows=True)
+    a, d = augment(xp[0]), xp[0].shape[1]
+    lam = (damp + d / len(xp[0])) * np.mean(np.sum(xp[0] ** 2, axis=0))
+    stacked = np.concatenate([a, np.sqrt(lam) * np.eye(d + 1)[:d]])
+    rhs = np.concatenate([augment(xo[0]) @ target[0].T, np.sqrt(lam) * w0[0, :, :d].T])
+    want = np.linalg.lstsq(stacked, rhs, rcond=None)[0].T
+    np.testing.assert_allclose(got[0], want, rtol=1e-6, atol=1e-8)
+    plain = least_squares(target, w0, gpp, gop, damp=damp, fit_bias=True)
+    assert np.linalg.norm(got[0, :, :d] - w0[0, :, :d]) < np.linalg.norm(plain[0, :, :d] - w0[0, :, :d])
+
+
+def test_padded_tokens_are_left_out_of_the_fit():
+    """A [batch, tokens] integer feed named like *mask* drops the padded rows of a
+    [batch, tokens, features] MatMul input; other layers and feeds keep every row."""
+    from onnxprune.layers import Layer
+    from onnxprune.recover import _live_rows
+
+    mm = Layer(0, "MatMul", "x", "y", "w", None)
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 0]], dtype=np.int64)
+    rows = _live_rows(mm, (2, 4, 8), {"input_ids": mask * 7, "attention_mask": mask})
+    np.testing.assert_array_equal(rows, [0, 1, 4, 5, 6])
+    assert len(_live_rows(mm, (2, 4, 8), {"input_ids": mask})) == 8
+    assert len(_live_rows(mm, (8, 8), {"attention_mask": mask})) == 8
+    gemm = Layer(0, "Gemm", "x", "y", "w", None)
+    assert len(_live_rows(gemm, (2, 4), {"attention_mask": mask})) == 2
