@@ -393,6 +393,11 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: _Stages, b
                     report.validation = _validate(
                         src, staged.path, opts, provider_list, stages.progress, inputs
                     )
+                    if report.recovery:
+                        report.validation["notes"].append(
+                            "recovery was fitted to these samples: for an unbiased figure run "
+                            "`onnxprune validate` on held-out data"
+                        )
             if output_path is not None:
                 report.output_path = str(staged.commit())
             else:
