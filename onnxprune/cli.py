@@ -121,7 +121,8 @@ _calib_preprocess_option = click.option(
     type=click.Choice(list(CRITERIA)),
     default="l1",
     show_default=True,
-    help="Channel importance for --structured.",
+    help="Channel importance for --structured/--heads (activation, apoz, wanda read --calib "
+    "activations); for --unstructured/--nm: magnitude, or wanda (|W| x input norm).",
 )
 @click.option(
     "--round-to",
