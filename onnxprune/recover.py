@@ -45,7 +45,7 @@ from onnxprune.layers import Layer, find_layers
 from onnxprune.plan import Plan
 
 STEPS = ("bias", "lstsq", "obs")
-_CHECK_ROWS = 1024  # rows kept per layer to measure the output error before and after
+_CHECK_ROWS = 256  # rows kept per layer to measure the output error before and after
 _FOLD_BYTES = 32 << 20  # buffered rows per layer before they are folded into the Gram matrices
 
 
@@ -56,7 +56,7 @@ class RecoveryOptions:
     obs: bool = True
     damp: float = 0.01
     """Ridge / Hessian damping, relative to the mean diagonal of the input Gram matrix."""
-    max_rows: int = 4096
+    max_rows: int = 3072
     """Input rows sampled per layer (tokens, patch positions) over all calibration samples."""
     waves: int = 16
     """Most passes over the data; each refits a consecutive run of layers."""
@@ -91,8 +91,9 @@ class RecoveryResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        errs_b = [x["err_before"] for x in self.layers]
-        errs_a = [x["err_after"] for x in self.layers]
+        known = [x for x in self.layers if np.isfinite(x["err_before"])]
+        errs_b = [x["err_before"] for x in known]
+        errs_a = [x["err_after"] for x in known]
         return {
             "steps": list(self.steps),
             "samples": self.samples,
@@ -101,9 +102,14 @@ class RecoveryResult:
             "layers_refit": len(self.layers),
             "mean_err_before": float(np.mean(errs_b)) if errs_b else None,
             "mean_err_after": float(np.mean(errs_a)) if errs_a else None,
-            "layers": [dict(x) for x in self.layers],
+            "layers": [{k: _finite_or_none(v) for k, v in x.items()} for x in self.layers],
             "skipped": [dict(x) for x in self.skipped],
         }
+
+
+def _finite_or_none(v: object) -> object:
+    """JSON has no NaN: an error that could not be measured is null."""
+    return None if isinstance(v, float) and not np.isfinite(v) else v
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,6 +137,7 @@ class _LayerStats:
         self._buf_p: list[np.ndarray] = []
         self._buf_o: list[np.ndarray] = []
         self._buffered = 0
+        self._counted = 0
         self.rows = 0
 
     def add(self, xp: np.ndarray, xo: np.ndarray, picks: np.ndarray) -> None:
@@ -140,15 +147,16 @@ class _LayerStats:
             ro = ro[:, self.group_map]
         rp, ro = _augment(rp), _augment(ro)
         kept = sum(len(c) for c in self.check_p)
-        if kept < _CHECK_ROWS and len(rp) > 1 and not self.holdout:
+        self._counted += len(rp)
+        if kept < _CHECK_ROWS and not self.holdout:
             self.check_p.append(rp[: _CHECK_ROWS - kept])
             self.check_o.append(ro[: _CHECK_ROWS - kept])
-        elif kept < _CHECK_ROWS and len(rp) > 1:
-            # Every 5th row is held out of the fit: the layer's error before and after is
+        elif kept < _CHECK_ROWS:
+            # Every 5th row (counted across batches: a classifier after pooling sees one row
+            # per image) is held out of the fit: the layer's error before and after is
             # measured on rows it was not fitted to, and a refit that does worse there is
             # dropped (a wide layer fitted to a few hundred tokens can memorize them).
-            held = np.zeros(len(rp), dtype=bool)
-            held[4::5] = True
+            held = (self._counted + np.arange(len(rp))) % 5 == 4
             held[np.flatnonzero(held)[_CHECK_ROWS - kept :]] = False
             self.check_p.append(rp[held])
             self.check_o.append(ro[held])
@@ -160,14 +168,19 @@ class _LayerStats:
         if self._buffered >= _FOLD_BYTES:
             self.fold()
 
-    def fold_held_out(self) -> None:
-        """Add the held-out rows to the fit, once they have served their purpose."""
+    def fold_held_out(self) -> bool:
+        """Add the held-out rows to the fit, once they have served their purpose; False when
+        they are too few to change it (under a tenth of the rows): no second fit needed."""
+        held = sum(len(c) for c in self.check_p)
+        if not (self.holdout and held * 10 > self.rows):
+            return False
         if self.holdout and self.check_p:
             self._buf_p.extend(self.check_p)
             self._buf_o.extend(self.check_o)
             self.rows += sum(len(c) for c in self.check_p)
             self.holdout = False
             self.fold()
+        return True
 
     def fold(self) -> None:
         """Add the buffered rows to the Gram matrices."""
@@ -261,6 +274,23 @@ def mean_shift(
     return out
 
 
+def obs_factor(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(H^-1, U, H) for the damped ``hessian`` ``[d+1, d+1]``: U upper with H^-1 = U^T U.
+
+    One inverse serves both the dense least-squares target and the OBS updates.
+    """
+    d = hessian.shape[-1] - 1
+    h = _ridge(hessian[None], damp, True)[0]
+    h[d, d] += damp * max(1.0, float(np.mean(np.diagonal(h)[:d])) if d else 1.0)
+    try:
+        hinv = np.linalg.inv(h)
+        u = np.linalg.cholesky(hinv).T
+    except np.linalg.LinAlgError:
+        hinv = np.linalg.pinv(h)
+        u = np.linalg.cholesky(hinv + 1e-6 * np.eye(d + 1)).T
+    return hinv, u, h
+
+
 def obs_sparsify(
     w: np.ndarray,
     hessian: np.ndarray,
@@ -269,6 +299,7 @@ def obs_sparsify(
     nm: tuple[int, int] | None = None,
     block: int = 128,
     damp: float = 0.01,
+    factor: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """SparseGPT on ``w`` ``[out, d+1]`` (bias last, never pruned) with ``H`` ``[d+1, d+1]``.
 
@@ -279,15 +310,8 @@ def obs_sparsify(
     w = w.astype(np.float64).copy()
     out, cols = w.shape
     d = cols - 1
-    h = _ridge(hessian[None], damp, True)[0]
-    h[d, d] += damp * max(1.0, float(np.mean(np.diagonal(h)[:d])) if d else 1.0)
     dead = np.diagonal(hessian)[:d] == 0
-    try:
-        hinv = np.linalg.inv(h)
-        u = np.linalg.cholesky(hinv).T  # upper: H^-1 = U^T U
-    except np.linalg.LinAlgError:
-        hinv = np.linalg.pinv(h)
-        u = np.linalg.cholesky(hinv + 1e-6 * np.eye(cols)).T
+    u = factor[1] if factor is not None else obs_factor(hessian, damp)[1]
     if nm is not None:
         block = max(nm[1], block - block % nm[1])  # N:M groups must not straddle two blocks
     quota = _block_quota(d, block, out, zeros) if zeros is not None else None
@@ -550,25 +574,28 @@ def _refit(
     w0 = _augmented(t.lp, params_p)
     before = _rel_err(w0, target, st)
     if t.method == "obs":
-        dense = least_squares(target, target_like(w0, target), st.gpp, st.gop, opts.damp, True)
-        shares = _shares(t.zeros, dense.shape[0])
-        new = np.stack(
-            [
-                obs_sparsify(dense[k], st.gpp[k], zeros=shares[k], nm=t.nm,
-                             block=opts.block, damp=opts.damp)
-                for k in range(dense.shape[0])
-            ]
-        )  # fmt: skip
+        prior = target_like(w0, target)
+        shares = _shares(t.zeros, target.shape[0])
+        rows = []
+        for k in range(target.shape[0]):
+            hinv, u, h = obs_factor(st.gpp[k], opts.damp)
+            # The dense least-squares target, with the same damped H, toward the original.
+            rhs = target[k] @ st.gop[k] + prior[k] * (np.diagonal(h) - np.diagonal(st.gpp[k]))
+            dense = rhs @ hinv
+            rows.append(obs_sparsify(dense, st.gpp[k], zeros=shares[k], nm=t.nm,
+                                     block=opts.block, factor=(hinv, u)))  # fmt: skip
+        new = np.stack(rows)
         if not opts.bias:
             new[..., -1] = w0[..., -1]
     else:
         new = _fit(t, st, target, w0, opts)
     after = _rel_err(new, target, st)
     if t.method != "obs":
-        if not after <= before:
+        if np.isnan(before):  # no held-out row (a layer seen once): keep the fit, say nothing
+            pass
+        elif not after <= before:
             new, after = w0, before  # never make a layer worse on rows it was not fitted to
-        else:  # the refit generalizes: fit once more with every row
-            st.fold_held_out()
+        elif st.fold_held_out():  # the refit generalizes: fit once more with every row
             new = _fit(t, st, target, w0, opts)
     _write(t.lp, params_p, new, opts.bias or t.method == "lstsq")
     result.layers.append(
