@@ -65,6 +65,18 @@ CALIB_HELP = (
     "folder of images"
 )
 
+def _calib_options(f):
+    """--calib, --calib-samples and --calib-preprocess: the same for prune and validate."""
+    f = _calib_preprocess_option(f)
+    f = _calib_samples_option(f)
+    return click.option(
+        "--calib",
+        type=click.Path(path_type=Path),
+        default=None,
+        help=CALIB_HELP + " [default: random inputs].",
+    )(f)
+
+
 _calib_samples_option = click.option(
     "--calib-samples",
     type=click.IntRange(min=1),
@@ -150,14 +162,7 @@ _calib_preprocess_option = click.option(
     show_default=True,
     help="Compare outputs and latency of original and pruned in onnxruntime before writing.",
 )
-@click.option(
-    "--calib",
-    type=click.Path(path_type=Path),
-    default=None,
-    help=CALIB_HELP + " [default: random inputs].",
-)
-@_calib_samples_option
-@_calib_preprocess_option
+@_calib_options
 @click.option(
     "--labels",
     type=click.Path(path_type=Path),
@@ -250,14 +255,7 @@ def inspect_cmd(model: Path, nm: str) -> None:
 @cli.command("validate")
 @click.argument("original", type=click.Path(path_type=Path))
 @click.argument("pruned", type=click.Path(path_type=Path))
-@click.option(
-    "--calib",
-    type=click.Path(path_type=Path),
-    default=None,
-    help=CALIB_HELP + " [default: random inputs].",
-)
-@_calib_samples_option
-@_calib_preprocess_option
+@_calib_options
 @click.option(
     "--labels",
     type=click.Path(path_type=Path),

@@ -629,6 +629,15 @@ def _shares(zeros: int | None, groups: int) -> list[int | None]:
 # --------------------------------------------------------------------------------------------
 
 
+def _start(
+    pruned: onnx.ModelProto, options: RecoveryOptions, steps: tuple[str, ...]
+) -> tuple[onnx.ModelProto, RecoveryResult]:
+    """A copy of ``pruned`` to refit, and a result naming the steps ``options`` turn on."""
+    current = onnx.ModelProto()
+    current.CopyFrom(pruned)
+    return current, RecoveryResult([s for s in steps if getattr(options, s)])
+
+
 def recover_structured(
     original: onnx.ModelProto,
     pruned: onnx.ModelProto,
@@ -645,11 +654,8 @@ def recover_structured(
     says which output rows each weight kept.
     """
     t0 = time.perf_counter()
-    steps = [s for s in ("bias", "lstsq") if getattr(options, s)]
-    result = RecoveryResult(steps)
-    current = onnx.ModelProto()
-    current.CopyFrom(pruned)
-    if not steps:
+    current, result = _start(pruned, options, ("bias", "lstsq"))
+    if not result.steps:
         return current, result
     cuts = {(c.name, c.axis): c for c in plan.params}
     lo_by_y = {lay.y: lay for lay in find_layers(original)}
@@ -715,11 +721,8 @@ def recover_unstructured(
     the bias moves (``bias``).
     """
     t0 = time.perf_counter()
-    steps = [s for s in ("bias", "obs") if getattr(options, s)]
-    result = RecoveryResult(steps)
-    current = onnx.ModelProto()
-    current.CopyFrom(pruned)
-    if not steps:
+    current, result = _start(pruned, options, ("bias", "obs"))
+    if not result.steps:
         return current, result
     wanted = set(weights)
     lo_by_y = {lay.y: lay for lay in find_layers(reference)}
