@@ -275,20 +275,38 @@ def mean_shift(
 
 
 def obs_factor(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(H^-1, U, H) for the damped ``hessian`` ``[d+1, d+1]``: U upper with H^-1 = U^T U.
+    """(U, U, H) for the damped ``hessian`` ``[d+1, d+1]``: U upper with H^-1 = U^T U.
 
-    One inverse serves both the dense least-squares target and the OBS updates.
+    The upper Cholesky factor of the inverse comes from the lower Cholesky factor of H with
+    its order reversed (U = P L^-1 P for P H P = L L^T), so no general inverse is formed:
+    inverting a 4609-wide H took 9 s here, the factor and a triangular inverse about 2.5 s.
+    float32, as SparseGPT uses: the damping keeps H well conditioned.
     """
     d = hessian.shape[-1] - 1
     h = _ridge(hessian[None], damp, True)[0]
     h[d, d] += damp * max(1.0, float(np.mean(np.diagonal(h)[:d])) if d else 1.0)
+    flipped = np.ascontiguousarray(h[::-1, ::-1], dtype=np.float32)
     try:
-        hinv = np.linalg.inv(h)
-        u = np.linalg.cholesky(hinv).T
+        lower = np.linalg.cholesky(flipped)
     except np.linalg.LinAlgError:
-        hinv = np.linalg.pinv(h)
-        u = np.linalg.cholesky(hinv + 1e-6 * np.eye(d + 1)).T
-    return hinv, u, h
+        lower = np.linalg.cholesky(flipped + 1e-3 * np.mean(np.diagonal(flipped)) * np.eye(d + 1, dtype=np.float32))
+    u = np.ascontiguousarray(_inv_lower(lower)[::-1, ::-1])
+    return u, u, h
+
+
+def _inv_lower(m: np.ndarray) -> np.ndarray:
+    """Inverse of a lower-triangular matrix by halves, so the work runs as matrix products
+    (numpy has no triangular inverse; its general one is several times slower)."""
+    n = len(m)
+    if n <= 256:
+        return np.tril(np.linalg.inv(m))
+    k = n // 2
+    a, d = _inv_lower(m[:k, :k]), _inv_lower(m[k:, k:])
+    out = np.zeros_like(m)
+    out[:k, :k] = a
+    out[k:, k:] = d
+    out[k:, :k] = -(d @ (m[k:, :k] @ a))
+    return out
 
 
 def obs_sparsify(
@@ -307,7 +325,7 @@ def obs_sparsify(
     inside each block by ``w^2 / [H^-1]_jj^2``) or keeps ``nm`` = (N, M) of every M columns per
     row; the remaining weights of later columns (and the bias) absorb each removal's error.
     """
-    w = w.astype(np.float64).copy()
+    w = w.astype(np.float32)
     out, cols = w.shape
     d = cols - 1
     dead = np.diagonal(hessian)[:d] == 0
@@ -578,12 +596,12 @@ def _refit(
         shares = _shares(t.zeros, target.shape[0])
         rows = []
         for k in range(target.shape[0]):
-            hinv, u, h = obs_factor(st.gpp[k], opts.damp)
+            _, u, h = obs_factor(st.gpp[k], opts.damp)
             # The dense least-squares target, with the same damped H, toward the original.
             rhs = target[k] @ st.gop[k] + prior[k] * (np.diagonal(h) - np.diagonal(st.gpp[k]))
-            dense = rhs @ hinv
+            dense = (rhs.astype(np.float32) @ u.T) @ u  # rhs H^-1, H^-1 = U^T U
             rows.append(obs_sparsify(dense, st.gpp[k], zeros=shares[k], nm=t.nm,
-                                     block=opts.block, factor=(hinv, u)))  # fmt: skip
+                                     block=opts.block, factor=(u, u)))  # fmt: skip
         new = np.stack(rows)
         if not opts.bias:
             new[..., -1] = w0[..., -1]

@@ -292,8 +292,9 @@ def test_obs_zeroes_inputs_that_never_fire_first_and_for_free():
     got = obs_sparsify(w, x.T @ x, zeros=6 * len(dead), block=8)
     assert np.all(got[:, dead] == 0)
     live = np.setdiff1d(np.arange(12), dead)
-    np.testing.assert_array_equal(got[:, live], w[:, live])  # nothing else had to move
-    assert _err(x, w, got) == pytest.approx(0, abs=1e-9)
+    # nothing else had to move (OBS works in float32, as SparseGPT does)
+    np.testing.assert_allclose(got[:, live], w[:, live], rtol=1e-6, atol=1e-6)
+    assert _err(x, w, got) == pytest.approx(0, abs=1e-5)
 
 
 # --------------------------------------------------------------------------------------------
