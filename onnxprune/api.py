@@ -275,8 +275,10 @@ def _apply(
             exclude=opts.exclude, seed=opts.seed,
         )  # fmt: skip
 
-        def stats_for(targets: dict[str, int]):
-            return calibrate.channel_stats(original, inputs, targets, providers=providers)
+        def stats_for(targets: dict[str, int], view):
+            return calibrate.channel_stats(
+                original, inputs, targets, providers=providers, view=view
+            )
 
         pruned, sresult = prune_structured(
             pruned, options, progress=progress, stats_for=stats_for if inputs else None
@@ -361,10 +363,11 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: _Stages, b
         before = compute_metrics(src.model, compressed=False)
     with stages.stage("calibrate"):
         inputs = _calibration(opts, src.model)
+        labels = None
         if opts.labels is not None:  # a bad labels file fails now, not after the pruning
             from onnxprune.evaluate import load_labels
 
-            load_labels(opts.labels, max_samples=opts.calib_samples)
+            labels = load_labels(opts.labels, max_samples=opts.calib_samples)
     with stages.stage("prune"):
         pruned = _apply(src.model, opts, report, stages.progress, inputs)
     gzip_after = background.submit(compressed_size, pruned)
@@ -391,7 +394,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: _Stages, b
             if opts.validate:
                 with stages.stage("validate"):
                     report.validation = _validate(
-                        src, staged.path, opts, provider_list, stages.progress, inputs
+                        src, staged.path, opts, provider_list, stages.progress, inputs, labels
                     )
                     if report.recovery:
                         report.validation["notes"].append(
@@ -449,7 +452,7 @@ def _refuse_if_nothing_pruned(report: Report, model: onnx.ModelProto) -> None:
 
 
 def _validate(
-    src: _Source, pruned_path: Path, opts: PruneOptions, providers, progress, inputs
+    src: _Source, pruned_path: Path, opts: PruneOptions, providers, progress, inputs, labels
 ) -> dict:
     from onnxprune import validate as v
 
@@ -462,16 +465,9 @@ def _validate(
         if inputs is None:
             inputs = v.make_inputs(src.model, seed=opts.seed)
         result = v.validate(
-            original_path, pruned_path, inputs, providers, runs=opts.runs, progress=progress
-        ).to_dict()
-        if opts.labels is not None:
-            from onnxprune.evaluate import evaluate, load_labels
-
-            labels = load_labels(opts.labels, max_samples=opts.calib_samples)
-            scored = evaluate(original_path, pruned_path, inputs, providers, labels=labels)
-            for key in ("accuracy_before", "accuracy_after", "samples"):
-                if key in scored:
-                    result[key] = scored[key]
+            original_path, pruned_path, inputs, providers, runs=opts.runs, progress=progress,
+            labels=labels,
+        ).to_dict()  # fmt: skip
         return result
     finally:
         if tmpdir is not None:

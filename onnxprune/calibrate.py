@@ -95,6 +95,7 @@ def batch_size_for(sess, samples: int) -> int:
 
 
 def fixed_batch(sess) -> int | None:
+    """The batch size every input of an onnxruntime session fixes, or None when dynamic."""
     fixed = {i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int)}
     return max(1, fixed.pop()) if len(fixed) == 1 else None
 

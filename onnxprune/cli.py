@@ -65,6 +65,32 @@ CALIB_HELP = (
     "folder of images"
 )
 
+def _labels_option(effect: str):
+    return click.option(
+        "--labels",
+        type=click.Path(path_type=Path),
+        default=None,
+        metavar="PATH",
+        help=f"A .npy of integer class labels for the --calib inputs: {effect}",
+    )
+
+
+def _providers_option(help_text: str):
+    return click.option(
+        "--providers",
+        type=click.Choice(["cpu", "cuda", "auto"]),
+        default="cpu",
+        show_default=True,
+        help=help_text,
+    )
+
+
+def _check_folder(path: Path | None, flag: str) -> None:
+    """An output file's folder must exist before the long work starts."""
+    if path is not None and not path.parent.resolve().is_dir():
+        raise UsageError(f"{flag} folder {path.parent} does not exist")
+
+
 def _calib_options(f):
     """--calib, --calib-samples and --calib-preprocess: the same for prune and validate."""
     f = _calib_preprocess_option(f)
@@ -163,14 +189,7 @@ _calib_preprocess_option = click.option(
     help="Compare outputs and latency of original and pruned in onnxruntime before writing.",
 )
 @_calib_options
-@click.option(
-    "--labels",
-    type=click.Path(path_type=Path),
-    default=None,
-    metavar="PATH",
-    help="A .npy of integer class labels for the --calib inputs: the report then shows "
-    "accuracy before/after.",
-)
+@_labels_option("the report then shows accuracy before/after.")
 @click.option(
     "--bias-correction/--no-bias-correction",
     default=None,
@@ -196,13 +215,7 @@ _calib_preprocess_option = click.option(
     show_default=True,
     help="Seed for random inputs and the random criterion.",
 )
-@click.option(
-    "--providers",
-    type=click.Choice(["cpu", "cuda", "auto"]),
-    default="cpu",
-    show_default=True,
-    help="onnxruntime provider for validation; auto takes CUDA when present.",
-)
+@_providers_option("onnxruntime provider for validation; auto takes CUDA when present.")
 @click.option(
     "--runs",
     type=click.IntRange(min=5),
@@ -226,8 +239,7 @@ def prune_cmd(
     from onnxprune.api import prune
     from onnxprune.io import default_output_path
 
-    if report_path is not None and not report_path.parent.resolve().is_dir():
-        raise UsageError(f"--report folder {report_path.parent} does not exist")
+    _check_folder(report_path, "--report")
     out = output if output is not None else default_output_path(model)
     result = prune(model, output=out, progress=not quiet, **kw)
     if report_path is not None:
@@ -256,20 +268,8 @@ def inspect_cmd(model: Path, nm: str) -> None:
 @click.argument("original", type=click.Path(path_type=Path))
 @click.argument("pruned", type=click.Path(path_type=Path))
 @_calib_options
-@click.option(
-    "--labels",
-    type=click.Path(path_type=Path),
-    default=None,
-    metavar="PATH",
-    help="A .npy of integer class labels for the --calib inputs: adds accuracy before/after.",
-)
-@click.option(
-    "--providers",
-    type=click.Choice(["cpu", "cuda", "auto"]),
-    default="cpu",
-    show_default=True,
-    help="onnxruntime provider; auto takes CUDA when present.",
-)
+@_labels_option("adds accuracy before/after.")
+@_providers_option("onnxruntime provider; auto takes CUDA when present.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
 @click.option(
     "--json",
@@ -285,8 +285,7 @@ def validate_cmd(original: Path, pruned: Path, json_path: Path | None, **kw) -> 
 
     from onnxprune.evaluate import evaluate_files, render_evaluation
 
-    if json_path is not None and not json_path.parent.resolve().is_dir():
-        raise UsageError(f"--json folder {json_path.parent} does not exist")
+    _check_folder(json_path, "--json")
     result = evaluate_files(original, pruned, **kw)
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2) + "\n")

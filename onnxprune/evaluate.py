@@ -21,11 +21,12 @@ from onnxprune.validate import (
     _chunked,
     _feeds,
     _guess_hint,
-    _is_class_scores,
     _join_chunks,
     _ort_message,
     _run,
     _session,
+    accuracy,
+    check_labels,
     compare_outputs,
     make_inputs,
     resolve_providers,
@@ -130,26 +131,6 @@ def _check_interfaces(sessions: list, roles: list[str]) -> None:
         )
 
 
-def _accuracy(outputs: list[np.ndarray], names: list[str], labels: np.ndarray) -> float:
-    for name, out in zip(names, outputs, strict=True):
-        if not _is_class_scores(out):
-            continue
-        if out.shape[0] != len(labels):
-            raise OnnxPruneError(
-                f"output {name!r} has {out.shape[0]} rows but there are {len(labels)} labels"
-            )
-        if labels.size and labels.max() >= out.shape[1]:
-            raise OnnxPruneError(
-                f"label {labels.max()} is out of range: output {name!r} scores "
-                f"{out.shape[1]} classes"
-            )
-        return float(np.mean(np.argmax(out, axis=1) == labels))
-    shown = ", ".join(f"{n} {list(o.shape)}" for n, o in zip(names, outputs, strict=True))
-    raise OnnxPruneError(
-        f"--labels needs an output of class scores [N, C] (float); the model gives {shown}"
-    )
-
-
 def evaluate(
     original: str | os.PathLike,
     pruned: str | os.PathLike,
@@ -170,10 +151,7 @@ def evaluate(
     n = _sample_count(inputs)
     if labels is not None:
         labels = np.asarray(labels)
-        if n is None:
-            raise OnnxPruneError("--labels needs inputs that share one batch axis")
-        if len(labels) != n:
-            raise OnnxPruneError(f"there are {len(labels)} labels but {n} input samples")
+        check_labels(labels, inputs)
     sessions = [_session(p, providers, r) for p, r in zip((original, pruned), roles, strict=True)]
     _check_interfaces(sessions, roles)
     hint = _guess_hint(inputs)
@@ -196,8 +174,8 @@ def evaluate(
     result["samples"] = samples
     if labels is not None:
         kept = labels[:samples]
-        result["accuracy_before"] = _accuracy(outputs[0], names, kept)
-        result["accuracy_after"] = _accuracy(outputs[1], names, kept)
+        result["accuracy_before"] = accuracy(outputs[0], names, kept)
+        result["accuracy_after"] = accuracy(outputs[1], names, kept)
     result["notes"] = notes + result["notes"]
     return result
 

@@ -44,7 +44,6 @@ from onnxprune.graph import GraphView
 from onnxprune.layers import Layer, find_layers
 from onnxprune.plan import Plan
 
-STEPS = ("bias", "lstsq", "obs")
 _CHECK_ROWS = 256  # rows kept per layer to measure the output error before and after
 _FOLD_BYTES = 32 << 20  # buffered rows per layer before they are folded into the Gram matrices
 
@@ -174,12 +173,11 @@ class _LayerStats:
         held = sum(len(c) for c in self.check_p)
         if not (self.holdout and held * 10 > self.rows):
             return False
-        if self.holdout and self.check_p:
-            self._buf_p.extend(self.check_p)
-            self._buf_o.extend(self.check_o)
-            self.rows += sum(len(c) for c in self.check_p)
-            self.holdout = False
-            self.fold()
+        self._buf_p.extend(self.check_p)
+        self._buf_o.extend(self.check_o)
+        self.rows += held
+        self.holdout = False
+        self.fold()
         return True
 
     def fold(self) -> None:
@@ -274,8 +272,8 @@ def mean_shift(
     return out
 
 
-def obs_factor(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(U, U, H) for the damped ``hessian`` ``[d+1, d+1]``: U upper with H^-1 = U^T U.
+def obs_factor(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
+    """(U, H) for the damped ``hessian`` ``[d+1, d+1]``: U upper with H^-1 = U^T U.
 
     The upper Cholesky factor of the inverse comes from the lower Cholesky factor of H with
     its order reversed (U = P L^-1 P for P H P = L L^T), so no general inverse is formed:
@@ -290,8 +288,7 @@ def obs_factor(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray
         lower = np.linalg.cholesky(flipped)
     except np.linalg.LinAlgError:
         lower = np.linalg.cholesky(flipped + 1e-3 * np.mean(np.diagonal(flipped)) * np.eye(d + 1, dtype=np.float32))
-    u = np.ascontiguousarray(_inv_lower(lower)[::-1, ::-1])
-    return u, u, h
+    return np.ascontiguousarray(_inv_lower(lower)[::-1, ::-1]), h
 
 
 def _inv_lower(m: np.ndarray) -> np.ndarray:
@@ -317,19 +314,20 @@ def obs_sparsify(
     nm: tuple[int, int] | None = None,
     block: int = 128,
     damp: float = 0.01,
-    factor: tuple[np.ndarray, np.ndarray] | None = None,
+    factor: np.ndarray | None = None,
 ) -> np.ndarray:
     """SparseGPT on ``w`` ``[out, d+1]`` (bias last, never pruned) with ``H`` ``[d+1, d+1]``.
 
     Zeroes ``zeros`` weights (spread over column blocks in proportion to their size, chosen
     inside each block by ``w^2 / [H^-1]_jj^2``) or keeps ``nm`` = (N, M) of every M columns per
     row; the remaining weights of later columns (and the bias) absorb each removal's error.
+    ``factor``: U of ``obs_factor`` when the caller has it already.
     """
     w = w.astype(np.float32)
     out, cols = w.shape
     d = cols - 1
     dead = np.diagonal(hessian)[:d] == 0
-    u = factor[1] if factor is not None else obs_factor(hessian, damp)[1]
+    u = factor if factor is not None else obs_factor(hessian, damp)[0]
     if nm is not None:
         block = max(nm[1], block - block % nm[1])  # N:M groups must not straddle two blocks
     quota = _block_quota(d, block, out, zeros) if zeros is not None else None
@@ -471,10 +469,8 @@ class _Target:
 
 def _reference(lo: Layer, params_o: _Params, t: _Target) -> np.ndarray:
     """``[g_p, out_p, do+1]``: the original weight and bias rows the pruned layer must match."""
-    w = lo.matrix(params_o.get(lo.weight))  # [g_o, opg_o, do]
-    g_o, opg_o, _ = w.shape
-    b = params_o.get(lo.bias).astype(np.float64) if lo.bias else np.zeros(g_o * opg_o)
-    full = np.concatenate([w, b.reshape(g_o, opg_o, 1)], axis=2)
+    full = _augmented(lo, params_o)  # [g_o, opg_o, do+1]
+    g_o, opg_o, _ = full.shape
     if t.rows is None:
         return full
     rows = np.asarray(t.rows)
@@ -592,16 +588,15 @@ def _refit(
     w0 = _augmented(t.lp, params_p)
     before = _rel_err(w0, target, st)
     if t.method == "obs":
-        prior = target_like(w0, target)
         shares = _shares(t.zeros, target.shape[0])
         rows = []
         for k in range(target.shape[0]):
-            _, u, h = obs_factor(st.gpp[k], opts.damp)
+            u, h = obs_factor(st.gpp[k], opts.damp)
             # The dense least-squares target, with the same damped H, toward the original.
-            rhs = target[k] @ st.gop[k] + prior[k] * (np.diagonal(h) - np.diagonal(st.gpp[k]))
+            rhs = target[k] @ st.gop[k] + target[k] * (np.diagonal(h) - np.diagonal(st.gpp[k]))
             dense = (rhs.astype(np.float32) @ u.T) @ u  # rhs H^-1, H^-1 = U^T U
             rows.append(obs_sparsify(dense, st.gpp[k], zeros=shares[k], nm=t.nm,
-                                     block=opts.block, factor=(u, u)))  # fmt: skip
+                                     block=opts.block, factor=u))  # fmt: skip
         new = np.stack(rows)
         if not opts.bias:
             new[..., -1] = w0[..., -1]
@@ -628,11 +623,6 @@ def _fit(
     if t.method == "lstsq":
         return least_squares(target, w0, st.gpp, st.gop, opts.damp, opts.bias, prior_rows=True)
     return mean_shift(target, w0, st.gpp, st.gop)
-
-
-def target_like(w0: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """The ridge prior of the dense OBS target: the original weights (same shape here)."""
-    return target if target.shape == w0.shape else w0
 
 
 def _shares(zeros: int | None, groups: int) -> list[int | None]:
@@ -677,7 +667,7 @@ def recover_structured(
         return current, result
     cuts = {(c.name, c.axis): c for c in plan.params}
     lo_by_y = {lay.y: lay for lay in find_layers(original)}
-    changed = _changed_tensors(original, plan, lo_by_y, cuts)
+    changed = _changed_tensors(original, plan)
     method = "lstsq" if options.lstsq else "bias"
     targets = []
     for lp in find_layers(current):
@@ -692,7 +682,7 @@ def recover_structured(
         rows = np.asarray(out_cut.kept) if out_cut is not None else None
         group_map = None
         if lo.groups != lp.groups:
-            opg = lo.matrix(params_shape(original, lo.weight)).shape[1]
+            opg = _out_channels(original, lo.weight) // lo.groups
             group_map = np.unique(rows // opg) if rows is not None else None
             if group_map is None or len(group_map) != lp.groups:
                 result.skipped.append({"layer": lp.label, "reason": "groups changed unevenly"})
@@ -703,14 +693,11 @@ def recover_structured(
     return current, result
 
 
-def params_shape(model: onnx.ModelProto, name: str) -> np.ndarray:
-    t = next(t for t in model.graph.initializer if t.name == name)
-    return np.zeros(tuple(t.dims), dtype=np.float32)
+def _out_channels(model: onnx.ModelProto, conv_weight: str) -> int:
+    return int(next(t for t in model.graph.initializer if t.name == conv_weight).dims[0])
 
 
-def _changed_tensors(
-    original: onnx.ModelProto, plan: Plan, layers: dict[str, Layer], cuts: dict
-) -> set[str]:
+def _changed_tensors(original: onnx.ModelProto, plan: Plan) -> set[str]:
     """Tensors whose values differ after the rewrite: downstream of any cut parameter."""
     view = GraphView(original, shapes=False)
     cut_names = {c.name for c in plan.params}
@@ -758,7 +745,8 @@ def recover_unstructured(
         seen.add(lp.weight)
         w = params_p.get(lp.weight)
         zeros = int(w.size - np.count_nonzero(w))
-        already = int(params_o.get(lo.weight).size - np.count_nonzero(params_o.get(lo.weight)))
+        original_w = params_o.get(lo.weight)
+        already = int(original_w.size - np.count_nonzero(original_w))
         if options.obs:
             if nm is not None and (lp.matrix(w).shape[-1] // (lp.kernel[0] * lp.kernel[1])) % nm[1]:
                 result.skipped.append({"layer": lp.label, "reason": f"channels not a multiple of {nm[1]}"})

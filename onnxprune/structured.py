@@ -123,14 +123,15 @@ def prune_structured(
     options: StructuredOptions,
     *,
     progress: bool = False,
-    stats_for: Callable[[dict[str, int]], Mapping] | None = None,
+    stats_for: Callable[[dict[str, int], GraphView], Mapping] | None = None,
 ) -> tuple[onnx.ModelProto, StructuredResult]:
     """Remove whole channels; see issue #3 and the module docstrings of each stage.
 
     Never mutates ``model``. When nothing can be pruned, ``model`` itself is returned and
     every reason is in ``result.blocked``; the caller decides whether that is an error.
     A data-aware criterion reads ``options.stats``, or asks ``stats_for`` for the statistics
-    of the tensors it names (tensor -> channel axis) once the groups are known.
+    of the tensors it names (tensor -> channel axis) once the groups are known, with the
+    ``GraphView`` already built so its inferred shapes are not inferred again.
     """
     options.validate()
     if options.criterion in DATA_AWARE and options.stats is None and stats_for is None:
@@ -145,7 +146,7 @@ def prune_structured(
     bar("score")
     stats = options.stats
     if options.criterion in DATA_AWARE and stats is None:
-        stats = stats_for(activation_targets(groups, view))
+        stats = stats_for(activation_targets(groups, view), view)  # the view's shapes, reused
     scores = score_groups(groups, view, options.criterion, stats, seed=options.seed)
     bar("plan")
     plan = make_plan(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from onnxprune.calibrate import fixed_batch
 from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.progress import progress_bar
 
@@ -121,8 +122,8 @@ def _chunked(session, feed: dict[str, np.ndarray], notes: list[str]) -> list[dic
     if len(sizes) != 1 or any(v.ndim == 0 for v in feed.values()):
         return [feed]
     n = sizes.pop()
-    fixed = {i.shape[0] for i in session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
-    step = min(fixed) if len(fixed) == 1 else MAX_VALIDATION_BATCH
+    fixed = fixed_batch(session)
+    step = fixed or MAX_VALIDATION_BATCH
     if n <= step:
         return [feed]
     # A fixed batch cannot take a short last chunk; a dynamic one can.
@@ -432,6 +433,38 @@ def compare_outputs(
     }
 
 
+def check_labels(labels: np.ndarray, inputs: dict) -> int:
+    """The sample count, after checking there is one label per sample."""
+    sizes = {np.shape(v)[0] if np.ndim(v) else None for v in inputs.values()}
+    n = sizes.pop() if len(sizes) == 1 else None
+    if n is None:
+        raise OnnxPruneError("--labels needs inputs that share one batch axis")
+    if len(labels) != n:
+        raise OnnxPruneError(f"there are {len(labels)} labels but {n} input samples")
+    return n
+
+
+def accuracy(outputs: list[np.ndarray], names: list[str], labels: np.ndarray) -> float:
+    """Top-1 accuracy of the first [N, C] float output against integer ``labels``."""
+    for name, out in zip(names, outputs, strict=True):
+        if not _is_class_scores(out):
+            continue
+        if out.shape[0] != len(labels):
+            raise OnnxPruneError(
+                f"output {name!r} has {out.shape[0]} rows but there are {len(labels)} labels"
+            )
+        if labels.size and labels.max() >= out.shape[1]:
+            raise OnnxPruneError(
+                f"label {labels.max()} is out of range: output {name!r} scores "
+                f"{out.shape[1]} classes"
+            )
+        return float(np.mean(np.argmax(out, axis=1) == labels))
+    shown = ", ".join(f"{n} {list(o.shape)}" for n, o in zip(names, outputs, strict=True))
+    raise OnnxPruneError(
+        f"--labels needs an output of class scores [N, C] (float); the model gives {shown}"
+    )
+
+
 def _relative(diff: float, scale: float) -> float:
     if scale > 0.0:
         return diff / scale
@@ -543,8 +576,18 @@ class ValidationResult:
     latency_p90_ms_after: float
     runs: int
     notes: list[str] = field(default_factory=list)
+    accuracy_before: float | None = None
+    """Top-1 accuracy against the labels, when labels were given (with ``samples``)."""
+    accuracy_after: float | None = None
+    samples: int | None = None
 
     def to_dict(self) -> dict:
+        scored = (
+            {"accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
+             "samples": self.samples}
+            if self.accuracy_before is not None
+            else {}
+        )  # fmt: skip
         return {
             "provider": self.provider,
             "max_abs_diff": self.max_abs_diff,
@@ -558,6 +601,7 @@ class ValidationResult:
             "latency_p90_ms_after": self.latency_p90_ms_after,
             "runs": self.runs,
             "notes": list(self.notes),
+            **scored,
         }
 
 
@@ -573,11 +617,13 @@ def validate(
     *,
     runs: int = 30,
     progress: bool = False,
+    labels: np.ndarray | None = None,
 ) -> ValidationResult:
     """Run both models on ``inputs``, compare their outputs, and time them interleaved.
 
     Each model gets one session, used for the comparison and for the timing. Errors say
-    whether the original or the pruned model failed to load or run.
+    whether the original or the pruned model failed to load or run. With ``labels`` (one
+    per sample) the same outputs also give each model's top-1 accuracy.
     """
     if runs < 1:
         raise UsageError(f"latency runs must be at least 1, got {runs}")
@@ -594,6 +640,15 @@ def validate(
         feeds.append(chunks[0])  # latency is measured on one chunk
     names = [o.name for o in sessions[0].get_outputs()]
     compared = compare_outputs(outputs[0], outputs[1], names)
+    scored: dict = {}
+    if labels is not None:
+        check_labels(labels, inputs)
+        kept = labels[: outputs[0][0].shape[0]] if outputs[0] else labels  # a dropped remainder
+        scored = {
+            "accuracy_before": accuracy(outputs[0], names, kept),
+            "accuracy_after": accuracy(outputs[1], names, kept),
+            "samples": len(kept),
+        }
     times = _measure(
         sessions, feeds, roles, runs=runs, warmup=5, budget_s=_BUDGET_S, progress=progress
     )
@@ -618,4 +673,5 @@ def validate(
         latency_p90_ms_after=_p90(times[1]),
         runs=done,
         notes=notes,
+        **scored,
     )

@@ -258,8 +258,8 @@ def assert_planted_dead(
 
     seen: dict = {}
 
-    def stats_for(targets):  # data-aware criteria read activations of the planted model
-        seen.update(channel_stats(planted_model, feeds, targets))
+    def stats_for(targets, view):  # data-aware criteria read activations of the planted model
+        seen.update(channel_stats(planted_model, feeds, targets, view=view))
         return seen
 
     pruned, result = prune_structured(

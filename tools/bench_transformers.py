@@ -300,7 +300,7 @@ def library_data_aware(
     pruned, result = prune_structured(
         model,
         StructuredOptions(ratio=ratio, criterion=criterion, heads=heads),
-        stats_for=lambda targets: channel_stats(model, cal, targets),
+        stats_for=lambda targets, view: channel_stats(model, cal, targets, view=view),
     )
     if recovery:
         pruned, _ = recover_structured(model, pruned, result.plan, cal, RecoveryOptions())
