@@ -14,7 +14,7 @@ from onnxprune.errors import OnnxPruneError, UsageError
 
 if TYPE_CHECKING:
     from onnxprune.api import PruneResult, prune
-    from onnxprune.report import Report
+    from onnxprune.report.results import Report
 
 __all__ = ["OnnxPruneError", "PruneResult", "Report", "UsageError", "prune"]
 __version__ = "0.1.0"
@@ -26,7 +26,7 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     if name == "Report":
-        from onnxprune.report import Report
+        from onnxprune.report.results import Report
 
         return Report
     raise AttributeError(f"module 'onnxprune' has no attribute {name!r}")

@@ -20,18 +20,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune import io
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.importance import CRITERIA, DATA_AWARE
-from onnxprune.metrics import (
+from onnxprune.graph import modelfile as io
+from onnxprune.metrics.counts import (
     compressed_size,
     compression_note,
     compute_metrics,
     is_compression_sampled,
 )
 from onnxprune.progress import progress_bar
-from onnxprune.report import Report
-from onnxprune.unstructured import (
+from onnxprune.report.results import Report
+from onnxprune.structured.importance import CRITERIA, DATA_AWARE
+from onnxprune.unstructured.magnitude import (
     check_ratio,
     find_prunable_weights,
     magnitude,
@@ -252,7 +252,7 @@ def _calibration(opts: PruneOptions, model: onnx.ModelProto):
     """The calibration samples, read once and shared by scoring, recovery and validation."""
     if opts.calib is None:
         return None
-    from onnxprune.validate import make_inputs
+    from onnxprune.runtime.validate import make_inputs
 
     extra = {"preprocess": opts.calib_preprocess} if opts.calib_preprocess else {}
     return make_inputs(model, calib=opts.calib, max_samples=opts.calib_samples, **extra)
@@ -261,12 +261,13 @@ def _calibration(opts: PruneOptions, model: onnx.ModelProto):
 def _apply(
     original: onnx.ModelProto, opts: PruneOptions, report: Report, progress: bool, inputs
 ) -> onnx.ModelProto:
-    from onnxprune import calibrate, recover
+    from onnxprune.calibration import stats as calibrate
+    from onnxprune.recovery import recover
 
     providers = ("CPUExecutionProvider",)
     pruned = original
     if opts.structured is not None or opts.heads is not None:
-        from onnxprune.structured import StructuredOptions, prune_structured
+        from onnxprune.structured.engine import StructuredOptions, prune_structured
 
         options = StructuredOptions(
             ratio=opts.structured or 0.0, heads=opts.heads, scope=opts.scope,
@@ -354,7 +355,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: _Stages, b
     provider_list: list[str] = []
     if opts.validate:
         # Resolve providers before the long work so a missing CUDA fails fast.
-        from onnxprune.validate import resolve_providers
+        from onnxprune.runtime.validate import resolve_providers
 
         provider_list = resolve_providers(opts.providers)
 
@@ -365,7 +366,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: _Stages, b
         inputs = _calibration(opts, src.model)
         labels = None
         if opts.labels is not None:  # a bad labels file fails now, not after the pruning
-            from onnxprune.evaluate import load_labels
+            from onnxprune.runtime.evaluate import load_labels
 
             labels = load_labels(opts.labels, max_samples=opts.calib_samples)
     with stages.stage("prune"):
@@ -454,8 +455,7 @@ def _refuse_if_nothing_pruned(report: Report, model: onnx.ModelProto) -> None:
 def _validate(
     src: _Source, pruned_path: Path, opts: PruneOptions, providers, progress, inputs, labels
 ) -> dict:
-    from onnxprune import validate as v
-
+    from onnxprune.runtime import validate as v
     tmpdir = None
     try:
         original_path = src.path

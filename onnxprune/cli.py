@@ -15,7 +15,7 @@ import click
 
 from onnxprune import __version__
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.importance import CRITERIA
+from onnxprune.structured.importance import CRITERIA
 
 MAIN_HELP = """Prune an ONNX model and prove it still answers the same.
 
@@ -237,7 +237,7 @@ def prune_cmd(
 ) -> None:
     """Prune MODEL and write the validated result."""
     from onnxprune.api import prune
-    from onnxprune.io import default_output_path
+    from onnxprune.graph.modelfile import default_output_path
 
     _check_folder(report_path, "--report")
     out = output if output is not None else default_output_path(model)
@@ -259,7 +259,7 @@ def prune_cmd(
 )
 def inspect_cmd(model: Path, nm: str) -> None:
     """Print each weight tensor's shape, sparsity and N:M status, and model totals."""
-    from onnxprune.inspect import inspect_model
+    from onnxprune.report.inspection import inspect_model
 
     click.echo(inspect_model(model, nm))
 
@@ -283,7 +283,7 @@ def validate_cmd(original: Path, pruned: Path, json_path: Path | None, **kw) -> 
     """Compare PRUNED with ORIGINAL on the same inputs: agreement, drift, accuracy."""
     import json
 
-    from onnxprune.evaluate import evaluate_files, render_evaluation
+    from onnxprune.runtime.evaluate import evaluate_files, render_evaluation
 
     _check_folder(json_path, "--json")
     result = evaluate_files(original, pruned, **kw)

@@ -124,7 +124,7 @@ def test_every_supported_opset_prunes_and_validates(opset):
 
 
 def test_heads_flag_removes_attention_heads_and_validates():
-    from graphs import mha_block
+    from onnxprune.testing.graphs import mha_block
 
     result = prune(mha_block(heads=4, head_dim=4), heads=0.5, round_to=1, runs=5)
     groups = [g for g in result.report.structured["groups"] if "heads_before" in g]

@@ -13,9 +13,9 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from test_cli import run_cli
 
-from onnxprune.calib_data import Preprocess, load_calibration, parse_preprocess
+from onnxprune.calibration.data import Preprocess, load_calibration, parse_preprocess
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.validate import InputBatch, make_inputs, run_model
+from onnxprune.runtime.validate import InputBatch, make_inputs, run_model
 
 CPU = ["CPUExecutionProvider"]
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)

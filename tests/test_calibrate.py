@@ -10,10 +10,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from graphs import Builder, conv_bn_relu
-from oracles import run
 
-from onnxprune.calibrate import (
+from onnxprune.calibration.stats import (
     ChannelStats,
     channel_stats,
     plan_passes,
@@ -21,8 +19,10 @@ from onnxprune.calibrate import (
     wanda_scorer,
 )
 from onnxprune.errors import OnnxPruneError
-from onnxprune.graph import GraphView
-from onnxprune.unstructured import find_prunable_weights, prune_unstructured
+from onnxprune.graph.view import GraphView
+from onnxprune.testing.graphs import Builder, conv_bn_relu
+from onnxprune.testing.oracles import run
+from onnxprune.unstructured.magnitude import find_prunable_weights, prune_unstructured
 
 
 def _net(outputs: str, batch: int | str = "N", seed: int = 0) -> tuple[onnx.ModelProto, dict]:

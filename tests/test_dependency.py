@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from graphs import Builder, concat_block, conv_bn_relu, residual_block
-from oracles import prune_exact
 
 from onnxprune import ops
-from onnxprune.dependency import analyze
-from onnxprune.graph import GraphView
+from onnxprune.graph.view import GraphView
+from onnxprune.structured.dependency import analyze
+from onnxprune.testing.graphs import Builder, concat_block, conv_bn_relu, residual_block
+from onnxprune.testing.oracles import prune_exact
 
 
 def _groups(model):

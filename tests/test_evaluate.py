@@ -16,8 +16,8 @@ from PIL import Image
 from test_cli import run_cli
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.evaluate import evaluate, evaluate_files, load_labels, render_evaluation
-from onnxprune.validate import make_inputs
+from onnxprune.runtime.evaluate import evaluate, evaluate_files, load_labels, render_evaluation
+from onnxprune.runtime.validate import make_inputs
 
 CPU = ["CPUExecutionProvider"]
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()

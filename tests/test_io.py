@@ -1,4 +1,4 @@
-"""Tests for onnxprune.io: loading, output-path checks and atomic saving.
+"""Tests for onnxprune.graph.modelfile: loading, output-path checks and atomic saving.
 
 Every model is built here with onnx.helper and written to tmp_path; onnxruntime runs the
 models to prove that what we load and save still computes the same thing.
@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import io
 from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.graph import modelfile as io
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((16, 3, 3, 3)).astype(np.float32)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from graphs import Builder, gemm_mlp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-from oracles import run
 
-from onnxprune.layers import Layer, find_layers
+from onnxprune.recovery.layers import Layer, find_layers
+from onnxprune.testing.graphs import Builder, gemm_mlp
+from onnxprune.testing.oracles import run
 
 PROPERTY = settings(
     max_examples=60,

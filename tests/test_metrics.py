@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import metrics
-from onnxprune.metrics import (
+from onnxprune.metrics import counts as metrics
+from onnxprune.metrics.counts import (
     ModelMetrics,
     _Dims,
     _node_macs,

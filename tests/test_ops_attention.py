@@ -14,15 +14,22 @@ from fractions import Fraction
 import numpy as np
 import onnx
 import pytest
-from graphs import HEAD_FORMS, Builder, decoder_block, mha_block, repeat_kv, size_of
 from onnx import TensorProto, helper, numpy_helper
-from oracles import assert_close, assert_exact, random_feeds, run
 
-from onnxprune.dependency import analyze
-from onnxprune.dimexpr import Opaque, Term, _equal, exprs, private
-from onnxprune.graph import GraphView
-from onnxprune.importance import score_groups
-from onnxprune.structured import StructuredOptions, prune_structured
+from onnxprune.graph.shape_values import Opaque, Term, _equal, exprs, private
+from onnxprune.graph.view import GraphView
+from onnxprune.structured.dependency import analyze
+from onnxprune.structured.engine import StructuredOptions, prune_structured
+from onnxprune.structured.importance import score_groups
+from onnxprune.testing.graphs import (
+    HEAD_FORMS,
+    Builder,
+    decoder_block,
+    mha_block,
+    repeat_kv,
+    size_of,
+)
+from onnxprune.testing.oracles import assert_close, assert_exact, random_feeds, run
 
 
 def _dims(b: Builder, x: str, axes: list[int]) -> list[str]:

@@ -5,10 +5,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from graphs import Builder, conv_bn_relu, depthwise_block, grouped_block, unet_block
-from oracles import assert_planted_dead, prune_exact
 
-from onnxprune.dependency import analyze
+from onnxprune.structured.dependency import analyze
+from onnxprune.testing.graphs import (
+    Builder,
+    conv_bn_relu,
+    depthwise_block,
+    grouped_block,
+    unet_block,
+)
+from onnxprune.testing.oracles import assert_planted_dead, prune_exact
 
 
 def _attr(model: onnx.ModelProto, node: str, name: str):
@@ -77,7 +83,7 @@ def test_grouped_conv_removes_whole_groups():
 
 def test_grouped_round_to_counts_channels_not_groups():
     model = grouped_block(groups=4)
-    from onnxprune.structured import StructuredOptions, prune_structured
+    from onnxprune.structured.engine import StructuredOptions, prune_structured
 
     _, res = prune_structured(model, StructuredOptions(ratio=0.5, round_to=8))
     (g,) = res.groups

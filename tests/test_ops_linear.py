@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from graphs import Builder, mlp_block
-from oracles import assert_planted_dead, prune_exact
 
-from onnxprune.dependency import analyze
+from onnxprune.structured.dependency import analyze
+from onnxprune.testing.graphs import Builder, mlp_block
+from onnxprune.testing.oracles import assert_planted_dead, prune_exact
 
 
 @pytest.mark.parametrize("trans_b", [True, False])

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from graphs import Builder
-from oracles import assert_planted_dead, prune_exact
 
-from onnxprune.dependency import analyze
-from onnxprune.importance import CRITERIA, score_groups
+from onnxprune.structured.dependency import analyze
+from onnxprune.structured.importance import CRITERIA, score_groups
+from onnxprune.testing.graphs import Builder
+from onnxprune.testing.oracles import assert_planted_dead, prune_exact
 
 D, H = 8, 16
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from graphs import Builder, chain
-from oracles import prune_exact
 
-from onnxprune.dependency import analyze
+from onnxprune.structured.dependency import analyze
+from onnxprune.testing.graphs import Builder, chain
+from onnxprune.testing.oracles import prune_exact
 
 C = 8
 

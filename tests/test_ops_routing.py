@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from graphs import Builder, concat_block, split_block
-from oracles import assert_planted_dead, prune_exact
 
-from onnxprune.dependency import analyze
+from onnxprune.structured.dependency import analyze
+from onnxprune.testing.graphs import Builder, concat_block, split_block
+from onnxprune.testing.oracles import assert_planted_dead, prune_exact
 
 
 def test_concat_keeps_each_part_in_its_group():
@@ -71,7 +71,7 @@ def test_split_equal_parts_gets_explicit_sizes():
 
 
 def test_split_keeps_one_channel_in_each_part():
-    from onnxprune.structured import StructuredOptions, prune_structured
+    from onnxprune.structured.engine import StructuredOptions, prune_structured
 
     b = Builder()
     x = b.input([1, 3, 6, 6])

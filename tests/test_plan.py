@@ -7,14 +7,14 @@ import json
 import numpy as np
 import onnx
 import pytest
-from graphs import Builder, conv_bn_relu, grouped_block, residual_block
-from oracles import assert_planted_dead
 
-from onnxprune.dependency import analyze
 from onnxprune.errors import UsageError
-from onnxprune.importance import CRITERIA, score_groups
-from onnxprune.plan import DEFAULT_ROUND_TO, Plan, make_plan, round_keep
-from onnxprune.structured import StructuredOptions, prune_structured
+from onnxprune.structured.dependency import analyze
+from onnxprune.structured.engine import StructuredOptions, prune_structured
+from onnxprune.structured.importance import CRITERIA, score_groups
+from onnxprune.structured.plan import DEFAULT_ROUND_TO, Plan, make_plan, round_keep
+from onnxprune.testing.graphs import Builder, conv_bn_relu, grouped_block, residual_block
+from onnxprune.testing.oracles import assert_planted_dead
 
 
 def test_round_keep():
@@ -82,7 +82,7 @@ def test_exclude_keeps_matching_groups_intact():
 
 
 def test_plan_is_json_and_reapplies_identically():
-    from onnxprune.rewrite import apply_plan
+    from onnxprune.structured.rewrite import apply_plan
 
     model = residual_block()
     pruned, res = prune_structured(model, StructuredOptions(ratio=0.5, round_to=1))

@@ -17,7 +17,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from graphs import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import numpy_helper
+
+from onnxprune.recovery.recover import (
+    RecoveryOptions,
+    least_squares,
+    mean_shift,
+    obs_sparsify,
+    recover_structured,
+    recover_unstructured,
+)
+from onnxprune.structured.engine import StructuredOptions, prune_structured
+from onnxprune.testing.graphs import (
     Builder,
     conv_bn_relu,
     depthwise_block,
@@ -27,21 +40,8 @@ from graphs import (
     mlp_block,
     residual_block,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from onnx import numpy_helper
-from oracles import assert_close, plant_dead, session
-
-from onnxprune.recover import (
-    RecoveryOptions,
-    least_squares,
-    mean_shift,
-    obs_sparsify,
-    recover_structured,
-    recover_unstructured,
-)
-from onnxprune.structured import StructuredOptions, prune_structured
-from onnxprune.unstructured import prune_unstructured
+from onnxprune.testing.oracles import assert_close, plant_dead, session
+from onnxprune.unstructured.magnitude import prune_unstructured
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -521,8 +521,8 @@ def test_least_squares_prior_rows_adds_d_rows_worth_of_ridge():
 def test_padded_tokens_are_left_out_of_the_fit():
     """A [batch, tokens] integer feed named like *mask* drops the padded rows of a
     [batch, tokens, features] MatMul input; other layers and feeds keep every row."""
-    from onnxprune.layers import Layer
-    from onnxprune.recover import _live_rows
+    from onnxprune.recovery.layers import Layer
+    from onnxprune.recovery.recover import _live_rows
 
     mm = Layer(0, "MatMul", "x", "y", "w", None)
     mask = np.array([[1, 1, 0, 0], [1, 1, 1, 0]], dtype=np.int64)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from graphs import Builder, residual_block
-from oracles import prune_exact, random_feeds, session
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.plan import Cut, Plan
-from onnxprune.rewrite import apply_plan
-from onnxprune.structured import StructuredOptions, prune_structured
+from onnxprune.structured.engine import StructuredOptions, prune_structured
+from onnxprune.structured.plan import Cut, Plan
+from onnxprune.structured.rewrite import apply_plan
+from onnxprune.testing.graphs import Builder, residual_block
+from onnxprune.testing.oracles import prune_exact, random_feeds, session
 
 
 def test_input_model_is_not_mutated():

@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from graphs import Builder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from oracles import assert_exact
 
-from onnxprune.structured import StructuredOptions, prune_structured
+from onnxprune.structured.engine import StructuredOptions, prune_structured
+from onnxprune.testing.graphs import Builder
+from onnxprune.testing.oracles import assert_exact
 
 EXAMPLES = int(os.environ.get("ONNXPRUNE_PROPERTY_EXAMPLES", "500"))
 RANDOM = os.environ.get("ONNXPRUNE_PROPERTY_RANDOM") == "1"

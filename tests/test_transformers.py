@@ -13,12 +13,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from graphs import HEAD_FORMS, decoder_block, encoder_block
-from oracles import assert_exact, run
 
-from onnxprune.dependency import analyze
-from onnxprune.metrics import count_macs
-from onnxprune.structured import StructuredOptions, prune_structured
+from onnxprune.metrics.counts import count_macs
+from onnxprune.structured.dependency import analyze
+from onnxprune.structured.engine import StructuredOptions, prune_structured
+from onnxprune.testing.graphs import HEAD_FORMS, decoder_block, encoder_block
+from onnxprune.testing.oracles import assert_exact, run
 
 
 def _prune(model, ratio=0.3, heads=0.5):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.errors import UsageError
-from onnxprune.unstructured import (
+from onnxprune.unstructured.magnitude import (
     find_prunable_weights,
     nm_mask,
     parse_nm,

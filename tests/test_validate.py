@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.validate import (
+from onnxprune.runtime.validate import (
     ValidationResult,
     compare_outputs,
     make_inputs,
@@ -352,7 +352,7 @@ def test_calibration_set_runs_in_chunks_of_a_fixed_batch(tmp_path):
 
 
 def test_dynamic_batch_compares_every_sample_past_the_chunk_size(tmp_path, monkeypatch):
-    import onnxprune.validate as v
+    import onnxprune.runtime.validate as v
 
     monkeypatch.setattr(v, "MAX_VALIDATION_BATCH", 4)
     rng = np.random.default_rng(1)

@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from bench_structured import ROOT, interleaved_latency, load, macs
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_structured import ROOT, interleaved_latency, load, macs
-from oracles import random_feeds
-
-from onnxprune.structured import StructuredOptions, prune_structured
+from onnxprune.structured.engine import StructuredOptions, prune_structured
+from onnxprune.testing.oracles import random_feeds
 
 
 def convstack(seed: int = 0) -> onnx.ModelProto:

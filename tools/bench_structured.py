@@ -36,14 +36,12 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxprune.graph.view import GraphView
+from onnxprune.metrics.counts import count_macs
+from onnxprune.structured.engine import StructuredOptions, prune_structured
+from onnxprune.testing.oracles import assert_close, plant_dead, random_feeds, zeroed
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the oracles are shared with the unit tests
-
-from oracles import assert_close, plant_dead, random_feeds, zeroed  # noqa: E402
-
-from onnxprune.graph import GraphView  # noqa: E402
-from onnxprune.metrics import count_macs  # noqa: E402
-from onnxprune.structured import StructuredOptions, prune_structured  # noqa: E402
 
 ZOO_ORDER = [
     "resnet18",
@@ -68,7 +66,7 @@ ZOO_ORDER = [
 
 # ---------------------------------------------------------------------------- measuring
 def macs(model: onnx.ModelProto) -> int:
-    """Multiply-accumulates as the report counts them (``onnxprune.metrics``), given the
+    """Multiply-accumulates as the report counts them (``onnxprune.metrics.counts``), given the
     shapes ``GraphView`` infers: ONNX inference alone cannot see through the Div of a torch
     ``chunk`` (ShuffleNet) and would count those convolutions with one channel."""
     typed = onnx.ModelProto()
@@ -91,7 +89,7 @@ def interleaved_latency(
 ) -> list[float]:
     """Median seconds per run of each model; every round runs every model once, in a
     rotating order, so slow spells of the machine hit all alike (the method of
-    ``onnxprune.validate.measure_latency``, plus a thread count: on this 2-vCPU machine the
+    ``onnxprune.runtime.validate.measure_latency``, plus a thread count: on this 2-vCPU machine the
     default two threads make timings noisy, one thread is stable)."""
     sessions = [session(m, threads) for m in models]
     for s in sessions:
@@ -190,8 +188,7 @@ def zoo_models(zoo: Path, only: list[str] | None) -> list[Path]:
 
 def load(path: Path) -> onnx.ModelProto:
     try:
-        from onnxprune import io
-
+        from onnxprune.graph import modelfile as io
         return io.load(path)
     except (ImportError, AttributeError, TypeError):
         return onnx.load(str(path))
@@ -278,10 +275,10 @@ def _wall(cmd: list[str]) -> float:
 
 def cmd_speed(args: argparse.Namespace) -> None:
     """Wall clock of two commands a user would run, and the in-process stages."""
-    from onnxprune.dependency import analyze
-    from onnxprune.importance import score_groups
-    from onnxprune.plan import make_plan
-    from onnxprune.rewrite import apply_plan
+    from onnxprune.structured.dependency import analyze
+    from onnxprune.structured.importance import score_groups
+    from onnxprune.structured.plan import make_plan
+    from onnxprune.structured.rewrite import apply_plan
 
     src = Path(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="onnxprune-bench-"))

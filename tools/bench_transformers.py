@@ -9,7 +9,7 @@ with ``--heads 0.25`` added, and by a data-aware sketch (below). For each: the m
 per-sentence cosine between original and pruned ``last_hidden_state`` over the sentences of
 ``zoo/minilm_inputs.npz`` (each sentence's padded tokens masked out, its real tokens' hidden
 states flattened into one vector) — over all of them and over the odd-numbered half — the MAC
-ratio (pruned / original, from ``onnxprune.metrics.count_macs``: symbolic batch and sequence
+ratio (pruned / original, from ``onnxprune.metrics.counts.count_macs``: symbolic batch and sequence
 taken as 1), and the latency speed-up (original / pruned, medians of interleaved runs on
 onnxruntime CPU on the first ``--latency-batch`` sentences) and efficiency = speed-up /
 (original MACs / pruned MACs). A second table repeats the latency of the neuron-l2 prunes at
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,19 +42,17 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from onnxprune.graph.view import GraphView
+from onnxprune.metrics.counts import count_macs
+from onnxprune.runtime.validate import measure_latency
+from onnxprune.structured.dependency import analyze
+from onnxprune.structured.engine import StructuredOptions, prune_structured
+from onnxprune.structured.importance import score_groups
+from onnxprune.structured.plan import make_plan
+from onnxprune.structured.rewrite import apply_plan
+from onnxprune.testing.oracles import assert_close, zeroed
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the oracles are shared with the unit tests
-
-from oracles import assert_close, zeroed  # noqa: E402
-
-from onnxprune.dependency import analyze  # noqa: E402
-from onnxprune.graph import GraphView  # noqa: E402
-from onnxprune.importance import score_groups  # noqa: E402
-from onnxprune.metrics import count_macs  # noqa: E402
-from onnxprune.plan import make_plan  # noqa: E402
-from onnxprune.rewrite import apply_plan  # noqa: E402
-from onnxprune.structured import StructuredOptions, prune_structured  # noqa: E402
-from onnxprune.validate import measure_latency  # noqa: E402
 
 GOAL_COSINE = 0.95
 EXACT_MODELS = ["bert_tiny", "vit_tiny", "gqa_decoder", "minilm"]
@@ -293,8 +290,8 @@ def library_data_aware(
 ):  # fmt: skip
     """onnxprune's own calibration path on the even-numbered sentences: the criterion's
     statistics, then (with ``recovery``) bias compensation and least squares."""
-    from onnxprune.calibrate import channel_stats
-    from onnxprune.recover import RecoveryOptions, recover_structured
+    from onnxprune.calibration.stats import channel_stats
+    from onnxprune.recovery.recover import RecoveryOptions, recover_structured
 
     cal = {k: v[calib] for k, v in feeds.items()}
     pruned, result = prune_structured(

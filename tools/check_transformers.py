@@ -30,13 +30,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxprune.metrics.counts import count_macs, count_params
+from onnxprune.structured.engine import StructuredOptions, prune_structured
+from onnxprune.testing.oracles import assert_close, zeroed
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the oracles are shared with the unit tests
-
-from oracles import assert_close, zeroed  # noqa: E402
-
-from onnxprune.metrics import count_macs, count_params  # noqa: E402
-from onnxprune.structured import StructuredOptions, prune_structured  # noqa: E402
 
 MODELS = {"bert": "bert_tiny", "vit": "vit_tiny", "gqa": "gqa_decoder"}
 SIZES = ((2, 8), (3, 5))

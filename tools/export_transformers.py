@@ -42,8 +42,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_compat import file_size, human, import_torchvision, setup_torch
 
 SEED = 0

@@ -31,8 +31,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_compat import file_size, human, import_torchvision, setup_torch
 from zoo_models import UNet, YoloV8
 

@@ -30,8 +30,6 @@ import warnings
 import numpy as np
 import torch
 from torch import nn
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_compat import setup_torch
 
 SEED = 0

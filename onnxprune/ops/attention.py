@@ -12,7 +12,7 @@ merge of ``[H_kv, n_rep]`` ties each query head to its key/value head, so a slot
 key/value group with its query heads.
 
 Targets are often computed at run time (``Concat(Shape(x)[0], Shape(x)[1], [4], [64])``);
-``onnxprune.dimexpr`` evaluates them with provenance. A head-axis element is accepted when it
+``onnxprune.graph.shape_values`` evaluates them with provenance. A head-axis element is accepted when it
 is ``-1``, a constant that feeds only this target (rewritten to the kept count), or a
 run-time count that follows the pruning (``Shape(k)[1] * 4`` for the repeated keys); any
 other element that depends on a pruned count blocks, in every Reshape and Expand.
@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from onnxprune.dimexpr import Opaque, Term, exprs, private, refs, set_origin
-from onnxprune.graph import GraphView, attr
+from onnxprune.graph.shape_values import Opaque, Term, exprs, private, refs, set_origin
+from onnxprune.graph.view import GraphView, attr
 from onnxprune.ops import register
 from onnxprune.ops.base import Rule, claim_constants
 
 if TYPE_CHECKING:
-    from onnxprune.dependency import Chan, Context
-    from onnxprune.rewrite import RewriteContext
+    from onnxprune.structured.dependency import Chan, Context
+    from onnxprune.structured.rewrite import RewriteContext
 
 
 def concrete_shapes(view: GraphView, name: str) -> list[tuple[int, ...]]:

@@ -1,9 +1,9 @@
 """The contract of a rule: one op family, two small methods.
 
-``propagate(node, ctx)`` runs during the analysis (``onnxprune.dependency.Context``): it says
+``propagate(node, ctx)`` runs during the analysis (``onnxprune.structured.dependency.Context``): it says
 how the channel axis passes through the node, which constant inputs are sliced with it, what
 it couples, and it blocks what it does not fully understand. ``rewrite(node, rw)`` runs after
-the plan is made (``onnxprune.rewrite.RewriteContext``) and fixes what slicing initializers
+the plan is made (``onnxprune.structured.rewrite.RewriteContext``) and fixes what slicing initializers
 does not: attributes and shape constants (``group``, Reshape targets, Split sizes, Slice
 bounds). Most rules have nothing to rewrite.
 """
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import onnx
 
 if TYPE_CHECKING:
-    from onnxprune.dependency import Context
-    from onnxprune.rewrite import RewriteContext
+    from onnxprune.structured.dependency import Context
+    from onnxprune.structured.rewrite import RewriteContext
 
 
 class Rule:

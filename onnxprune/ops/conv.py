@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from onnxprune.graph import attr
+from onnxprune.graph.view import attr
 from onnxprune.ops import register
 from onnxprune.ops.base import Rule
 
 if TYPE_CHECKING:
-    from onnxprune.dependency import Context
-    from onnxprune.rewrite import RewriteContext
+    from onnxprune.structured.dependency import Context
+    from onnxprune.structured.rewrite import RewriteContext
 
 
 def _weight_axes(op: str) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from onnxprune.ops import register
 from onnxprune.ops.base import Rule
 
 if TYPE_CHECKING:
-    from onnxprune.dependency import Context
+    from onnxprune.structured.dependency import Context
 
 UNARY = (
     "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu",

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from onnxprune.graph import GraphView, attr, normalize_axis, product
+from onnxprune.graph.view import GraphView, attr, normalize_axis, product
 from onnxprune.ops import attention, register
 from onnxprune.ops.base import Rule, claim_constants
 from onnxprune.ops.shape import block_tracked_dims
 
 if TYPE_CHECKING:
-    from onnxprune.dependency import Chan, Context
-    from onnxprune.rewrite import RewriteContext
+    from onnxprune.structured.dependency import Chan, Context
+    from onnxprune.structured.rewrite import RewriteContext
 
 
 @register("Transpose")

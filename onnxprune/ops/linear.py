@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from onnxprune.graph import attr
+from onnxprune.graph.view import attr
 from onnxprune.ops import register
 from onnxprune.ops.base import Rule
 
 if TYPE_CHECKING:
-    from onnxprune.dependency import Chan, Context
+    from onnxprune.structured.dependency import Chan, Context
 
 
 @register("Gemm")

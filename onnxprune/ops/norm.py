@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from onnxprune.graph import attr, normalize_axis
+from onnxprune.graph.view import attr, normalize_axis
 from onnxprune.ops import register
 from onnxprune.ops.base import Rule, claim_constants
 
 if TYPE_CHECKING:
-    from onnxprune.dependency import Context
+    from onnxprune.structured.dependency import Context
 
 
 @register("BatchNormalization", "InstanceNormalization")

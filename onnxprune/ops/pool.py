@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from onnxprune.graph import attr, normalize_axis
+from onnxprune.graph.view import attr, normalize_axis
 from onnxprune.ops import register
 from onnxprune.ops.base import Rule, claim_constants
 
 if TYPE_CHECKING:
-    from onnxprune.dependency import Chan, Context
-    from onnxprune.rewrite import RewriteContext
+    from onnxprune.structured.dependency import Chan, Context
+    from onnxprune.structured.rewrite import RewriteContext
 
 
 def _spatial_only(ctx: Context, x: Chan, op: str) -> bool:

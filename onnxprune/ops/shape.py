@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from onnxprune.graph import GraphView, ShapeElem, attr, normalize_axis
+from onnxprune.graph.view import GraphView, ShapeElem, attr, normalize_axis
 from onnxprune.ops import register
 from onnxprune.ops.base import Rule
 
 if TYPE_CHECKING:
-    from onnxprune.dependency import Context
+    from onnxprune.structured.dependency import Context
 
 
 def block_tracked_dims(ctx: Context, expr: list[ShapeElem] | None, what: str) -> None:
@@ -52,7 +52,7 @@ _SHAPE_OPS = ("Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Iden
 _NUMERIC = ("Add", "Sub", "Mul", "Div")
 _CHECKED_SINKS = {("Reshape", 1), ("Resize", 3), ("Expand", 1)}
 _VERIFIED = ("Reshape", "Expand")
-"""Sinks whose rules evaluate every element with ``onnxprune.dimexpr``, arithmetic included
+"""Sinks whose rules evaluate every element with ``onnxprune.graph.shape_values``, arithmetic included
 (``Shape(k)[1] * 4`` heads after Llama's ``repeat_kv``)."""
 _VALUE_OPS = ("Reshape", "Equal", "Where")
 """Ops torch's ``expand`` sizes pass through: ``Where(Equal(s, -1), 1, s)`` over ``s``."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxprune.graph import GraphView, attr
+from onnxprune.graph.view import GraphView, attr
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.graph import GraphView
+from onnxprune.graph.view import GraphView
 
 DEFAULT_BATCH = 32
 """Samples per run when the model's batch is dynamic: big enough for onnxruntime's threads,
@@ -248,7 +248,7 @@ def wanda_scorer(
     calibration row (token, pixel); a Conv weight takes its input channel's norm at every
     kernel position. Weights whose layer is not a plain Gemm/MatMul/Conv keep magnitude.
     """
-    from onnxprune.layers import find_layers
+    from onnxprune.recovery.layers import find_layers
 
     view = GraphView(model)
     layers = {}

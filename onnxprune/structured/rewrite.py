@@ -21,9 +21,9 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.graph import GraphView, attr, infer_shapes, skeleton
+from onnxprune.graph.view import GraphView, attr, infer_shapes, skeleton
 from onnxprune.ops import rule_for
-from onnxprune.plan import Plan
+from onnxprune.structured.plan import Plan
 
 
 @dataclass

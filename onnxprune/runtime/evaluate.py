@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.validate import (
+from onnxprune.runtime.validate import (
     InputBatch,
     _chunked,
     _feeds,
@@ -195,7 +195,7 @@ def evaluate_files(
 
     What ``onnxprune validate`` runs. The result also names both files and the inputs.
     """
-    from onnxprune.io import _parse_model
+    from onnxprune.graph.modelfile import _parse_model
 
     if labels is not None and calib is None:
         raise UsageError("--labels needs --calib: labels describe real inputs, not random ones")
@@ -237,7 +237,7 @@ def _num(x: float | None, fmt: str) -> str:
 
 def render_evaluation(result: dict) -> str:
     """A short table: samples, accuracy, agreement, drift overall and per output, notes."""
-    from onnxprune.report import table
+    from onnxprune.report.results import table
 
     out = []
     if "original" in result:

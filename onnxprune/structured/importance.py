@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import onnx
 
-from onnxprune.dependency import Group, Slice
 from onnxprune.errors import UsageError
-from onnxprune.graph import GraphView
+from onnxprune.graph.view import GraphView
+from onnxprune.structured.dependency import Group, Slice
 
 SCORED_ROLES = ("out", "in", "chan")  # running statistics and activations do not count
 REDUCTIONS = ("mean", "sum", "max")

@@ -10,10 +10,10 @@ import os
 
 from onnx import numpy_helper
 
-from onnxprune.io import load_model
-from onnxprune.metrics import compute_metrics
-from onnxprune.report import human_bytes, human_count, table
-from onnxprune.unstructured import find_prunable_weights, parse_nm, satisfies_nm
+from onnxprune.graph.modelfile import load_model
+from onnxprune.metrics.counts import compute_metrics
+from onnxprune.report.results import human_bytes, human_count, table
+from onnxprune.unstructured.magnitude import find_prunable_weights, parse_nm, satisfies_nm
 
 
 def inspect_rows(model, nm: tuple[int, int]) -> list[dict]:

@@ -10,9 +10,9 @@ query heads of grouped-query attention, whose slots are the key/value groups).
 
 from __future__ import annotations
 
-from onnxprune.dependency import Group
-from onnxprune.graph import GraphView
+from onnxprune.graph.view import GraphView
 from onnxprune.ops.attention import head_segment
+from onnxprune.structured.dependency import Group
 
 
 def mark_heads(view: GraphView, groups: list[Group]) -> None:

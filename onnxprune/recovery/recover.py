@@ -1,6 +1,6 @@
 """Recover accuracy after pruning from a few hundred unlabeled samples, without retraining.
 
-Every refit layer ``y = W x + b`` (``onnxprune.layers``) is fitted so that, on calibration data,
+Every refit layer ``y = W x + b`` (``onnxprune.recovery.layers``) is fitted so that, on calibration data,
 the *pruned* model's input to it, ``x_p``, gives the *original* layer's output ``V x_o + c``:
 
     min_W  sum ||W x_p - (V x_o + c)||^2 + lam ||W - W_0||^2
@@ -39,10 +39,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune import calibrate
-from onnxprune.graph import GraphView
-from onnxprune.layers import Layer, find_layers
-from onnxprune.plan import Plan
+from onnxprune.calibration import stats as calibrate
+from onnxprune.graph.view import GraphView
+from onnxprune.recovery.layers import Layer, find_layers
+from onnxprune.structured.plan import Plan
 
 _CHECK_ROWS = 256  # rows kept per layer to measure the output error before and after
 _FOLD_BYTES = 32 << 20  # buffered rows per layer before they are folded into the Gram matrices

@@ -523,7 +523,7 @@ def _inferred_shapes(model: onnx.ModelProto, notes: list[str]) -> dict[str, Shap
     shape arithmetic ONNX inference stops at (torch's ``chunk``), so MACs and pruning see
     the same shapes; plain inference on the light copy is the fallback.
     """
-    from onnxprune.graph import GraphView
+    from onnxprune.graph.view import GraphView
 
     try:
         shapes: dict[str, Shape] = dict(GraphView(model).shapes)

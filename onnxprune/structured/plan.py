@@ -3,7 +3,7 @@
 Pure data in, pure data out; no graph is touched. A ``Plan`` lists, per group, the kept
 slots and, per tensor axis, the kept positions (``params`` for initializers, ``tensors`` for
 activations), so it can be printed, saved as JSON, diffed, and re-applied with
-``onnxprune.rewrite.apply_plan`` without running the analysis again.
+``onnxprune.structured.rewrite.apply_plan`` without running the analysis again.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from onnxprune.dependency import Group
 from onnxprune.errors import UsageError
-from onnxprune.importance import normalize
+from onnxprune.structured.dependency import Group
+from onnxprune.structured.importance import normalize
 
 DEFAULT_ROUND_TO = 16
 """Kept channel counts are rounded up to a multiple of this by default. Measured with

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune.graph import GraphView, attr, normalize_axis
+from onnxprune.graph.view import GraphView, attr, normalize_axis
 
 Ref = tuple[str, int]
 """A dimension read at run time: ``Shape(tensor)[axis]``; axis -1 when the rank is unknown."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxprune.calibrate import fixed_batch
+from onnxprune.calibration.stats import fixed_batch
 from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.progress import progress_bar
 
@@ -293,7 +293,7 @@ def make_inputs(
     """Inputs for every real graph input: from calibration data or random.
 
     ``calib`` is an ``.npz`` keyed by input name, a folder of ``.npy`` files or a folder of
-    images (``onnxprune.calib_data.load_calibration``: dtype, rank and fixed dims must match
+    images (``onnxprune.calibration.data.load_calibration``: dtype, rank and fixed dims must match
     the model, mismatches are errors that name the array or file; ``max_samples`` keeps the
     first samples; ``preprocess`` normalizes images). Without it, random inputs get the
     input's dtype and shape, with a symbolic first dim set to ``batch_size`` and other
@@ -304,7 +304,7 @@ def make_inputs(
     if max_samples is not None and max_samples < 1:
         raise UsageError(f"max samples must be at least 1, got {max_samples}")
     if calib is not None:
-        from onnxprune.calib_data import load_calibration  # it builds on this module
+        from onnxprune.calibration.data import load_calibration  # it builds on this module
 
         return load_calibration(calib, model, max_samples=max_samples, preprocess=preprocess)
     if preprocess is not None:

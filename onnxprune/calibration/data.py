@@ -28,7 +28,13 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.validate import InputBatch, _input_dims, _input_dtype, _ort_message, _real_inputs
+from onnxprune.runtime.validate import (
+    InputBatch,
+    _input_dims,
+    _input_dtype,
+    _ort_message,
+    _real_inputs,
+)
 
 __all__ = ["IMAGE_SUFFIXES", "PRESETS", "Preprocess", "load_calibration", "parse_preprocess"]
 

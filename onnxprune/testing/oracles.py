@@ -19,12 +19,12 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from onnxprune.calibrate import channel_stats
-from onnxprune.dependency import Group, analyze
-from onnxprune.graph import GraphView
-from onnxprune.importance import consumer_activations
-from onnxprune.plan import Plan
-from onnxprune.structured import StructuredOptions, prune_structured
+from onnxprune.calibration.stats import channel_stats
+from onnxprune.graph.view import GraphView
+from onnxprune.structured.dependency import Group, analyze
+from onnxprune.structured.engine import StructuredOptions, prune_structured
+from onnxprune.structured.importance import consumer_activations
+from onnxprune.structured.plan import Plan
 
 _TYPES = {
     onnx.TensorProto.FLOAT: np.float32,

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.graph import GraphView
+from onnxprune.graph.view import GraphView
 
 ROLES = ("out", "in", "chan", "stat", "act")
 """How a member holds its channels. ``out``: a producer's filters (Conv weight axis 0);
@@ -96,7 +96,7 @@ class Group:
     """Slot sets a member sees only part of (each side of a Split): at least one slot of
     each must stay, or that tensor would have no channels."""
     heads: int = 0
-    """Attention heads the group holds (``onnxprune.heads``); 0 for neurons and channels.
+    """Attention heads the group holds (``onnxprune.structured.heads``); 0 for neurons and channels.
     Its slots are heads, or key/value groups of query heads in grouped-query attention."""
 
     @property
@@ -492,7 +492,7 @@ def analyze(model: onnx.ModelProto, *, view: GraphView | None = None) -> list[Gr
         ctx.visit(i, rule_for(node))
     ctx.finish()
     groups = ctx.groups()
-    from onnxprune.heads import mark_heads
+    from onnxprune.structured.heads import mark_heads
 
     mark_heads(view, groups)
     return groups

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxprune.dependency import Group, analyze
 from onnxprune.errors import UsageError
-from onnxprune.graph import GraphView
-from onnxprune.importance import CRITERIA, DATA_AWARE, activation_targets, score_groups
-from onnxprune.plan import DEFAULT_ROUND_TO, SCOPES, GroupPlan, Plan, make_plan
-from onnxprune.rewrite import apply_plan
+from onnxprune.graph.view import GraphView
+from onnxprune.structured.dependency import Group, analyze
+from onnxprune.structured.importance import CRITERIA, DATA_AWARE, activation_targets, score_groups
+from onnxprune.structured.plan import DEFAULT_ROUND_TO, SCOPES, GroupPlan, Plan, make_plan
+from onnxprune.structured.rewrite import apply_plan
 
 __all__ = [
     "Group",
