@@ -9,9 +9,11 @@ Every builder returns a checked ``ModelProto`` whose outputs have inferred shape
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
+from numpy.typing import DTypeLike
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
@@ -37,7 +39,9 @@ class Builder:
         self.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)))
         return name
 
-    def const(self, value: np.ndarray | Sequence, name: str | None = None, dtype=None) -> str:
+    def const(
+        self, value: np.ndarray | Sequence, name: str | None = None, dtype: DTypeLike = None
+    ) -> str:
         arr = np.asarray(value, dtype=dtype)
         if arr.dtype == np.float64:
             arr = arr.astype(np.float32)
@@ -61,8 +65,14 @@ class Builder:
         return self.const(np.abs(v) + floor if positive else v, name)
 
     def op(
-        self, op_type: str, inputs: Sequence[str], n_out: int = 1, name: str | None = None, **attrs
-    ):
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        n_out: int = 1,
+        name: str | None = None,
+        **attrs: Any,
+    ) -> str | list[str]:
+        """Append a node; its output name, or the list of ``n_out`` names."""
         name = name or self.name(op_type.lower())
         outs = [f"{name}_out{i}" if n_out > 1 else f"{name}_out" for i in range(n_out)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=name, **attrs))
@@ -527,3 +537,32 @@ def gemm_mlp(
         if k < len(dims) - 2:
             y = b.relu(y)
     return b.build([y])
+
+
+# ---- the command line's and the API's test model -------------------------------------------
+def small_cnn(seed: int = 0) -> onnx.ModelProto:
+    """Conv(3->16)+Relu -> Conv(16->16) -> GlobalAveragePool -> Flatten -> Gemm(16->10)."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(16, 3, 3, 3)).astype(np.float32), "c1.w"),
+        numpy_helper.from_array(rng.normal(size=(16,)).astype(np.float32), "c1.b"),
+        numpy_helper.from_array(rng.normal(size=(16, 16, 3, 3)).astype(np.float32), "c2.w"),
+        numpy_helper.from_array(rng.normal(size=(10, 16)).astype(np.float32), "fc.w"),
+        numpy_helper.from_array(rng.normal(size=(10,)).astype(np.float32), "fc.b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "c1.w", "c1.b"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "c2.w"], ["b"], name="c2", pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["b"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -8,11 +8,19 @@ by re-running any rewrite, and both run in onnxruntime on random inputs.
 Planted dead: zero whole channels (filters, per-channel parameters, consumer slices) so that
 they are provably useless, prune globally with exact counts below the planted fraction: the
 outputs must not move, and every removed channel must be a planted one.
+
+Why two oracles: exactness proves the rewrite removes what the plan says and nothing else,
+whatever the weights; planted dead proves the plan itself picks the right channels when the
+answer is known. Neither reads the rewrite's code, so a bug there cannot hide in its own check.
+
+Failures raise ``AssertionError`` with a message (explicitly, not with ``assert``, so the
+checks hold under ``python -O`` and read well outside pytest's assertion rewriting).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -26,6 +34,12 @@ from onnxprune.structured.engine import StructuredOptions, prune_structured
 from onnxprune.structured.importance import consumer_activations
 from onnxprune.structured.plan import Plan
 
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise AssertionError(message)
+
+
 _TYPES = {
     onnx.TensorProto.FLOAT: np.float32,
     onnx.TensorProto.FLOAT16: np.float16,
@@ -36,6 +50,7 @@ _TYPES = {
 
 
 def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    """A CPU session, one thread, warnings off: deterministic and quiet on any machine."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
@@ -57,17 +72,18 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0, symbolic: int = 1) -> di
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """All outputs of ``model`` on ``feeds``, in graph output order."""
     return session(model).run(None, feeds)
 
 
 def assert_close(ref: Sequence[np.ndarray], got: Sequence[np.ndarray], rtol: float = 1e-5) -> None:
     """Equal to ``rtol`` relative to each output's scale (max |ref|)."""
-    assert len(ref) == len(got)
+    _check(len(ref) == len(got), f"{len(got)} outputs != {len(ref)}")
     for i, (r, g) in enumerate(zip(ref, got, strict=True)):
-        assert r.shape == g.shape, f"output {i}: shape {g.shape} != {r.shape}"
+        _check(r.shape == g.shape, f"output {i}: shape {g.shape} != {r.shape}")
         scale = max(float(np.max(np.abs(r))), 1e-6) if r.size else 1.0
         err = float(np.max(np.abs(r.astype(np.float64) - g))) if r.size else 0.0
-        assert err <= rtol * scale, f"output {i}: max error {err:.3g} > {rtol} * {scale:.3g}"
+        _check(err <= rtol * scale, f"output {i}: max error {err:.3g} > {rtol} * {scale:.3g}")
 
 
 def zeroed(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
@@ -100,7 +116,7 @@ def set_constant(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
         del node.attribute[:]
         node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
         return
-    assert node.op_type in ("Identity", "Transpose"), node.op_type
+    _check(node.op_type in ("Identity", "Transpose"), f"{name}: not a constant ({node.op_type})")
     if node.op_type == "Transpose":
         perm = next(
             (list(a.ints) for a in node.attribute if a.name == "perm"),
@@ -150,7 +166,7 @@ def onnx_sort(model: onnx.ModelProto) -> None:
                 known.update(n.output)
             else:
                 rest.append(n)
-        assert len(rest) < len(nodes), "cycle"
+        _check(len(rest) < len(nodes), "the graph has a cycle or an undefined input")
         nodes = rest
     del model.graph.node[:]
     model.graph.node.extend(ordered)
@@ -168,12 +184,16 @@ def assert_exact(
     """The exactness oracle, plus the invariants every rewrite must keep. ``symbolic``: the
     size given to symbolic input dimensions (more than 1 token exercises attention)."""
     onnx.checker.check_model(pruned, full_check=True)
-    assert [(i.name, i.type) for i in pruned.graph.input] == [
-        (i.name, i.type) for i in model.graph.input
-    ]
-    assert [(o.name, o.type) for o in pruned.graph.output] == [
-        (o.name, o.type) for o in model.graph.output
-    ]
+    _check(
+        [(i.name, i.type) for i in pruned.graph.input]
+        == [(i.name, i.type) for i in model.graph.input],
+        "the pruned model's inputs differ from the original's",
+    )
+    _check(
+        [(o.name, o.type) for o in pruned.graph.output]
+        == [(o.name, o.type) for o in model.graph.output],
+        "the pruned model's outputs differ from the original's",
+    )
     ref_model = zeroed(model, plan)
     for seed in seeds:
         feeds = random_feeds(model, seed, symbolic)
@@ -181,14 +201,19 @@ def assert_exact(
 
 
 def prune_exact(
-    model: onnx.ModelProto, ratio: float = 0.5, *, expect_pruned: bool = True, **kw
+    model: onnx.ModelProto, ratio: float = 0.5, *, expect_pruned: bool = True, **kw: Any
 ) -> tuple[onnx.ModelProto, Plan]:
-    """Prune with exact counts and check the exactness oracle; returns (pruned, plan)."""
+    """Prune with exact counts and check the exactness oracle; returns (pruned, plan).
+
+    ``kw`` go to ``StructuredOptions`` (``heads=``, ``scope=``, ...); ``round_to`` defaults
+    to 1 so that small test graphs are really cut. ``expect_pruned=False`` for a graph the
+    rule must leave alone (then the oracle still checks the untouched model).
+    """
     kw.setdefault("round_to", 1)
     pruned, result = prune_structured(model, StructuredOptions(ratio=ratio, **kw))
     plan = result.plan
     if expect_pruned:
-        assert not plan.empty, f"nothing was pruned; blocked: {result.blocked}"
+        _check(not plan.empty, f"nothing was pruned; blocked: {result.blocked}")
     assert_exact(model, pruned, plan)
     return pruned, plan
 
@@ -228,6 +253,12 @@ def plant_dead(
     return out, planted, groups
 
 
+def blocked_reason(model: onnx.ModelProto, group_id: str = "producer") -> str | None:
+    """Why the group ``group_id`` cannot be pruned (None: it can). A rule that must refuse a
+    graph is checked with this: the reason names the op and what stops it."""
+    return next(g for g in analyze(model) if g.id == group_id).blocked_reason
+
+
 def _silent_slots(model: onnx.ModelProto, stats: dict) -> dict[str, np.ndarray]:
     """Per group, the slots whose every consumer activation was zero on the data."""
     view = GraphView(model, shapes=False)
@@ -251,14 +282,20 @@ def assert_planted_dead(
     criterion: str = "l1",
     seed: int = 0,
 ) -> Plan:
-    """Prune only planted channels (global scope, exact counts): outputs unchanged."""
+    """Prune only planted channels (global scope, exact counts): outputs unchanged.
+
+    ``fraction`` of each prunable group is planted dead, ``ratio`` (below it) is pruned, so a
+    correct plan has only dead channels to choose from. Returns the plan for further checks.
+    """
     planted_model, planted, _ = plant_dead(model, fraction, seed)
-    assert planted, "no prunable group to plant in"
+    _check(bool(planted), "no prunable group to plant in")
     feeds = random_feeds(model, seed)
 
     seen: dict = {}
 
-    def stats_for(targets, view):  # data-aware criteria read activations of the planted model
+    def stats_for(
+        targets: Any, view: GraphView
+    ) -> dict:  # data-aware criteria read activations of the planted model
         seen.update(channel_stats(planted_model, feeds, targets, view=view))
         return seen
 
@@ -268,15 +305,13 @@ def assert_planted_dead(
         stats_for=stats_for,
     )
     plan = result.plan
-    assert not plan.empty, f"nothing was pruned; blocked: {result.blocked}"
+    _check(not plan.empty, f"nothing was pruned; blocked: {result.blocked}")
     silent = _silent_slots(planted_model, seen) if seen else {}
     for gp in plan.groups:
         removed = np.setdiff1d(np.arange(gp.slots), gp.kept)
         # A data-aware criterion may also take a live channel that is zero on every sample
         # it saw: removing it changes nothing on those samples (checked below).
         allowed = np.union1d(planted.get(gp.id, []), silent.get(gp.id, []))
-        assert np.isin(removed, allowed).all(), (
-            f"{gp.id}: pruned live channels {removed}"
-        )
+        _check(bool(np.isin(removed, allowed).all()), f"{gp.id}: pruned live channels {removed}")
     assert_close(run(planted_model, feeds), run(pruned, feeds))
     return plan
