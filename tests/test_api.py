@@ -7,10 +7,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_cli import small_cnn
 
 import onnxprune
 from onnxprune import OnnxPruneError, UsageError, prune
+from onnxprune.testing.graphs import small_cnn
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

@@ -11,7 +11,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from test_cli import run_cli
 
 from onnxprune.calibration.data import Preprocess, load_calibration, parse_preprocess
 from onnxprune.errors import OnnxPruneError, UsageError
@@ -446,7 +445,7 @@ def test_mean_of_the_wrong_length_is_a_usage_error(tmp_path):
         ("samples_zero", 2, "--calib-samples"),
     ],
 )
-def test_calib_errors_through_the_cli(tmp_path, capsys, case, code, needle):
+def test_calib_errors_through_the_cli(tmp_path, capsys, run_cli, case, code, needle):
     folder = tmp_path / "calib"
     model = classifier()
     extra: list[str] = []

@@ -15,45 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.cli import main
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def small_cnn(seed: int = 0) -> onnx.ModelProto:
-    """Conv(3->16)+Relu -> Conv(16->16) -> GlobalAveragePool -> Flatten -> Gemm(16->10)."""
-    rng = np.random.default_rng(seed)
-    inits = [
-        numpy_helper.from_array(rng.normal(size=(16, 3, 3, 3)).astype(np.float32), "c1.w"),
-        numpy_helper.from_array(rng.normal(size=(16,)).astype(np.float32), "c1.b"),
-        numpy_helper.from_array(rng.normal(size=(16, 16, 3, 3)).astype(np.float32), "c2.w"),
-        numpy_helper.from_array(rng.normal(size=(10, 16)).astype(np.float32), "fc.w"),
-        numpy_helper.from_array(rng.normal(size=(10,)).astype(np.float32), "fc.b"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["x", "c1.w", "c1.b"], ["a"], name="c1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["a"], ["r"], name="relu"),
-        helper.make_node("Conv", ["r", "c2.w"], ["b"], name="c2", pads=[1, 1, 1, 1]),
-        helper.make_node("GlobalAveragePool", ["b"], ["p"], name="gap"),
-        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
-        helper.make_node("Gemm", ["f", "fc.w", "fc.b"], ["y"], name="fc", transB=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "cnn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
-        initializer=inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+from onnxprune.testing.graphs import small_cnn
 
 
 @pytest.fixture
@@ -67,7 +29,9 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_unstructured_happy_path_writes_validated_output_and_report(cnn_path, tmp_path, capsys):
+def test_unstructured_happy_path_writes_validated_output_and_report(
+    cnn_path, tmp_path, capsys, run_cli
+):
     report = tmp_path / "r.json"
     code, out, err = run_cli(
         [cnn_path, "--unstructured", "0.5", "--report", report, "--runs", "5"], capsys
@@ -95,7 +59,7 @@ def test_unstructured_happy_path_writes_validated_output_and_report(cnn_path, tm
     assert "nonzero params" in out and "validation on CPUExecutionProvider" in out
 
 
-def test_nm_happy_path_and_inspect_reports_pattern(cnn_path, tmp_path, capsys):
+def test_nm_happy_path_and_inspect_reports_pattern(cnn_path, tmp_path, capsys, run_cli):
     out_path = tmp_path / "nm.onnx"
     code, _, err = run_cli([cnn_path, "--nm", "2:4", "-o", out_path, "--no-validate"], capsys)
     assert code == 0, err
@@ -194,7 +158,7 @@ def make_external_model(folder: Path, location: str) -> Path:
         ("unknown_option", 2, "--frobnicate"),
     ],
 )
-def test_bad_input_gives_one_error_line(case, expected_code, needle, tmp_path, capsys):
+def test_bad_input_gives_one_error_line(case, expected_code, needle, tmp_path, capsys, run_cli):
     model_path = tmp_path / "m.onnx"
     args_tail = ["--unstructured", "0.5"]
     out_arg: list = []
@@ -254,7 +218,7 @@ def test_bad_input_gives_one_error_line(case, expected_code, needle, tmp_path, c
     assert needle.lower() in err.lower(), err
 
 
-def test_force_allows_overwriting_the_input(cnn_path, capsys):
+def test_force_allows_overwriting_the_input(cnn_path, capsys, run_cli):
     code, _, err = run_cli(
         [cnn_path, "--unstructured", "0.5", "-o", cnn_path, "--force", "--no-validate"], capsys
     )
@@ -299,7 +263,7 @@ def write_pngs(folder: Path, n: int, size: tuple[int, int] = (8, 8)) -> None:
         Image.fromarray(pixels).save(folder / f"{i:02d}.png")
 
 
-def test_prune_help_lists_the_calibration_options(capsys):
+def test_prune_help_lists_the_calibration_options(capsys, run_cli):
     code, out, _ = run_cli(["prune", "--help"], capsys)
     assert code == 0
     flat = " ".join(out.split())
@@ -312,7 +276,9 @@ def test_prune_help_lists_the_calibration_options(capsys):
         assert text in flat, text
 
 
-def test_prune_takes_an_image_folder_with_samples_and_preprocess(cnn_path, tmp_path, capsys):
+def test_prune_takes_an_image_folder_with_samples_and_preprocess(
+    cnn_path, tmp_path, capsys, run_cli
+):
     write_pngs(tmp_path / "imgs", 4, size=(10, 12))  # resized to the model's 8x8
     report = tmp_path / "r.json"
     code, _, err = run_cli(
@@ -325,7 +291,7 @@ def test_prune_takes_an_image_folder_with_samples_and_preprocess(cnn_path, tmp_p
     assert "(3 samples)" in notes and "preprocess imagenet (--calib-preprocess)" in notes
 
 
-def test_prune_with_labels_reports_accuracy_before_and_after(tmp_path, capsys):
+def test_prune_with_labels_reports_accuracy_before_and_after(tmp_path, capsys, run_cli):
     import onnxruntime as ort
 
     out_path, report = tmp_path / "cnn.onnx", tmp_path / "r.json"
@@ -348,7 +314,7 @@ def test_prune_with_labels_reports_accuracy_before_and_after(tmp_path, capsys):
     assert v["accuracy_after"] == pytest.approx(accuracy(out_path))
 
 
-def test_recovery_switches_off_leave_plain_magnitude_pruning(cnn_path, tmp_path, capsys):
+def test_recovery_switches_off_leave_plain_magnitude_pruning(cnn_path, tmp_path, capsys, run_cli):
     """--calib with every recovery step off gives exactly what pruning without data gives."""
     write_pngs(tmp_path / "imgs", 4)
 
@@ -376,7 +342,7 @@ def test_recovery_switches_off_leave_plain_magnitude_pruning(cnn_path, tmp_path,
         (["--labels", "labels.npy"], 2, "--calib"),
     ],
 )
-def test_bad_calibration_options_for_prune(cnn_path, tmp_path, capsys, args, code, needle):
+def test_bad_calibration_options_for_prune(cnn_path, tmp_path, capsys, run_cli, args, code, needle):
     write_pngs(tmp_path / "imgs", 2)
     calib = [] if args[0] == "--labels" else ["--calib", tmp_path / "imgs"]
     before = sorted(p.name for p in tmp_path.iterdir())

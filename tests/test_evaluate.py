@@ -13,7 +13,6 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from test_cli import run_cli
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.runtime.evaluate import evaluate, evaluate_files, load_labels, render_evaluation
@@ -203,7 +202,7 @@ def test_bad_labels_are_clear_errors(tmp_path, case, message):
 # ---- onnxprune validate ----------------------------------------------------------------------
 
 
-def test_validate_command_prints_accuracy_and_writes_json(tmp_path, capsys):
+def test_validate_command_prints_accuracy_and_writes_json(tmp_path, capsys, run_cli):
     damaged = damaged_mlp(tmp_path)
     report = tmp_path / "v.json"
     args = ["validate", MLP, damaged, "--calib", MLP_TEST, "--labels", LABELS, "--json", report]
@@ -228,7 +227,7 @@ def test_validate_command_prints_accuracy_and_writes_json(tmp_path, capsys):
     assert render_evaluation(data) == out.rstrip("\n")
 
 
-def test_validate_command_on_the_digits_cnn_itself(capsys):
+def test_validate_command_on_the_digits_cnn_itself(capsys, run_cli):
     args = ["validate", CNN, CNN, "--calib", CNN_TEST, "--labels", LABELS, "--calib-samples", 50]
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
@@ -238,7 +237,7 @@ def test_validate_command_on_the_digits_cnn_itself(capsys):
     assert re.search(r"^top-1 agreement\s+1\.0000$", out, re.M)
 
 
-def test_validate_command_without_calib_says_inputs_are_random(capsys):
+def test_validate_command_without_calib_says_inputs_are_random(capsys, run_cli):
     code, out, err = run_cli(["validate", MLP, MLP, "--seed", 3], capsys)
     assert code == 0, err
     assert "note: random inputs (seed 3): pass --calib for real inputs" in out
@@ -247,7 +246,7 @@ def test_validate_command_without_calib_says_inputs_are_random(capsys):
     assert result["inputs"] == "random" and result["samples"] == 16
 
 
-def test_main_help_shows_validate(capsys):
+def test_main_help_shows_validate(capsys, run_cli):
     code, out, _ = run_cli(["--help"], capsys)
     assert code == 0 and "onnxprune validate" in out
     code, out, _ = run_cli(["validate", "--help"], capsys)
@@ -270,7 +269,7 @@ def test_main_help_shows_validate(capsys):
         ("preprocess_without_calib", 2, "--calib-preprocess needs --calib"),
     ],
 )
-def test_validate_command_errors(tmp_path, capsys, case, code, needle):
+def test_validate_command_errors(tmp_path, capsys, run_cli, case, code, needle):
     args = ["validate", CNN, CNN]
     if case == "missing_model":
         args = ["validate", CNN, tmp_path / "nope.onnx"]
@@ -298,12 +297,12 @@ def test_validate_command_errors(tmp_path, capsys, case, code, needle):
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="onnxruntime has CUDA here")
-def test_validate_command_cuda_without_cuda_is_an_error(capsys):
+def test_validate_command_cuda_without_cuda_is_an_error(capsys, run_cli):
     code, _, err = run_cli(["validate", MLP, MLP, "--providers", "cuda"], capsys)
     assert code == 1 and "CUDA requested" in err
 
 
-def test_validate_command_on_an_image_folder_for_a_batch_1_model(tmp_path, capsys):
+def test_validate_command_on_an_image_folder_for_a_batch_1_model(tmp_path, capsys, run_cli):
     """The usual CNN export takes one image at a time: every image still runs, in order."""
     rng = np.random.default_rng(5)
     graph = helper.make_graph(

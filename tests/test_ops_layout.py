@@ -8,12 +8,9 @@ import pytest
 from onnxprune.structured.dependency import analyze
 from onnxprune.testing.graphs import Builder, chain, flatten_gemm
 from onnxprune.testing.oracles import assert_planted_dead, prune_exact
+from onnxprune.testing.oracles import blocked_reason as _blocked
 
 C = 8
-
-
-def _blocked(model, gid="producer"):
-    return next(g for g in analyze(model) if g.id == gid).blocked_reason
 
 
 @pytest.mark.parametrize("reshape", [None, "const", "minus1", "computed"])

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxprune.structured.dependency import analyze
 from onnxprune.testing.graphs import Builder, chain
 from onnxprune.testing.oracles import assert_planted_dead, prune_exact
+from onnxprune.testing.oracles import blocked_reason as _blocked
 
 C = 8
-
-
-def _blocked(model, gid="producer"):
-    return next(g for g in analyze(model) if g.id == gid).blocked_reason
 
 
 def test_batchnorm_slices_all_four_parameters():

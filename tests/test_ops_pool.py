@@ -5,15 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxprune.structured.dependency import analyze
 from onnxprune.testing.graphs import Builder, chain
+from onnxprune.testing.oracles import blocked_reason as _blocked
 from onnxprune.testing.oracles import prune_exact
 
 C = 8
-
-
-def _blocked(model, gid="producer"):
-    return next(g for g in analyze(model) if g.id == gid).blocked_reason
 
 
 POOLS = [
