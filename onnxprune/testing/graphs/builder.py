@@ -27,16 +27,19 @@ class Builder:
         self._n = 0
 
     def name(self, prefix: str) -> str:
+        """A fresh name: ``prefix`` and a counter."""
         self._n += 1
         return f"{prefix}{self._n}"
 
     def input(self, shape: Sequence[int | str], name: str = "x") -> str:
+        """A float graph input; strings in ``shape`` are symbolic dimensions."""
         self.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)))
         return name
 
     def const(
         self, value: np.ndarray | Sequence, name: str | None = None, dtype: DTypeLike = None
     ) -> str:
+        """An initializer; float64 values become float32."""
         arr = np.asarray(value, dtype=dtype)
         if arr.dtype == np.float64:
             arr = arr.astype(np.float32)
@@ -45,6 +48,7 @@ class Builder:
         return name
 
     def ints(self, values: Sequence[int], name: str | None = None) -> str:
+        """An int64 initializer (shapes, axes, Reshape targets)."""
         return self.const(np.asarray(values, dtype=np.int64), name)
 
     def rand(
@@ -85,6 +89,7 @@ class Builder:
         stride: int = 1,
         name: str | None = None,
     ) -> str:
+        """Conv ``cin`` -> ``cout``, ``k`` x ``k``, same padding, seeded weights scaled by fan-in ** -0.5."""
         name = name or self.name("conv")
         w = self.rand([cout, cin // group, k, k], f"{name}.weight", (cin // group * k * k) ** -0.5)
         ins = [x, w] + ([self.rand([cout], f"{name}.bias", 0.1)] if bias else [])
@@ -101,6 +106,7 @@ class Builder:
     def conv_t(
         self, x: str, cin: int, cout: int, k: int = 2, group: int = 1, name: str | None = None
     ) -> str:
+        """ConvTranspose ``cin`` -> ``cout``, stride 2 (weight ``[cin, cout/group, k, k]``)."""
         name = name or self.name("convt")
         w = self.rand([cin, cout // group, k, k], f"{name}.weight", (cin // group) ** -0.5)
         b = self.rand([cout], f"{name}.bias", 0.1)
@@ -109,6 +115,7 @@ class Builder:
         )
 
     def bn(self, x: str, c: int, name: str | None = None) -> str:
+        """BatchNormalization over ``c`` channels, non-trivial statistics."""
         name = name or self.name("bn")
         return self.op(
             "BatchNormalization",
@@ -123,20 +130,24 @@ class Builder:
         )
 
     def gemm(self, x: str, k: int, n: int, trans_b: bool = True, name: str | None = None) -> str:
+        """Gemm ``k`` -> ``n`` with bias; weight ``[n, k]`` (``trans_b``) or ``[k, n]``."""
         name = name or self.name("fc")
         w = self.rand([n, k] if trans_b else [k, n], f"{name}.weight", k**-0.5)
         b = self.rand([n], f"{name}.bias", 0.1)
         return self.op("Gemm", [x, w, b], name=name, transB=int(trans_b))
 
     def matmul(self, x: str, k: int, n: int, bias: bool = True, name: str | None = None) -> str:
+        """MatMul by a ``[k, n]`` weight, then Add of a bias (``bias``), as exporters write Linear."""
         name = name or self.name("mm")
         y = self.op("MatMul", [x, self.rand([k, n], f"{name}.weight", k**-0.5)], name=name)
         return self.op("Add", [y, self.rand([n], f"{name}.bias", 0.1)]) if bias else y
 
     def relu(self, x: str) -> str:
+        """Relu."""
         return self.op("Relu", [x])
 
     def build(self, outputs: Sequence[str] | None = None, name: str = "tiny") -> onnx.ModelProto:
+        """The checked model (opset ``self.opset``, IR 8), outputs typed by strict shape inference."""
         outputs = list(outputs or self.outputs)
         graph = helper.make_graph(
             self.nodes,

@@ -125,6 +125,7 @@ def mha_block(
 
 
 def layer_norm(b: Builder, x: str, dim: int, name: str) -> str:
+    """LayerNormalization over the last axis, with scale and bias."""
     scale, bias = b.rand([dim], f"{name}.scale", 1.0, positive=True), b.rand([dim], f"{name}.bias")
     return b.op("LayerNormalization", [x, scale, bias], axis=-1, name=name)
 
@@ -138,6 +139,7 @@ def rms_norm(b: Builder, x: str, dim: int, name: str) -> str:
 
 
 def gelu_erf(b: Builder, h: str) -> str:
+    """GELU as exporters decompose it: x * (erf(x / sqrt 2) + 1) * 0.5."""
     inner = b.op("Erf", [b.op("Div", [h, b.const(np.float32(np.sqrt(2.0)))])])
     return b.op("Mul", [b.op("Mul", [h, b.op("Add", [inner, b.const(np.float32(1.0))])]), b.const(np.float32(0.5))])  # fmt: skip
 
