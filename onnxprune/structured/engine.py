@@ -8,16 +8,24 @@ between them: data-aware scores need the groups, reconstruction needs the rewrit
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from onnxprune.errors import UsageError
 from onnxprune.graph.view import GraphView
+from onnxprune.options import (
+    SCOPES,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_open_fraction,
+    check_patterns,
+)
 from onnxprune.structured.dependency import Group, analyze
 from onnxprune.structured.importance import CRITERIA, DATA_AWARE, activation_targets, score_groups
-from onnxprune.structured.plan import DEFAULT_ROUND_TO, SCOPES, GroupPlan, Plan, make_plan
+from onnxprune.structured.plan import DEFAULT_ROUND_TO, GroupPlan, Plan, make_plan
 from onnxprune.structured.rewrite import apply_plan
 
 __all__ = [
@@ -54,53 +62,71 @@ class StructuredOptions:
     groups in grouped-query attention); None: heads stay. ``ratio`` never removes heads."""
 
     def validate(self) -> None:
-        """Raise ``UsageError`` (one line) for options that make no sense."""
-        if (
-            isinstance(self.ratio, bool)
-            or not isinstance(self.ratio, int | float)
-            or not 0.0 <= self.ratio < 1.0
-        ):
-            raise UsageError(f"the structured ratio must be in [0, 1), got {self.ratio}")
-        if self.scope not in SCOPES:
-            raise UsageError(f"unknown scope '{self.scope}' (choose local or global)")
-        if self.criterion not in CRITERIA:
-            raise UsageError(
-                f"unknown criterion '{self.criterion}' (choose from {', '.join(CRITERIA)})"
-            )
-        if self.round_to is not None and (
-            isinstance(self.round_to, bool)
-            or not isinstance(self.round_to, int)
-            or self.round_to < 1
-        ):
-            raise UsageError(f"--round-to must be a whole number >= 1, got {self.round_to}")
-        if not 0.0 < self.max_group_ratio < 1.0:
-            raise UsageError(f"--max-group-ratio must be in (0, 1), got {self.max_group_ratio}")
+        """Raise ``UsageError`` (one line) for options that make no sense.
+
+        The field checks are ``onnxprune.options``'s, so the messages match the API's and the
+        CLI's. ``exclude`` given as one string is refused here (the front door,
+        ``PruneOptions``, reads it as one pattern; this lower-level call stays strict).
+        """
+        check_fraction(self.ratio, "--structured")
+        if self.heads is not None:
+            check_fraction(self.heads, "--heads")
+        check_choice(self.scope, "--scope", SCOPES)
+        check_choice(self.criterion, "--criterion", tuple(CRITERIA))
+        if self.round_to is not None:
+            check_int(self.round_to, "--round-to", 1)
+        check_open_fraction(self.max_group_ratio, "--max-group-ratio")
         if isinstance(self.exclude, str):
-            raise UsageError("exclude must be a list of patterns, not one string")
-        if self.heads is not None and (
-            isinstance(self.heads, bool)
-            or not isinstance(self.heads, int | float)
-            or not 0.0 <= self.heads < 1.0
-        ):
-            raise UsageError(f"--heads must be in [0, 1), got {self.heads}")
+            raise UsageError(f"--exclude must be a list of patterns, got {self.exclude!r}")
+        check_patterns(self.exclude, "--exclude")
 
 
 @dataclass
 class StructuredResult:
+    """What structured pruning did: the report's ``structured`` section."""
+
     groups: list[GroupPlan]
     """Every prunable group, with its kept slots."""
     blocked: list[dict[str, str]]
-    """Each blocked group or place, with a reason a user can read."""
-    settings: dict[str, object] = field(default_factory=dict)
+    """Each blocked group or place (``where``, ``reason``: plan data, as saved in a plan)."""
+    scope: str = "local"
+    criterion: str = "l1"
+    round_to: int = 1
+    ratio: float = 0.0
+    heads: float | None = None
     plan: Plan | None = None
+
+    @classmethod
+    def from_plan(cls, plan: Plan, criterion: str) -> StructuredResult:
+        s = plan.settings
+        return cls(
+            plan.groups, plan.blocked, scope=str(s.get("scope", "local")), criterion=criterion,
+            round_to=int(s.get("round_to", 1)), ratio=float(s.get("ratio", 0.0)),
+            heads=s.get("heads"), plan=plan,
+        )  # fmt: skip
+
+    @property
+    def settings(self) -> dict[str, object]:
+        """The plan's settings (ratio, scope, round_to, ...), as saved with the plan."""
+        return {} if self.plan is None else self.plan.settings
+
+    @property
+    def changed(self) -> list[GroupPlan]:
+        """The groups that lost channels."""
+        return [g for g in self.groups if g.channels_after != g.channels_before]
+
+    @property
+    def prunable(self) -> bool:
+        """Whether any group had channels to prune."""
+        return any(g.channels_before > 0 for g in self.groups)
 
     def to_dict(self) -> dict:
         return {
-            "scope": self.settings.get("scope"),
-            "criterion": self.settings.get("criterion"),
-            "round_to": int(self.settings.get("round_to", 1)),
-            "ratio": float(self.settings.get("ratio", 0.0)),
-            **({"heads": self.settings["heads"]} if self.settings.get("heads") is not None else {}),
+            "scope": self.scope,
+            "criterion": self.criterion,
+            "round_to": int(self.round_to),
+            "ratio": float(self.ratio),
+            **({"heads": self.heads} if self.heads is not None else {}),
             "groups": [
                 {
                     "id": g.id,
@@ -167,7 +193,7 @@ def prune_structured(
                 "reason": "no prunable producer (Conv, ConvTranspose, Gemm or MatMul with a constant weight)",
             }
         )
-    result = StructuredResult(plan.groups, plan.blocked, plan.settings, plan)
+    result = StructuredResult.from_plan(plan, options.criterion)
     if plan.empty:
         bar(None)
         return model, result
