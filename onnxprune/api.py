@@ -130,6 +130,17 @@ def prune(
         calib_preprocess=calib_preprocess, labels=labels, bias_correction=bias_correction,
         lstsq=lstsq, obs=obs,
     )  # fmt: skip
+    return prune_with(model, opts, output=output, progress=progress)
+
+
+def prune_with(
+    model: str | os.PathLike | onnx.ModelProto,
+    opts: PruneOptions,
+    *,
+    output: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> PruneResult:
+    """``prune`` with the options already built (what the CLI calls)."""
     stages = _Stages(opts.stages(), progress)
     # Compressed sizes take about as long as pruning a big model: they run on a background
     # thread while the main thread prunes and saves, and are joined for the report.

@@ -118,7 +118,7 @@ class DataOptions:
         if self.calib is None:
             asked = [flag for flag, value in self._needs_calib().items() if value]
             if asked:
-                raise UsageError(f"{asked[0]} needs calibration data: pass --calib PATH")
+                raise UsageError(f"{asked[0]} needs --calib: pass --calib PATH")
 
     def _needs_calib(self) -> dict[str, object]:
         """Options that only mean something with --calib, by flag (in message order)."""
