@@ -10,17 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 
-from onnxprune.errors import OnnxPruneError
 from onnxprune.graph import modelfile as io
 from onnxprune.metrics.counts import (
     compressed_size,
@@ -29,10 +25,14 @@ from onnxprune.metrics.counts import (
     is_compression_sampled,
 )
 from onnxprune.options import PruneOptions
-from onnxprune.progress import progress_bar
+from onnxprune.report.outcome import quantized_ops, refuse_if_nothing_pruned, zeroed_between
 from onnxprune.report.results import Report
 from onnxprune.report.sections import UnstructuredSummary
+from onnxprune.stages import Stages, layer_bar
 from onnxprune.unstructured.magnitude import find_prunable_weights, magnitude, prune_unstructured
+
+_CPU = ("CPUExecutionProvider",)
+"""Calibration statistics run on CPU (validation runs on the chosen providers)."""
 
 
 @dataclass
@@ -40,33 +40,6 @@ class PruneResult:
     model: onnx.ModelProto
     report: Report
     output_path: Path | None
-
-
-class _Stages:
-    """Times each stage and drives one progress bar over them (stderr; hidden when not a TTY)."""
-
-    def __init__(self, names: Sequence[str], progress: bool):
-        self.progress = progress
-        self.timings: dict[str, float] = {}
-        self._bar = None
-        if progress:
-            self._bar = progress_bar(total=len(names), desc="onnxprune", unit="step")
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        if self._bar is not None:
-            self._bar.set_description(name)
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
-            if self._bar is not None:
-                self._bar.update(1)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 def prune(
@@ -141,7 +114,7 @@ def prune_with(
     progress: bool = False,
 ) -> PruneResult:
     """``prune`` with the options already built (what the CLI calls)."""
-    stages = _Stages(opts.stages(), progress)
+    stages = Stages(opts.stages(), progress)
     # Compressed sizes take about as long as pruning a big model: they run on a background
     # thread while the main thread prunes and saves, and are joined for the report.
     background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxprune-gzip")
@@ -187,93 +160,72 @@ def _calibration(opts: PruneOptions, model: onnx.ModelProto):
 def _apply(
     original: onnx.ModelProto, opts: PruneOptions, report: Report, progress: bool, inputs
 ) -> onnx.ModelProto:
-    from onnxprune.calibration import stats as calibrate
-    from onnxprune.recovery import recover
-
-    providers = ("CPUExecutionProvider",)
+    """Structured pruning first, then unstructured, each followed by its recovery."""
     pruned = original
     if opts.wants_structured:
-        from onnxprune.structured.engine import StructuredOptions, prune_structured
-
-        options = StructuredOptions(
-            ratio=opts.structured or 0.0, heads=opts.heads, scope=opts.scope,
-            criterion=opts.criterion,
-            round_to=opts.round_to, max_group_ratio=opts.max_group_ratio,
-            exclude=opts.exclude, seed=opts.seed,
-        )  # fmt: skip
-
-        def stats_for(targets: dict[str, int], view):
-            return calibrate.channel_stats(
-                original, inputs, targets, providers=providers, view=view
-            )
-
-        pruned, sresult = prune_structured(
-            pruned, options, progress=progress, stats_for=stats_for if inputs else None
-        )
-        report.structured = sresult
-        steps = recover.RecoveryOptions(
-            bias=opts.step("bias"), lstsq=opts.step("lstsq"), obs=False, seed=opts.seed
-        )
-        if inputs is not None and steps.any and pruned is not original:
-            pruned, rec = recover.recover_structured(
-                original, pruned, sresult.plan, inputs, steps, progress=_layer_bar(progress)
-            )
-            report.add_recovery("structured", rec)
+        pruned = _structured(original, opts, report, progress, inputs)
     if opts.wants_unstructured:
-        reference = pruned
-        scorer = magnitude
-        if opts.criterion == "wanda" and inputs is not None:
-            scorer = calibrate.wanda_scorer(reference, inputs, providers=providers)
-        pruned, uresult = prune_unstructured(
-            reference, ratio=opts.unstructured, nm=opts.nm, scope=opts.scope,
-            exclude=opts.exclude, scorer=scorer,
-        )  # fmt: skip
-        criterion = "wanda" if scorer is not magnitude else "magnitude"
-        report.unstructured = UnstructuredSummary.from_result(uresult, criterion)
-        steps = recover.RecoveryOptions(
-            bias=opts.step("bias"), lstsq=False, obs=opts.step("obs"), seed=opts.seed
-        )
-        weights = report.unstructured.weights
-        if inputs is not None and steps.any and weights:
-            pruned, rec = recover.recover_unstructured(
-                reference, pruned, weights, inputs, steps, nm=opts.nm,
-                progress=_layer_bar(progress),
-            )  # fmt: skip
-            report.add_recovery("unstructured", rec)
-            if steps.obs:
-                zeroed = _zeroed(reference, pruned, weights)
-                report.unstructured = report.unstructured.with_zeroed(zeroed)
-    _refuse_if_nothing_pruned(report, original)
+        pruned = _unstructured(pruned, opts, report, progress, inputs)
     quantized = find_prunable_weights(original).quantized_ops
+    refuse_if_nothing_pruned(report, quantized)
     if quantized:
-        ops = ", ".join(f"{k} x{v}" for k, v in sorted(quantized.items()))
-        report.notes.append(f"quantized weights left untouched ({ops})")
+        report.notes.append(f"quantized weights left untouched ({quantized_ops(quantized)})")
     return pruned
 
 
-def _zeroed(reference: onnx.ModelProto, pruned: onnx.ModelProto, names: list[str]) -> int:
-    """Weights zeroed by the run: OBS re-chooses them, so count again."""
-    from onnx import numpy_helper
+def _structured(original, opts: PruneOptions, report: Report, progress: bool, inputs):
+    from onnxprune.calibration import stats as calibrate
+    from onnxprune.recovery import recover
+    from onnxprune.structured.engine import StructuredOptions, prune_structured
 
-    wanted = set(names)
-    count = 0
-    for model, sign in ((pruned, 1), (reference, -1)):
-        for t in model.graph.initializer:
-            if t.name in wanted:
-                a = numpy_helper.to_array(t)
-                count += sign * int(a.size - np.count_nonzero(a))
-    return count
+    def stats_for(targets: dict[str, int], view):
+        return calibrate.channel_stats(original, inputs, targets, providers=_CPU, view=view)
+
+    pruned, result = prune_structured(
+        original, StructuredOptions.from_prune(opts), progress=progress,
+        stats_for=stats_for if inputs else None,
+    )  # fmt: skip
+    report.structured = result
+    steps = recover.RecoveryOptions(
+        bias=opts.step("bias"), lstsq=opts.step("lstsq"), obs=False, seed=opts.seed
+    )
+    if inputs is not None and steps.any and pruned is not original:
+        pruned, rec = recover.recover_structured(
+            original, pruned, result.plan, inputs, steps, progress=layer_bar(progress)
+        )
+        report.add_recovery("structured", rec)
+    return pruned
 
 
-def _layer_bar(progress: bool):
-    """A progress callback counting refit layers (a no-op when progress is off)."""
-    if not progress:
-        return None
-    bar = progress_bar(total=None, desc="recover", unit="layer")
-    return bar.update
+def _unstructured(reference, opts: PruneOptions, report: Report, progress: bool, inputs):
+    from onnxprune.calibration import stats as calibrate
+    from onnxprune.recovery import recover
+
+    scorer = magnitude
+    if opts.criterion == "wanda" and inputs is not None:
+        scorer = calibrate.wanda_scorer(reference, inputs, providers=_CPU)
+    pruned, result = prune_unstructured(
+        reference, ratio=opts.unstructured, nm=opts.nm, scope=opts.scope,
+        exclude=opts.exclude, scorer=scorer,
+    )  # fmt: skip
+    criterion = "wanda" if scorer is not magnitude else "magnitude"
+    report.unstructured = UnstructuredSummary.from_result(result, criterion)
+    steps = recover.RecoveryOptions(
+        bias=opts.step("bias"), lstsq=False, obs=opts.step("obs"), seed=opts.seed
+    )
+    weights = report.unstructured.weights
+    if inputs is not None and steps.any and weights:
+        pruned, rec = recover.recover_unstructured(
+            reference, pruned, weights, inputs, steps, nm=opts.nm, progress=layer_bar(progress)
+        )
+        report.add_recovery("unstructured", rec)
+        if steps.obs:
+            zeroed = zeroed_between(reference, pruned, weights)
+            report.unstructured = report.unstructured.with_zeroed(zeroed)
+    return pruned
 
 
-def _run(model, output_path: Path | None, opts: PruneOptions, stages: _Stages, background):
+def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, background):
     report = Report()
     with stages.stage("load"):
         src = _load(model, report)
@@ -347,29 +299,6 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: _Stages, b
 
 def _path_or_none(path: str | None) -> Path | None:
     return Path(path) if path else None
-
-
-def _refuse_if_nothing_pruned(report: Report, model: onnx.ModelProto) -> None:
-    """A run that could change nothing is a model problem, not a success with zero effect."""
-    u, s = report.unstructured, report.structured
-    if (u is not None and u.tensors) or (s is not None and s.prunable):
-        return
-    reasons = []
-    if u is not None:
-        reasons += [f"{k['tensor']}: {k['reason']}" for k in u.skipped[:3]]
-    if s is not None:
-        reasons += [f"{b['where']}: {b['reason']}" for b in s.blocked[:3]]
-    quantized = find_prunable_weights(model).quantized_ops
-    detail = ""
-    if quantized:
-        ops = ", ".join(f"{k} x{v}" for k, v in sorted(quantized.items()))
-        detail = f" (quantized weights are left untouched: {ops})"
-    elif reasons:
-        detail = f" ({'; '.join(reasons)})"
-    raise OnnxPruneError(
-        "no prunable weights found: the model has no float Conv, ConvTranspose, Gemm or MatMul "
-        f"weights that can be pruned{detail}"
-    )
 
 
 def _validate(

@@ -207,7 +207,8 @@ class PruneOptions(DataOptions):
         return self.calib is not None if asked is None else bool(asked)
 
     def stages(self) -> list[str]:
-        """The stages this run goes through, in order (for the progress bar)."""
+        """The stages this run enters, in order (for the progress bar): ``measure`` twice,
+        once before pruning and once joining the compressed sizes at the end."""
         return ["load", "measure", "calibrate", "prune", "measure pruned", "save"] + (
             ["validate"] if self.validate else []
-        )
+        ) + ["measure"]

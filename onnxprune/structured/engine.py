@@ -61,6 +61,15 @@ class StructuredOptions:
     """Fraction of the heads of each attention layer to remove, in [0, 1) (whole key/value
     groups in grouped-query attention); None: heads stay. ``ratio`` never removes heads."""
 
+    @classmethod
+    def from_prune(cls, opts) -> StructuredOptions:
+        """The structured part of ``onnxprune.options.PruneOptions``."""
+        return cls(
+            ratio=opts.structured or 0.0, heads=opts.heads, scope=opts.scope,
+            criterion=opts.criterion, round_to=opts.round_to,
+            max_group_ratio=opts.max_group_ratio, exclude=opts.exclude, seed=opts.seed,
+        )  # fmt: skip
+
     def validate(self) -> None:
         """Raise ``UsageError`` (one line) for options that make no sense.
 
