@@ -15,7 +15,7 @@ import click
 
 from onnxprune import __version__
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.options import PROVIDERS, SCOPES
+from onnxprune.options import PROVIDERS, SCOPES, default
 from onnxprune.structured.importance import CRITERIA
 
 MAIN_HELP = """Prune an ONNX model and prove it still answers the same.
@@ -112,11 +112,13 @@ def _data_options(labels_effect: str, providers_help: str, seed_help: str):
         click.option(
             "--providers",
             type=click.Choice(list(PROVIDERS)),
-            default="cpu",
+            default=default("providers"),
             show_default=True,
             help=providers_help,
         ),
-        click.option("--seed", type=int, default=0, show_default=True, help=seed_help),
+        click.option(
+            "--seed", type=int, default=default("seed"), show_default=True, help=seed_help
+        ),
     ]
 
     def apply(f):
@@ -156,14 +158,14 @@ def _data_options(labels_effect: str, providers_help: str, seed_help: str):
 @click.option(
     "--scope",
     type=click.Choice(list(SCOPES)),
-    default="local",
+    default=default("scope"),
     show_default=True,
     help="local: every tensor/group loses R. global: one ranking over the whole model.",
 )
 @click.option(
     "--criterion",
     type=click.Choice(list(CRITERIA)),
-    default="l1",
+    default=default("criterion"),
     show_default=True,
     help="Channel importance for --structured/--heads (activation, apoz, wanda read --calib "
     "activations); for --unstructured/--nm: magnitude, or wanda (|W| x input norm).",
@@ -178,7 +180,7 @@ def _data_options(labels_effect: str, providers_help: str, seed_help: str):
 @click.option(
     "--max-group-ratio",
     type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
-    default=0.9,
+    default=default("max_group_ratio"),
     show_default=True,
     help="With --scope global: most any one group may lose.",
 )
@@ -190,7 +192,7 @@ def _data_options(labels_effect: str, providers_help: str, seed_help: str):
 )
 @click.option(
     "--validate/--no-validate",
-    default=True,
+    default=default("validate"),
     show_default=True,
     help="Compare outputs and latency of original and pruned in onnxruntime before writing.",
 )
@@ -220,7 +222,7 @@ def _data_options(labels_effect: str, providers_help: str, seed_help: str):
 @click.option(
     "--runs",
     type=click.IntRange(min=5),
-    default=30,
+    default=default("runs"),
     show_default=True,
     help="Latency runs per model (interleaved).",
 )

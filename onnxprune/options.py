@@ -212,3 +212,12 @@ class PruneOptions(DataOptions):
         return ["load", "measure", "calibrate", "prune", "measure pruned", "save"] + (
             ["validate"] if self.validate else []
         ) + ["measure"]
+
+
+def default(name: str) -> object:
+    """The default of a ``PruneOptions``/``ValidateOptions`` field: the CLI's defaults are
+    these, so the command line and the API cannot drift apart."""
+    for f in fields(PruneOptions):
+        if f.name == name:
+            return f.default
+    raise KeyError(name)

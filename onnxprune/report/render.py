@@ -66,11 +66,11 @@ def _more(items: list, max_rows: int, what: str) -> list[str]:
 
 
 def _unstructured(u: UnstructuredSummary, max_rows: int) -> list[str]:
-    sel = u.selected
+    r, sel = u.result, u.result.selected
     frac = u.zeroed / sel if sel else 0.0
     out = [
         "",
-        f"unstructured ({u.mode} {u.target}, scope {u.scope}): zeroed {human_count(u.zeroed)} "
+        f"unstructured ({r.mode} {r.target}, scope {r.scope}): zeroed {human_count(u.zeroed)} "
         f"of {human_count(sel)} selected weights ({frac:.1%}) in {len(u.tensors)} tensors",
     ]
     if u.skipped:

@@ -16,33 +16,37 @@ from typing import Any
 
 @dataclass(frozen=True)
 class UnstructuredSummary:
-    """The report's ``unstructured`` section: what was zeroed, where, and by what score."""
+    """The report's ``unstructured`` section: ``prune_unstructured``'s ``UnstructuredResult``
+    (mode, target, scope, selected, zeroed, tensors, skipped: typed attributes) with what the
+    run adds to it, the criterion and, after OBS re-chose the zeroed weights, a recount."""
 
-    mode: str
-    """``magnitude`` (a ratio) or ``n:m``."""
-    target: str
-    """The ratio (``0.5``) or the pattern (``2:4``) as given."""
-    scope: str
-    selected: int
-    zeroed: int
-    tensors: list[dict] = field(default_factory=list)
-    """Per pruned tensor: tensor, op, shape, zeroed, size, sparsity_after (leaf records)."""
-    skipped: list[dict] = field(default_factory=list)
-    """Per tensor left alone: tensor, reason (leaf records)."""
+    result: Any
+    """The ``UnstructuredResult`` as returned (unstructured/magnitude.py)."""
     criterion: str = "magnitude"
+    recount: int | None = None
+    """Zeroed weights counted again after recovery; None: ``result.zeroed`` stands."""
 
     @classmethod
     def from_result(cls, result: Any, criterion: str) -> UnstructuredSummary:
-        """From ``prune_unstructured``'s ``UnstructuredResult`` (the one conversion point)."""
-        return cls(
-            mode=result.mode, target=result.target, scope=result.scope,
-            selected=result.selected, zeroed=result.zeroed, tensors=list(result.tensors),
-            skipped=list(result.skipped), criterion=criterion,
-        )  # fmt: skip
+        return cls(result, criterion)
 
     def with_zeroed(self, zeroed: int) -> UnstructuredSummary:
         """The same section with a recount (OBS re-chooses the zeroed weights)."""
-        return replace(self, zeroed=zeroed)
+        return replace(self, recount=zeroed)
+
+    @property
+    def zeroed(self) -> int:
+        return self.result.zeroed if self.recount is None else self.recount
+
+    @property
+    def tensors(self) -> list[dict]:
+        """Per pruned tensor: tensor, op, shape, zeroed, size, sparsity_after (leaf records)."""
+        return self.result.tensors
+
+    @property
+    def skipped(self) -> list[dict]:
+        """Per tensor left alone: tensor, reason (leaf records)."""
+        return self.result.skipped
 
     @property
     def weights(self) -> list[str]:
@@ -50,16 +54,7 @@ class UnstructuredSummary:
         return [t["tensor"] for t in self.tensors]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "target": self.target,
-            "scope": self.scope,
-            "selected_params": self.selected,
-            "zeroed": self.zeroed,
-            "tensors": self.tensors,
-            "skipped": self.skipped,
-            "criterion": self.criterion,
-        }
+        return {**self.result.to_dict(), "zeroed": self.zeroed, "criterion": self.criterion}
 
 
 @dataclass(frozen=True)
