@@ -16,16 +16,18 @@ import onnx
 from onnxprune.errors import UsageError
 from onnxprune.graph.view import GraphView
 from onnxprune.options import (
-    SCOPES,
     check_choice,
-    check_fraction,
-    check_int,
-    check_open_fraction,
     check_patterns,
 )
 from onnxprune.structured.dependency import Group, analyze
 from onnxprune.structured.importance import CRITERIA, DATA_AWARE, activation_targets, score_groups
-from onnxprune.structured.plan import DEFAULT_ROUND_TO, GroupPlan, Plan, make_plan
+from onnxprune.structured.plan import (
+    DEFAULT_ROUND_TO,
+    GroupPlan,
+    Plan,
+    check_plan_options,
+    make_plan,
+)
 from onnxprune.structured.rewrite import apply_plan
 
 __all__ = [
@@ -77,14 +79,9 @@ class StructuredOptions:
         CLI's. ``exclude`` given as one string is refused here (the front door,
         ``PruneOptions``, reads it as one pattern; this lower-level call stays strict).
         """
-        check_fraction(self.ratio, "--structured")
-        if self.heads is not None:
-            check_fraction(self.heads, "--heads")
-        check_choice(self.scope, "--scope", SCOPES)
+        round_to = DEFAULT_ROUND_TO if self.round_to is None else self.round_to
+        check_plan_options(self.ratio, self.scope, round_to, self.max_group_ratio, self.heads)
         check_choice(self.criterion, "--criterion", tuple(CRITERIA))
-        if self.round_to is not None:
-            check_int(self.round_to, "--round-to", 1)
-        check_open_fraction(self.max_group_ratio, "--max-group-ratio")
         if isinstance(self.exclude, str):
             raise UsageError(f"--exclude must be a list of patterns, got {self.exclude!r}")
         check_patterns(self.exclude, "--exclude")

@@ -121,10 +121,10 @@ def round_keep(keep: int, slots: int, width: int, round_to: int) -> int:
     return min(slots, max(step, -(-keep // step) * step))
 
 
-def _check(
+def check_plan_options(
     ratio: float, scope: str, round_to: int, max_group_ratio: float, heads: float | None = None
 ) -> None:
-    """The same field checks (and messages) as ``onnxprune.options``."""
+    """``make_plan``'s options, with the field checks (and messages) of ``onnxprune.options``."""
     check_fraction(ratio, "--structured")
     if heads is not None:
         check_fraction(heads, "--heads")
@@ -186,7 +186,7 @@ def make_plan(
     ``ratio`` applies to neurons and channels; head groups (``Group.heads``) lose ``heads``
     of their slots instead, always per attention layer, and none when ``heads`` is None.
     """
-    _check(ratio, scope, round_to, max_group_ratio, heads)
+    check_plan_options(ratio, scope, round_to, max_group_ratio, heads)
     round_to = int(round_to)
     blocked: list[dict[str, str]] = []
     prunable: list[Group] = []
