@@ -25,7 +25,12 @@ from onnxprune.metrics.counts import (
     is_compression_sampled,
 )
 from onnxprune.options import PruneOptions
-from onnxprune.report.outcome import quantized_ops, refuse_if_nothing_pruned, zeroed_between
+from onnxprune.report.outcome import (
+    quantized_ops,
+    refuse_if_nothing_pruned,
+    with_recovery_note,
+    zeroed_between,
+)
 from onnxprune.report.results import Report
 from onnxprune.report.sections import UnstructuredSummary
 from onnxprune.stages import Stages, layer_bar
@@ -273,14 +278,10 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
             report.size_bytes_after = staged.size_bytes
             if opts.validate:
                 with stages.stage("validate"):
-                    report.validation = _validate(
+                    validation = _validate(
                         src, staged.path, opts, provider_list, stages.progress, inputs, labels
                     )
-                    if report.recovery:
-                        report.validation.notes.append(
-                            "recovery was fitted to these samples: for an unbiased figure run "
-                            "`onnxprune validate` on held-out data"
-                        )
+                    report.validation = with_recovery_note(validation, report.recovery)
             if output_path is not None:
                 report.output_path = str(staged.commit())
             else:

@@ -1,10 +1,12 @@
 """What a run did to the model, read from the typed sections: the refusal of a run that
-pruned nothing, the note on quantized weights, and the recount of zeroed weights."""
+pruned nothing, the notes on quantized weights and on validating on the recovery's own
+samples, and the recount of zeroed weights."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -14,6 +16,12 @@ from onnxprune.errors import OnnxPruneError
 
 if TYPE_CHECKING:
     from onnxprune.report.results import Report
+    from onnxprune.report.sections import Recoveries
+
+FITTED_NOTE = (
+    "recovery was fitted to these samples: for an unbiased figure run "
+    "`onnxprune validate` on held-out data"
+)
 
 
 def quantized_ops(quantized: Mapping[str, int]) -> str:
@@ -53,3 +61,10 @@ def zeroed_between(reference: onnx.ModelProto, pruned: onnx.ModelProto, names: S
                 a = numpy_helper.to_array(t)
                 count += sign * int(a.size - np.count_nonzero(a))
     return count
+
+
+def with_recovery_note(validation: Any, recovery: Recoveries | None) -> Any:
+    """The ``ValidationResult``, with a note when recovery was fitted to the same samples."""
+    if recovery is None:
+        return validation
+    return replace(validation, notes=[*validation.notes, FITTED_NOTE])
