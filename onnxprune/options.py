@@ -92,6 +92,14 @@ def check_nm(value: object, flag: str = "--nm") -> tuple[int, int]:
     raise UsageError(f"{flag} must be an N:M pattern such as '2:4' (0 < N < M), got {value!r}")
 
 
+def check_has_activations(criterion: str, has_data: bool) -> None:
+    """A data-aware criterion (activation, apoz, wanda) needs calibration data."""
+    from onnxprune.structured.importance import DATA_AWARE
+
+    if criterion in DATA_AWARE and not has_data:
+        raise UsageError(f"--criterion {criterion} scores from activations: pass --calib PATH")
+
+
 def _optional(check, value, *args):
     return None if value is None else check(value, *args)
 
@@ -162,7 +170,7 @@ class PruneOptions(DataOptions):
     obs: bool | None = None
 
     def __post_init__(self) -> None:
-        from onnxprune.structured.importance import CRITERIA, DATA_AWARE
+        from onnxprune.structured.importance import CRITERIA
 
         if all(x is None for x in (self.structured, self.heads, self.unstructured, self.nm)):
             raise UsageError(
@@ -184,10 +192,7 @@ class PruneOptions(DataOptions):
             runs=check_int(self.runs, "--runs", 1),
         )
         super().__post_init__()
-        if self.calib is None and self.criterion in DATA_AWARE:
-            raise UsageError(
-                f"--criterion {self.criterion} scores from activations: pass --calib PATH"
-            )
+        check_has_activations(self.criterion, self.calib is not None)
 
     def _needs_calib(self) -> dict[str, object]:
         return {"--bias-correction": self.bias_correction, "--lstsq": self.lstsq,

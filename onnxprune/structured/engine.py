@@ -15,10 +15,7 @@ import onnx
 
 from onnxprune.errors import UsageError
 from onnxprune.graph.view import GraphView
-from onnxprune.options import (
-    check_choice,
-    check_patterns,
-)
+from onnxprune.options import check_choice, check_has_activations, check_patterns
 from onnxprune.structured.dependency import Group, analyze
 from onnxprune.structured.importance import CRITERIA, DATA_AWARE, activation_targets, score_groups
 from onnxprune.structured.plan import (
@@ -43,8 +40,11 @@ __all__ = [
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class StructuredOptions:
+    """The structured engine's options, checked on construction (``validate``) with the
+    field checks of ``onnxprune.options``; ``from_prune`` maps ``PruneOptions`` onto them."""
+
     ratio: float
     """Fraction of channels to remove, in [0, 1)."""
     scope: str = "local"
@@ -62,6 +62,9 @@ class StructuredOptions:
     heads: float | None = None
     """Fraction of the heads of each attention layer to remove, in [0, 1) (whole key/value
     groups in grouped-query attention); None: heads stay. ``ratio`` never removes heads."""
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     @classmethod
     def from_prune(cls, opts) -> StructuredOptions:
@@ -166,10 +169,7 @@ def prune_structured(
     ``GraphView`` already built so its inferred shapes are not inferred again.
     """
     options.validate()
-    if options.criterion in DATA_AWARE and options.stats is None and stats_for is None:
-        raise UsageError(
-            f"--criterion {options.criterion} scores channels from activations: pass --calib"
-        )
+    check_has_activations(options.criterion, options.stats is not None or stats_for is not None)
     round_to = DEFAULT_ROUND_TO if options.round_to is None else options.round_to
     bar = _progress(progress)
     view = GraphView(model)
