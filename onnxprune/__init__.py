@@ -14,9 +14,10 @@ from onnxprune.errors import OnnxPruneError, UsageError
 
 if TYPE_CHECKING:
     from onnxprune.api import PruneResult, prune
+    from onnxprune.options import PruneOptions
     from onnxprune.report.results import Report
 
-__all__ = ["OnnxPruneError", "PruneResult", "Report", "UsageError", "prune"]
+__all__ = ["OnnxPruneError", "PruneOptions", "PruneResult", "Report", "UsageError", "prune"]
 __version__ = "0.1.0"
 
 
@@ -25,6 +26,10 @@ def __getattr__(name: str):
         from onnxprune import api
 
         return getattr(api, name)
+    if name == "PruneOptions":
+        from onnxprune.options import PruneOptions
+
+        return PruneOptions
     if name == "Report":
         from onnxprune.report.results import Report
 

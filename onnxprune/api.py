@@ -10,17 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 
-from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.graph import modelfile as io
 from onnxprune.metrics.counts import (
     compressed_size,
@@ -28,16 +24,20 @@ from onnxprune.metrics.counts import (
     compute_metrics,
     is_compression_sampled,
 )
-from onnxprune.progress import progress_bar
-from onnxprune.report.results import Report
-from onnxprune.structured.importance import CRITERIA, DATA_AWARE
-from onnxprune.unstructured.magnitude import (
-    check_ratio,
-    find_prunable_weights,
-    magnitude,
-    parse_nm,
-    prune_unstructured,
+from onnxprune.options import PruneOptions
+from onnxprune.report.outcome import (
+    quantized_ops,
+    refuse_if_nothing_pruned,
+    with_recovery_note,
+    zeroed_between,
 )
+from onnxprune.report.results import Report
+from onnxprune.report.sections import UnstructuredSummary
+from onnxprune.stages import Stages, layer_bar
+from onnxprune.unstructured.magnitude import find_prunable_weights, magnitude, prune_unstructured
+
+_CPU = ("CPUExecutionProvider",)
+"""Calibration statistics run on CPU (validation runs on the chosen providers)."""
 
 
 @dataclass
@@ -45,109 +45,6 @@ class PruneResult:
     model: onnx.ModelProto
     report: Report
     output_path: Path | None
-
-
-class _Stages:
-    """Times each stage and drives one progress bar over them (stderr; hidden when not a TTY)."""
-
-    def __init__(self, names: Sequence[str], progress: bool):
-        self.progress = progress
-        self.timings: dict[str, float] = {}
-        self._bar = None
-        if progress:
-            self._bar = progress_bar(total=len(names), desc="onnxprune", unit="step")
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        if self._bar is not None:
-            self._bar.set_description(name)
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
-            if self._bar is not None:
-                self._bar.update(1)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-@dataclass(frozen=True)
-class PruneOptions:
-    """Every knob of one run, checked once up front so bad options fail before any work."""
-
-    structured: float | None = None
-    heads: float | None = None
-    unstructured: float | None = None
-    nm: str | tuple[int, int] | None = None
-    scope: str = "local"
-    criterion: str = "l1"
-    round_to: int | None = None
-    max_group_ratio: float = 0.9
-    exclude: tuple[str, ...] = ()
-    validate: bool = True
-    calib: str | os.PathLike | None = None
-    seed: int = 0
-    providers: str = "cpu"
-    runs: int = 30
-    force: bool = False
-    external_data: bool | None = None
-    calib_samples: int | None = None
-    calib_preprocess: str | None = None
-    labels: str | os.PathLike | None = None
-    bias_correction: bool | None = None
-    lstsq: bool | None = None
-    obs: bool | None = None
-
-    def step(self, name: str) -> bool:
-        """Whether recovery step ``name`` runs: as asked, else on exactly when --calib is."""
-        asked = {"bias": self.bias_correction, "lstsq": self.lstsq, "obs": self.obs}[name]
-        return self.calib is not None if asked is None else bool(asked)
-
-    def check(self) -> None:
-        if all(x is None for x in (self.structured, self.heads, self.unstructured, self.nm)):
-            raise UsageError(
-                "nothing to do: pass --structured RATIO, --heads RATIO, --unstructured RATIO "
-                "or --nm N:M"
-            )
-        if self.unstructured is not None and self.nm is not None:
-            raise UsageError("choose one of --unstructured and --nm")
-        if self.structured is not None:
-            check_ratio(self.structured, "--structured")
-        if self.heads is not None:
-            check_ratio(self.heads, "--heads")
-        if self.unstructured is not None:
-            check_ratio(self.unstructured, "--unstructured")
-        if isinstance(self.nm, str):
-            parse_nm(self.nm)
-        if self.scope not in ("local", "global"):
-            raise UsageError(f"--scope must be 'local' or 'global', got {self.scope!r}")
-        if self.criterion not in CRITERIA:
-            raise UsageError(
-                f"unknown --criterion {self.criterion!r}; choose from {', '.join(CRITERIA)}"
-            )
-        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
-            raise UsageError(f"--round-to must be a positive integer, got {self.round_to!r}")
-        if not 0.0 < self.max_group_ratio < 1.0:
-            raise UsageError(f"--max-group-ratio must be in (0, 1), got {self.max_group_ratio!r}")
-        if self.providers not in ("cpu", "cuda", "auto"):
-            raise UsageError(f"--providers must be cpu, cuda or auto, got {self.providers!r}")
-        if self.calib is None:
-            flags = {"--bias-correction": self.bias_correction, "--lstsq": self.lstsq,
-                     "--obs": self.obs, "--labels": self.labels,
-                     "--calib-samples": self.calib_samples,
-                     "--calib-preprocess": self.calib_preprocess}  # fmt: skip
-            asked = [f for f, v in flags.items() if v]
-            if asked:
-                raise UsageError(f"{asked[0]} needs calibration data: pass --calib PATH")
-            if self.criterion in DATA_AWARE:
-                raise UsageError(
-                    f"--criterion {self.criterion} scores from activations: pass --calib PATH"
-                )
-        if self.calib_samples is not None and self.calib_samples < 1:
-            raise UsageError(f"--calib-samples must be at least 1, got {self.calib_samples}")
 
 
 def prune(
@@ -206,16 +103,23 @@ def prune(
     opts = PruneOptions(
         structured=structured, heads=heads, unstructured=unstructured, nm=nm, scope=scope,
         criterion=criterion, round_to=round_to, max_group_ratio=max_group_ratio,
-        exclude=tuple(exclude), validate=validate, calib=calib, seed=seed, providers=providers,
+        exclude=exclude, validate=validate, calib=calib, seed=seed, providers=providers,
         runs=runs, force=force, external_data=external_data, calib_samples=calib_samples,
         calib_preprocess=calib_preprocess, labels=labels, bias_correction=bias_correction,
         lstsq=lstsq, obs=obs,
     )  # fmt: skip
-    opts.check()
-    names = ["load", "measure", "calibrate", "prune", "measure pruned", "save"] + (
-        ["validate"] if validate else []
-    )
-    stages = _Stages(names, progress)
+    return prune_with(model, opts, output=output, progress=progress)
+
+
+def prune_with(
+    model: str | os.PathLike | onnx.ModelProto,
+    opts: PruneOptions,
+    *,
+    output: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> PruneResult:
+    """``prune`` with the options already built (what the CLI calls)."""
+    stages = Stages(opts.stages(), progress)
     # Compressed sizes take about as long as pruning a big model: they run on a background
     # thread while the main thread prunes and saves, and are joined for the report.
     background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxprune-gzip")
@@ -261,92 +165,72 @@ def _calibration(opts: PruneOptions, model: onnx.ModelProto):
 def _apply(
     original: onnx.ModelProto, opts: PruneOptions, report: Report, progress: bool, inputs
 ) -> onnx.ModelProto:
-    from onnxprune.calibration import stats as calibrate
-    from onnxprune.recovery import recover
-
-    providers = ("CPUExecutionProvider",)
+    """Structured pruning first, then unstructured, each followed by its recovery."""
     pruned = original
-    if opts.structured is not None or opts.heads is not None:
-        from onnxprune.structured.engine import StructuredOptions, prune_structured
-
-        options = StructuredOptions(
-            ratio=opts.structured or 0.0, heads=opts.heads, scope=opts.scope,
-            criterion=opts.criterion,
-            round_to=opts.round_to, max_group_ratio=opts.max_group_ratio,
-            exclude=opts.exclude, seed=opts.seed,
-        )  # fmt: skip
-
-        def stats_for(targets: dict[str, int], view):
-            return calibrate.channel_stats(
-                original, inputs, targets, providers=providers, view=view
-            )
-
-        pruned, sresult = prune_structured(
-            pruned, options, progress=progress, stats_for=stats_for if inputs else None
-        )
-        report.structured = sresult.to_dict()
-        steps = recover.RecoveryOptions(
-            bias=opts.step("bias"), lstsq=opts.step("lstsq"), obs=False, seed=opts.seed
-        )
-        if inputs is not None and steps.any and pruned is not original:
-            pruned, rec = recover.recover_structured(
-                original, pruned, sresult.plan, inputs, steps, progress=_layer_bar(progress)
-            )
-            report.recovery = {**(report.recovery or {}), "structured": rec.to_dict()}
-    if opts.unstructured is not None or opts.nm is not None:
-        reference = pruned
-        scorer = magnitude
-        if opts.criterion == "wanda" and inputs is not None:
-            scorer = calibrate.wanda_scorer(reference, inputs, providers=providers)
-        pruned, uresult = prune_unstructured(
-            reference, ratio=opts.unstructured, nm=opts.nm, scope=opts.scope,
-            exclude=opts.exclude, scorer=scorer,
-        )  # fmt: skip
-        report.unstructured = uresult.to_dict()
-        report.unstructured["criterion"] = "wanda" if scorer is not magnitude else "magnitude"
-        steps = recover.RecoveryOptions(
-            bias=opts.step("bias"), lstsq=False, obs=opts.step("obs"), seed=opts.seed
-        )
-        weights = [t["tensor"] for t in uresult.tensors]
-        if inputs is not None and steps.any and weights:
-            nm = (parse_nm(opts.nm) if isinstance(opts.nm, str) else opts.nm) if opts.nm else None
-            pruned, rec = recover.recover_unstructured(
-                reference, pruned, weights, inputs, steps, nm=nm, progress=_layer_bar(progress)
-            )
-            report.recovery = {**(report.recovery or {}), "unstructured": rec.to_dict()}
-            if steps.obs:
-                report.unstructured["zeroed"] = _zeroed(reference, pruned, weights)
-    _refuse_if_nothing_pruned(report, original)
+    if opts.wants_structured:
+        pruned = _structured(original, opts, report, progress, inputs)
+    if opts.wants_unstructured:
+        pruned = _unstructured(pruned, opts, report, progress, inputs)
     quantized = find_prunable_weights(original).quantized_ops
+    refuse_if_nothing_pruned(report, quantized)
     if quantized:
-        ops = ", ".join(f"{k} x{v}" for k, v in sorted(quantized.items()))
-        report.notes.append(f"quantized weights left untouched ({ops})")
+        report.notes.append(f"quantized weights left untouched ({quantized_ops(quantized)})")
     return pruned
 
 
-def _zeroed(reference: onnx.ModelProto, pruned: onnx.ModelProto, names: list[str]) -> int:
-    """Weights zeroed by the run: OBS re-chooses them, so count again."""
-    from onnx import numpy_helper
+def _structured(original, opts: PruneOptions, report: Report, progress: bool, inputs):
+    from onnxprune.calibration import stats as calibrate
+    from onnxprune.recovery import recover
+    from onnxprune.structured.engine import StructuredOptions, prune_structured
 
-    wanted = set(names)
-    count = 0
-    for model, sign in ((pruned, 1), (reference, -1)):
-        for t in model.graph.initializer:
-            if t.name in wanted:
-                a = numpy_helper.to_array(t)
-                count += sign * int(a.size - np.count_nonzero(a))
-    return count
+    def stats_for(targets: dict[str, int], view):
+        return calibrate.channel_stats(original, inputs, targets, providers=_CPU, view=view)
+
+    pruned, result = prune_structured(
+        original, StructuredOptions.from_prune(opts), progress=progress,
+        stats_for=stats_for if inputs else None,
+    )  # fmt: skip
+    report.structured = result
+    steps = recover.RecoveryOptions(
+        bias=opts.step("bias"), lstsq=opts.step("lstsq"), obs=False, seed=opts.seed
+    )
+    if inputs is not None and steps.any and pruned is not original:
+        pruned, rec = recover.recover_structured(
+            original, pruned, result.plan, inputs, steps, progress=layer_bar(progress)
+        )
+        report.add_recovery("structured", rec)
+    return pruned
 
 
-def _layer_bar(progress: bool):
-    """A progress callback counting refit layers (a no-op when progress is off)."""
-    if not progress:
-        return None
-    bar = progress_bar(total=None, desc="recover", unit="layer")
-    return bar.update
+def _unstructured(reference, opts: PruneOptions, report: Report, progress: bool, inputs):
+    from onnxprune.calibration import stats as calibrate
+    from onnxprune.recovery import recover
+
+    scorer = magnitude
+    if opts.criterion == "wanda" and inputs is not None:
+        scorer = calibrate.wanda_scorer(reference, inputs, providers=_CPU)
+    pruned, result = prune_unstructured(
+        reference, ratio=opts.unstructured, nm=opts.nm, scope=opts.scope,
+        exclude=opts.exclude, scorer=scorer,
+    )  # fmt: skip
+    criterion = "wanda" if scorer is not magnitude else "magnitude"
+    report.unstructured = UnstructuredSummary.from_result(result, criterion)
+    steps = recover.RecoveryOptions(
+        bias=opts.step("bias"), lstsq=False, obs=opts.step("obs"), seed=opts.seed
+    )
+    weights = report.unstructured.weights
+    if inputs is not None and steps.any and weights:
+        pruned, rec = recover.recover_unstructured(
+            reference, pruned, weights, inputs, steps, nm=opts.nm, progress=layer_bar(progress)
+        )
+        report.add_recovery("unstructured", rec)
+        if steps.obs:
+            zeroed = zeroed_between(reference, pruned, weights)
+            report.unstructured = report.unstructured.with_zeroed(zeroed)
+    return pruned
 
 
-def _run(model, output_path: Path | None, opts: PruneOptions, stages: _Stages, background):
+def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, background):
     report = Report()
     with stages.stage("load"):
         src = _load(model, report)
@@ -394,14 +278,10 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: _Stages, b
             report.size_bytes_after = staged.size_bytes
             if opts.validate:
                 with stages.stage("validate"):
-                    report.validation = _validate(
+                    validation = _validate(
                         src, staged.path, opts, provider_list, stages.progress, inputs, labels
                     )
-                    if report.recovery:
-                        report.validation["notes"].append(
-                            "recovery was fitted to these samples: for an unbiased figure run "
-                            "`onnxprune validate` on held-out data"
-                        )
+                    report.validation = with_recovery_note(validation, report.recovery)
             if output_path is not None:
                 report.output_path = str(staged.commit())
             else:
@@ -422,40 +302,12 @@ def _path_or_none(path: str | None) -> Path | None:
     return Path(path) if path else None
 
 
-def _refuse_if_nothing_pruned(report: Report, model: onnx.ModelProto) -> None:
-    """A run that could change nothing is a model problem, not a success with zero effect."""
-    has_unstructured = report.unstructured is not None and report.unstructured["tensors"]
-    has_structured = report.structured is not None and any(
-        g["channels_before"] > 0 for g in report.structured.get("groups", [])
-    )
-    asked_unstructured = report.unstructured is not None
-    asked_structured = report.structured is not None
-    if (asked_unstructured and has_unstructured) or (asked_structured and has_structured):
-        return
-    reasons = []
-    if report.unstructured is not None:
-        reasons += [f"{s['tensor']}: {s['reason']}" for s in report.unstructured["skipped"][:3]]
-    if report.structured is not None:
-        reasons += [
-            f"{b['where']}: {b['reason']}" for b in report.structured.get("blocked", [])[:3]
-        ]
-    quantized = find_prunable_weights(model).quantized_ops
-    detail = ""
-    if quantized:
-        ops = ", ".join(f"{k} x{v}" for k, v in sorted(quantized.items()))
-        detail = f" (quantized weights are left untouched: {ops})"
-    elif reasons:
-        detail = f" ({'; '.join(reasons)})"
-    raise OnnxPruneError(
-        "no prunable weights found: the model has no float Conv, ConvTranspose, Gemm or MatMul "
-        f"weights that can be pruned{detail}"
-    )
-
-
 def _validate(
     src: _Source, pruned_path: Path, opts: PruneOptions, providers, progress, inputs, labels
-) -> dict:
+):
+    """The runtime's ``ValidationResult`` of the staged output against the original."""
     from onnxprune.runtime import validate as v
+
     tmpdir = None
     try:
         original_path = src.path
@@ -464,11 +316,10 @@ def _validate(
             original_path = io.stage_model(src.model, tmpdir / "original.onnx").commit()
         if inputs is None:
             inputs = v.make_inputs(src.model, seed=opts.seed)
-        result = v.validate(
+        return v.validate(
             original_path, pruned_path, inputs, providers, runs=opts.runs, progress=progress,
             labels=labels,
-        ).to_dict()  # fmt: skip
-        return result
+        )
     finally:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)

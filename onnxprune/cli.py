@@ -15,6 +15,7 @@ import click
 
 from onnxprune import __version__
 from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.options import PROVIDERS, SCOPES, default
 from onnxprune.structured.importance import CRITERIA
 
 MAIN_HELP = """Prune an ONNX model and prove it still answers the same.
@@ -65,42 +66,10 @@ CALIB_HELP = (
     "folder of images"
 )
 
-def _labels_option(effect: str):
-    return click.option(
-        "--labels",
-        type=click.Path(path_type=Path),
-        default=None,
-        metavar="PATH",
-        help=f"A .npy of integer class labels for the --calib inputs: {effect}",
-    )
-
-
-def _providers_option(help_text: str):
-    return click.option(
-        "--providers",
-        type=click.Choice(["cpu", "cuda", "auto"]),
-        default="cpu",
-        show_default=True,
-        help=help_text,
-    )
-
-
 def _check_folder(path: Path | None, flag: str) -> None:
     """An output file's folder must exist before the long work starts."""
     if path is not None and not path.parent.resolve().is_dir():
         raise UsageError(f"{flag} folder {path.parent} does not exist")
-
-
-def _calib_options(f):
-    """--calib, --calib-samples and --calib-preprocess: the same for prune and validate."""
-    f = _calib_preprocess_option(f)
-    f = _calib_samples_option(f)
-    return click.option(
-        "--calib",
-        type=click.Path(path_type=Path),
-        default=None,
-        help=CALIB_HELP + " [default: random inputs].",
-    )(f)
 
 
 _calib_samples_option = click.option(
@@ -119,6 +88,45 @@ _calib_preprocess_option = click.option(
     "'scale=1/255,mean=0.485,0.456,0.406,std=0.229,0.224,0.225' "
     "[default: imagenet for 3 channels, scale=1/255 otherwise].",
 )
+
+
+def _data_options(labels_effect: str, providers_help: str, seed_help: str):
+    """The ``DataOptions`` flags, defined once for prune and validate: --calib,
+    --calib-samples, --calib-preprocess, --labels, --providers and --seed."""
+    group = [
+        click.option(
+            "--calib",
+            type=click.Path(path_type=Path),
+            default=None,
+            help=CALIB_HELP + " [default: random inputs].",
+        ),
+        _calib_samples_option,
+        _calib_preprocess_option,
+        click.option(
+            "--labels",
+            type=click.Path(path_type=Path),
+            default=None,
+            metavar="PATH",
+            help=f"A .npy of integer class labels for the --calib inputs: {labels_effect}",
+        ),
+        click.option(
+            "--providers",
+            type=click.Choice(list(PROVIDERS)),
+            default=default("providers"),
+            show_default=True,
+            help=providers_help,
+        ),
+        click.option(
+            "--seed", type=int, default=default("seed"), show_default=True, help=seed_help
+        ),
+    ]
+
+    def apply(f):
+        for option in reversed(group):
+            f = option(f)
+        return f
+
+    return apply
 
 
 @cli.command("prune")
@@ -149,15 +157,15 @@ _calib_preprocess_option = click.option(
 )
 @click.option(
     "--scope",
-    type=click.Choice(["local", "global"]),
-    default="local",
+    type=click.Choice(list(SCOPES)),
+    default=default("scope"),
     show_default=True,
     help="local: every tensor/group loses R. global: one ranking over the whole model.",
 )
 @click.option(
     "--criterion",
     type=click.Choice(list(CRITERIA)),
-    default="l1",
+    default=default("criterion"),
     show_default=True,
     help="Channel importance for --structured/--heads (activation, apoz, wanda read --calib "
     "activations); for --unstructured/--nm: magnitude, or wanda (|W| x input norm).",
@@ -172,7 +180,7 @@ _calib_preprocess_option = click.option(
 @click.option(
     "--max-group-ratio",
     type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
-    default=0.9,
+    default=default("max_group_ratio"),
     show_default=True,
     help="With --scope global: most any one group may lose.",
 )
@@ -184,12 +192,15 @@ _calib_preprocess_option = click.option(
 )
 @click.option(
     "--validate/--no-validate",
-    default=True,
+    default=default("validate"),
     show_default=True,
     help="Compare outputs and latency of original and pruned in onnxruntime before writing.",
 )
-@_calib_options
-@_labels_option("the report then shows accuracy before/after.")
+@_data_options(
+    "the report then shows accuracy before/after.",
+    "onnxruntime provider for validation; auto takes CUDA when present.",
+    "Seed for random inputs and the random criterion.",
+)
 @click.option(
     "--bias-correction/--no-bias-correction",
     default=None,
@@ -209,17 +220,9 @@ _calib_preprocess_option = click.option(
     "(SparseGPT-style) reconstruction [default: on with --calib].",
 )
 @click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seed for random inputs and the random criterion.",
-)
-@_providers_option("onnxruntime provider for validation; auto takes CUDA when present.")
-@click.option(
     "--runs",
     type=click.IntRange(min=5),
-    default=30,
+    default=default("runs"),
     show_default=True,
     help="Latency runs per model (interleaved).",
 )
@@ -236,12 +239,14 @@ def prune_cmd(
     model: Path, output: Path | None, report_path: Path | None, quiet: bool, **kw
 ) -> None:
     """Prune MODEL and write the validated result."""
-    from onnxprune.api import prune
+    from onnxprune.api import prune_with
     from onnxprune.graph.modelfile import default_output_path
+    from onnxprune.options import PruneOptions
 
     _check_folder(report_path, "--report")
+    opts = PruneOptions(**kw)
     out = output if output is not None else default_output_path(model)
-    result = prune(model, output=out, progress=not quiet, **kw)
+    result = prune_with(model, opts, output=out, progress=not quiet)
     if report_path is not None:
         result.report.write_json(report_path)
     if not quiet:
@@ -267,10 +272,11 @@ def inspect_cmd(model: Path, nm: str) -> None:
 @cli.command("validate")
 @click.argument("original", type=click.Path(path_type=Path))
 @click.argument("pruned", type=click.Path(path_type=Path))
-@_calib_options
-@_labels_option("adds accuracy before/after.")
-@_providers_option("onnxruntime provider; auto takes CUDA when present.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random inputs.")
+@_data_options(
+    "adds accuracy before/after.",
+    "onnxruntime provider; auto takes CUDA when present.",
+    "Seed for random inputs.",
+)
 @click.option(
     "--json",
     "json_path",
@@ -283,10 +289,12 @@ def validate_cmd(original: Path, pruned: Path, json_path: Path | None, **kw) -> 
     """Compare PRUNED with ORIGINAL on the same inputs: agreement, drift, accuracy."""
     import json
 
+    from onnxprune.options import ValidateOptions
     from onnxprune.runtime.evaluate import evaluate_files, render_evaluation
 
     _check_folder(json_path, "--json")
-    result = evaluate_files(original, pruned, **kw)
+    opts = ValidateOptions(**kw)
+    result = evaluate_files(original, pruned, **opts.data_kwargs())
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2) + "\n")
     click.echo(render_evaluation(result))

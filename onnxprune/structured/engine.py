@@ -8,16 +8,23 @@ between them: data-aware scores need the groups, reconstruction needs the rewrit
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from onnxprune.errors import UsageError
 from onnxprune.graph.view import GraphView
+from onnxprune.options import check_choice, check_has_activations, check_patterns
 from onnxprune.structured.dependency import Group, analyze
 from onnxprune.structured.importance import CRITERIA, DATA_AWARE, activation_targets, score_groups
-from onnxprune.structured.plan import DEFAULT_ROUND_TO, SCOPES, GroupPlan, Plan, make_plan
+from onnxprune.structured.plan import (
+    DEFAULT_ROUND_TO,
+    GroupPlan,
+    Plan,
+    check_plan_options,
+    make_plan,
+)
 from onnxprune.structured.rewrite import apply_plan
 
 __all__ = [
@@ -33,8 +40,11 @@ __all__ = [
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class StructuredOptions:
+    """The structured engine's options, checked on construction (``validate``) with the
+    field checks of ``onnxprune.options``; ``from_prune`` maps ``PruneOptions`` onto them."""
+
     ratio: float
     """Fraction of channels to remove, in [0, 1)."""
     scope: str = "local"
@@ -53,54 +63,79 @@ class StructuredOptions:
     """Fraction of the heads of each attention layer to remove, in [0, 1) (whole key/value
     groups in grouped-query attention); None: heads stay. ``ratio`` never removes heads."""
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_prune(cls, opts) -> StructuredOptions:
+        """The structured part of ``onnxprune.options.PruneOptions``."""
+        return cls(
+            ratio=opts.structured or 0.0, heads=opts.heads, scope=opts.scope,
+            criterion=opts.criterion, round_to=opts.round_to,
+            max_group_ratio=opts.max_group_ratio, exclude=opts.exclude, seed=opts.seed,
+        )  # fmt: skip
+
     def validate(self) -> None:
-        """Raise ``UsageError`` (one line) for options that make no sense."""
-        if (
-            isinstance(self.ratio, bool)
-            or not isinstance(self.ratio, int | float)
-            or not 0.0 <= self.ratio < 1.0
-        ):
-            raise UsageError(f"the structured ratio must be in [0, 1), got {self.ratio}")
-        if self.scope not in SCOPES:
-            raise UsageError(f"unknown scope '{self.scope}' (choose local or global)")
-        if self.criterion not in CRITERIA:
-            raise UsageError(
-                f"unknown criterion '{self.criterion}' (choose from {', '.join(CRITERIA)})"
-            )
-        if self.round_to is not None and (
-            isinstance(self.round_to, bool)
-            or not isinstance(self.round_to, int)
-            or self.round_to < 1
-        ):
-            raise UsageError(f"--round-to must be a whole number >= 1, got {self.round_to}")
-        if not 0.0 < self.max_group_ratio < 1.0:
-            raise UsageError(f"--max-group-ratio must be in (0, 1), got {self.max_group_ratio}")
+        """Raise ``UsageError`` (one line) for options that make no sense.
+
+        The field checks are ``onnxprune.options``'s, so the messages match the API's and the
+        CLI's. ``exclude`` given as one string is refused here (the front door,
+        ``PruneOptions``, reads it as one pattern; this lower-level call stays strict).
+        """
+        round_to = DEFAULT_ROUND_TO if self.round_to is None else self.round_to
+        check_plan_options(self.ratio, self.scope, round_to, self.max_group_ratio, self.heads)
+        check_choice(self.criterion, "--criterion", tuple(CRITERIA))
         if isinstance(self.exclude, str):
-            raise UsageError("exclude must be a list of patterns, not one string")
-        if self.heads is not None and (
-            isinstance(self.heads, bool)
-            or not isinstance(self.heads, int | float)
-            or not 0.0 <= self.heads < 1.0
-        ):
-            raise UsageError(f"--heads must be in [0, 1), got {self.heads}")
+            raise UsageError(f"--exclude must be a list of patterns, got {self.exclude!r}")
+        check_patterns(self.exclude, "--exclude")
 
 
 @dataclass
 class StructuredResult:
+    """What structured pruning did: the report's ``structured`` section."""
+
     groups: list[GroupPlan]
     """Every prunable group, with its kept slots."""
     blocked: list[dict[str, str]]
-    """Each blocked group or place, with a reason a user can read."""
-    settings: dict[str, object] = field(default_factory=dict)
+    """Each blocked group or place (``where``, ``reason``: plan data, as saved in a plan)."""
+    scope: str = "local"
+    criterion: str = "l1"
+    round_to: int = 1
+    ratio: float = 0.0
+    heads: float | None = None
     plan: Plan | None = None
+
+    @classmethod
+    def from_plan(cls, plan: Plan, criterion: str) -> StructuredResult:
+        s = plan.settings
+        return cls(
+            plan.groups, plan.blocked, scope=str(s.get("scope", "local")), criterion=criterion,
+            round_to=int(s.get("round_to", 1)), ratio=float(s.get("ratio", 0.0)),
+            heads=s.get("heads"), plan=plan,
+        )  # fmt: skip
+
+    @property
+    def settings(self) -> dict[str, object]:
+        """The plan's settings (ratio, scope, round_to, ...), as saved with the plan."""
+        return {} if self.plan is None else self.plan.settings
+
+    @property
+    def changed(self) -> list[GroupPlan]:
+        """The groups that lost channels."""
+        return [g for g in self.groups if g.channels_after != g.channels_before]
+
+    @property
+    def prunable(self) -> bool:
+        """Whether any group had channels to prune."""
+        return any(g.channels_before > 0 for g in self.groups)
 
     def to_dict(self) -> dict:
         return {
-            "scope": self.settings.get("scope"),
-            "criterion": self.settings.get("criterion"),
-            "round_to": int(self.settings.get("round_to", 1)),
-            "ratio": float(self.settings.get("ratio", 0.0)),
-            **({"heads": self.settings["heads"]} if self.settings.get("heads") is not None else {}),
+            "scope": self.scope,
+            "criterion": self.criterion,
+            "round_to": int(self.round_to),
+            "ratio": float(self.ratio),
+            **({"heads": self.heads} if self.heads is not None else {}),
             "groups": [
                 {
                     "id": g.id,
@@ -134,10 +169,7 @@ def prune_structured(
     ``GraphView`` already built so its inferred shapes are not inferred again.
     """
     options.validate()
-    if options.criterion in DATA_AWARE and options.stats is None and stats_for is None:
-        raise UsageError(
-            f"--criterion {options.criterion} scores channels from activations: pass --calib"
-        )
+    check_has_activations(options.criterion, options.stats is not None or stats_for is not None)
     round_to = DEFAULT_ROUND_TO if options.round_to is None else options.round_to
     bar = _progress(progress)
     view = GraphView(model)
@@ -167,7 +199,7 @@ def prune_structured(
                 "reason": "no prunable producer (Conv, ConvTranspose, Gemm or MatMul with a constant weight)",
             }
         )
-    result = StructuredResult(plan.groups, plan.blocked, plan.settings, plan)
+    result = StructuredResult.from_plan(plan, options.criterion)
     if plan.empty:
         bar(None)
         return model, result

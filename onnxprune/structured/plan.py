@@ -16,7 +16,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from onnxprune.errors import UsageError
+from onnxprune.options import (
+    SCOPES,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_open_fraction,
+)
 from onnxprune.structured.dependency import Group
 from onnxprune.structured.importance import normalize
 
@@ -28,7 +34,6 @@ fewer MACs, multiples of 16 the same 1.43x for 34% fewer (latency efficiency 0.8
 onnxruntime's blocked NCHWc convolutions use 16-channel blocks with AVX-512 and 8 with AVX2;
 multiples of 16 suit both."""
 
-SCOPES = ("local", "global")
 
 
 @dataclass
@@ -116,19 +121,16 @@ def round_keep(keep: int, slots: int, width: int, round_to: int) -> int:
     return min(slots, max(step, -(-keep // step) * step))
 
 
-def _check(
+def check_plan_options(
     ratio: float, scope: str, round_to: int, max_group_ratio: float, heads: float | None = None
 ) -> None:
-    if not 0.0 <= ratio < 1.0:
-        raise UsageError(f"the structured ratio must be in [0, 1), got {ratio}")
-    if heads is not None and not 0.0 <= heads < 1.0:
-        raise UsageError(f"--heads must be in [0, 1), got {heads}")
-    if scope not in SCOPES:
-        raise UsageError(f"unknown scope '{scope}' (choose local or global)")
-    if int(round_to) != round_to or round_to < 1:
-        raise UsageError(f"--round-to must be a whole number >= 1, got {round_to}")
-    if not 0.0 < max_group_ratio < 1.0:
-        raise UsageError(f"--max-group-ratio must be in (0, 1), got {max_group_ratio}")
+    """``make_plan``'s options, with the field checks (and messages) of ``onnxprune.options``."""
+    check_fraction(ratio, "--structured")
+    if heads is not None:
+        check_fraction(heads, "--heads")
+    check_choice(scope, "--scope", SCOPES)
+    check_int(round_to, "--round-to", 1)
+    check_open_fraction(max_group_ratio, "--max-group-ratio")
 
 
 def _excluded(g: Group, patterns: Sequence[str]) -> str | None:
@@ -184,7 +186,7 @@ def make_plan(
     ``ratio`` applies to neurons and channels; head groups (``Group.heads``) lose ``heads``
     of their slots instead, always per attention layer, and none when ``heads`` is None.
     """
-    _check(ratio, scope, round_to, max_group_ratio, heads)
+    check_plan_options(ratio, scope, round_to, max_group_ratio, heads)
     round_to = int(round_to)
     blocked: list[dict[str, str]] = []
     prunable: list[Group] = []

@@ -1,0 +1,228 @@
+"""The options of a run: built once, normalized once, checked once, for the CLI and the API.
+
+``PruneOptions`` (the ``prune`` command and ``onnxprune.prune``) and ``ValidateOptions`` (the
+``validate`` command) are frozen dataclasses whose constructor normalizes and validates every
+field, so an options object that exists is a valid one. Both share ``DataOptions``: the
+calibration data, labels, providers and seed. The structured engine's ``StructuredOptions``
+uses the same field checks below, so a bad value reads the same from every door.
+
+Normalization: a string given for a sequence option (``exclude="head*"``) is one pattern, not
+its characters; an N:M pattern is a ``(n, m)`` tuple whether given as ``"2:4"`` or ``(2, 4)``.
+Numbers are type-checked (``True``, ``"0.5"`` and ``"abc"`` are not numbers).
+
+Every message has one shape, ``<flag> must be <what>, got <value>``, naming the command-line
+flag, so a script calling the API and a person at the terminal read the same thing.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+from onnxprune.errors import UsageError
+
+SCOPES = ("local", "global")
+PROVIDERS = ("cpu", "cuda", "auto")
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_fraction(value: object, flag: str) -> float:
+    """A fraction in [0, 1): the ratio options."""
+    if not (_is_real(value) and 0.0 <= float(value) < 1.0):
+        raise UsageError(f"{flag} must be a fraction in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_open_fraction(value: object, flag: str) -> float:
+    """A fraction in (0, 1): ``--max-group-ratio``."""
+    if not (_is_real(value) and 0.0 < float(value) < 1.0):
+        raise UsageError(f"{flag} must be in (0, 1), got {value!r}")
+    return float(value)
+
+
+def check_int(value: object, flag: str, minimum: int | None = None) -> int:
+    """A whole number, at least ``minimum`` when given."""
+    if not _is_int(value) or (minimum is not None and value < minimum):
+        what = "a whole number" if minimum is None else f"a whole number >= {minimum}"
+        raise UsageError(f"{flag} must be {what}, got {value!r}")
+    return int(value)
+
+
+def check_choice(value: object, flag: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise UsageError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def check_patterns(value: object, flag: str) -> tuple[str, ...]:
+    """Glob patterns: a string is one pattern; any other iterable holds strings."""
+    if isinstance(value, str):
+        return (value,)
+    try:
+        items = tuple(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise UsageError(f"{flag} must be a list of patterns, got {value!r}") from None
+    if not all(isinstance(p, str) for p in items):
+        raise UsageError(f"{flag} must be a list of patterns, got {value!r}")
+    return items
+
+
+def check_nm(value: object, flag: str = "--nm") -> tuple[int, int]:
+    """An N:M pattern, as ``"2:4"`` or ``(2, 4)``, returned as ``(n, m)`` with 0 < n < m."""
+    if isinstance(value, str):
+        from onnxprune.unstructured.magnitude import parse_nm
+
+        return parse_nm(value)
+    if (
+        isinstance(value, tuple | list)
+        and len(value) == 2
+        and all(_is_int(v) for v in value)
+        and 0 < value[0] < value[1]
+    ):
+        return int(value[0]), int(value[1])
+    raise UsageError(f"{flag} must be an N:M pattern such as '2:4' (0 < N < M), got {value!r}")
+
+
+def check_has_activations(criterion: str, has_data: bool) -> None:
+    """A data-aware criterion (activation, apoz, wanda) needs calibration data."""
+    from onnxprune.structured.importance import DATA_AWARE
+
+    if criterion in DATA_AWARE and not has_data:
+        raise UsageError(f"--criterion {criterion} scores from activations: pass --calib PATH")
+
+
+def _optional(check, value, *args):
+    return None if value is None else check(value, *args)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataOptions:
+    """What a run is fed and where it runs: shared by ``prune`` and ``validate``."""
+
+    calib: str | os.PathLike | None = None
+    calib_samples: int | None = None
+    calib_preprocess: str | None = None
+    labels: str | os.PathLike | None = None
+    providers: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._set(calib_samples=_optional(check_int, self.calib_samples, "--calib-samples", 1))
+        self._set(providers=check_choice(self.providers, "--providers", PROVIDERS))
+        self._set(seed=check_int(self.seed, "--seed"))
+        if self.calib_preprocess is not None and not isinstance(self.calib_preprocess, str):
+            raise UsageError(
+                f"--calib-preprocess must be a string, got {self.calib_preprocess!r}"
+            )
+        if self.calib is None:
+            asked = [flag for flag, value in self._needs_calib().items() if value]
+            if asked:
+                raise UsageError(f"{asked[0]} needs --calib: pass --calib PATH")
+
+    def _needs_calib(self) -> dict[str, object]:
+        """Options that only mean something with --calib, by flag (in message order)."""
+        return {"--labels": self.labels, "--calib-samples": self.calib_samples,
+                "--calib-preprocess": self.calib_preprocess}  # fmt: skip
+
+    def _set(self, **values: object) -> None:
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def data_kwargs(self) -> dict[str, object]:
+        """The shared fields as keyword arguments (for ``evaluate_files``)."""
+        return {f.name: getattr(self, f.name) for f in fields(DataOptions)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValidateOptions(DataOptions):
+    """The ``validate`` command: compare two model files on the same inputs."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneOptions(DataOptions):
+    """Every knob of one ``prune`` run, normalized and checked on construction."""
+
+    structured: float | None = None
+    heads: float | None = None
+    unstructured: float | None = None
+    nm: tuple[int, int] | None = None
+    """Given as ``"2:4"`` or ``(2, 4)``; stored as ``(2, 4)``."""
+    scope: str = "local"
+    criterion: str = "l1"
+    round_to: int | None = None
+    max_group_ratio: float = 0.9
+    exclude: tuple[str, ...] = ()
+    validate: bool = True
+    runs: int = 30
+    force: bool = False
+    external_data: bool | None = None
+    bias_correction: bool | None = None
+    lstsq: bool | None = None
+    obs: bool | None = None
+
+    def __post_init__(self) -> None:
+        from onnxprune.structured.importance import CRITERIA
+
+        if all(x is None for x in (self.structured, self.heads, self.unstructured, self.nm)):
+            raise UsageError(
+                "nothing to do: pass --structured RATIO, --heads RATIO, --unstructured RATIO "
+                "or --nm N:M"
+            )
+        if self.unstructured is not None and self.nm is not None:
+            raise UsageError("choose one of --unstructured and --nm")
+        self._set(
+            structured=_optional(check_fraction, self.structured, "--structured"),
+            heads=_optional(check_fraction, self.heads, "--heads"),
+            unstructured=_optional(check_fraction, self.unstructured, "--unstructured"),
+            nm=_optional(check_nm, self.nm, "--nm"),
+            scope=check_choice(self.scope, "--scope", SCOPES),
+            criterion=check_choice(self.criterion, "--criterion", tuple(CRITERIA)),
+            round_to=_optional(check_int, self.round_to, "--round-to", 1),
+            max_group_ratio=check_open_fraction(self.max_group_ratio, "--max-group-ratio"),
+            exclude=check_patterns(self.exclude, "--exclude"),
+            runs=check_int(self.runs, "--runs", 1),
+        )
+        super().__post_init__()
+        check_has_activations(self.criterion, self.calib is not None)
+
+    def _needs_calib(self) -> dict[str, object]:
+        return {"--bias-correction": self.bias_correction, "--lstsq": self.lstsq,
+                "--obs": self.obs, **super()._needs_calib()}  # fmt: skip
+
+    @property
+    def wants_structured(self) -> bool:
+        return self.structured is not None or self.heads is not None
+
+    @property
+    def wants_unstructured(self) -> bool:
+        return self.unstructured is not None or self.nm is not None
+
+    def step(self, name: str) -> bool:
+        """Whether recovery step ``name`` runs: as asked, else on exactly when --calib is."""
+        asked = {"bias": self.bias_correction, "lstsq": self.lstsq, "obs": self.obs}[name]
+        return self.calib is not None if asked is None else bool(asked)
+
+    def stages(self) -> list[str]:
+        """The stages this run enters, in order (for the progress bar): ``measure`` twice,
+        once before pruning and once joining the compressed sizes at the end."""
+        return ["load", "measure", "calibrate", "prune", "measure pruned", "save"] + (
+            ["validate"] if self.validate else []
+        ) + ["measure"]
+
+
+def default(name: str) -> object:
+    """The default of a ``PruneOptions``/``ValidateOptions`` field: the CLI's defaults are
+    these, so the command line and the API cannot drift apart."""
+    for f in fields(PruneOptions):
+        if f.name == name:
+            return f.default
+    raise KeyError(name)

@@ -1,0 +1,141 @@
+"""The terminal table of a ``Report``, read from its typed sections (see README "Report")."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from onnxprune.report.text import human_bytes, human_count, ratio, table
+
+if TYPE_CHECKING:
+    from onnxprune.report.results import Report
+    from onnxprune.report.sections import Recoveries, UnstructuredSummary
+    from onnxprune.structured.engine import StructuredResult
+
+
+def render_report(r: Report, max_rows: int = 25) -> str:
+    out: list[str] = []
+    if r.input_path:
+        out.append(f"model   {r.input_path}")
+    if r.output_path:
+        out.append(f"output  {r.output_path}")
+    out.append("")
+    out.append(table(_totals(r), ["", "before", "after", "ratio"]))
+    if r.unstructured:
+        out += _unstructured(r.unstructured, max_rows)
+    if r.structured:
+        out += _structured(r.structured, max_rows)
+    if r.recovery:
+        out += _recovery(r.recovery, max_rows)
+    if r.validation:
+        out += _validation(r.validation)
+    if r.notes:
+        out.append("")
+        out.extend(f"note: {n}" for n in r.notes)
+    return "\n".join(out)
+
+
+def _row(name: str, before: float, after: float, fmt) -> list[str]:
+    return [name, fmt(before), fmt(after), ratio(before, after)]
+
+
+def _totals(r: Report) -> list[list[str]]:
+    rows = [
+        _row("parameters", r.params_before, r.params_after, human_count),
+        _row("nonzero params", r.nonzero_before, r.nonzero_after, human_count),
+        _row("MACs", r.macs_before, r.macs_after, human_count),
+        _row("file size", r.size_bytes_before, r.size_bytes_after, human_bytes),
+        _row("gzip size", r.gzip_bytes_before, r.gzip_bytes_after, human_bytes),
+    ]
+    v = r.validation
+    if v:
+        ms = "{:.3f}".format
+        if v.latency_ms_before is not None and v.latency_ms_after is not None:
+            rows.append(_row("latency median (ms)", v.latency_ms_before, v.latency_ms_after, ms))
+        if v.latency_p90_ms_before is not None and v.latency_p90_ms_after is not None:
+            rows.append(
+                _row("latency p90 (ms)", v.latency_p90_ms_before, v.latency_p90_ms_after, ms)
+            )
+    return rows
+
+
+def _more(items: list, max_rows: int, what: str) -> list[str]:
+    if len(items) > max_rows:
+        return [f"{what.format(len(items) - max_rows)}"]
+    return []
+
+
+def _unstructured(u: UnstructuredSummary, max_rows: int) -> list[str]:
+    r, sel = u.result, u.result.selected
+    frac = u.zeroed / sel if sel else 0.0
+    out = [
+        "",
+        f"unstructured ({r.mode} {r.target}, scope {r.scope}): zeroed {human_count(u.zeroed)} "
+        f"of {human_count(sel)} selected weights ({frac:.1%}) in {len(u.tensors)} tensors",
+    ]
+    if u.skipped:
+        out.append(f"  left alone: {len(u.skipped)} tensors")
+        out += [f"    {s['tensor']}: {s['reason']}" for s in u.skipped[:max_rows]]
+        out += _more(u.skipped, max_rows, "    ... and {} more (see --report)")
+    return out
+
+
+def _structured(s: StructuredResult, max_rows: int) -> list[str]:
+    groups = s.groups
+    out = [
+        "",
+        f"structured (ratio {s.ratio}, scope {s.scope}, criterion {s.criterion}, "
+        f"round-to {s.round_to}): pruned {len(s.changed)} of {len(groups)} groups, "
+        f"{len(s.blocked)} blocked",
+    ]
+    if groups:
+        rows = []
+        for g in groups[:max_rows]:
+            first = g.members[0] if g.members else g.id
+            more = f" +{len(g.members) - 1}" if len(g.members) > 1 else ""
+            if g.heads:
+                more += f" (heads {g.heads}->{g.heads_after})"
+            scores = f"{g.score_min:.3g}/{g.score_mean:.3g}/{g.score_max:.3g}"
+            rows.append([f"{first}{more}", str(g.channels_before), str(g.channels_after), scores])
+        out.append(table(rows, ["group (first member)", "before", "after", "score min/mean/max"]))
+        out += _more(groups, max_rows, "... and {} more groups (see --report)")
+    out += [f"  blocked {b['where']}: {b['reason']}" for b in s.blocked[:max_rows]]
+    out += _more(s.blocked, max_rows, "  ... and {} more blocked (see --report)")
+    return out
+
+
+def _recovery(recovery: Recoveries, max_rows: int) -> list[str]:
+    out: list[str] = []
+    for kind, rec in recovery.items():
+        out.append("")
+        steps = "+".join(rec.steps) or "none"
+        line = (
+            f"recovery after {kind} pruning ({steps}, {rec.samples} calibration samples, "
+            f"{rec.seconds or 0:.1f} s): refit {rec.layers_refit or 0} layers"
+        )
+        if rec.mean_err_before is not None:
+            line += (
+                f", mean layer output error {rec.mean_err_before:.3g} -> "
+                f"{rec.mean_err_after:.3g}"
+            )
+        out.append(line)
+        out += [f"  left alone {sk['layer']}: {sk['reason']}" for sk in rec.skipped[:max_rows]]
+    return out
+
+
+def _validation(v) -> list[str]:
+    """``v`` is the runtime's ``ValidationResult``."""
+
+    def num(x: float | None) -> float:
+        return math.nan if x is None else x
+
+    parts = [
+        f"validation on {v.provider}: max abs diff {num(v.max_abs_diff):.3g}",
+        f"rel diff {num(v.rel_diff):.3g}",
+        f"cosine {num(v.cosine):.6f}",
+    ]
+    if v.top1_agreement is not None:
+        parts.append(f"top-1 agreement {v.top1_agreement:.1%}")
+    if v.accuracy_before is not None:
+        parts.append(f"accuracy {v.accuracy_before:.2%} -> {v.accuracy_after:.2%}")
+    return ["", ", ".join(parts), *(f"  {note}" for note in v.notes)]
