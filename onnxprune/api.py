@@ -252,7 +252,7 @@ def _calibration(opts: PruneOptions, model: onnx.ModelProto):
     """The calibration samples, read once and shared by scoring, recovery and validation."""
     if opts.calib is None:
         return None
-    from onnxprune.runtime.validate import make_inputs
+    from onnxprune.calibration.data import make_inputs
 
     extra = {"preprocess": opts.calib_preprocess} if opts.calib_preprocess else {}
     return make_inputs(model, calib=opts.calib, max_samples=opts.calib_samples, **extra)
@@ -355,7 +355,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: _Stages, b
     provider_list: list[str] = []
     if opts.validate:
         # Resolve providers before the long work so a missing CUDA fails fast.
-        from onnxprune.runtime.validate import resolve_providers
+        from onnxprune.runtime.session import resolve_providers
 
         provider_list = resolve_providers(opts.providers)
 
@@ -366,7 +366,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: _Stages, b
         inputs = _calibration(opts, src.model)
         labels = None
         if opts.labels is not None:  # a bad labels file fails now, not after the pruning
-            from onnxprune.runtime.evaluate import load_labels
+            from onnxprune.runtime.validate import load_labels
 
             labels = load_labels(opts.labels, max_samples=opts.calib_samples)
     with stages.stage("prune"):
@@ -455,6 +455,7 @@ def _refuse_if_nothing_pruned(report: Report, model: onnx.ModelProto) -> None:
 def _validate(
     src: _Source, pruned_path: Path, opts: PruneOptions, providers, progress, inputs, labels
 ) -> dict:
+    from onnxprune.calibration.data import make_inputs
     from onnxprune.runtime import validate as v
     tmpdir = None
     try:
@@ -463,7 +464,7 @@ def _validate(
             tmpdir = Path(tempfile.mkdtemp(prefix="onnxprune-orig-"))
             original_path = io.stage_model(src.model, tmpdir / "original.onnx").commit()
         if inputs is None:
-            inputs = v.make_inputs(src.model, seed=opts.seed)
+            inputs = make_inputs(src.model, seed=opts.seed)
         result = v.validate(
             original_path, pruned_path, inputs, providers, runs=opts.runs, progress=progress,
             labels=labels,

@@ -283,7 +283,7 @@ def validate_cmd(original: Path, pruned: Path, json_path: Path | None, **kw) -> 
     """Compare PRUNED with ORIGINAL on the same inputs: agreement, drift, accuracy."""
     import json
 
-    from onnxprune.runtime.evaluate import evaluate_files, render_evaluation
+    from onnxprune.runtime.validate import evaluate_files, render_evaluation
 
     _check_folder(json_path, "--json")
     result = evaluate_files(original, pruned, **kw)

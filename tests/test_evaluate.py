@@ -15,9 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from test_cli import run_cli
 
+from onnxprune.calibration.data import make_inputs
 from onnxprune.errors import OnnxPruneError
-from onnxprune.runtime.evaluate import evaluate, evaluate_files, load_labels, render_evaluation
-from onnxprune.runtime.validate import make_inputs
+from onnxprune.runtime.validate import evaluate, evaluate_files, load_labels, render_evaluation
 
 CPU = ["CPUExecutionProvider"]
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
