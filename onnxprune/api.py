@@ -61,12 +61,13 @@ class _Stages:
     def stage(self, name: str) -> Iterator[None]:
         if self._bar is not None:
             self._bar.set_description(name)
+        first = name not in self.timings  # a stage entered twice ("measure") is one step
         t0 = time.perf_counter()
         try:
             yield
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
-            if self._bar is not None:
+            if self._bar is not None and first:
                 self._bar.update(1)
 
     def close(self) -> None:
