@@ -78,6 +78,7 @@ def open_session(
     role: str,
     optimize_all: bool = True,
     spinning: bool = True,
+    threads: int | None = None,
 ):
     """An onnxruntime session on a model file or an in-memory model; errors name ``role``.
 
@@ -86,6 +87,7 @@ def open_session(
     model (validation and latency); otherwise onnxruntime's default level applies.
     ``spinning=False`` stops idle intra-op threads from spinning after each run, so numpy
     BLAS work between runs (recovery's Gram matrices and solves) gets the cores.
+    ``threads`` sets onnxruntime's intra-op thread count (None: its default, all cores).
 
     Models are best opened from their file path: external data and models over 2 GB work.
     """
@@ -97,6 +99,8 @@ def open_session(
     options.log_severity_level = 3
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads is not None:
+        options.intra_op_num_threads = threads
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
     try:
         return ort.InferenceSession(source, sess_options=options, providers=list(providers))
