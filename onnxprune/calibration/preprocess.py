@@ -19,8 +19,6 @@ _IMAGENET = "scale=1/255,mean=0.485,0.456,0.406,std=0.229,0.224,0.225"
 PRESETS = {"imagenet": _IMAGENET, "none": "", "raw": ""}
 
 
-
-
 @dataclass(frozen=True)
 class Preprocess:
     """``(pixel * scale - mean) / std`` per channel; ``mean``/``std`` hold 1 or C values.

@@ -59,7 +59,9 @@ class ModelParams:
             return
         pre = self.fresh(f"{layer.y}_before_bias")
         node.output[0] = pre
-        add = onnx.helper.make_node("Add", [pre, name], [layer.y], name=self.fresh(f"{layer.y}_bias"))
+        add = onnx.helper.make_node(
+            "Add", [pre, name], [layer.y], name=self.fresh(f"{layer.y}_bias")
+        )
         nodes = list(self.model.graph.node)
         at = next(k for k, n in enumerate(nodes) if n is node or n.output[0] == pre)
         self.model.graph.node.insert(at + 1, add)

@@ -26,6 +26,14 @@ Three steps, each optional:
 Rows (tokens, patch positions) are sampled up to ``max_rows`` per layer: a Gram matrix is
 well estimated from a few times ``d`` rows, and a 56x56 feature map over 128 images would give
 400k of them.
+
+This module is the driver: which layers to refit, the waves, the onnxruntime passes (through
+``onnxprune.calibration.stats``) and the public entry points. The parts it drives:
+``recovery.gram`` (``LayerStats``: the Gram matrices and held-out rows of one layer),
+``recovery.solvers`` (``least_squares``, ``mean_shift``, ``obs_factor``, ``obs_sparsify``) and
+``recovery.params`` (``ModelParams``: reading and writing weights and biases; a refit layer
+that had no bias gets one, which for a MatMul inserts an ``Add`` node: recovery changes the
+graph's structure there, and only there).
 """
 
 from __future__ import annotations

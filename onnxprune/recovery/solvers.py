@@ -62,9 +62,7 @@ def least_squares(
     return np.linalg.solve(a, rhs.transpose(0, 2, 1)).transpose(0, 2, 1)
 
 
-def mean_shift(
-    target: np.ndarray, w: np.ndarray, gpp: np.ndarray, gop: np.ndarray
-) -> np.ndarray:
+def mean_shift(target: np.ndarray, w: np.ndarray, gpp: np.ndarray, gop: np.ndarray) -> np.ndarray:
     """``w`` with its bias column moved so that mean outputs match: bias compensation."""
     n = gpp[:, -1, -1]  # rows seen
     mean_p = gpp[:, -1, :] / n[:, None]  # [g, dp+1], last entry 1
@@ -90,7 +88,9 @@ def obs_factor(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray
     try:
         lower = np.linalg.cholesky(flipped)
     except np.linalg.LinAlgError:
-        lower = np.linalg.cholesky(flipped + 1e-3 * np.mean(np.diagonal(flipped)) * np.eye(d + 1, dtype=np.float32))
+        lower = np.linalg.cholesky(
+            flipped + 1e-3 * np.mean(np.diagonal(flipped)) * np.eye(d + 1, dtype=np.float32)
+        )
     return np.ascontiguousarray(_inv_lower(lower)[::-1, ::-1]), h
 
 

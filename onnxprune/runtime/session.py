@@ -140,7 +140,9 @@ def run_session(
     first line, then ``hint`` (see ``feeds.guess_hint``).
     """
     try:
-        return [np.asarray(o) for o in session.run(None if outputs is None else list(outputs), feed)]
+        return [
+            np.asarray(o) for o in session.run(None if outputs is None else list(outputs), feed)
+        ]
     except Exception as exc:
         prefix = failure or f"onnxruntime cannot run the {role}"
         raise OnnxPruneError(f"{prefix}: {ort_message(exc)}{hint}") from exc

@@ -301,7 +301,7 @@ def evaluate(
 ) -> dict:
     """Run both models on ``inputs`` and compare; with ``labels``, top-1 accuracy of each.
 
-    Returns ``validate.compare_outputs``'s dict (``max_abs_diff``, ``rel_diff``, ``cosine``,
+    Returns ``compare.compare_outputs``'s dict (``max_abs_diff``, ``rel_diff``, ``cosine``,
     ``top1_agreement``, ``per_output``, ``notes``) plus ``provider``, ``samples`` and, with
     labels, ``accuracy_before`` and ``accuracy_after`` (argmax of the first [N, C] float
     output against the labels). Inputs run in the chunks ``validate`` uses, so a model with
@@ -312,7 +312,9 @@ def evaluate(
     if labels is not None:
         labels = np.asarray(labels)
         check_labels(labels, inputs)
-    sessions = [open_session(p, providers, role=r) for p, r in zip((original, pruned), roles, strict=True)]
+    sessions = [
+        open_session(p, providers, role=r) for p, r in zip((original, pruned), roles, strict=True)
+    ]
     _check_interfaces(sessions, roles)
     hint = guess_hint(inputs)
     outputs, notes = [], list(getattr(inputs, "notes", []))
