@@ -18,6 +18,7 @@ import onnx
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.view import GraphView
+from onnxprune.recovery.layers import find_layers
 from onnxprune.runtime.feeds import batches, sample_count
 from onnxprune.runtime.session import fixed_batch, open_session, run_session
 
@@ -214,8 +215,6 @@ def wanda_scorer(
     calibration row (token, pixel); a Conv weight takes its input channel's norm at every
     kernel position. Weights whose layer is not a plain Gemm/MatMul/Conv keep magnitude.
     """
-    from onnxprune.recovery.layers import find_layers
-
     view = GraphView(model)
     layers = {}
     for lay in find_layers(model, view):

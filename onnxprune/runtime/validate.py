@@ -28,6 +28,7 @@ import numpy as np
 from onnxprune.calibration.data import make_inputs
 from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.graph.modelfile import _parse_model
+from onnxprune.report.results import table
 from onnxprune.runtime.compare import accuracy, check_labels, compare_outputs
 from onnxprune.runtime.feeds import InputBatch, chunked, guess_hint, join_chunks, shared_batch
 from onnxprune.runtime.latency import measure_sessions
@@ -395,8 +396,6 @@ def _num(x: float | None, fmt: str) -> str:
 
 def render_evaluation(result: dict) -> str:
     """A short table: samples, accuracy, agreement, drift overall and per output, notes."""
-    from onnxprune.report.results import table
-
     out = []
     if "original" in result:
         out += [f"original  {result['original']}", f"pruned    {result['pruned']}"]
