@@ -314,13 +314,27 @@ def _shares(zeros: int | None, groups: int) -> list[int | None]:
 # --------------------------------------------------------------------------------------------
 
 
-def _start(
-    pruned: onnx.ModelProto, options: RecoveryOptions, steps: tuple[str, ...]
+def _recover(
+    reference: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    inputs: Mapping[str, np.ndarray],
+    options: RecoveryOptions,
+    steps: tuple[str, ...],
+    choose: Callable[[onnx.ModelProto, RecoveryResult], list[_Target]],
+    progress: Callable[[int], None] | None,
 ) -> tuple[onnx.ModelProto, RecoveryResult]:
-    """A copy of ``pruned`` to refit, and a result naming the steps ``options`` turn on."""
+    """What both entry points do: refit ``choose(copy, result)``'s targets in a copy of
+    ``pruned``, with a result naming the ``steps`` that ``options`` turn on (none: no run)."""
+    t0 = time.perf_counter()
     current = onnx.ModelProto()
     current.CopyFrom(pruned)
-    return current, RecoveryResult([s for s in steps if getattr(options, s)])
+    result = RecoveryResult([s for s in steps if getattr(options, s)])
+    if not result.steps:
+        return current, result
+    targets = choose(current, result)
+    current = _run(reference, current, targets, inputs, options, result, progress)
+    result.seconds = time.perf_counter() - t0
+    return current, result
 
 
 def recover_structured(
@@ -338,10 +352,18 @@ def recover_structured(
     ``pruned`` must come from ``apply_plan(original, plan)``: tensor names match and the plan
     says which output rows each weight kept.
     """
-    t0 = time.perf_counter()
-    current, result = _start(pruned, options, ("bias", "lstsq"))
-    if not result.steps:
-        return current, result
+
+    def choose(current: onnx.ModelProto, result: RecoveryResult) -> list[_Target]:
+        return _structured_targets(original, current, plan, options, result)
+
+    return _recover(original, pruned, inputs, options, ("bias", "lstsq"), choose, progress)
+
+
+def _structured_targets(
+    original: onnx.ModelProto, current: onnx.ModelProto, plan: Plan,
+    options: RecoveryOptions, result: RecoveryResult,
+) -> list[_Target]:  # fmt: skip
+    """The layers of ``current`` to refit after ``plan``; the others that would be are noted."""
     cuts = {(c.name, c.axis): c for c in plan.params}
     lo_by_y = {lay.y: lay for lay in find_layers(original)}
     changed = _changed_tensors(original, plan)
@@ -365,9 +387,7 @@ def recover_structured(
                 result.skipped.append({"layer": lp.label, "reason": "groups changed unevenly"})
                 continue
         targets.append(_Target(lp, lo, rows, group_map, method))
-    current = _run(original, current, targets, inputs, options, result, progress)
-    result.seconds = time.perf_counter() - t0
-    return current, result
+    return targets
 
 
 def _out_channels(model: onnx.ModelProto, conv_weight: str) -> int:
@@ -402,10 +422,18 @@ def recover_unstructured(
     pattern) by SparseGPT on the pruned model's own inputs; otherwise its mask stays and only
     the bias moves (``bias``).
     """
-    t0 = time.perf_counter()
-    current, result = _start(pruned, options, ("bias", "obs"))
-    if not result.steps:
-        return current, result
+
+    def choose(current: onnx.ModelProto, result: RecoveryResult) -> list[_Target]:
+        return _unstructured_targets(reference, current, weights, options, nm, result)
+
+    return _recover(reference, pruned, inputs, options, ("bias", "obs"), choose, progress)
+
+
+def _unstructured_targets(
+    reference: onnx.ModelProto, current: onnx.ModelProto, weights: Sequence[str],
+    options: RecoveryOptions, nm: tuple[int, int] | None, result: RecoveryResult,
+) -> list[_Target]:  # fmt: skip
+    """The layers of the zeroed ``weights`` in ``current``; shared or misfit ones are noted."""
     wanted = set(weights)
     lo_by_y = {lay.y: lay for lay in find_layers(reference)}
     params_p = ModelParams(current)
@@ -431,6 +459,4 @@ def recover_unstructured(
             targets.append(_Target(lp, lo, None, None, "obs", None if nm else max(zeros, already), nm))
         else:
             targets.append(_Target(lp, lo, None, None, "bias"))
-    current = _run(reference, current, targets, inputs, options, result, progress)
-    result.seconds = time.perf_counter() - t0
-    return current, result
+    return targets
