@@ -22,6 +22,19 @@ from onnxprune.recovery.layers import find_layers
 from onnxprune.runtime.feeds import batches, sample_count
 from onnxprune.runtime.session import fixed_batch, open_session, run_session
 
+__all__ = [
+    "DEFAULT_BATCH",
+    "DEFAULT_BUDGET_BYTES",
+    "ChannelStats",
+    "batch_size_for",
+    "channel_stats",
+    "plan_passes",
+    "run_taps",
+    "session",
+    "tapped_model",
+    "wanda_scorer",
+]
+
 DEFAULT_BATCH = 32
 """Samples per run when the model's batch is dynamic: big enough for onnxruntime's threads,
 small enough that early CNN activations of a batch stay in tens of MB."""
