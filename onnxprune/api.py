@@ -156,7 +156,7 @@ def _calibration(opts: PruneOptions, model: onnx.ModelProto):
     """The calibration samples, read once and shared by scoring, recovery and validation."""
     if opts.calib is None:
         return None
-    from onnxprune.runtime.validate import make_inputs
+    from onnxprune.calibration.data import make_inputs
 
     extra = {"preprocess": opts.calib_preprocess} if opts.calib_preprocess else {}
     return make_inputs(model, calib=opts.calib, max_samples=opts.calib_samples, **extra)
@@ -239,7 +239,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
     provider_list: list[str] = []
     if opts.validate:
         # Resolve providers before the long work so a missing CUDA fails fast.
-        from onnxprune.runtime.validate import resolve_providers
+        from onnxprune.runtime.session import resolve_providers
 
         provider_list = resolve_providers(opts.providers)
 
@@ -250,7 +250,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
         inputs = _calibration(opts, src.model)
         labels = None
         if opts.labels is not None:  # a bad labels file fails now, not after the pruning
-            from onnxprune.runtime.evaluate import load_labels
+            from onnxprune.runtime.validate import load_labels
 
             labels = load_labels(opts.labels, max_samples=opts.calib_samples)
     with stages.stage("prune"):
@@ -306,6 +306,7 @@ def _validate(
     src: _Source, pruned_path: Path, opts: PruneOptions, providers, progress, inputs, labels
 ):
     """The runtime's ``ValidationResult`` of the staged output against the original."""
+    from onnxprune.calibration.data import make_inputs
     from onnxprune.runtime import validate as v
 
     tmpdir = None
@@ -315,7 +316,7 @@ def _validate(
             tmpdir = Path(tempfile.mkdtemp(prefix="onnxprune-orig-"))
             original_path = io.stage_model(src.model, tmpdir / "original.onnx").commit()
         if inputs is None:
-            inputs = v.make_inputs(src.model, seed=opts.seed)
+            inputs = make_inputs(src.model, seed=opts.seed)
         return v.validate(
             original_path, pruned_path, inputs, providers, runs=opts.runs, progress=progress,
             labels=labels,

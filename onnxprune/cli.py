@@ -290,7 +290,7 @@ def validate_cmd(original: Path, pruned: Path, json_path: Path | None, **kw) -> 
     import json
 
     from onnxprune.options import ValidateOptions
-    from onnxprune.runtime.evaluate import evaluate_files, render_evaluation
+    from onnxprune.runtime.validate import evaluate_files, render_evaluation
 
     _check_folder(json_path, "--json")
     opts = ValidateOptions(**kw)

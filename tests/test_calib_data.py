@@ -12,9 +12,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from onnxprune.calibration.data import Preprocess, load_calibration, parse_preprocess
+from onnxprune.calibration.data import load_calibration, make_inputs
+from onnxprune.calibration.preprocess import Preprocess, parse_preprocess
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.runtime.validate import InputBatch, make_inputs, run_model
+from onnxprune.runtime.feeds import InputBatch
+from onnxprune.runtime.session import run_model
 
 CPU = ["CPUExecutionProvider"]
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)

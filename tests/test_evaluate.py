@@ -14,9 +14,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from onnxprune.calibration.data import make_inputs
 from onnxprune.errors import OnnxPruneError
-from onnxprune.runtime.evaluate import evaluate, evaluate_files, load_labels, render_evaluation
-from onnxprune.runtime.validate import make_inputs
+from onnxprune.runtime.validate import evaluate, evaluate_files, load_labels, render_evaluation
 
 CPU = ["CPUExecutionProvider"]
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()

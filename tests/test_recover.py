@@ -21,14 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
 
-from onnxprune.recovery.recover import (
-    RecoveryOptions,
-    least_squares,
-    mean_shift,
-    obs_sparsify,
-    recover_structured,
-    recover_unstructured,
-)
+from onnxprune.recovery.recover import RecoveryOptions, recover_structured, recover_unstructured
+from onnxprune.recovery.solvers import least_squares, mean_shift, obs_sparsify
 from onnxprune.structured.engine import StructuredOptions, prune_structured
 from onnxprune.testing.graphs import (
     Builder,

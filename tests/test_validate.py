@@ -8,16 +8,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxprune.calibration.data import make_inputs
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.runtime.validate import (
-    ValidationResult,
-    compare_outputs,
-    make_inputs,
-    measure_latency,
-    resolve_providers,
-    run_model,
-    validate,
-)
+from onnxprune.runtime.compare import compare_outputs
+from onnxprune.runtime.latency import measure_latency
+from onnxprune.runtime.session import resolve_providers, run_model
+from onnxprune.runtime.validate import ValidationResult, validate
 
 CPU = ["CPUExecutionProvider"]
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -352,9 +348,9 @@ def test_calibration_set_runs_in_chunks_of_a_fixed_batch(tmp_path):
 
 
 def test_dynamic_batch_compares_every_sample_past_the_chunk_size(tmp_path, monkeypatch):
-    import onnxprune.runtime.validate as v
+    import onnxprune.runtime.feeds as feeds
 
-    monkeypatch.setattr(v, "MAX_VALIDATION_BATCH", 4)
+    monkeypatch.setattr(feeds, "MAX_VALIDATION_BATCH", 4)
     rng = np.random.default_rng(1)
     w = numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")
     graph = helper.make_graph(

@@ -44,7 +44,7 @@ from onnx import numpy_helper
 
 from onnxprune.graph.view import GraphView
 from onnxprune.metrics.counts import count_macs
-from onnxprune.runtime.validate import measure_latency
+from onnxprune.runtime.latency import measure_latency
 from onnxprune.structured.dependency import analyze
 from onnxprune.structured.engine import StructuredOptions, prune_structured
 from onnxprune.structured.importance import score_groups

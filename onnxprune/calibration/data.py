@@ -13,144 +13,60 @@ Three forms, told apart by what ``--calib`` points at:
 Everything must match the model input's dtype, rank and fixed dimensions; a mismatch is one
 ``OnnxPruneError`` line that names the array or the file. ``max_samples`` keeps the first N
 samples, and files past it are never opened: a folder of a million images costs only what
-is used. A malformed preprocessing spec is a ``UsageError`` (the command line is wrong).
+is used. Image preprocessing specs are parsed by ``onnxprune.calibration.preprocess``.
 """
 
 from __future__ import annotations
 
 import os
 import zipfile
-from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from onnxprune.calibration.preprocess import Preprocess, parse_preprocess
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.runtime.validate import (
-    InputBatch,
-    _input_dims,
-    _input_dtype,
-    _ort_message,
-    _real_inputs,
-)
+from onnxprune.runtime.feeds import InputBatch, input_dims, input_dtype, random_inputs, real_inputs
+from onnxprune.runtime.session import ort_message
 
-__all__ = ["IMAGE_SUFFIXES", "PRESETS", "Preprocess", "load_calibration", "parse_preprocess"]
+__all__ = ["IMAGE_SUFFIXES", "load_calibration", "make_inputs"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-_IMAGENET = "scale=1/255,mean=0.485,0.456,0.406,std=0.229,0.224,0.225"
-#: Named preprocessing specs; ``none`` and ``raw`` keep pixel values 0..255.
-PRESETS = {"imagenet": _IMAGENET, "none": "", "raw": ""}
-
-
-# --------------------------------------------------------------------------------------------
-# Preprocessing specs
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """``(pixel * scale - mean) / std`` per channel; ``mean``/``std`` hold 1 or C values.
-
-    ``scale`` comes first because the usual mean and std (ImageNet's) are given for pixels
-    in [0, 1], not [0, 255].
-    """
-
-    scale: float = 1.0
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    spec: str = "none"
-
-    @property
-    def is_identity(self) -> bool:
-        return self.scale == 1.0 and set(self.mean) == {0.0} and set(self.std) == {1.0}
-
-    def check(self, channels: int) -> None:
-        """Refuse a mean or std whose length fits neither one value nor ``channels``."""
-        for key, values in (("mean", self.mean), ("std", self.std)):
-            if len(values) not in (1, channels):
-                raise UsageError(
-                    f"--calib-preprocess {self.spec!r}: {key} has {len(values)} values but the "
-                    f"model takes {channels}-channel images: give 1 or {channels}"
-                )
-
-    def apply(self, pixels: np.ndarray, channel_axis: int) -> np.ndarray:
-        """Normalize float ``pixels`` whose channels lie along ``channel_axis``."""
-        self.check(pixels.shape[channel_axis])
-        shape = [1] * pixels.ndim
-        shape[channel_axis] = -1
-        out = pixels * np.float32(self.scale)
-        out -= np.asarray(self.mean, np.float32).reshape(shape if len(self.mean) > 1 else [1])
-        out /= np.asarray(self.std, np.float32).reshape(shape if len(self.std) > 1 else [1])
-        return out
-
-
-def _number(text: str, key: str, spec: str) -> float:
-    try:
-        value = float(Fraction(text.strip()))  # "1/255" as well as "0.5" and "2e-3"
-    except (ValueError, ZeroDivisionError, OverflowError):
-        raise UsageError(
-            f"--calib-preprocess {spec!r}: {key} value {text.strip()!r} is not a number"
-        ) from None
-    return value
-
-
-def parse_preprocess(spec: str) -> Preprocess:
-    """Parse ``"scale=1/255,mean=0.485,0.456,0.406,std=0.229,0.224,0.225"`` or a preset.
-
-    Presets: ``imagenet`` (that spec), ``none`` and ``raw`` (pixels stay 0..255). Values
-    after ``mean=``/``std=`` run up to the next ``key=``; any key may be left out.
-    """
-    text = str(spec).strip()
-    preset = PRESETS.get(text.lower())
-    if preset is not None:
-        return _parse_fields(preset, shown=text.lower())
-    if not text:
-        raise UsageError(
-            "--calib-preprocess is empty: give a preset (imagenet, none, raw) or a spec "
-            "such as scale=1/255,mean=0.5,std=0.5"
-        )
-    return _parse_fields(text, shown=text)
-
-
-def _parse_fields(text: str, shown: str) -> Preprocess:
-    fields: dict[str, list[float]] = {}
-    key = None
-    for token in text.split(",") if text else []:
-        if "=" in token:
-            key, _, token = token.partition("=")
-            key = key.strip().lower()
-            if key not in ("scale", "mean", "std"):
-                raise UsageError(
-                    f"--calib-preprocess {shown!r}: unknown key {key!r} "
-                    "(keys: scale, mean, std; presets: imagenet, none, raw)"
-                )
-            if key in fields:
-                raise UsageError(f"--calib-preprocess {shown!r}: {key} is given twice")
-            fields[key] = []
-        elif key is None:
-            raise UsageError(
-                f"--calib-preprocess {shown!r}: expected key=value (scale, mean, std) or a "
-                "preset (imagenet, none, raw)"
-            )
-        fields[key].append(_number(token, key, shown))
-    if len(fields.get("scale", [1.0])) != 1:
-        raise UsageError(f"--calib-preprocess {shown!r}: scale takes one value")
-    std = tuple(fields.get("std", [1.0]))
-    if any(s == 0.0 for s in std):
-        raise UsageError(f"--calib-preprocess {shown!r}: std cannot be 0")
-    return Preprocess(
-        scale=fields.get("scale", [1.0])[0],
-        mean=tuple(fields.get("mean", [0.0])),
-        std=std,
-        spec=shown,
-    )
 
 
 # --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
+
+
+def make_inputs(
+    model: onnx.ModelProto,
+    *,
+    calib: str | os.PathLike | None = None,
+    seed: int = 0,
+    batch_size: int = 1,
+    max_samples: int | None = None,
+    preprocess: str | None = None,
+) -> InputBatch:
+    """Inputs for every real graph input: from calibration data or random.
+
+    ``calib`` is an ``.npz`` keyed by input name, a folder of ``.npy`` files or a folder of
+    images (``load_calibration``: dtype, rank and fixed dims must match the model, mismatches
+    are errors that name the array or file; ``max_samples`` keeps the first samples;
+    ``preprocess`` normalizes images). Without it, random inputs get the input's dtype and
+    shape, with a symbolic first dim set to ``batch_size`` and other symbolic dims to 1
+    (noted in ``.notes``; ``onnxprune.runtime.feeds.random_inputs``).
+    """
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    if max_samples is not None and max_samples < 1:
+        raise UsageError(f"max samples must be at least 1, got {max_samples}")
+    if calib is not None:
+        return load_calibration(calib, model, max_samples=max_samples, preprocess=preprocess)
+    if preprocess is not None:
+        raise UsageError("--calib-preprocess needs --calib (a folder of images)")
+    return random_inputs(model, seed=seed, batch_size=batch_size)
 
 
 def load_calibration(
@@ -170,7 +86,7 @@ def load_calibration(
     if max_samples is not None and max_samples < 1:
         raise UsageError(f"max samples must be at least 1, got {max_samples}")
     parsed = parse_preprocess(preprocess) if preprocess is not None else None
-    wanted = _real_inputs(model)
+    wanted = real_inputs(model)
     folder = Path(path)
     shown = os.fspath(path)
     if folder.is_dir():
@@ -199,8 +115,8 @@ def _check_array(arr: np.ndarray, vi: onnx.ValueInfoProto, max_samples: int | No
 
     Trimming comes before any copy, so a memory-mapped .npy reads only the rows kept.
     """
-    dtype = _input_dtype(vi)
-    dims = _input_dims(vi)
+    dtype = input_dtype(vi)
+    dims = input_dims(vi)
     if arr.dtype != dtype:
         raise OnnxPruneError(
             f"calibration array {vi.name!r} has dtype {arr.dtype} but the model input is "
@@ -265,7 +181,7 @@ def _load_npz(
         raise
     except Exception as exc:  # zipfile, pickle refusal, bad headers, a bare .npy: "not an npz"
         raise OnnxPruneError(
-            f"cannot read calibration data {shown}: not a numpy .npz file ({_ort_message(exc)})"
+            f"cannot read calibration data {shown}: not a numpy .npz file ({ort_message(exc)})"
         ) from exc
     batch = InputBatch()
     for vi in wanted:
@@ -304,7 +220,7 @@ def _read_npy(path: Path, mmap: bool = False) -> np.ndarray:
         arr = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except Exception as exc:
         raise OnnxPruneError(
-            f"cannot read calibration file {path}: not a numpy .npy file ({_ort_message(exc)})"
+            f"cannot read calibration file {path}: not a numpy .npy file ({ort_message(exc)})"
         ) from exc
     if not isinstance(arr, np.ndarray):  # np.load returns an NpzFile for a zip archive
         raise OnnxPruneError(f"cannot read calibration file {path}: not a numpy .npy file")
@@ -372,8 +288,8 @@ def _load_npy_samples(
 ) -> InputBatch:
     """One sample per file, stacked along a new batch axis into one preallocated array."""
     files = files[:max_samples] if max_samples is not None else files
-    dtype = _input_dtype(vi)
-    dims = _input_dims(vi)
+    dtype = input_dtype(vi)
+    dims = input_dims(vi)
     out: np.ndarray | None = None
     first = None
     for i, path in enumerate(files):
@@ -437,7 +353,7 @@ def _dims_text(dims: list[int | str | None]) -> str:
 
 def _image_layout(vi: onnx.ValueInfoProto, shown: str) -> tuple[int, int, int, int]:
     """(channel axis, channels, height, width) of a 4-D NCHW or NHWC image input."""
-    dims = _input_dims(vi)
+    dims = input_dims(vi)
     if dims is None or len(dims) != 4:
         what = "no shape" if dims is None else f"shape {_dims_text(dims)}"
         raise OnnxPruneError(
@@ -480,7 +396,7 @@ def _load_images(
         )
     vi = wanted[0]
     axis, channels, h, w = _image_layout(vi, shown)
-    dtype = _input_dtype(vi)
+    dtype = input_dtype(vi)
     default = preprocess is None
     if preprocess is None:
         if dtype == np.uint8:
@@ -506,7 +422,7 @@ def _load_images(
                 pixels = np.asarray(img, dtype=np.float32)
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise OnnxPruneError(
-                f"cannot read image {path.name} in {shown}: {_ort_message(exc)}"
+                f"cannot read image {path.name} in {shown}: {ort_message(exc)}"
             ) from exc
         pixels = pixels.reshape(h, w, channels)
         if axis == 1:

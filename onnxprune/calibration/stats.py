@@ -1,5 +1,7 @@
 """Activations from calibration data, read with onnxruntime and never held all at once.
 
+Sessions, batches and sample counts come from ``onnxprune.runtime`` (``session``, ``feeds``).
+
 Intermediate tensors are exposed as extra graph outputs ("taps") of a copy of the model, run
 batch by batch; the caller folds each batch into running statistics and drops it. When the
 tapped tensors of one batch would not fit ``budget_bytes``, they are read in several passes
@@ -16,6 +18,22 @@ import onnx
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.view import GraphView
+from onnxprune.recovery.layers import find_layers
+from onnxprune.runtime.feeds import batches, sample_count
+from onnxprune.runtime.session import fixed_batch, open_session, run_session
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "DEFAULT_BUDGET_BYTES",
+    "ChannelStats",
+    "batch_size_for",
+    "channel_stats",
+    "plan_passes",
+    "run_taps",
+    "session",
+    "tapped_model",
+    "wanda_scorer",
+]
 
 DEFAULT_BATCH = 32
 """Samples per run when the model's batch is dynamic: big enough for onnxruntime's threads,
@@ -23,6 +41,7 @@ small enough that early CNN activations of a batch stay in tens of MB."""
 DEFAULT_BUDGET_BYTES = 512 << 20
 _UNKNOWN_BYTES = 4 << 20  # per sample, when a tapped tensor's shape is not known
 _MAX_PROTO_BYTES = 2_000_000_000
+_RUN_FAILED = "onnxruntime failed on calibration data"
 
 
 def tapped_model(
@@ -68,60 +87,24 @@ def _has_subgraph(node: onnx.NodeProto) -> bool:
 
 
 def session(model: onnx.ModelProto, providers: Sequence[str] = ("CPUExecutionProvider",)):
-    """An onnxruntime session on an in-memory model, with errors a user can read."""
-    import onnxruntime as ort
+    """An onnxruntime session on an in-memory model, with errors a user can read.
 
+    Idle threads do not spin (``open_session(spinning=False)``): the numpy BLAS work done
+    between runs (recovery's Gram matrices and solves) would fight them for the cores.
+    """
     if model.ByteSize() > _MAX_PROTO_BYTES:
         raise OnnxPruneError(
             "calibration needs the model in one protobuf under 2 GB; this one is larger"
         )
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    # Idle onnxruntime threads spin for a while after each run; the numpy BLAS work done
-    # between runs (recovery's Gram matrices and solves) would fight them for the cores.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(
-            model.SerializeToString(), sess_options=options, providers=list(providers)
-        )
-    except Exception as exc:
-        raise OnnxPruneError(f"onnxruntime cannot run the model for calibration: {exc}") from exc
+    return open_session(
+        model, providers, role="model for calibration", optimize_all=False, spinning=False
+    )
 
 
 def batch_size_for(sess, samples: int) -> int:
     """The model's fixed batch (1 for most CNN exports), else ``DEFAULT_BATCH``."""
     fixed = fixed_batch(sess)
     return fixed if fixed is not None else max(1, min(DEFAULT_BATCH, samples))
-
-
-def fixed_batch(sess) -> int | None:
-    """The batch size every input of an onnxruntime session fixes, or None when dynamic."""
-    fixed = {i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int)}
-    return max(1, fixed.pop()) if len(fixed) == 1 else None
-
-
-def sample_count(inputs: Mapping[str, np.ndarray]) -> int:
-    sizes = {v.shape[0] for v in inputs.values() if np.ndim(v)}
-    if len(sizes) != 1:
-        raise OnnxPruneError(
-            "calibration inputs must share their first (sample) dimension, got "
-            + ", ".join(f"{k}: {np.shape(v)}" for k, v in inputs.items())
-        )
-    return sizes.pop()
-
-
-def batches(
-    inputs: Mapping[str, np.ndarray], size: int, names: Sequence[str], *, fixed: bool = False
-) -> Iterator[dict]:
-    """Feeds of ``size`` samples; a model with a fixed batch cannot take the short last one."""
-    n = sample_count(inputs)
-    if fixed and n < size:
-        raise OnnxPruneError(
-            f"the model takes batches of exactly {size} but the calibration data has {n} samples"
-        )
-    stop = n - n % size if fixed else n
-    for a in range(0, stop, size):
-        yield {k: inputs[k][a : a + size] for k in names}
 
 
 def run_taps(
@@ -134,10 +117,7 @@ def run_taps(
     if missing:
         raise OnnxPruneError(f"internal: tensors {missing[:3]} are not outputs of the session")
     for feed in batches(inputs, batch, wanted, fixed=fixed_batch(sess) is not None):
-        try:
-            values = sess.run(list(names), feed) if names else []
-        except Exception as exc:
-            raise OnnxPruneError(f"onnxruntime failed on calibration data: {exc}") from exc
+        values = run_session(sess, feed, "model", outputs=names, failure=_RUN_FAILED) if names else []
         yield feed, dict(zip(names, values, strict=True))
 
 
@@ -248,8 +228,6 @@ def wanda_scorer(
     calibration row (token, pixel); a Conv weight takes its input channel's norm at every
     kernel position. Weights whose layer is not a plain Gemm/MatMul/Conv keep magnitude.
     """
-    from onnxprune.recovery.layers import find_layers
-
     view = GraphView(model)
     layers = {}
     for lay in find_layers(model, view):

@@ -1,554 +1,80 @@
 """Does the pruned model still compute what the original did, and is it faster?
 
-Both models run in onnxruntime on the same inputs (a calibration file, or random inputs of
-the right type and shape) and their outputs are compared. Latency is measured the way the
-model is deployed (sessions opened from the file, full graph optimization) and *interleaved*:
-A, B, B, A, ... so that noise from the rest of the machine lands on both models alike.
+One module for both questions onnxprune answers about two models:
 
-Sessions are opened from the file path, never from bytes, so that models with external data
-or over 2 GB work. Every onnxruntime failure is turned into an ``OnnxPruneError`` that says
-which of the two models failed.
+* ``validate``, run by ``prune``: both models on the same inputs (calibration data or random
+  inputs of the right type and shape), outputs compared, latency measured interleaved on the
+  same sessions (``onnxprune.runtime.latency``);
+* ``evaluate``/``evaluate_files``, run by ``onnxprune validate ORIGINAL PRUNED``: the same
+  comparison on the user's data without latency, with top-1 accuracy against integer labels
+  (``load_labels``) and a table (``render_evaluation``).
+
+Both run each model in the same chunks (``feeds.chunked``) and compare with
+``compare.compare_outputs``, so the numbers mean the same in a prune report and in the
+``validate`` command. Sessions are opened from the file path, never from bytes, so that
+models with external data or over 2 GB work; every onnxruntime failure says which of the
+two models failed.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-import onnx
 
-from onnxprune.calibration.stats import fixed_batch
+from onnxprune.calibration.data import make_inputs
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.progress import progress_bar
+from onnxprune.graph.modelfile import _parse_model
+from onnxprune.report.results import table
+from onnxprune.runtime.compare import accuracy, check_labels, compare_outputs
+from onnxprune.runtime.feeds import InputBatch, chunked, guess_hint, join_chunks, shared_batch
+from onnxprune.runtime.latency import measure_sessions
+from onnxprune.runtime.session import (
+    fixed_batch,
+    open_session,
+    ort_message,
+    resolve_providers,
+    run_session,
+    session_feeds,
+)
 
 __all__ = [
-    "InputBatch",
     "ValidationResult",
-    "compare_outputs",
-    "make_inputs",
-    "measure_latency",
-    "resolve_providers",
-    "run_model",
+    "evaluate",
+    "evaluate_files",
+    "load_labels",
+    "render_evaluation",
     "validate",
 ]
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-_MIN_RUNS = 5  # latency runs per model kept even when the time budget is spent
+ROLES = ("original model", "pruned model")
 _BUDGET_S = 10.0  # seconds of latency measurement in validate()
-#: Calibration sets are compared in chunks of this many samples when the batch is dynamic
-#: (bounded memory), and in chunks of the model's batch size when it is fixed.
-MAX_VALIDATION_BATCH = 256
-_TOKEN_ID_HIGH = 100  # random token ids are drawn in [0, 100): valid for any real vocabulary
+#: Random inputs of ``onnxprune validate`` (no --calib) get this many samples when the batch
+#: is dynamic: one row would make top-1 agreement all or nothing.
+RANDOM_SAMPLES = 16
 
 
-# --------------------------------------------------------------------------------------------
-# Providers and sessions
-# --------------------------------------------------------------------------------------------
-
-
-def resolve_providers(choice: str) -> list[str]:
-    """Execution providers for 'cpu', 'cuda' or 'auto' (CUDA when onnxruntime has it).
-
-    Asking for CUDA on an onnxruntime without it is an error rather than a silent CPU run:
-    the user asked for GPU figures.
-    """
-    import onnxruntime as ort
-
-    key = str(choice).strip().lower()
-    available = ort.get_available_providers()
-    if key == "cpu":
-        return [CPU]
-    if key == "cuda":
-        if CUDA not in available:
-            raise OnnxPruneError(
-                "CUDA requested but onnxruntime has no CUDAExecutionProvider "
-                "(install onnxprune[gpu] / onnxruntime-gpu)"
-            )
-        return [CUDA, CPU]
-    if key == "auto":
-        return [CUDA, CPU] if CUDA in available else [CPU]
-    raise UsageError(f"unknown providers {choice!r}: choose cpu, cuda or auto")
-
-
-def _ort_message(exc: BaseException) -> str:
-    """The first line of an onnxruntime error, without its '[ONNXRuntimeError] : 1 : FAIL :'."""
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    if line.startswith("[ONNXRuntimeError]"):
-        parts = line.split(" : ", 3)
-        line = parts[3] if len(parts) == 4 else line
-    return line.strip()
-
-
-def _session(path: str | os.PathLike, providers: Sequence[str], role: str):
-    """An onnxruntime session as a deployment would open it; errors name ``role``."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only: ORT's warnings are not the user's problem
-    try:
-        return ort.InferenceSession(
-            os.fspath(path), sess_options=options, providers=list(providers)
-        )
-    except Exception as exc:  # onnxruntime raises its own pybind types (Fail, InvalidGraph...)
-        raise OnnxPruneError(f"onnxruntime cannot run the {role}: {_ort_message(exc)}") from exc
-
-
-def _feeds(session, inputs: dict[str, np.ndarray], role: str) -> dict[str, np.ndarray]:
-    """The inputs the session takes (a pruned model may have lost an unused input)."""
-    names = [i.name for i in session.get_inputs()]
-    missing = [n for n in names if n not in inputs]
-    if missing:
-        raise OnnxPruneError(
-            f"onnxruntime cannot run the {role}: no value for input(s) {', '.join(missing)}"
-        )
-    return {n: inputs[n] for n in names}
-
-
-def _chunked(session, feed: dict[str, np.ndarray], notes: list[str]) -> list[dict]:
-    """Split a feed along the batch axis into what the model accepts.
-
-    A model exported with a fixed batch (1 for most CNN exports) cannot take a calibration
-    set of N samples in one run; a dynamic one can, but memory grows with N. Inputs must
-    share their first dimension to be split; otherwise the feed is used whole.
-    """
-    sizes = {v.shape[0] for v in feed.values() if v.ndim}
-    if len(sizes) != 1 or any(v.ndim == 0 for v in feed.values()):
-        return [feed]
-    n = sizes.pop()
-    fixed = fixed_batch(session)
-    step = fixed or MAX_VALIDATION_BATCH
-    if n <= step:
-        return [feed]
-    # A fixed batch cannot take a short last chunk; a dynamic one can.
-    usable = n - n % step if fixed else n
-    if usable < n:
-        notes.append(f"last {n - usable} of {n} samples dropped: the model's batch is {step}")
-    notes.append(f"{usable} samples run in batches of {step}; latency measured on one batch")
-    return [{k: v[a : a + step] for k, v in feed.items()} for a in range(0, usable, step)]
-
-
-def _join_chunks(results: list[list[np.ndarray]]) -> list[np.ndarray]:
-    """Outputs of all chunks, concatenated along the batch axis where they have one."""
-    if len(results) == 1:
-        return results[0]
-    joined = []
-    for parts in zip(*results, strict=True):
-        if all(p.ndim and p.shape[1:] == parts[0].shape[1:] for p in parts):
-            joined.append(np.concatenate(parts, axis=0))
-        else:
-            joined.append(np.stack(parts))
-    return joined
-
-
-def _run(session, feeds: dict[str, np.ndarray], role: str, hint: str = "") -> list[np.ndarray]:
-    try:
-        return [np.asarray(o) for o in session.run(None, feeds)]
-    except Exception as exc:
-        raise OnnxPruneError(
-            f"onnxruntime cannot run the {role}: {_ort_message(exc)}{hint}"
-        ) from exc
-
-
-def run_model(
-    path: str | os.PathLike,
-    inputs: dict[str, np.ndarray],
-    providers: list[str],
-    *,
-    role: str = "model",
-) -> list[np.ndarray]:
-    """Run the model at ``path`` once on ``inputs``; outputs in the graph's order.
-
-    ``role`` ("original model", "pruned model") is how an error names the model.
-    """
-    session = _session(path, providers, role)
-    return _run(session, _feeds(session, inputs, role), role, _guess_hint(inputs))
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------------------------
-
-
-class InputBatch(dict):
-    """A ``dict`` of input name to array, plus ``notes`` on what was guessed to make it.
-
-    ``validate`` copies the notes into its result, so a report says when a symbolic
-    dimension was set to 1 or the inputs were random.
-    """
-
-    def __init__(self, *args, notes: list[str] | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.notes: list[str] = list(notes or [])
-
-
-def _real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """Graph inputs a caller must feed: old IR versions also list initializers as inputs."""
-    inits = {t.name for t in model.graph.initializer}
-    inits |= {t.values.name for t in model.graph.sparse_initializer}
-    return [vi for vi in model.graph.input if vi.name not in inits]
-
-
-def _input_dtype(vi: onnx.ValueInfoProto) -> np.dtype:
-    t = vi.type
-    if not t.HasField("tensor_type"):
-        kind = t.WhichOneof("value") or "unknown"
-        raise OnnxPruneError(
-            f"input {vi.name!r} is a {kind.replace('_type', '')}, not a tensor: "
-            "onnxprune can only feed tensor inputs"
-        )
-    elem = t.tensor_type.elem_type
-    try:
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise OnnxPruneError(
-            f"input {vi.name!r} has element type {elem}, which onnxprune cannot feed"
-        ) from exc
-    if dtype.kind not in "fiub" or elem == onnx.TensorProto.BFLOAT16:
-        name = onnx.TensorProto.DataType.Name(elem)
-        raise OnnxPruneError(
-            f"input {vi.name!r} has type {name}: onnxprune can feed float, integer and "
-            "bool inputs only"
-        )
-    return dtype
-
-
-def _input_dims(vi: onnx.ValueInfoProto) -> list[int | str | None] | None:
-    tt = vi.type.tensor_type
-    if not tt.HasField("shape"):
-        return None
-    dims: list[int | str | None] = []
-    for d in tt.shape.dim:
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
-            dims.append(d.dim_param)
-        else:
-            dims.append(None)
-    return dims
-
-
-def _random_shape(vi: onnx.ValueInfoProto, batch_size: int, notes: list[str]) -> tuple[int, ...]:
-    dims = _input_dims(vi)
-    if dims is None:
-        raise OnnxPruneError(
-            f"input {vi.name!r} has no shape, so random inputs cannot be made: "
-            "pass calibration data (--calib file.npz)"
-        )
-    shape = []
-    for axis, d in enumerate(dims):
-        if isinstance(d, int) and d > 0:
-            shape.append(d)
-        elif axis == 0:
-            shape.append(batch_size)
-        else:
-            shape.append(1)
-            what = f"dimension {d!r}" if isinstance(d, str) and d else f"dimension {axis}"
-            notes.append(f"input {vi.name!r}: {what} set to 1 (pass --calib to choose it)")
-    return tuple(shape)
-
-
-def _random_values(
-    name: str, dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Generator
-) -> np.ndarray:
-    """Values a real input of this kind could hold, so the model runs its normal path.
-
-    Floats are standard normal. Integers are bounded: masks are all ones, token type and
-    segment ids are zeros, positions count up the last axis, and anything else (token ids,
-    class indices) is drawn in [0, 100), valid for any vocabulary. uint8 (images) covers
-    [0, 256).
-    """
-    lower = name.lower()
-    if dtype.kind == "f":
-        return rng.standard_normal(shape).astype(dtype)
-    if dtype.kind == "b":
-        if "mask" in lower:
-            return np.ones(shape, dtype=bool)
-        return rng.integers(0, 2, size=shape).astype(bool)
-    if "mask" in lower:
-        return np.ones(shape, dtype=dtype)
-    if "type" in lower or "segment" in lower:
-        return np.zeros(shape, dtype=dtype)
-    if "position" in lower and len(shape) >= 1:
-        return np.broadcast_to(np.arange(shape[-1], dtype=dtype), shape).copy()
-    high = 256 if dtype == np.uint8 else _TOKEN_ID_HIGH
-    return rng.integers(0, high, size=shape).astype(dtype)
-
-
-def make_inputs(
-    model: onnx.ModelProto,
-    *,
-    calib: str | os.PathLike | None = None,
-    seed: int = 0,
-    batch_size: int = 1,
-    max_samples: int | None = None,
-    preprocess: str | None = None,
-) -> InputBatch:
-    """Inputs for every real graph input: from calibration data or random.
-
-    ``calib`` is an ``.npz`` keyed by input name, a folder of ``.npy`` files or a folder of
-    images (``onnxprune.calibration.data.load_calibration``: dtype, rank and fixed dims must match
-    the model, mismatches are errors that name the array or file; ``max_samples`` keeps the
-    first samples; ``preprocess`` normalizes images). Without it, random inputs get the
-    input's dtype and shape, with a symbolic first dim set to ``batch_size`` and other
-    symbolic dims to 1 (noted in ``.notes``).
-    """
-    if batch_size < 1:
-        raise UsageError(f"batch size must be at least 1, got {batch_size}")
-    if max_samples is not None and max_samples < 1:
-        raise UsageError(f"max samples must be at least 1, got {max_samples}")
-    if calib is not None:
-        from onnxprune.calibration.data import load_calibration  # it builds on this module
-
-        return load_calibration(calib, model, max_samples=max_samples, preprocess=preprocess)
-    if preprocess is not None:
-        raise UsageError("--calib-preprocess needs --calib (a folder of images)")
-    wanted = _real_inputs(model)
-    rng = np.random.default_rng(seed)
-    batch = InputBatch(notes=[])
-    for vi in wanted:
-        dtype = _input_dtype(vi)
-        shape = _random_shape(vi, batch_size, batch.notes)
-        batch[vi.name] = _random_values(vi.name, dtype, shape, rng)
-    batch.notes.insert(0, f"random inputs (seed {seed})")
-    return batch
-
-
-def _guess_hint(inputs: dict) -> str:
-    """Said after a run failure when the inputs were partly guessed."""
-    guessed = [n for n in getattr(inputs, "notes", []) if "set to 1" in n]
-    if not guessed:
-        return ""
-    return " (random inputs had guessed dimensions; pass --calib with real inputs)"
-
-
-# --------------------------------------------------------------------------------------------
-# Comparing outputs
-# --------------------------------------------------------------------------------------------
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity; 1.0 when both are all zero, 0.0 when only one is.
-
-    Identical vectors give exactly 1.0 (not 1 - 1e-16), so "no drift" reads as such.
-    """
-    if np.array_equal(a, b):
-        return 1.0
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 and nb == 0.0:
-        return 1.0
-    if na == 0.0 or nb == 0.0:
-        return 0.0
-    return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
-
-
-def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """|a - b| elementwise; equal values (NaN with NaN, inf with inf) differ by 0."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.abs(a - b)
-    same = (a == b) | (np.isnan(a) & np.isnan(b))
-    diff[same] = 0.0
-    diff[np.isnan(diff)] = np.inf
-    return diff
-
-
-def _is_class_scores(x: np.ndarray) -> bool:
-    return x.ndim == 2 and x.dtype.kind == "f" and x.shape[1] >= 2 and x.shape[0] >= 1
-
-
-def compare_outputs(
-    reference: list[np.ndarray], candidate: list[np.ndarray], names: list[str]
-) -> dict:
-    """How far ``candidate`` is from ``reference``: keys of ``ValidationResult`` minus latency.
-
-    Returns ``max_abs_diff``, ``rel_diff`` (max_abs_diff / max |reference|, over all
-    outputs), ``cosine`` (of all outputs flattened and concatenated), ``top1_agreement``
-    (rows of every [N, C>=2] float output whose argmax agrees, else None), ``per_output``
-    and ``notes``. Outputs must match in number and shape: a pruned model that changed an
-    output's shape is broken, not merely inaccurate.
-    """
-    if len(reference) != len(candidate):
-        raise OnnxPruneError(
-            f"the pruned model has {len(candidate)} outputs but the original has {len(reference)}"
-        )
-    names = list(names) + [f"output{i}" for i in range(len(names), len(reference))]
-    per_output: list[dict] = []
-    flat_ref, flat_cand = [], []
-    max_abs = max_ref = 0.0
-    agree = rows = 0
+def _outputs(session, inputs: dict, role: str, hint: str):
+    """Run ``session`` on ``inputs`` in chunks: (chunks, joined outputs, chunk notes)."""
     notes: list[str] = []
-    for name, r, c in zip(names, reference, candidate, strict=False):
-        r, c = np.asarray(r), np.asarray(c)
-        if r.shape != c.shape:
-            raise OnnxPruneError(
-                f"output {name!r} of the pruned model has shape {c.shape} but the original has {r.shape}"
-            )
-        if r.dtype.kind not in "fiub" or c.dtype.kind not in "fiub":
-            same = bool(np.array_equal(r, c))
-            gap = 0.0 if same else float("inf")
-            per_output.append(
-                {"name": name, "max_abs_diff": gap, "rel_diff": gap, "cosine": float(same)}
-            )
-            notes.append(f"output {name!r} is not numeric: compared for equality only")
-            max_abs = max(max_abs, gap)
-            continue
-        rf, cf = r.astype(np.float64).ravel(), c.astype(np.float64).ravel()
-        diff = _abs_diff(rf, cf)
-        out_max = float(diff.max()) if diff.size else 0.0
-        finite_ref = rf[np.isfinite(rf)]
-        out_ref = float(np.abs(finite_ref).max()) if finite_ref.size else 0.0
-        both = np.isfinite(rf) & np.isfinite(cf)
-        if not both.all():
-            notes.append(f"output {name!r} has NaN or Inf values: cosine uses the finite ones")
-        entry = {
-            "name": name,
-            "shape": list(r.shape),
-            "max_abs_diff": out_max,
-            "rel_diff": _relative(out_max, out_ref),
-            "cosine": _cosine(rf[both], cf[both]),
-        }
-        if _is_class_scores(r):
-            hits = int(np.count_nonzero(np.argmax(r, axis=1) == np.argmax(c, axis=1)))
-            entry["top1_agreement"] = hits / r.shape[0]
-            agree, rows = agree + hits, rows + r.shape[0]
-        per_output.append(entry)
-        flat_ref.append(rf[both])
-        flat_cand.append(cf[both])
-        max_abs, max_ref = max(max_abs, out_max), max(max_ref, out_ref)
-    cat_ref = np.concatenate(flat_ref) if flat_ref else np.zeros(0)
-    cat_cand = np.concatenate(flat_cand) if flat_cand else np.zeros(0)
-    return {
-        "max_abs_diff": max_abs,
-        "rel_diff": _relative(max_abs, max_ref),
-        "cosine": _cosine(cat_ref, cat_cand),
-        "top1_agreement": agree / rows if rows else None,
-        "per_output": per_output,
-        "notes": notes,
-    }
+    chunks = chunked(session_feeds(session, inputs, role), fixed_batch(session), notes)
+    outputs = join_chunks([run_session(session, c, role, hint=hint) for c in chunks])
+    return chunks, outputs, notes
 
 
-def check_labels(labels: np.ndarray, inputs: dict) -> int:
-    """The sample count, after checking there is one label per sample."""
-    sizes = {np.shape(v)[0] if np.ndim(v) else None for v in inputs.values()}
-    n = sizes.pop() if len(sizes) == 1 else None
-    if n is None:
-        raise OnnxPruneError("--labels needs inputs that share one batch axis")
-    if len(labels) != n:
-        raise OnnxPruneError(f"there are {len(labels)} labels but {n} input samples")
-    return n
-
-
-def accuracy(outputs: list[np.ndarray], names: list[str], labels: np.ndarray) -> float:
-    """Top-1 accuracy of the first [N, C] float output against integer ``labels``."""
-    for name, out in zip(names, outputs, strict=True):
-        if not _is_class_scores(out):
-            continue
-        if out.shape[0] != len(labels):
-            raise OnnxPruneError(
-                f"output {name!r} has {out.shape[0]} rows but there are {len(labels)} labels"
-            )
-        if labels.size and labels.max() >= out.shape[1]:
-            raise OnnxPruneError(
-                f"label {labels.max()} is out of range: output {name!r} scores "
-                f"{out.shape[1]} classes"
-            )
-        return float(np.mean(np.argmax(out, axis=1) == labels))
-    shown = ", ".join(f"{n} {list(o.shape)}" for n, o in zip(names, outputs, strict=True))
-    raise OnnxPruneError(
-        f"--labels needs an output of class scores [N, C] (float); the model gives {shown}"
-    )
-
-
-def _relative(diff: float, scale: float) -> float:
-    if scale > 0.0:
-        return diff / scale
-    return 0.0 if diff == 0.0 else float("inf")
+def _provider_notes(session, providers: list[str]) -> tuple[str, list[str]]:
+    """The provider onnxruntime really used, and a note when it is not the one asked for."""
+    actual = session.get_providers()[0]
+    if actual != providers[0]:
+        return actual, [f"asked for {providers[0]} but onnxruntime ran on {actual}"]
+    return actual, []
 
 
 # --------------------------------------------------------------------------------------------
-# Latency
-# --------------------------------------------------------------------------------------------
-
-
-def _measure(
-    sessions: list,
-    feeds: list[dict[str, np.ndarray]],
-    roles: list[str],
-    *,
-    runs: int,
-    warmup: int,
-    budget_s: float | None,
-    progress: bool = False,
-) -> list[list[float]]:
-    """Time already-open sessions; shared by ``measure_latency`` and ``validate``.
-
-    ``validate`` reuses the sessions it compared outputs with: opening a big model twice
-    would double the wait for nothing.
-    """
-    if runs < 1:
-        raise UsageError(f"latency runs must be at least 1, got {runs}")
-    if warmup < 0:
-        raise UsageError(f"warm-up runs cannot be negative, got {warmup}")
-    for session, feed, role in zip(sessions, feeds, roles, strict=True):
-        for _ in range(warmup):
-            _timed(session, feed, role)
-    n = len(sessions)
-    times: list[list[float]] = [[] for _ in sessions]
-    floor = min(runs, _MIN_RUNS)
-    start = time.perf_counter()
-    bar = progress_bar(total=runs, desc="latency", unit="run", enabled=progress)
-    with bar:
-        for r in range(runs):
-            if budget_s is not None and r >= floor and time.perf_counter() - start > budget_s:
-                break
-            for k in range(n):  # rotate who goes first: A B, B A, ...
-                i = (r + k) % n
-                times[i].append(_timed(sessions[i], feeds[i], roles[i]))
-            bar.update(1)
-    return times
-
-
-def _timed(session, feed: dict[str, np.ndarray], role: str) -> float:
-    t0 = time.perf_counter()
-    try:
-        session.run(None, feed)
-    except Exception as exc:
-        raise OnnxPruneError(f"onnxruntime cannot run the {role}: {_ort_message(exc)}") from exc
-    return (time.perf_counter() - t0) * 1000.0
-
-
-def measure_latency(
-    paths: list[str | os.PathLike],
-    inputs: dict,
-    providers: list[str],
-    *,
-    runs: int = 30,
-    warmup: int = 5,
-    budget_s: float | None = 10.0,
-    progress: bool = False,
-) -> list[list[float]]:
-    """Per-model lists of run times (ms), measured interleaved.
-
-    All sessions are opened and warmed up first, then each round runs every model once in a
-    rotating order, so slow spells of the machine hit all models alike. After ``budget_s``
-    seconds of measuring, stops early once every model has at least 5 runs.
-    """
-    roles = [f"model {os.fspath(p)}" for p in paths]
-    sessions = [_session(p, providers, role) for p, role in zip(paths, roles, strict=True)]
-    feeds = [_feeds(s, inputs, role) for s, role in zip(sessions, roles, strict=True)]
-    return _measure(
-        sessions, feeds, roles, runs=runs, warmup=warmup, budget_s=budget_s, progress=progress
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Validation
+# prune's validation: drift and latency
 # --------------------------------------------------------------------------------------------
 
 
@@ -627,15 +153,14 @@ def validate(
     """
     if runs < 1:
         raise UsageError(f"latency runs must be at least 1, got {runs}")
-    roles = ["original model", "pruned model"]
-    hint = _guess_hint(inputs)
+    hint = guess_hint(inputs)
     sessions, feeds, outputs = [], [], []
     chunk_notes: list[str] = []
-    for path, role in zip((original, pruned), roles, strict=True):
-        session = _session(path, providers, role)
-        chunks = _chunked(session, _feeds(session, inputs, role), chunk_notes)
-        results = [_run(session, chunk, role, hint) for chunk in chunks]
-        outputs.append(_join_chunks(results))
+    for path, role in zip((original, pruned), ROLES, strict=True):
+        session = open_session(path, providers, role=role)
+        chunks, out, notes = _outputs(session, inputs, role, hint)
+        chunk_notes += notes
+        outputs.append(out)
         sessions.append(session)
         feeds.append(chunks[0])  # latency is measured on one chunk
     names = [o.name for o in sessions[0].get_outputs()]
@@ -649,13 +174,12 @@ def validate(
             "accuracy_after": accuracy(outputs[1], names, kept),
             "samples": len(kept),
         }
-    times = _measure(
-        sessions, feeds, roles, runs=runs, warmup=5, budget_s=_BUDGET_S, progress=progress
+    times = measure_sessions(
+        sessions, feeds, list(ROLES), runs=runs, warmup=5, budget_s=_BUDGET_S, progress=progress
     )
     notes = list(getattr(inputs, "notes", [])) + chunk_notes[:1]
-    actual = sessions[0].get_providers()[0]
-    if actual != providers[0]:
-        notes.append(f"asked for {providers[0]} but onnxruntime ran on {actual}")
+    actual, asked = _provider_notes(sessions[0], providers)
+    notes += asked
     done = min(len(t) for t in times)
     if done < runs:
         notes.append(f"latency stopped after {done} of {runs} runs ({_BUDGET_S:g} s budget)")
@@ -675,3 +199,239 @@ def validate(
         notes=notes,
         **scored,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The ``onnxprune validate`` command: agreement and accuracy on the user's data
+# --------------------------------------------------------------------------------------------
+
+
+def load_labels(
+    path: str | os.PathLike, n: int | None = None, *, max_samples: int | None = None
+) -> np.ndarray:
+    """Integer class labels from a ``.npy`` file: shape [N] (or [N, 1]), values >= 0.
+
+    ``max_samples`` keeps the first labels, as ``--calib-samples`` keeps the first inputs;
+    ``n``, when given, is the number of input samples the labels must match.
+    """
+    shown = os.fspath(path)
+    if not Path(path).is_file():
+        raise OnnxPruneError(f"labels {shown} is not a file")
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise OnnxPruneError(
+            f"cannot read labels {shown}: not a numpy .npy file ({ort_message(exc)})"
+        ) from exc
+    if not isinstance(labels, np.ndarray):  # an .npz archive loads as NpzFile
+        raise OnnxPruneError(f"labels {shown} is an .npz archive: save the labels with np.save")
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise OnnxPruneError(
+            f"labels {shown} has shape {labels.shape}: expected one class index per sample [N]"
+        )
+    if labels.dtype.kind not in "iu":
+        raise OnnxPruneError(
+            f"labels {shown} are {labels.dtype}, not integers: save them with .astype(np.int64)"
+        )
+    if labels.size and labels.min() < 0:
+        raise OnnxPruneError(f"labels {shown} hold {labels.min()}: class indices start at 0")
+    if max_samples is not None:
+        labels = labels[:max_samples]
+    if n is not None and len(labels) != n:
+        raise OnnxPruneError(f"labels {shown} hold {len(labels)} labels but there are {n} samples")
+    return labels.astype(np.int64)
+
+
+def _arg_text(arg) -> str:
+    shape = arg.shape if isinstance(arg.shape, list) else []
+    return f"{arg.type}[{', '.join(str(d) for d in shape)}]"
+
+
+def _same_arg(a, b) -> bool:
+    """Same element type, rank and fixed sizes (symbolic names may differ between exports)."""
+    if a.type != b.type:
+        return False
+    sa, sb = a.shape, b.shape
+    if not isinstance(sa, list) or not isinstance(sb, list):
+        return True
+    if len(sa) != len(sb):
+        return False
+    return all(
+        not (isinstance(x, int) and isinstance(y, int)) or x == y
+        for x, y in zip(sa, sb, strict=True)
+    )
+
+
+def _check_interfaces(sessions: list, roles: list[str]) -> None:
+    """Both models take the same inputs and give the same outputs, or comparing is moot.
+
+    The pruned model may lack an input the original has (pruning can leave one unused).
+    """
+    ins = [{i.name: i for i in s.get_inputs()} for s in sessions]
+    outs = [s.get_outputs() for s in sessions]
+    extra = [n for n in ins[1] if n not in ins[0]]
+    changed = [n for n in ins[1] if n in ins[0] and not _same_arg(ins[1][n], ins[0][n])]
+    if extra or changed:
+        if extra:
+            what = f"takes input(s) the {roles[0]} lacks: {', '.join(extra)}"
+        else:
+            what = "has input(s) of another type or shape: " + ", ".join(
+                f"{n} {_arg_text(ins[1][n])} vs {_arg_text(ins[0][n])}" for n in changed
+            )
+        raise OnnxPruneError(f"the {roles[1]} {what}; both models must have the same inputs")
+    same = len(outs[0]) == len(outs[1]) and all(
+        a.name == b.name and _same_arg(a, b) for a, b in zip(*outs, strict=False)
+    )
+    if not same:
+        show = ["[" + ", ".join(f"{o.name} {_arg_text(o)}" for o in out) + "]" for out in outs]
+        raise OnnxPruneError(
+            f"the models have different outputs: {roles[0]} {show[0]}, {roles[1]} {show[1]}; "
+            "both models must have the same outputs"
+        )
+
+
+def evaluate(
+    original: str | os.PathLike,
+    pruned: str | os.PathLike,
+    inputs: InputBatch | dict,
+    providers: list[str],
+    *,
+    labels: np.ndarray | None = None,
+) -> dict:
+    """Run both models on ``inputs`` and compare; with ``labels``, top-1 accuracy of each.
+
+    Returns ``compare.compare_outputs``'s dict (``max_abs_diff``, ``rel_diff``, ``cosine``,
+    ``top1_agreement``, ``per_output``, ``notes``) plus ``provider``, ``samples`` and, with
+    labels, ``accuracy_before`` and ``accuracy_after`` (argmax of the first [N, C] float
+    output against the labels). Inputs run in the chunks ``validate`` uses, so a model with
+    a fixed batch drops the last partial chunk, and its labels with it (noted).
+    """
+    roles = list(ROLES)
+    n = shared_batch(inputs)
+    if labels is not None:
+        labels = np.asarray(labels)
+        check_labels(labels, inputs)
+    sessions = [
+        open_session(p, providers, role=r) for p, r in zip((original, pruned), roles, strict=True)
+    ]
+    _check_interfaces(sessions, roles)
+    hint = guess_hint(inputs)
+    outputs, notes = [], list(getattr(inputs, "notes", []))
+    samples = n
+    for session, role in zip(sessions, roles, strict=True):
+        chunks, out, chunk_notes = _outputs(session, inputs, role, hint)
+        outputs.append(out)
+        if role == roles[0]:
+            # validate's notes also speak of latency, which is not measured here
+            notes.extend(note.split(";")[0] for note in chunk_notes)
+            if n is not None:
+                samples = sum(np.shape(next(iter(c.values())))[0] for c in chunks)
+    names = [o.name for o in sessions[0].get_outputs()]
+    result = compare_outputs(outputs[0], outputs[1], names)
+    result["provider"], asked = _provider_notes(sessions[0], providers)
+    notes += asked
+    result["samples"] = samples
+    if labels is not None:
+        kept = labels[:samples]
+        result["accuracy_before"] = accuracy(outputs[0], names, kept)
+        result["accuracy_after"] = accuracy(outputs[1], names, kept)
+    result["notes"] = notes + result["notes"]
+    return result
+
+
+def evaluate_files(
+    original: str | os.PathLike,
+    pruned: str | os.PathLike,
+    *,
+    calib: str | os.PathLike | None = None,
+    calib_samples: int | None = None,
+    calib_preprocess: str | None = None,
+    labels: str | os.PathLike | None = None,
+    providers: str = "cpu",
+    seed: int = 0,
+) -> dict:
+    """``evaluate`` on two model files, inputs from ``calib`` (or random), labels from a file.
+
+    What ``onnxprune validate`` runs. The result also names both files and the inputs.
+    """
+    if labels is not None and calib is None:
+        raise UsageError("--labels needs --calib: labels describe real inputs, not random ones")
+    chosen = resolve_providers(providers)
+    for path in (original, pruned):
+        if not Path(path).is_file():
+            raise OnnxPruneError(f"{os.fspath(path)} is not a file")
+    try:  # the graph's inputs only; onnxruntime reads the weights (external data included)
+        content = Path(original).read_bytes()
+    except OSError as exc:
+        raise OnnxPruneError(f"cannot read {os.fspath(original)}: {exc.strerror or exc}") from exc
+    model = _parse_model(content, os.fspath(original))
+    del content
+    inputs = make_inputs(
+        model,
+        calib=calib,
+        seed=seed,
+        batch_size=RANDOM_SAMPLES,
+        max_samples=calib_samples,
+        preprocess=calib_preprocess,
+    )
+    if calib is None:
+        inputs.notes[0] += ": pass --calib for real inputs"
+    label_array = None
+    if labels is not None:
+        label_array = load_labels(labels, shared_batch(inputs), max_samples=calib_samples)
+    result = evaluate(original, pruned, inputs, chosen, labels=label_array)
+    where = {
+        "original": os.fspath(original),
+        "pruned": os.fspath(pruned),
+        "inputs": os.fspath(calib) if calib is not None else "random",
+    }
+    return {**where, **result}
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def render_evaluation(result: dict) -> str:
+    """A short table: samples, accuracy, agreement, drift overall and per output, notes."""
+    out = []
+    if "original" in result:
+        out += [f"original  {result['original']}", f"pruned    {result['pruned']}"]
+    out.append(f"inputs    {result.get('inputs', '-')} on {result.get('provider', '-')}")
+    out.append("")
+    rows = [["samples", str(result.get("samples", "-"))]]
+    if result.get("accuracy_before") is not None:
+        before, after = result["accuracy_before"], result["accuracy_after"]
+        rows += [
+            ["accuracy before", f"{before:.3f}"],
+            ["accuracy after", f"{after:.3f}"],
+            ["accuracy drop (points)", f"{100 * (before - after):.2f}"],
+        ]
+    rows += [
+        ["top-1 agreement", _num(result.get("top1_agreement"), ".4f")],
+        ["cosine", f"{result['cosine']:.6f}"],
+        ["max abs diff", f"{result['max_abs_diff']:.3g}"],
+        ["rel diff", f"{result['rel_diff']:.3g}"],
+    ]
+    out.append(table(rows, ["", "value"]))
+    per = [
+        [
+            p["name"],
+            "x".join(str(d) for d in p.get("shape", [])) or "-",
+            f"{p['max_abs_diff']:.3g}",
+            f"{p['rel_diff']:.3g}",
+            f"{p['cosine']:.6f}",
+            _num(p.get("top1_agreement"), ".4f"),
+        ]
+        for p in result.get("per_output", [])
+    ]
+    if per:
+        out.append("")
+        header = ["output", "shape", "max abs diff", "rel diff", "cosine", "top-1"]
+        out.append(table(per, header))
+    if result.get("notes"):
+        out.append("")
+        out.extend(f"note: {n}" for n in result["notes"])
+    return "\n".join(out)

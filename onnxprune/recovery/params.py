@@ -1,0 +1,88 @@
+"""Reading and writing one refit layer's weight and bias in a model.
+
+``ModelParams.add_bias`` is the one place in recovery that changes a graph's structure: a
+layer without a bias that the refit gives one gets a bias input (Conv ``B``, Gemm ``C``) or,
+after a MatMul, a new ``Add`` node with a new initializer, inserted right after the layer.
+Everything else recovery does rewrites initializer values in place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxprune.recovery.layers import Layer
+
+__all__ = ["ModelParams", "augmented", "write"]
+
+
+class ModelParams:
+    """Initializer access by name, and a bias created where a layer has none."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.inits = {t.name: t for t in model.graph.initializer}
+        self.names = set(self.inits) | {o for n in model.graph.node for o in n.output}
+
+    def get(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self.inits[name])
+
+    def set(self, name: str, value: np.ndarray) -> None:
+        t = self.inits[name]
+        t.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(t).dtype), name))
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.names:
+            name, k = f"{base}_{k}", k + 1
+        self.names.add(name)
+        return name
+
+    def add_bias(self, layer: Layer, value: np.ndarray, dtype: np.dtype) -> None:
+        """Give ``layer`` a bias input (Conv B, Gemm C) or an Add after a MatMul.
+
+        This changes the graph's structure: a new initializer always, and for a MatMul a new
+        ``Add`` node inserted right after it (the MatMul's output is renamed
+        ``<y>_before_bias`` and the Add takes over ``<y>``, so consumers are untouched).
+        """
+        name = self.fresh(f"{layer.weight}_recovered_bias")
+        self.model.graph.initializer.append(numpy_helper.from_array(value.astype(dtype), name))
+        node = next(n for n in self.model.graph.node if n.output and n.output[0] == layer.y)
+        if layer.op in ("Conv", "Gemm"):
+            while len(node.input) < 2:
+                node.input.append("")
+            node.input.append(name)
+            for k in reversed(range(len(node.attribute))):
+                if node.attribute[k].name == "beta":  # it scaled an absent C: now it would not
+                    del node.attribute[k]
+            return
+        pre = self.fresh(f"{layer.y}_before_bias")
+        node.output[0] = pre
+        add = onnx.helper.make_node(
+            "Add", [pre, name], [layer.y], name=self.fresh(f"{layer.y}_bias")
+        )
+        nodes = list(self.model.graph.node)
+        at = next(k for k, n in enumerate(nodes) if n is node or n.output[0] == pre)
+        self.model.graph.node.insert(at + 1, add)
+
+
+def augmented(layer: Layer, params: ModelParams) -> np.ndarray:
+    """``[g, out, d+1]``: the layer's weight matrix with its bias (0 if none) as last column."""
+    m = layer.matrix(params.get(layer.weight))
+    b = params.get(layer.bias).astype(np.float64) if layer.bias else np.zeros(m.shape[:2])
+    return np.concatenate([m, b.reshape(*m.shape[:2], 1)], axis=2)
+
+
+def write(layer: Layer, params: ModelParams, wb: np.ndarray, write_bias: bool) -> None:
+    """Store ``wb`` (``[g, out, d+1]``) as the layer's weight and, with ``write_bias``, bias;
+    a layer without a bias gets one (``ModelParams.add_bias``) only when it is not all zero."""
+    like = params.get(layer.weight)
+    params.set(layer.weight, layer.unmatrix(wb[..., :-1], like))
+    if not write_bias:
+        return
+    bias = wb[..., -1].reshape(-1)
+    if layer.bias:
+        params.set(layer.bias, bias)
+    elif np.any(bias != 0):
+        params.add_bias(layer, bias, like.dtype)

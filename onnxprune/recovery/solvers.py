@@ -1,0 +1,174 @@
+"""The per-layer solvers of recovery, pure numpy on Gram matrices.
+
+``least_squares`` (ridge toward the starting weight), ``mean_shift`` (bias compensation),
+and SparseGPT's optimal-brain-surgeon sparsification (``obs_factor``, ``obs_sparsify``).
+Every matrix is ``[g, out, d+1]`` (or ``[d+1, d+1]`` for one group) with the bias last.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["least_squares", "mean_shift", "obs_factor", "obs_sparsify"]
+
+
+def _ridge(gpp: np.ndarray, damp: float, fit_bias: bool, prior_rows: bool = False) -> np.ndarray:
+    """``G_pp`` plus ``lam`` on the weight diagonal (not the bias row/column).
+
+    ``lam`` is ``damp`` times the mean diagonal; with ``prior_rows`` the prior is also worth
+    ``d`` rows of data (``lam += d * mean(x^2)``), so a layer fitted from fewer rows than it
+    has inputs (a 1536-wide layer from 800 tokens) stays near its starting weights instead
+    of fitting the calibration set exactly and failing on new data.
+    """
+    a = gpp.copy()
+    d = a.shape[-1] - 1
+    for k in range(a.shape[0]):
+        diag = np.diagonal(a[k])[:d]
+        rows = max(1.0, float(a[k, d, d]))  # the constant 1 appended to every row counts them
+        scale = damp + (d / rows if prior_rows else 0.0)
+        lam = scale * float(np.mean(diag)) if d and np.mean(diag) > 0 else damp
+        a[k, np.arange(d), np.arange(d)] += max(lam, 1e-8)
+        if not fit_bias:
+            a[k, d, :] = 0.0
+            a[k, :, d] = 0.0
+            a[k, d, d] = 1.0
+    return a
+
+
+def least_squares(
+    target: np.ndarray,
+    w0: np.ndarray,
+    gpp: np.ndarray,
+    gop: np.ndarray,
+    damp: float,
+    fit_bias: bool,
+    prior_rows: bool = False,
+) -> np.ndarray:
+    """argmin_W sum ||W x_p - T x_o||^2 + lam ||W - W0||^2, all ``[g, out, d+1]`` with bias last.
+
+    ``fit_bias`` False keeps ``W0``'s bias column; ``prior_rows``: see ``_ridge``.
+    """
+    a = _ridge(gpp, damp, fit_bias, prior_rows)
+    d = a.shape[-1] - 1
+    rhs = target @ gop  # [g, out, dp+1]
+    lam = a[:, np.arange(d), np.arange(d)] - gpp[:, np.arange(d), np.arange(d)]  # [g, d]
+    rhs[..., :d] += w0[..., :d] * lam[:, None, :]
+    if not fit_bias:
+        rhs[..., :d] -= w0[..., d:] * gpp[:, None, d, :d]  # the kept bias times sum(x_p)
+        rhs[..., d] = w0[..., d]
+    # a is symmetric: W a = rhs  <=>  a W^T = rhs^T
+    return np.linalg.solve(a, rhs.transpose(0, 2, 1)).transpose(0, 2, 1)
+
+
+def mean_shift(target: np.ndarray, w: np.ndarray, gpp: np.ndarray, gop: np.ndarray) -> np.ndarray:
+    """``w`` with its bias column moved so that mean outputs match: bias compensation."""
+    n = gpp[:, -1, -1]  # rows seen
+    mean_p = gpp[:, -1, :] / n[:, None]  # [g, dp+1], last entry 1
+    mean_o = gop[:, :, -1] / n[:, None]  # [g, do+1]
+    out = w.copy()
+    shift = np.einsum("god,gd->go", target, mean_o) - np.einsum("god,gd->go", w, mean_p)
+    out[..., -1] += shift
+    return out
+
+
+def obs_factor(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
+    """(U, H) for the damped ``hessian`` ``[d+1, d+1]``: U upper with H^-1 = U^T U.
+
+    The upper Cholesky factor of the inverse comes from the lower Cholesky factor of H with
+    its order reversed (U = P L^-1 P for P H P = L L^T), so no general inverse is formed:
+    inverting a 4609-wide H took 9 s here, the factor and a triangular inverse about 2.5 s.
+    float32, as SparseGPT uses: the damping keeps H well conditioned.
+    """
+    d = hessian.shape[-1] - 1
+    h = _ridge(hessian[None], damp, True)[0]
+    h[d, d] += damp * max(1.0, float(np.mean(np.diagonal(h)[:d])) if d else 1.0)
+    flipped = np.ascontiguousarray(h[::-1, ::-1], dtype=np.float32)
+    try:
+        lower = np.linalg.cholesky(flipped)
+    except np.linalg.LinAlgError:
+        lower = np.linalg.cholesky(
+            flipped + 1e-3 * np.mean(np.diagonal(flipped)) * np.eye(d + 1, dtype=np.float32)
+        )
+    return np.ascontiguousarray(_inv_lower(lower)[::-1, ::-1]), h
+
+
+def _inv_lower(m: np.ndarray) -> np.ndarray:
+    """Inverse of a lower-triangular matrix by halves, so the work runs as matrix products
+    (numpy has no triangular inverse; its general one is several times slower)."""
+    n = len(m)
+    if n <= 256:
+        return np.tril(np.linalg.inv(m))
+    k = n // 2
+    a, d = _inv_lower(m[:k, :k]), _inv_lower(m[k:, k:])
+    out = np.zeros_like(m)
+    out[:k, :k] = a
+    out[k:, k:] = d
+    out[k:, :k] = -(d @ (m[k:, :k] @ a))
+    return out
+
+
+def obs_sparsify(
+    w: np.ndarray,
+    hessian: np.ndarray,
+    *,
+    zeros: int | None = None,
+    nm: tuple[int, int] | None = None,
+    block: int = 128,
+    damp: float = 0.01,
+    factor: np.ndarray | None = None,
+) -> np.ndarray:
+    """SparseGPT on ``w`` ``[out, d+1]`` (bias last, never pruned) with ``H`` ``[d+1, d+1]``.
+
+    Zeroes ``zeros`` weights (spread over column blocks in proportion to their size, chosen
+    inside each block by ``w^2 / [H^-1]_jj^2``) or keeps ``nm`` = (N, M) of every M columns per
+    row; the remaining weights of later columns (and the bias) absorb each removal's error.
+    ``factor``: U of ``obs_factor`` when the caller has it already.
+    """
+    w = w.astype(np.float32)
+    out, cols = w.shape
+    d = cols - 1
+    dead = np.diagonal(hessian)[:d] == 0
+    u = factor if factor is not None else obs_factor(hessian, damp)[0]
+    if nm is not None:
+        block = max(nm[1], block - block % nm[1])  # N:M groups must not straddle two blocks
+    quota = _block_quota(d, block, out, zeros) if zeros is not None else None
+    for b, i1 in enumerate(range(0, d, block)):
+        i2 = min(i1 + block, d)
+        w1 = w[:, i1:i2].copy()
+        err = np.zeros_like(w1)
+        u1 = u[i1:i2, i1:i2]
+        diag = np.diagonal(u1)
+        mask = np.zeros(w1.shape, dtype=bool)  # True: zero this weight
+        if quota is not None and quota[b]:
+            sal = w1**2 / diag[None, :] ** 2
+            sal[:, dead[i1:i2]] = -1.0  # inputs that never fire go first, for free
+            flat = np.argpartition(sal.ravel(), quota[b] - 1)[: quota[b]]
+            mask.ravel()[flat] = True
+        for j in range(i2 - i1):
+            if nm is not None and j % nm[1] == 0:
+                n, m = nm
+                sal = w1[:, j : j + m] ** 2 / diag[None, j : j + m] ** 2
+                drop = np.argpartition(sal, m - n - 1, axis=1)[:, : m - n]
+                np.put_along_axis(mask[:, j : j + m], drop, True, axis=1)
+            col = w1[:, j]
+            q = np.where(mask[:, j], 0.0, col)
+            e = (col - q) / diag[j]
+            w1[:, j:] -= np.outer(e, u1[j, j:])
+            w1[:, j] = q
+            err[:, j] = e
+        w[:, i1:i2] = w1
+        w[:, i2:] -= err @ u[i1:i2, i2:]
+    return w
+
+
+def _block_quota(d: int, block: int, out: int, zeros: int) -> list[int]:
+    """Zeros per column block, proportional to block size, summing exactly to ``zeros``."""
+    sizes = [min(block, d - i) * out for i in range(0, d, block)]
+    total = sum(sizes)
+    raw = [zeros * s / total for s in sizes]
+    quota = [math.floor(r) for r in raw]
+    for k in sorted(range(len(raw)), key=lambda k: quota[k] - raw[k])[: zeros - sum(quota)]:
+        quota[k] += 1
+    return [min(q, s) for q, s in zip(quota, sizes, strict=True)]
