@@ -211,6 +211,16 @@ def shape_of(
     return tuple(dims)
 
 
+def normalize_axis(axis: int, rank: int) -> int:
+    """A negative axis counted from the end, as a non-negative one."""
+    return axis + rank if axis < 0 else axis
+
+
+def product(dims: Sequence[int]) -> int:
+    """The product of ``dims`` (1 for none)."""
+    return int(np.prod(dims)) if len(dims) else 1
+
+
 # ------------------------------------------------------------------------------ attributes
 def attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
     """An attribute's Python value, or ``default`` when absent."""
