@@ -3,7 +3,7 @@
 * fields: ``copy_fields`` copies a message without the fields that hold weight bytes;
 * tensors: ``walk_tensors`` finds every tensor of a model (nested graphs and functions
   included), ``is_external``/``external_info`` read and check external-data references,
-  ``element_bits``/``tensor_nbytes`` give byte sizes right for every data type (4-bit and
+  ``element_bits``/``tensor_nbytes`` give byte sizes right for every data type (6-, 4- and
   2-bit types are packed, rounded up to whole bytes, as the ONNX spec stores them);
 * shapes: ``shape_of`` reads a value info's dims;
 * writing: ``FreshNames`` makes names no tensor, node or graph input of a graph uses,
@@ -157,8 +157,17 @@ def external_length(tensor: onnx.TensorProto) -> int | None:
 
 
 # ------------------------------------------------------------------------------------ sizes
-_SUBBYTE_BITS = {"INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "INT2": 2, "UINT2": 2}
-"""Packed types narrower than a byte; numpy_helper reports them as one byte per element."""
+_SUBBYTE_BITS = {
+    "INT4": 4,
+    "UINT4": 4,
+    "FLOAT4E2M1": 4,
+    "INT2": 2,
+    "UINT2": 2,
+    "FLOAT6E2M3": 6,
+    "FLOAT6E3M2": 6,
+}
+"""Packed types narrower than a byte (by their ``TensorProto.DataType`` name, so that onnx
+releases without some of them still work); numpy reports them as one byte per element."""
 
 
 @functools.cache

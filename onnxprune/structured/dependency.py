@@ -28,6 +28,8 @@ import onnx
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.view import GraphView
+from onnxprune.ops import rule_for
+from onnxprune.structured.heads import mark_heads
 
 ROLES = ("out", "in", "chan", "stat", "act")
 """How a member holds its channels. ``out``: a producer's filters (Conv weight axis 0);
@@ -484,15 +486,11 @@ class Context:
 
 def analyze(model: onnx.ModelProto, *, view: GraphView | None = None) -> list[Group]:
     """Every coupling group of ``model``, prunable or blocked (with reasons)."""
-    from onnxprune.ops import rule_for
-
     view = view if view is not None else GraphView(model)
     ctx = Context(view)
     for i, node in enumerate(view.nodes):
         ctx.visit(i, rule_for(node))
     ctx.finish()
     groups = ctx.groups()
-    from onnxprune.structured.heads import mark_heads
-
     mark_heads(view, groups)
     return groups
