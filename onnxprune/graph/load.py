@@ -9,6 +9,7 @@ look in one place. The input file is only ever opened for reading.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,41 @@ def parse_model(content: bytes, shown: str) -> onnx.ModelProto:
     return model
 
 
+def _nodes_to_initializers(
+    graph: onnx.GraphProto,
+    op_type: str,
+    source: Callable[[onnx.NodeProto], onnx.TensorProto | None],
+) -> int:
+    """Replace the main graph's ``op_type`` nodes whose tensor ``source`` gives by
+    initializers named as their output; returns how many nodes were replaced.
+
+    An output that is already taken, or is a graph output (an initializer that is also a
+    graph output is not accepted everywhere), keeps its node, as does an external tensor.
+    """
+    taken = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+    graph_outputs = {o.name for o in graph.output}
+    replaced: list[int] = []
+    for index, node in enumerate(graph.node):
+        if node.op_type != op_type or node.domain not in _DEFAULT_DOMAINS:
+            continue
+        if len(node.output) != 1 or not node.output[0]:
+            continue
+        name = node.output[0]
+        if name in taken or name in graph_outputs:
+            continue
+        tensor = source(node)
+        if tensor is None or is_external(tensor):
+            continue
+        init = graph.initializer.add()
+        init.CopyFrom(tensor)
+        init.name = name
+        taken.add(name)
+        replaced.append(index)
+    for index in reversed(replaced):
+        del graph.node[index]
+    return len(replaced)
+
+
 def _constants_to_initializers(graph: onnx.GraphProto) -> int:
     """Replace the main graph's Constant nodes by initializers of the same name.
 
@@ -113,29 +149,7 @@ def _constants_to_initializers(graph: onnx.GraphProto) -> int:
     nodes would otherwise hide them. Subgraphs are left alone: their constants are local to
     the body and rarely weights. Returns how many nodes were converted.
     """
-    taken = {t.name for t in graph.initializer} | {i.name for i in graph.input}
-    graph_outputs = {o.name for o in graph.output}
-    converted: list[int] = []
-    for index, node in enumerate(graph.node):
-        if node.op_type != "Constant" or node.domain not in _DEFAULT_DOMAINS:
-            continue
-        if len(node.output) != 1 or not node.output[0]:
-            continue
-        name = node.output[0]
-        # An initializer that is also a graph output is not accepted everywhere; keep the node.
-        if name in taken or name in graph_outputs:
-            continue
-        tensor = constant_node_tensor(node)
-        if tensor is None or is_external(tensor):
-            continue
-        init = graph.initializer.add()
-        init.CopyFrom(tensor)
-        init.name = name
-        taken.add(name)
-        converted.append(index)
-    for index in reversed(converted):
-        del graph.node[index]
-    return len(converted)
+    return _nodes_to_initializers(graph, "Constant", constant_node_tensor)
 
 
 #: Initializers up to this size that reach a node through an Identity are given their own copy.
@@ -147,29 +161,15 @@ IDENTITY_FOLD_MAX_BYTES = 1 << 20
 
 def _identities_to_initializers(graph: onnx.GraphProto) -> int:
     """Give each small initializer read through an Identity node its own initializer."""
-    inits = {t.name: t for t in graph.initializer}
-    taken = set(inits) | {i.name for i in graph.input}
-    graph_outputs = {o.name for o in graph.output}
-    folded: list[int] = []
-    for index, node in enumerate(graph.node):
-        if node.op_type != "Identity" or node.domain not in _DEFAULT_DOMAINS:
-            continue
-        if len(node.input) != 1 or len(node.output) != 1 or node.input[0] not in inits:
-            continue
-        name = node.output[0]
-        source = inits[node.input[0]]
-        if name in taken or name in graph_outputs or is_external(source):
-            continue
-        if tensor_nbytes(source) > IDENTITY_FOLD_MAX_BYTES:
-            continue
-        init = graph.initializer.add()
-        init.CopyFrom(source)
-        init.name = name
-        taken.add(name)
-        folded.append(index)
-    for index in reversed(folded):
-        del graph.node[index]
-    return len(folded)
+    inits = {t.name: t for t in graph.initializer}  # as they were: no chains of copies
+
+    def source(node: onnx.NodeProto) -> onnx.TensorProto | None:
+        if len(node.input) != 1 or node.input[0] not in inits:
+            return None
+        tensor = inits[node.input[0]]
+        return tensor if tensor_nbytes(tensor) <= IDENTITY_FOLD_MAX_BYTES else None
+
+    return _nodes_to_initializers(graph, "Identity", source)
 
 
 def normalize_model(model: onnx.ModelProto) -> list[str]:

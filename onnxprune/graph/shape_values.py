@@ -357,24 +357,18 @@ class DimExprs:
             return Opaque()
         i = prod[0]
         node = view.nodes[i]
-        op = node.op_type if node.domain in ("", "ai.onnx") else ""
-        out = node.output[0]
         ins = [self._input(i, k) for k in range(len(node.input))]
+        op = node.op_type if node.domain in ("", "ai.onnx") else ""
+        if op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Where"):
+            return _combine(op, node.output[0], ins)
+        return self._of_node(op, node, ins)
 
-        def through(e: Elem) -> Elem:
-            if isinstance(e, Term) and e.origin is not None:
-                return replace(e, origin=replace(e.origin, path=(*e.origin.path, out)))
-            return e
-
-        def opaque() -> Opaque:
-            found: set[Ref] = set()
-            for x in ins:
-                found |= refs(x)
-            return Opaque(frozenset(found))
-
+    def _of_node(self, op: str, node: onnx.NodeProto, ins: list[Expr]) -> Expr:
+        """The value of a node's output for the ops that move elements around."""
+        out = node.output[0]
         if op == "Shape":
             data = node.input[0]
-            rank = view.rank(data)
+            rank = self.view.rank(data)
             if rank is None:
                 return Opaque(frozenset({(data, -1)}))
             inner = self.of(data) if rank == 1 else None
@@ -385,47 +379,24 @@ class DimExprs:
             return [Opaque(frozenset({(node.input[0], -1)}))]
         if op in _PASS:
             data = ins[0]
-            return [through(e) for e in data] if isinstance(data, list) else data
+            return [_through(e, out) for e in data] if isinstance(data, list) else data
         if op == "Concat":
             if any(isinstance(x, Opaque) for x in ins):
-                return opaque()
-            return [through(e) for x in ins for e in x]
+                return _opaque(ins)
+            return [_through(e, out) for x in ins for e in x]
         if op == "Gather" and int(attr(node, "axis", 0)) == 0:
-            data, idx = ins[0], view.constant(node.input[1])
+            data, idx = ins[0], self.view.constant(node.input[1])
             if isinstance(data, Opaque) or idx is None or idx.ndim > 1:
-                return opaque()
+                return _opaque(ins)
             try:
-                return [through(data[int(j)]) for j in idx.reshape(-1)]
+                return [_through(data[int(j)], out) for j in idx.reshape(-1)]
             except IndexError:
-                return opaque()
+                return _opaque(ins)
         if op == "Slice" and len(node.input) >= 3:
-            data, bounds = ins[0], slice_bounds(view, node)
+            data, bounds = ins[0], slice_bounds(self.view, node)
             if isinstance(data, Opaque) or bounds is None:
-                return opaque()
-            return [through(e) for e in data[bounds]]
-        if op in ("Add", "Sub", "Mul", "Div", "Max", "Min") and len(ins) == 2:
-            if any(isinstance(x, Opaque) for x in ins):
-                return opaque()
-            parts = broadcast(ins)
-            if parts is None:
-                return opaque()
-            return [_arith(op, a, b) for a, b in zip(*parts, strict=True)]
-        if op == "Equal" and len(ins) == 2:
-            parts = None if any(isinstance(x, Opaque) for x in ins) else broadcast(ins)
-            if parts is None:
-                return opaque()
-            return [_equal(a, b) for a, b in zip(*parts, strict=True)]
-        if op == "Where" and len(ins) == 3:
-            parts = None if any(isinstance(x, Opaque) for x in ins) else broadcast(ins)
-            if parts is None:
-                return opaque()
-            picked: list[Elem] = []
-            for c, a, b in zip(*parts, strict=True):
-                if isinstance(c, Term) and c.const is not None:
-                    picked.append(through(a if c.const else b))
-                else:
-                    picked.append(Opaque(refs(c) | refs(a) | refs(b)))
-            return picked
+                return _opaque(ins)
+            return [_through(e, out) for e in data[bounds]]
         if op == "ConstantOfShape":
             size, fill = ins[0], int_fill(node)
             if (
@@ -437,7 +408,43 @@ class DimExprs:
                 and fill is not None
             ):
                 return [_const(fill)] * size[0].const
-        return opaque()
+        return _opaque(ins)
+
+
+def _through(e: Elem, out: str) -> Elem:
+    """``e`` as it reaches tensor ``out``: a constant's ``Origin`` records the tensor."""
+    if isinstance(e, Term) and e.origin is not None:
+        return replace(e, origin=replace(e.origin, path=(*e.origin.path, out)))
+    return e
+
+
+def _opaque(ins: list[Expr]) -> Opaque:
+    """An unevaluated value that may depend on every dimension its inputs depend on."""
+    found: set[Ref] = set()
+    for x in ins:
+        found |= refs(x)
+    return Opaque(frozenset(found))
+
+
+def _combine(op: str, out: str, ins: list[Expr]) -> Expr:
+    """The value of a broadcasting op of shape values: arithmetic, Equal or Where."""
+    arity = 3 if op == "Where" else 2
+    if len(ins) != arity or any(isinstance(x, Opaque) for x in ins):
+        return _opaque(ins)
+    parts = broadcast(ins)
+    if parts is None:
+        return _opaque(ins)
+    if op == "Equal":
+        return [_equal(a, b) for a, b in zip(*parts, strict=True)]
+    if op != "Where":
+        return [_arith(op, a, b) for a, b in zip(*parts, strict=True)]
+    picked: list[Elem] = []
+    for c, a, b in zip(*parts, strict=True):
+        if isinstance(c, Term) and c.const is not None:
+            picked.append(_through(a if c.const else b, out))
+        else:
+            picked.append(Opaque(refs(c) | refs(a) | refs(b)))
+    return picked
 
 
 _CACHE: weakref.WeakKeyDictionary[GraphView, DimExprs] = weakref.WeakKeyDictionary()

@@ -10,13 +10,9 @@ query heads of grouped-query attention, whose slots are the key/value groups).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from onnxprune.graph.view import GraphView
 from onnxprune.ops.attention import head_segment
-
-if TYPE_CHECKING:  # dependency imports this module: no import back at run time
-    from onnxprune.structured.dependency import Group
+from onnxprune.structured.groups import Group
 
 
 def mark_heads(view: GraphView, groups: list[Group]) -> None:
