@@ -245,9 +245,7 @@ def _act_per_slot(
     return np.mean(vectors, axis=0) if vectors else None
 
 
-def activation(
-    g: Group, weights: Weights, stats: Mapping, rng: object, reduction: str
-) -> np.ndarray:
+def activation(g: Group, weights: Weights, stats: Mapping, rng: object, reduction: str) -> np.ndarray:
     """Mean |activation| of each channel on the calibration data (L1 where none is known)."""
     v = _act_per_slot(g, weights, stats, lambda st: st.mean_abs)
     return v if v is not None else magnitude(1)(g, weights, stats, rng, reduction)
@@ -264,9 +262,7 @@ def wanda(g: Group, weights: Weights, stats: Mapping, rng: object, reduction: st
     (the channel's expected contribution to the next layers); L1 where no statistic."""
     v = _act_per_slot(g, weights, stats, lambda st: st.norm)
     out = [
-        _per_slot(m, weights.norms(m.target, m.axis, 1), g.slots)
-        for m in g.members
-        if m.role == "in"
+        _per_slot(m, weights.norms(m.target, m.axis, 1), g.slots) for m in g.members if m.role == "in"
     ]
     if v is None or not out:
         return magnitude(1)(g, weights, stats, rng, reduction)
