@@ -17,6 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.graph import external, save
 from onnxprune.graph import modelfile as io
 
 RNG = np.random.default_rng(0)
@@ -239,7 +240,7 @@ def test_external_data_round_trip(tmp_path: Path) -> None:
     loaded = io.load_model(src / "model.onnx")
     assert loaded.used_external_data
     assert loaded.size_bytes == sum(p.stat().st_size for p in src.iterdir())
-    assert not any(io._is_external(t) for t in loaded.model.graph.initializer)
+    assert not any(io.is_external(t) for t in loaded.model.graph.initializer)
 
     out = tmp_path / "out" / "model.pruned.onnx"
     out.parent.mkdir()
@@ -265,7 +266,7 @@ def test_external_data_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(run(out), expected)
     # W (1728 bytes) goes to the data file; B (64 bytes) is under the 1024-byte threshold.
     written = onnx.load(out, load_external_data=False)
-    assert [io._is_external(t) for t in written.graph.initializer] == [True, False]
+    assert [io.is_external(t) for t in written.graph.initializer] == [True, False]
 
 
 def big_weight_model(n_out: int = 64) -> onnx.ModelProto:
@@ -311,7 +312,7 @@ def test_external_save_writes_big_tensors_aligned_and_leaves_caller_model_alone(
     assert written == out.stat().st_size + data.stat().st_size
     stored = onnx.load(out, load_external_data=False)
     s, m, w = stored.graph.initializer
-    assert [io._is_external(t) for t in (s, m, w)] == [False, True, True]
+    assert [io.is_external(t) for t in (s, m, w)] == [False, True, True]
     entries = {e.key: e.value for e in w.external_data}
     assert entries["location"] == "big.onnx.data"
     assert int(entries["offset"]) == 64 * 1024  # after M's 3000 bytes, moved to the boundary
@@ -324,9 +325,9 @@ def test_external_save_writes_big_tensors_aligned_and_leaves_caller_model_alone(
 def test_model_needs_external_data_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
     model = conv_model()  # 1728 + 64 bytes of weights
     assert io.model_needs_external_data(model) is False
-    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1792)
+    monkeypatch.setattr(external, "EXTERNAL_DATA_THRESHOLD", 1792)
     assert io.model_needs_external_data(model) is True
-    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1793)
+    monkeypatch.setattr(external, "EXTERNAL_DATA_THRESHOLD", 1793)
     assert io.model_needs_external_data(model) is False
 
 
@@ -336,7 +337,7 @@ def test_automatic_external_data_follows_threshold(
     model = big_weight_model()
     io.save_model(model, tmp_path / "auto.onnx")
     assert not (tmp_path / "auto.onnx.data").exists()
-    monkeypatch.setattr(io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    monkeypatch.setattr(external, "EXTERNAL_DATA_THRESHOLD", 1000)
     io.save_model(model, tmp_path / "auto2.onnx")
     assert (tmp_path / "auto2.onnx.data").stat().st_size >= 4096 * 64 * 4
     np.testing.assert_array_equal(
@@ -362,7 +363,7 @@ def test_constant_node_weights_become_initializers(tmp_path: Path) -> None:
     out = tmp_path / "const.pruned.onnx"
     io.save_model(loaded.model, out, external_data=True)
     stored = onnx.load(out, load_external_data=False)
-    assert io._is_external(next(t for t in stored.graph.initializer if t.name == "W"))
+    assert io.is_external(next(t for t in stored.graph.initializer if t.name == "W"))
     np.testing.assert_array_equal(run(out), run(original))
 
 
@@ -406,7 +407,7 @@ def test_subgraphs_are_left_alone_and_their_initializers_saved(tmp_path: Path) -
     io.save_model(loaded.model, out, external_data=True)
     stored = onnx.load(out, load_external_data=False)
     then_branch = next(a.g for a in stored.graph.node[0].attribute if a.name == "then_branch")
-    assert io._is_external(then_branch.initializer[0])
+    assert io.is_external(then_branch.initializer[0])
     x = np.ones((4, 128), np.float32)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(session.run(None, {"x": x})[0], np.full((4, 128), 3.0))
@@ -506,7 +507,7 @@ def failing_writer(path: Path, content: bytes) -> None:
 def test_failed_write_leaves_nothing_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, external: bool
 ) -> None:
-    monkeypatch.setattr(io, "_write_file", failing_writer)
+    monkeypatch.setattr(save, "_write_file", failing_writer)
     out = tmp_path / "new.onnx"
     with pytest.raises(OnnxPruneError, match=r"could not write .*No space left"):
         io.save_model(big_weight_model(), out, external_data=external)
@@ -519,7 +520,7 @@ def test_failed_write_keeps_previous_output(
     out = tmp_path / "out.onnx"
     io.save_model(big_weight_model(), out, external_data=True)
     old = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    monkeypatch.setattr(io, "_write_file", failing_writer)
+    monkeypatch.setattr(save, "_write_file", failing_writer)
     with pytest.raises(OnnxPruneError):
         io.save_model(big_weight_model(n_out=8), out, external_data=True)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old

@@ -1,7 +1,17 @@
-"""Run-time shape values as products of dimensions, with where each number comes from.
+"""Run-time shape values: the one module that evaluates Shape/Gather/Concat/Slice arithmetic.
 
-``GraphView.shape_expr`` says what a shape value is, element by element: a number or a plain
-dimension ``Shape(t)[a]``. Pruning heads needs two more answers about a Reshape target or the
+Exporters compute Reshape targets, Expand sizes and Slice bounds at run time from ``Shape``.
+This module evaluates those values without running the model, at two depths that share one
+set of op semantics (``SMALL``, integer division, broadcasting, ``Equal`` on dimensions,
+``Shape`` start/end, ``ConstantOfShape`` fills, ``Slice`` bounds):
+
+* ``shape_elems`` (behind ``GraphView.shape_expr`` / ``static_ints`` / ``known_value``): each
+  element is a number, a plain dimension ``("dim", tensor, axis)`` or None; arithmetic is
+  done on the numbers this model's inferred shapes give (``resolved``).
+* ``DimExprs`` (``exprs(view)``, for the attention rules): each element is a product of
+  dimensions with where its constant comes from, as below.
+
+Pruning heads needs two more answers than ``shape_elems`` gives about a Reshape target or the
 sizes of an Expand, because exporters compute them at run time:
 
 * which dimensions an element depends on, also through arithmetic (grouped-query attention
@@ -25,17 +35,69 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune.graph.view import GraphView, attr, normalize_axis
+from onnxprune.graph.proto import attr, normalize_axis
+
+if TYPE_CHECKING:
+    from onnxprune.graph.view import GraphView
 
 Ref = tuple[str, int]
 """A dimension read at run time: ``Shape(tensor)[axis]``; axis -1 when the rank is unknown."""
 
-_SMALL = 4096
+SMALL = 4096
+"""Shape values with more elements than this are not evaluated."""
+
+ShapeElem = int | float | tuple[str, str, int] | None
+"""An element of a shape computed in the graph; see ``GraphView.shape_expr``."""
+
+
+def int_div(a: int, b: int) -> int | None:
+    """ONNX integer division, which truncates toward zero; None for a zero divisor."""
+    if b == 0:
+        return None
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
+def broadcast(parts: list[list]) -> list[list] | None:
+    """Element lists of a broadcast op made one length (1-element ones repeated), or None
+    when the lengths do not broadcast."""
+    n = max(len(p) for p in parts)
+    if any(len(p) not in (1, n) for p in parts):
+        return None
+    return [p * n if len(p) == 1 else p for p in parts]
+
+
+def shape_range(node: onnx.NodeProto, rank: int) -> range:
+    """The axes a ``Shape`` node with ``start``/``end`` returns for an input of ``rank``."""
+    start = normalize_axis(int(attr(node, "start", 0)), rank)
+    end = attr(node, "end", None)
+    end = rank if end is None else min(normalize_axis(int(end), rank), rank)
+    return range(max(start, 0), end)
+
+
+def int_fill(node: onnx.NodeProto) -> int | None:
+    """The integer a ``ConstantOfShape`` node fills with; None when its ``value`` is absent
+    (the default fill is not assumed) or not an integer."""
+    value = attr(node, "value", None)
+    fill = numpy_helper.to_array(value).reshape(-1) if value is not None else None
+    if fill is None or fill.dtype.kind not in "iu":
+        return None
+    return int(fill[0])
+
+
+def slice_bounds(view: GraphView, node: onnx.NodeProto) -> slice | None:
+    """A ``Slice`` of a 1-D value with constant starts/ends (and steps), as a Python slice."""
+    bounds = [view.constant(n) if n else None for n in node.input[1:5]]
+    if len(bounds) < 2 or bounds[0] is None or bounds[1] is None:
+        return None
+    step = int(bounds[3][0]) if len(bounds) > 3 and bounds[3] is not None else 1
+    return slice(int(bounds[0][0]), int(bounds[1][0]), step)
 
 
 @dataclass(frozen=True)
@@ -108,8 +170,7 @@ def _arith(op: str, a: Elem, b: Elem) -> Elem:
         if b.coef == 0:
             return Opaque(refs(a) | refs(b))
         if not a.refs and not b.refs and a.const is not None and b.const is not None:
-            q = abs(a.const) // abs(b.const)  # ONNX integer division truncates toward zero
-            return _const(q if (a.const >= 0) == (b.const > 0) else -q)
+            return _const(int_div(a.const, b.const))
         rest = Counter(a.refs)
         rest.subtract(Counter(b.refs))
         quotient = a.coef / b.coef
@@ -135,11 +196,113 @@ def _equal(a: Elem, b: Elem) -> Elem:
     return Opaque(refs(a) | refs(b))
 
 
-def _broadcast(parts: list[list[Elem]]) -> list[list[Elem]] | None:
-    n = max(len(p) for p in parts)
-    if any(len(p) not in (1, n) for p in parts):
+def _as_elem(e: ShapeElem) -> Elem:
+    if isinstance(e, tuple):
+        return Term(Fraction(1), ((e[1], e[2]),))
+    return _const(e) if isinstance(e, int) else Opaque()
+
+
+def equal_elems(a: ShapeElem, b: ShapeElem) -> int | None:
+    """``Equal`` of two ``shape_elems`` elements, decided as ``_equal`` decides it."""
+    out = _equal(_as_elem(a), _as_elem(b))
+    return out.const if isinstance(out, Term) else None
+
+
+_ARITH: dict[str, Callable[[int, int], int | None]] = {
+    "Add": lambda a, b: a + b,
+    "Sub": lambda a, b: a - b,
+    "Mul": lambda a, b: a * b,
+    "Div": int_div,
+}
+
+
+def resolved(view: GraphView, name: str) -> list[int | None] | None:
+    """``view.shape_expr(name)`` with run-time dimensions replaced by their inferred numbers."""
+    expr = view.shape_expr(name)
+    if expr is None:
         return None
-    return [p * n if len(p) == 1 else p for p in parts]
+    return [view.dim(e[1], e[2]) if isinstance(e, tuple) else e for e in expr]
+
+
+def shape_elems(view: GraphView, name: str) -> list[ShapeElem] | None:
+    """The value of a small shape tensor element by element (see ``GraphView.shape_expr``,
+    which memoizes it): a constant, ``("dim", tensor, axis)``, or None for an element computed
+    some other way; None when not a 0-D/1-D value of known length."""
+    v = view.constant(name)
+    if v is not None:
+        if v.ndim > 1 or v.dtype.kind not in "iuf" or v.size > SMALL:
+            return None
+        return [int(x) if v.dtype.kind in "iu" else float(x) for x in v.reshape(-1)]
+    prod = view.producer.get(name)
+    shape = view.shape(name)
+    unknown = [None] * shape[0] if shape and len(shape) == 1 and isinstance(shape[0], int) else None
+    if shape == ():
+        unknown = [None]
+    if prod is None:
+        return unknown
+    node = view.nodes[prod[0]]
+    found = _elems_of_node(view, node)
+    return unknown if found is None else found
+
+
+def _elems_of_node(view: GraphView, node: onnx.NodeProto) -> list[ShapeElem] | None:
+    """``shape_elems`` of a node's output; None for "unknown" (the caller's fallback)."""
+    op = node.op_type
+    if op == "Shape":
+        r = view.rank(node.input[0])
+        if r is None:
+            return None
+        inner = view.shape_expr(node.input[0]) if r == 1 else None
+        if inner is not None and None not in inner and attr(node, "start", 0) in (0, -1):
+            return [len(inner)]  # a shape vector's length is structural, not a dimension
+        return [("dim", node.input[0], i) for i in shape_range(node, r)]
+    if op in ("Cast", "Identity", "Unsqueeze", "Squeeze") or (
+        op == "Reshape" and view.rank(node.input[0]) in (0, 1)
+    ):
+        return view.shape_expr(node.input[0]) or None
+    if op == "ConstantOfShape":
+        n, fill = view.shape_expr(node.input[0]), int_fill(node)
+        if n is None or len(n) != 1 or not isinstance(n[0], int) or fill is None or n[0] > SMALL:
+            return None
+        return [fill] * n[0]
+    if op in ("Equal", "Where", "Concat", *_ARITH) and node.input:
+        return _elementwise(view, node)
+    if op == "Gather" and attr(node, "axis", 0) == 0:
+        data, idx = view.shape_expr(node.input[0]), view.constant(node.input[1])
+        if data is None or idx is None or idx.ndim > 1:
+            return None
+        return [data[int(i)] for i in idx.reshape(-1)]
+    if op == "Slice" and len(node.input) >= 3:
+        data, bounds = view.shape_expr(node.input[0]), slice_bounds(view, node)
+        return None if data is None or bounds is None else data[bounds]
+    return None
+
+
+def _elementwise(view: GraphView, node: onnx.NodeProto) -> list[ShapeElem] | None:
+    """``shape_elems`` of Equal, Where, Concat and the integer arithmetic ops."""
+    op = node.op_type
+    if op == "Concat":
+        if attr(node, "axis", 0) not in (0, -1):
+            return None
+        parts = [view.shape_expr(i) for i in node.input]
+        return None if any(p is None for p in parts) else [e for p in parts for e in p]
+    arity = 3 if op == "Where" else 2
+    if len(node.input) != arity:
+        return None
+    if op in _ARITH:
+        parts = [resolved(view, i) for i in node.input]
+    else:
+        parts = [view.shape_expr(i) for i in node.input]
+    parts = None if any(p is None for p in parts) else broadcast(parts)
+    if parts is None:
+        return None
+    if op == "Equal":
+        return [equal_elems(x, y) for x, y in zip(*parts, strict=True)]
+    if op == "Where":
+        return [x if k == 1 else y if k == 0 else None for k, x, y in zip(*parts, strict=True)]
+    return [
+        None if x is None or y is None else _ARITH[op](x, y) for x, y in zip(*parts, strict=True)
+    ]
 
 
 _PASS = ("Identity", "Cast", "Squeeze", "Unsqueeze", "Flatten", "Reshape")
@@ -165,7 +328,7 @@ class DimExprs:
         return self._input(node, k)
 
     def _constant(self, value: np.ndarray, node: int, k: int) -> Expr:
-        if value.ndim > 1 or value.size > _SMALL or value.dtype.kind not in "iu":
+        if value.ndim > 1 or value.size > SMALL or value.dtype.kind not in "iu":
             return Opaque()
         return [
             Term(Fraction(int(v)), (), Origin(node, k, i)) for i, v in enumerate(value.reshape(-1))
@@ -194,96 +357,94 @@ class DimExprs:
             return Opaque()
         i = prod[0]
         node = view.nodes[i]
-        op = node.op_type if node.domain in ("", "ai.onnx") else ""
-        out = node.output[0]
         ins = [self._input(i, k) for k in range(len(node.input))]
+        op = node.op_type if node.domain in ("", "ai.onnx") else ""
+        if op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Where"):
+            return _combine(op, node.output[0], ins)
+        return self._of_node(op, node, ins)
 
-        def through(e: Elem) -> Elem:
-            if isinstance(e, Term) and e.origin is not None:
-                return replace(e, origin=replace(e.origin, path=(*e.origin.path, out)))
-            return e
-
-        def opaque() -> Opaque:
-            found: set[Ref] = set()
-            for x in ins:
-                found |= refs(x)
-            return Opaque(frozenset(found))
-
+    def _of_node(self, op: str, node: onnx.NodeProto, ins: list[Expr]) -> Expr:
+        """The value of a node's output for the ops that move elements around."""
+        out = node.output[0]
         if op == "Shape":
             data = node.input[0]
-            rank = view.rank(data)
+            rank = self.view.rank(data)
             if rank is None:
                 return Opaque(frozenset({(data, -1)}))
             inner = self.of(data) if rank == 1 else None
             if isinstance(inner, list):  # a shape vector's length is structural
                 return [_const(len(inner))]
-            start = normalize_axis(int(attr(node, "start", 0)), rank)
-            end = attr(node, "end", None)
-            end = rank if end is None else min(normalize_axis(int(end), rank), rank)
-            return [Term(Fraction(1), ((data, a),)) for a in range(max(start, 0), end)]
+            return [Term(Fraction(1), ((data, a),)) for a in shape_range(node, rank)]
         if op == "Size":
             return [Opaque(frozenset({(node.input[0], -1)}))]
         if op in _PASS:
             data = ins[0]
-            return [through(e) for e in data] if isinstance(data, list) else data
+            return [_through(e, out) for e in data] if isinstance(data, list) else data
         if op == "Concat":
             if any(isinstance(x, Opaque) for x in ins):
-                return opaque()
-            return [through(e) for x in ins for e in x]
+                return _opaque(ins)
+            return [_through(e, out) for x in ins for e in x]
         if op == "Gather" and int(attr(node, "axis", 0)) == 0:
-            data, idx = ins[0], view.constant(node.input[1])
+            data, idx = ins[0], self.view.constant(node.input[1])
             if isinstance(data, Opaque) or idx is None or idx.ndim > 1:
-                return opaque()
+                return _opaque(ins)
             try:
-                return [through(data[int(j)]) for j in idx.reshape(-1)]
+                return [_through(data[int(j)], out) for j in idx.reshape(-1)]
             except IndexError:
-                return opaque()
+                return _opaque(ins)
         if op == "Slice" and len(node.input) >= 3:
-            data = ins[0]
-            bounds = [view.constant(n) if n else None for n in node.input[1:5]]
-            if isinstance(data, Opaque) or bounds[0] is None or bounds[1] is None:
-                return opaque()
-            step = int(bounds[3][0]) if len(bounds) > 3 and bounds[3] is not None else 1
-            start, end = int(bounds[0][0]), int(bounds[1][0])
-            return [through(e) for e in data[start:end:step]]
-        if op in ("Add", "Sub", "Mul", "Div", "Max", "Min") and len(ins) == 2:
-            if any(isinstance(x, Opaque) for x in ins):
-                return opaque()
-            parts = _broadcast(ins)
-            if parts is None:
-                return opaque()
-            return [_arith(op, a, b) for a, b in zip(*parts, strict=True)]
-        if op == "Equal" and len(ins) == 2:
-            parts = None if any(isinstance(x, Opaque) for x in ins) else _broadcast(ins)
-            if parts is None:
-                return opaque()
-            return [_equal(a, b) for a, b in zip(*parts, strict=True)]
-        if op == "Where" and len(ins) == 3:
-            parts = None if any(isinstance(x, Opaque) for x in ins) else _broadcast(ins)
-            if parts is None:
-                return opaque()
-            picked: list[Elem] = []
-            for c, a, b in zip(*parts, strict=True):
-                if isinstance(c, Term) and c.const is not None:
-                    picked.append(through(a if c.const else b))
-                else:
-                    picked.append(Opaque(refs(c) | refs(a) | refs(b)))
-            return picked
+            data, bounds = ins[0], slice_bounds(self.view, node)
+            if isinstance(data, Opaque) or bounds is None:
+                return _opaque(ins)
+            return [_through(e, out) for e in data[bounds]]
         if op == "ConstantOfShape":
-            size = ins[0]
-            fill = attr(node, "value", None)
-            fill = numpy_helper.to_array(fill).reshape(-1) if fill is not None else None
+            size, fill = ins[0], int_fill(node)
             if (
                 isinstance(size, list)
                 and len(size) == 1
                 and isinstance(size[0], Term)
                 and size[0].const is not None
-                and 0 <= size[0].const <= _SMALL
+                and 0 <= size[0].const <= SMALL
                 and fill is not None
-                and fill.dtype.kind in "iu"
             ):
-                return [_const(int(fill[0]))] * size[0].const
-        return opaque()
+                return [_const(fill)] * size[0].const
+        return _opaque(ins)
+
+
+def _through(e: Elem, out: str) -> Elem:
+    """``e`` as it reaches tensor ``out``: a constant's ``Origin`` records the tensor."""
+    if isinstance(e, Term) and e.origin is not None:
+        return replace(e, origin=replace(e.origin, path=(*e.origin.path, out)))
+    return e
+
+
+def _opaque(ins: list[Expr]) -> Opaque:
+    """An unevaluated value that may depend on every dimension its inputs depend on."""
+    found: set[Ref] = set()
+    for x in ins:
+        found |= refs(x)
+    return Opaque(frozenset(found))
+
+
+def _combine(op: str, out: str, ins: list[Expr]) -> Expr:
+    """The value of a broadcasting op of shape values: arithmetic, Equal or Where."""
+    arity = 3 if op == "Where" else 2
+    if len(ins) != arity or any(isinstance(x, Opaque) for x in ins):
+        return _opaque(ins)
+    parts = broadcast(ins)
+    if parts is None:
+        return _opaque(ins)
+    if op == "Equal":
+        return [_equal(a, b) for a, b in zip(*parts, strict=True)]
+    if op != "Where":
+        return [_arith(op, a, b) for a, b in zip(*parts, strict=True)]
+    picked: list[Elem] = []
+    for c, a, b in zip(*parts, strict=True):
+        if isinstance(c, Term) and c.const is not None:
+            picked.append(_through(a if c.const else b, out))
+        else:
+            picked.append(Opaque(refs(c) | refs(a) | refs(b)))
+    return picked
 
 
 _CACHE: weakref.WeakKeyDictionary[GraphView, DimExprs] = weakref.WeakKeyDictionary()

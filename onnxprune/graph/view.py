@@ -13,7 +13,6 @@ replaced by typed graph inputs, so inference does not serialize the weights.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,58 +20,37 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph import shape_values
+from onnxprune.graph.inference import SHAPE_SLOTS, infer_shapes, skeleton, toposorted
+from onnxprune.graph.proto import (
+    Dim,
+    attr,
+    constant_node_value,
+    normalize_axis,
+    product,
+    shape_of,
+)
+from onnxprune.graph.shape_values import ShapeElem
 
-Dim = int | str | None
-"""One dimension of an inferred shape: an int, a symbolic name, or unknown."""
-
-ShapeElem = int | tuple[str, str, int] | None
-"""An element of a shape computed in the graph; see ``GraphView.shape_expr``."""
-
-
-def _equal(a: ShapeElem, b: ShapeElem) -> int | None:
-    """``Equal`` of two shape elements when it is decided for every input: numbers compare;
-    a dimension (never negative) differs from a negative number (torch's ``expand`` compares
-    its sizes with -1); the same dimension equals itself."""
-    if isinstance(a, int) and isinstance(b, int):
-        return int(a == b)
-    if isinstance(a, tuple) and isinstance(b, tuple) and a == b:
-        return 1
-    if (isinstance(a, tuple) and isinstance(b, int) and b < 0) or (
-        isinstance(b, tuple) and isinstance(a, int) and a < 0
-    ):
-        return 0
-    return None
-
-
-def _div(a: int, b: int) -> int | None:
-    """ONNX integer division truncates toward zero."""
-    if b == 0:
-        return None
-    q = abs(a) // abs(b)
-    return q if (a >= 0) == (b > 0) else -q
-
-
-_ARITH = {
-    "Add": lambda a, b: a + b,
-    "Sub": lambda a, b: a - b,
-    "Mul": lambda a, b: a * b,
-    "Div": _div,
-}
-
-_SMALL = 4096
+__all__ = [
+    "PROBES",
+    "Dim",
+    "GraphView",
+    "ShapeElem",
+    "Use",
+    "attr",
+    "default_opset",
+    "infer_shapes",
+    "node_label",
+    "normalize_axis",
+    "product",
+    "skeleton",
+]
 
 PROBES = ((13, 17, 19, 23, 29, 31, 37, 41), (24, 30, 36, 42, 48, 54, 60, 66))
 """Sizes given to the symbolic input dimensions (in order of appearance) when probing which
 inferred dimensions are really constant (``GraphView._refine``): two sets that differ in every
 value and in parity, small enough for sequence limits such as position embeddings."""
-
-_SHAPE_SLOTS: dict[str, tuple[int, ...]] = {
-    "Slice": (1, 2, 3, 4), "Split": (1,), "Reshape": (1,), "Resize": (1, 2, 3), "Upsample": (1,),
-    "Pad": (1, 2, 3), "Expand": (1,), "Tile": (1,), "Squeeze": (1,), "Unsqueeze": (1,),
-    "ConstantOfShape": (0,), "Range": (0, 1, 2), "ReduceMean": (1,), "ReduceSum": (1,),
-    "ReduceMax": (1,), "ReduceMin": (1,),
-}  # fmt: skip
-"""Inputs that hold shapes, sizes, bounds or axes: where a known computed value may be folded."""  # elements: initializers at most this big stay in the inference skeleton
 
 
 @dataclass(frozen=True)
@@ -99,72 +77,6 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise OnnxPruneError("the model imports no version of the default ONNX operator set")
 
 
-def _shape_of(vi: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
-    t = vi.type
-    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
-        return None
-    dims: list[Dim] = []
-    for d in t.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
-            dims.append(d.dim_param)
-        else:
-            dims.append(None)
-    return tuple(dims)
-
-
-def skeleton(
-    model: onnx.ModelProto, folds: dict[str, list[int] | int] | None = None
-) -> onnx.ModelProto:
-    """The model without its large weights: they become typed graph inputs.
-
-    Shape inference and checks then cost what the graph costs, not what the weights cost.
-    ``folds`` replaces computed shape values that are known (``GraphView.static_ints``) by
-    constants, so that inference sees through shape arithmetic it cannot evaluate itself.
-    """
-    src = model.graph
-    sk = onnx.ModelProto()
-    sk.ir_version = model.ir_version
-    sk.opset_import.extend(model.opset_import)
-    sk.functions.extend(model.functions)
-    g = sk.graph
-    g.name = src.name
-    g.node.extend(src.node)
-    if folds:
-        for node in g.node:
-            for i, name in enumerate(node.input):
-                if name in folds and i in _SHAPE_SLOTS.get(node.op_type, ()):
-                    node.input[i] = f"{name}__folded"
-        for name, value in folds.items():
-            g.initializer.append(
-                numpy_helper.from_array(np.asarray(value, dtype=np.int64), f"{name}__folded")
-            )
-    g.input.extend(src.input)
-    g.output.extend(src.output)
-    g.value_info.extend(src.value_info)
-    inputs = {vi.name for vi in src.input}
-    for init in src.initializer:
-        n = int(np.prod(init.dims)) if init.dims else 1
-        if n <= _SMALL or init.data_type == onnx.TensorProto.INT64:
-            g.initializer.append(init)
-        elif init.name not in inputs:
-            g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
-    return sk
-
-
-def infer_shapes(
-    model: onnx.ModelProto, folds: dict[str, list[int] | int] | None = None
-) -> onnx.ModelProto:
-    """Shape inference on the skeleton; returns the inferred skeleton (no big weights)."""
-    try:
-        return onnx.shape_inference.infer_shapes(
-            skeleton(model, folds), strict_mode=False, data_prop=True
-        )
-    except Exception as exc:  # onnx raises several types; all mean "the graph is inconsistent"
-        raise OnnxPruneError(f"shape inference failed: {str(exc).splitlines()[0]}") from exc
-
-
 class GraphView:
     """Index of one graph for the analysis; see the module docstring for why it is light."""
 
@@ -172,7 +84,7 @@ class GraphView:
         self.model = model
         g = model.graph
         self.opset = default_opset(model)
-        self.nodes: list[onnx.NodeProto] = _toposorted(g)
+        self.nodes: list[onnx.NodeProto] = toposorted(g)
         self.graph_inputs: list[str] = [vi.name for vi in g.input]
         self.graph_outputs: list[str] = [vi.name for vi in g.output]
         overridable = set(self.graph_inputs)
@@ -199,7 +111,7 @@ class GraphView:
         for name, t in self.initializers.items():
             self._const_shapes[name] = tuple(int(d) for d in t.dims)
         for name, node in self.constant_nodes.items():
-            value = self._constant_node_value(node)
+            value = constant_node_value(node)
             if value is not None:
                 self._values[name] = value
                 self._const_shapes[name] = tuple(value.shape)
@@ -249,14 +161,14 @@ class GraphView:
             self.value_info = [vi for vi in inferred.value_info if vi.name in produced]
             self.shapes = {}
             for vi in [*inferred.input, *inferred.output, *inferred.value_info]:
-                s = _shape_of(vi)
+                s = shape_of(vi)
                 if s is not None:
                     self.shapes[vi.name] = s
             self.shapes.update(self._const_shapes)
             self._exprs = {}
             more = {}
             for node in self.nodes:
-                for i in _SHAPE_SLOTS.get(node.op_type, ()):
+                for i in SHAPE_SLOTS.get(node.op_type, ()):
                     name = node.input[i] if i < len(node.input) else ""
                     if name and name not in folds and not self.is_constant(name):
                         value = self.static_ints(name)
@@ -322,21 +234,6 @@ class GraphView:
             return None
 
     # ------------------------------------------------------------------ constants
-    @staticmethod
-    def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
-        for a in node.attribute:
-            if a.name == "value":
-                return numpy_helper.to_array(a.t)
-            if a.name == "value_float":
-                return np.array(a.f, dtype=np.float32)
-            if a.name == "value_floats":
-                return np.array(list(a.floats), dtype=np.float32)
-            if a.name == "value_int":
-                return np.array(a.i, dtype=np.int64)
-            if a.name == "value_ints":
-                return np.array(list(a.ints), dtype=np.int64)
-        return None
-
     def is_constant(self, name: str) -> bool:
         """True for an initializer (not overridable), a Constant node's output, or an
         Identity of either."""
@@ -424,100 +321,13 @@ class GraphView:
         if name in self._exprs:
             return self._exprs[name]
         self._exprs[name] = None  # cycles cannot happen in a valid graph; be safe anyway
-        value = self._shape_expr(name)
+        value = shape_values.shape_elems(self, name)
         self._exprs[name] = value
         return value
 
-    def _shape_expr(self, name: str) -> list[ShapeElem] | None:
-        v = self.constant(name)
-        if v is not None:
-            if v.ndim > 1 or v.dtype.kind not in "iuf" or v.size > _SMALL:
-                return None
-            return [int(x) if v.dtype.kind in "iu" else float(x) for x in v.reshape(-1)]
-        prod = self.producer.get(name)
-        shape = self.shape(name)
-        unknown = (
-            [None] * shape[0] if shape and len(shape) == 1 and isinstance(shape[0], int) else None
-        )
-        if shape == ():
-            unknown = [None]
-        if prod is None:
-            return unknown
-        node = self.nodes[prod[0]]
-        op = node.op_type
-        if op == "Shape":
-            r = self.rank(node.input[0])
-            if r is None:
-                return unknown
-            inner = self.shape_expr(node.input[0]) if r == 1 else None
-            if inner is not None and None not in inner and attr(node, "start", 0) in (0, -1):
-                return [len(inner)]  # a shape vector's length is structural, not a dimension
-            start = normalize_axis(int(attr(node, "start", 0)), r)
-            end = attr(node, "end", None)
-            end = r if end is None else min(normalize_axis(int(end), r), r)
-            return [("dim", node.input[0], i) for i in range(max(start, 0), end)]
-        if op in ("Cast", "Identity", "Unsqueeze", "Squeeze") or (
-            op == "Reshape" and self.rank(node.input[0]) in (0, 1)
-        ):
-            return self.shape_expr(node.input[0]) or unknown
-        if op == "ConstantOfShape":
-            n = self.shape_expr(node.input[0])
-            value = attr(node, "value", None)
-            fill = numpy_helper.to_array(value).reshape(-1) if value is not None else None
-            if n is None or len(n) != 1 or not isinstance(n[0], int) or fill is None:
-                return unknown
-            if fill.dtype.kind not in "iu" or n[0] > _SMALL:
-                return unknown
-            return [int(fill[0])] * n[0]
-        if op == "Equal" and len(node.input) == 2:
-            a, b = (self.shape_expr(i) for i in node.input)
-            if a is None or b is None or (len(a) != len(b) and 1 not in (len(a), len(b))):
-                return unknown
-            n = max(len(a), len(b))
-            a, b = a * n if len(a) == 1 else a, b * n if len(b) == 1 else b
-            return [_equal(x, y) for x, y in zip(a, b, strict=True)]
-        if op == "Where" and len(node.input) == 3:
-            parts = [self.shape_expr(i) for i in node.input]
-            if any(p is None for p in parts):
-                return unknown
-            n = max(len(p) for p in parts)
-            if any(len(p) not in (1, n) for p in parts):
-                return unknown
-            c, a, b = (p * n if len(p) == 1 else p for p in parts)
-            return [x if k == 1 else y if k == 0 else None for k, x, y in zip(c, a, b, strict=True)]
-        if op == "Concat" and attr(node, "axis", 0) in (0, -1):
-            parts = [self.shape_expr(i) for i in node.input]
-            return unknown if any(p is None for p in parts) else [e for p in parts for e in p]
-        if op == "Gather" and attr(node, "axis", 0) == 0:
-            data, idx = self.shape_expr(node.input[0]), self.constant(node.input[1])
-            if data is None or idx is None or idx.ndim > 1:
-                return unknown
-            return [data[int(i)] for i in idx.reshape(-1)]
-        if op in _ARITH and len(node.input) == 2:
-            a, b = (self._resolved(i) for i in node.input)
-            if a is None or b is None or (len(a) != len(b) and 1 not in (len(a), len(b))):
-                return unknown
-            n = max(len(a), len(b))
-            a, b = a * n if len(a) == 1 else a, b * n if len(b) == 1 else b
-            return [
-                None if x is None or y is None else _ARITH[op](x, y)
-                for x, y in zip(a, b, strict=True)
-            ]
-        if op == "Slice" and len(node.input) >= 3:
-            data = self.shape_expr(node.input[0])
-            vals = [self.constant(i) if i else None for i in node.input[1:5]]
-            if data is None or vals[0] is None or vals[1] is None:
-                return unknown
-            step = int(vals[3][0]) if len(vals) > 3 and vals[3] is not None else 1
-            return data[int(vals[0][0]) : int(vals[1][0]) : step]
-        return unknown
-
     def _resolved(self, name: str) -> list[int | None] | None:
         """``shape_expr`` with run-time dimensions replaced by their inferred numbers."""
-        expr = self.shape_expr(name)
-        if expr is None:
-            return None
-        return [self.dim(e[1], e[2]) if isinstance(e, tuple) else e for e in expr]
+        return shape_values.resolved(self, name)
 
     def static_ints(self, name: str) -> list[int] | None:
         """The value a small shape computation has for the shapes of this model, or None.
@@ -537,46 +347,3 @@ class GraphView:
 
     def uses(self, name: str) -> list[Use]:
         return self.consumers.get(name, [])
-
-
-def _toposorted(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The nodes in an order where producers come first (ONNX requires it; some tools do
-    not comply). Cheap when already sorted: one pass."""
-    nodes = list(graph.node)
-    known = {t.name for t in graph.initializer} | {vi.name for vi in graph.input} | {""}
-    for n in nodes:
-        if not all(i in known for i in n.input):
-            break
-        known.update(n.output)
-    else:
-        return nodes
-    produced = {o for n in nodes for o in n.output}
-    known = {t.name for t in graph.initializer} | {vi.name for vi in graph.input} | {""}
-    known |= {i for n in nodes for i in n.input if i not in produced}  # outer-scope names
-    ordered: list[onnx.NodeProto] = []
-    while nodes:
-        rest = [n for n in nodes if not all(i in known for i in n.input)]
-        ready = [n for n in nodes if all(i in known for i in n.input)]
-        if not ready:
-            raise OnnxPruneError("the graph has a cycle")
-        for n in ready:
-            ordered.append(n)
-            known.update(n.output)
-        nodes = rest
-    return ordered
-
-
-def attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
-    """An attribute's Python value, or ``default`` when absent."""
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def normalize_axis(axis: int, rank: int) -> int:
-    return axis + rank if axis < 0 else axis
-
-
-def product(dims: Sequence[int]) -> int:
-    return int(np.prod(dims)) if len(dims) else 1

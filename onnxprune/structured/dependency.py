@@ -21,20 +21,18 @@ birth, so coupling them to a prunable channel blocks that channel too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.view import GraphView
+from onnxprune.ops import rule_for
+from onnxprune.structured.groups import ROLES, Group, Slice
+from onnxprune.structured.heads import mark_heads
 
-ROLES = ("out", "in", "chan", "stat", "act")
-"""How a member holds its channels. ``out``: a producer's filters (Conv weight axis 0);
-``in``: a consumer's input slices (Conv weight axis 1, MatMul rows) — zeroing those removes a
-channel's contribution, which is what the exactness oracle does; ``chan``: a per-channel
-parameter (BatchNorm scale and bias, a bias, a PRelu slope); ``stat``: running statistics,
-not scored; ``act``: an activation tensor, reshaped but never stored."""
+__all__ = ["ROLES", "Chan", "Context", "Group", "Slice", "analyze"]
 
 
 @dataclass
@@ -44,73 +42,6 @@ class Chan:
     axis: int
     ids: np.ndarray
     rank: int
-
-
-@dataclass
-class Slice:
-    """One member of a group: where each slot of the group lies on one axis of one tensor.
-
-    ``slot[p]`` is the slot (0..slots-1) that owns position ``p`` of the axis, or -1 when the
-    position belongs to another group (a Concat input of another producer) or to none.
-    """
-
-    target: str
-    axis: int
-    role: str
-    node: str
-    slot: np.ndarray
-    size: int
-    op: str = ""
-    """The op type of ``node`` (``BatchNormalization`` for its scale, ...)."""
-    input: int = -1
-    """Which input of ``node`` the parameter is (1 for a BatchNormalization scale)."""
-
-    @property
-    def label(self) -> str:
-        """As in reports: ``conv1.weight[out]``, ``bn1.scale``, ``conv2.weight[in]``."""
-        if self.role in ("out", "in"):
-            return f"{self.target}[{self.role}]"
-        if self.role == "act":
-            return f"{self.target}(axis {self.axis})"
-        return self.target
-
-    def positions(self, slot: int) -> np.ndarray:
-        """Where ``slot`` lies on this axis (for stages after the rewrite: reconstruction)."""
-        return np.flatnonzero(self.slot == slot)
-
-
-@dataclass
-class Group:
-    """Channels that must lose the same slots; ``blocked_reason`` set means: keep intact."""
-
-    id: str
-    slots: int
-    members: list[Slice]
-    width: int = 1
-    """Positions each slot owns in the group's first producer (4 for whole groups of a
-    grouped Conv with 4 channels per group); channel counts are ``slots * width``."""
-    blocked_reason: str | None = None
-    reasons: list[tuple[str, str]] = field(default_factory=list)
-    """Every (where, reason) that blocks the group; ``blocked_reason`` is the first one."""
-    subsets: list[np.ndarray] = field(default_factory=list)
-    """Slot sets a member sees only part of (each side of a Split): at least one slot of
-    each must stay, or that tensor would have no channels."""
-    heads: int = 0
-    """Attention heads the group holds (``onnxprune.structured.heads``); 0 for neurons and channels.
-    Its slots are heads, or key/value groups of query heads in grouped-query attention."""
-
-    @property
-    def params(self) -> list[Slice]:
-        return [m for m in self.members if m.role != "act"]
-
-    @property
-    def names(self) -> set[str]:
-        """Every tensor, initializer and node name the group touches (for ``--exclude``)."""
-        out: set[str] = set()
-        for m in self.members:
-            out.add(m.target)
-            out.add(m.node)
-        return out
 
 
 @dataclass
@@ -377,70 +308,11 @@ class Context:
     # ------------------------------------------------------------------ groups
     def groups(self) -> list[Group]:
         """Turn the union-find into groups; see the module docstring."""
-        n = len(self._parent)
-        if n == 0:
+        if len(self._parent) == 0:
             return []
-        roots = np.asarray(self._parent, dtype=np.int64)
-        while True:
-            nxt = roots[roots]
-            if np.array_equal(nxt, roots):
-                break
-            roots = nxt
-        sizes = np.array([s.size for s in self._sources], dtype=np.int64)
-        n_src = len(self._sources)
-        src_of_id = np.repeat(np.arange(n_src), sizes)
-        first = np.full(n, n_src, dtype=np.int64)
-        np.minimum.at(first, roots, src_of_id)
-        # Sources that share a class form one group.
-        comp = list(range(n_src))
-
-        def cfind(x: int) -> int:
-            while comp[x] != x:
-                comp[x] = comp[comp[x]]
-                x = comp[x]
-            return x
-
-        pairs = np.unique(np.stack([src_of_id, first[roots]], axis=1), axis=0)
-        for a, b in pairs.tolist():
-            ra, rb = cfind(a), cfind(b)
-            if ra != rb:
-                comp[max(ra, rb)] = min(ra, rb)
-        comp_of_src = np.array([cfind(i) for i in range(n_src)], dtype=np.int64)
-        group_of_class = np.full(n, -1, dtype=np.int64)
-        group_of_class[roots] = comp_of_src[first[roots]]
-
-        # Slots: classes in the order their first source lists them.
-        comps: dict[int, list[int]] = {}
-        for s in range(n_src):
-            comps.setdefault(int(comp_of_src[s]), []).append(s)
-        slot_of_class = np.full(n, -1, dtype=np.int64)
-        groups: dict[int, Group] = {}
-        used_ids: set[str] = set()
-        for c, srcs in comps.items():
-            ordered = sorted(srcs, key=lambda s: (self._sources[s].reason is not None, s))
-            seq = np.concatenate(
-                [
-                    roots[self._sources[s].start : self._sources[s].start + self._sources[s].size]
-                    for s in ordered
-                ]
-            )
-            uniq, first_pos = np.unique(seq, return_index=True)
-            classes = uniq[np.argsort(first_pos)]
-            slot_of_class[classes] = np.arange(len(classes))
-            prim = self._sources[ordered[0]]
-            prim_slots = slot_of_class[roots[prim.start : prim.start + prim.size]]
-            counts = np.bincount(prim_slots, minlength=len(classes))
-            width = int(counts[0]) if len(counts) and (counts == counts[0]).all() else 1
-            gid = prim.node if prim.reason is None else prim.label
-            base, k = gid, 2
-            while gid in used_ids:
-                gid, k = f"{base}#{k}", k + 1
-            used_ids.add(gid)
-            groups[c] = Group(id=gid, slots=len(classes), members=[], width=width)
-            for s in srcs:
-                src = self._sources[s]
-                if src.reason is not None:
-                    groups[c].reasons.append((src.node, src.reason))
+        roots = self._roots()
+        comp_of_src, group_of_class = self._components(roots)
+        groups, slot_of_class = self._make_groups(roots, comp_of_src)
 
         def add_member(
             target: str,
@@ -481,18 +353,88 @@ class Context:
             out.append(g)
         return out
 
+    def _roots(self) -> np.ndarray:
+        """The class (union-find root) of every channel id."""
+        roots = np.asarray(self._parent, dtype=np.int64)
+        while True:
+            nxt = roots[roots]
+            if np.array_equal(nxt, roots):
+                return roots
+            roots = nxt
+
+    def _components(self, roots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sources that share a class form one group: (group of each source, group of each
+        class), a group named by its first source."""
+        n = len(self._parent)
+        sizes = np.array([s.size for s in self._sources], dtype=np.int64)
+        n_src = len(self._sources)
+        src_of_id = np.repeat(np.arange(n_src), sizes)
+        first = np.full(n, n_src, dtype=np.int64)
+        np.minimum.at(first, roots, src_of_id)
+        comp = list(range(n_src))
+
+        def cfind(x: int) -> int:
+            while comp[x] != x:
+                comp[x] = comp[comp[x]]
+                x = comp[x]
+            return x
+
+        pairs = np.unique(np.stack([src_of_id, first[roots]], axis=1), axis=0)
+        for a, b in pairs.tolist():
+            ra, rb = cfind(a), cfind(b)
+            if ra != rb:
+                comp[max(ra, rb)] = min(ra, rb)
+        comp_of_src = np.array([cfind(i) for i in range(n_src)], dtype=np.int64)
+        group_of_class = np.full(n, -1, dtype=np.int64)
+        group_of_class[roots] = comp_of_src[first[roots]]
+        return comp_of_src, group_of_class
+
+    def _make_groups(
+        self, roots: np.ndarray, comp_of_src: np.ndarray
+    ) -> tuple[dict[int, Group], np.ndarray]:
+        """One empty ``Group`` per component and the slot of every class: classes in the
+        order their first source lists them."""
+        comps: dict[int, list[int]] = {}
+        for s in range(len(self._sources)):
+            comps.setdefault(int(comp_of_src[s]), []).append(s)
+        slot_of_class = np.full(len(self._parent), -1, dtype=np.int64)
+        groups: dict[int, Group] = {}
+        used_ids: set[str] = set()
+        for c, srcs in comps.items():
+            ordered = sorted(srcs, key=lambda s: (self._sources[s].reason is not None, s))
+            seq = np.concatenate(
+                [
+                    roots[self._sources[s].start : self._sources[s].start + self._sources[s].size]
+                    for s in ordered
+                ]
+            )
+            uniq, first_pos = np.unique(seq, return_index=True)
+            classes = uniq[np.argsort(first_pos)]
+            slot_of_class[classes] = np.arange(len(classes))
+            prim = self._sources[ordered[0]]
+            prim_slots = slot_of_class[roots[prim.start : prim.start + prim.size]]
+            counts = np.bincount(prim_slots, minlength=len(classes))
+            width = int(counts[0]) if len(counts) and (counts == counts[0]).all() else 1
+            gid = prim.node if prim.reason is None else prim.label
+            base, k = gid, 2
+            while gid in used_ids:
+                gid, k = f"{base}#{k}", k + 1
+            used_ids.add(gid)
+            groups[c] = Group(id=gid, slots=len(classes), members=[], width=width)
+            for s in srcs:
+                src = self._sources[s]
+                if src.reason is not None:
+                    groups[c].reasons.append((src.node, src.reason))
+        return groups, slot_of_class
+
 
 def analyze(model: onnx.ModelProto, *, view: GraphView | None = None) -> list[Group]:
     """Every coupling group of ``model``, prunable or blocked (with reasons)."""
-    from onnxprune.ops import rule_for
-
     view = view if view is not None else GraphView(model)
     ctx = Context(view)
     for i, node in enumerate(view.nodes):
         ctx.visit(i, rule_for(node))
     ctx.finish()
     groups = ctx.groups()
-    from onnxprune.structured.heads import mark_heads
-
     mark_heads(view, groups)
     return groups

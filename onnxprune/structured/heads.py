@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from onnxprune.graph.view import GraphView
 from onnxprune.ops.attention import head_segment
-from onnxprune.structured.dependency import Group
+from onnxprune.structured.groups import Group
 
 
 def mark_heads(view: GraphView, groups: list[Group]) -> None:

@@ -1,4 +1,7 @@
-"""Apply a Plan: the only code that changes a model's structure.
+"""Apply a Plan: the code that changes a model's structure for structured pruning.
+
+(Recovery also edits the graph after a prune: it appends bias initializers and inserts an
+``Add`` after a MatMul, through ``onnxprune.graph.edit.insert_after``.)
 
 It works on one copy of the ``ModelProto``: every initializer listed in the plan is sliced
 (numpy ``take`` along each cut axis), then each node whose rule has a ``rewrite`` hook fixes
@@ -21,7 +24,9 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.graph.view import GraphView, attr, infer_shapes, skeleton
+from onnxprune.graph.inference import infer_shapes, skeleton
+from onnxprune.graph.proto import FreshNames, add_initializer, attr, set_tensor, write_tensor_data
+from onnxprune.graph.view import GraphView
 from onnxprune.ops import rule_for
 from onnxprune.structured.plan import Plan
 
@@ -48,9 +53,7 @@ class RewriteContext:
         }
         self._inits = {t.name: t for t in model.graph.initializer}
         self._const_nodes = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
-        self._names = {t.name for t in model.graph.initializer}
-        self._names.update(o for n in model.graph.node for o in n.output)
-        self._names.update(vi.name for vi in model.graph.input)
+        self._names = FreshNames(model.graph)
 
     def touches(self, node: onnx.NodeProto) -> bool:
         return any(n in self._cuts for n in (*node.input, *node.output))
@@ -83,37 +86,16 @@ class RewriteContext:
         name = node.input[k] if k < len(node.input) else ""
         if name and len(self.view.uses(name)) == 1:
             if name in self._inits:
-                self._inits[name].CopyFrom(numpy_helper.from_array(value, name))
+                set_tensor(self._inits[name], value)
                 return
             if name in self._const_nodes:
                 _set_constant_node(self._const_nodes[name], value)
                 return
-        base = f"{name or node.name or node.op_type}_pruned"
-        new, i = base, 1
-        while new in self._names:
-            new, i = f"{base}_{i}", i + 1
-        self._names.add(new)
-        self.model.graph.initializer.append(numpy_helper.from_array(value, new))
+        new = self._names.new(f"{name or node.name or node.op_type}_pruned")
+        add_initializer(self.model.graph, value, new)
         while len(node.input) <= k:
             node.input.append("")
         node.input[k] = new
-
-
-_DATA_FIELDS = (
-    "float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data",
-    "external_data",
-)  # fmt: skip
-
-
-def _write_tensor(t: onnx.TensorProto, value: np.ndarray) -> None:
-    """Replace a tensor's dims and data in place: one copy of the sliced bytes, instead of
-    building a new TensorProto and copying it in."""
-    for f in _DATA_FIELDS:
-        t.ClearField(f)
-    t.ClearField("data_location")
-    del t.dims[:]
-    t.dims.extend(value.shape)
-    t.raw_data = np.ascontiguousarray(value).tobytes()
 
 
 def _set_constant_node(node: onnx.NodeProto, value: np.ndarray) -> None:
@@ -137,19 +119,12 @@ def _slice_params(model: onnx.ModelProto, view: GraphView, plan: Plan) -> None:
     for i in view.alias_nodes:
         node = view.nodes[i]
         alias_users.setdefault(node.input[0], []).append(nodes[node.output[0]])
-    names = {t.name for t in model.graph.initializer} | set(nodes)
-
-    def fresh(base: str) -> str:
-        new, k = f"{base}_pruned", 1
-        while new in names:
-            new, k = f"{base}_pruned_{k}", k + 1
-        names.add(new)
-        return new
+    names = FreshNames(model.graph)
 
     def retarget(node: onnx.NodeProto, value: np.ndarray) -> None:
         """Feed alias ``node`` from a private initializer holding ``value`` (its input)."""
-        name = fresh(node.output[0])
-        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        name = names.new(f"{node.output[0]}_pruned")
+        add_initializer(model.graph, value, name)
         node.input[0] = name
 
     def as_input(node: onnx.NodeProto, output: np.ndarray) -> np.ndarray:
@@ -176,7 +151,7 @@ def _slice_params(model: onnx.ModelProto, view: GraphView, plan: Plan) -> None:
         if name in view.aliases:
             retarget(nodes[name], as_input(nodes[name], value))
         elif name in inits:
-            _write_tensor(inits[name], value)
+            write_tensor_data(inits[name], value)
         else:
             _set_constant_node(nodes[name], value)
 

@@ -1,0 +1,218 @@
+"""Reading ONNX models: parse, pull external data in, make weights visible as initializers.
+
+``load_model`` parses the file, refuses external-data paths that leave the model's folder
+(``onnxprune.graph.external``, checked before any data is read), pulls the weights into
+memory and turns ``Constant``-node weights into initializers so pruning passes only have to
+look in one place. The input file is only ever opened for reading.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from onnxprune.errors import OnnxPruneError
+from onnxprune.graph.external import PROTOBUF_LIMIT, load_external_data
+from onnxprune.graph.proto import constant_node_tensor, is_external, tensor_nbytes
+
+# Opsets the project's tests cover; others load with a note, not an error.
+TESTED_OPSET_RANGE = (11, 22)
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass
+class LoadedModel:
+    """A model read from disk, with every weight in memory.
+
+    ``path`` is the absolute path the user named (normalized, symlinks not followed: external
+    data and the default output live beside the path the user gave, as onnx and onnxruntime
+    resolve them).
+    """
+
+    model: onnx.ModelProto
+    path: Path
+    used_external_data: bool
+    size_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+
+def load_model(path: str | os.PathLike) -> LoadedModel:
+    """Read an ONNX model with all its weights in memory, ready for pruning.
+
+    Raises OnnxPruneError with a one-line reason for anything that is not a usable model:
+    a missing file, bytes that are not ONNX, missing or escaping external data files.
+    """
+    shown = os.fspath(path)  # errors name the file as the user typed it
+    model_path = Path(os.path.abspath(shown))
+    if not model_path.is_file():
+        raise OnnxPruneError(f"{shown} is not a file")
+    try:
+        file_size = model_path.stat().st_size
+        if file_size > PROTOBUF_LIMIT:
+            raise OnnxPruneError(
+                f"{shown} is not a valid ONNX model (it is over protobuf's 2 GB limit; "
+                "large models keep their weights in external data files)"
+            )
+        content = model_path.read_bytes()
+    except OSError as exc:
+        raise OnnxPruneError(f"cannot read {shown}: {exc.strerror or exc}") from exc
+
+    model = parse_model(content, shown)
+    del content
+
+    notes: list[str] = []
+    data_files = load_external_data(model, model_path.parent)
+    if data_files:
+        names = ", ".join(sorted(p.name for p in data_files))
+        notes.append(
+            f"weights loaded from {len(data_files)} external data "
+            f"file{'s' if len(data_files) != 1 else ''} ({names})"
+        )
+
+    notes.extend(normalize_model(model))
+
+    opset_note = _opset_note(model)
+    if opset_note:
+        notes.append(opset_note)
+
+    size = file_size + sum(p.stat().st_size for p in data_files)
+    return LoadedModel(
+        model=model,
+        path=model_path,
+        used_external_data=bool(data_files),
+        size_bytes=size,
+        notes=notes,
+    )
+
+
+def parse_model(content: bytes, shown: str) -> onnx.ModelProto:
+    """Parse protobuf bytes, turning every way they can be wrong into one readable error."""
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(content)
+    except Exception as exc:  # protobuf raises DecodeError, and others on odd input
+        reason = str(exc).strip() or type(exc).__name__
+        raise OnnxPruneError(f"{shown} is not a valid ONNX model ({reason})") from exc
+    if model.ir_version <= 0:
+        raise OnnxPruneError(f"{shown} is not a valid ONNX model (no IR version)")
+    if not model.HasField("graph"):
+        raise OnnxPruneError(f"{shown} is not a valid ONNX model (it has no graph)")
+    if len(model.graph.node) == 0:
+        raise OnnxPruneError(f"{shown} is not a valid ONNX model (its graph has no nodes)")
+    return model
+
+
+def _nodes_to_initializers(
+    graph: onnx.GraphProto,
+    op_type: str,
+    source: Callable[[onnx.NodeProto], onnx.TensorProto | None],
+) -> int:
+    """Replace the main graph's ``op_type`` nodes whose tensor ``source`` gives by
+    initializers named as their output; returns how many nodes were replaced.
+
+    An output that is already taken, or is a graph output (an initializer that is also a
+    graph output is not accepted everywhere), keeps its node, as does an external tensor.
+    """
+    taken = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+    graph_outputs = {o.name for o in graph.output}
+    replaced: list[int] = []
+    for index, node in enumerate(graph.node):
+        if node.op_type != op_type or node.domain not in _DEFAULT_DOMAINS:
+            continue
+        if len(node.output) != 1 or not node.output[0]:
+            continue
+        name = node.output[0]
+        if name in taken or name in graph_outputs:
+            continue
+        tensor = source(node)
+        if tensor is None or is_external(tensor):
+            continue
+        init = graph.initializer.add()
+        init.CopyFrom(tensor)
+        init.name = name
+        taken.add(name)
+        replaced.append(index)
+    for index in reversed(replaced):
+        del graph.node[index]
+    return len(replaced)
+
+
+def _constants_to_initializers(graph: onnx.GraphProto) -> int:
+    """Replace the main graph's Constant nodes by initializers of the same name.
+
+    Pruning passes find weights among initializers; exporters that emit weights as Constant
+    nodes would otherwise hide them. Subgraphs are left alone: their constants are local to
+    the body and rarely weights. Returns how many nodes were converted.
+    """
+    return _nodes_to_initializers(graph, "Constant", constant_node_tensor)
+
+
+#: Initializers up to this size that reach a node through an Identity are given their own copy.
+#: Exporters deduplicate equal tensors (e.g. the all-zero biases of freshly folded BatchNorms)
+#: behind Identity nodes; left alone, every consumer would look like a shared weight that
+#: cannot be pruned on its own. Large tensors shared this way (tied embeddings) stay shared.
+IDENTITY_FOLD_MAX_BYTES = 1 << 20
+
+
+def _identities_to_initializers(graph: onnx.GraphProto) -> int:
+    """Give each small initializer read through an Identity node its own initializer."""
+    inits = {t.name: t for t in graph.initializer}  # as they were: no chains of copies
+
+    def source(node: onnx.NodeProto) -> onnx.TensorProto | None:
+        if len(node.input) != 1 or node.input[0] not in inits:
+            return None
+        tensor = inits[node.input[0]]
+        return tensor if tensor_nbytes(tensor) <= IDENTITY_FOLD_MAX_BYTES else None
+
+    return _nodes_to_initializers(graph, "Identity", source)
+
+
+def normalize_model(model: onnx.ModelProto) -> list[str]:
+    """Make weights visible as initializers, in place; returns notes for the report.
+
+    Constant-node weights (Paddle and older exports) become initializers, and small
+    initializers that exporters deduplicated behind Identity nodes get their own copy.
+    """
+    notes: list[str] = []
+    if model.ir_version < 4:
+        notes.append(
+            f"IR version {model.ir_version} predates separate initializers; "
+            "Constant nodes were left as they are"
+        )
+        return notes
+    converted = _constants_to_initializers(model.graph)
+    if converted:
+        notes.append(
+            f"{converted} Constant-node weight{'s' if converted != 1 else ''} "
+            "converted to initializers"
+        )
+    folded = _identities_to_initializers(model.graph)
+    if folded:
+        notes.append(
+            f"{folded} deduplicated initializer{'s' if folded != 1 else ''} "
+            "(read through Identity nodes) given their own copy"
+        )
+    return notes
+
+
+def needs_normalization(model: onnx.ModelProto) -> bool:
+    """Whether ``normalize_model`` would change anything (cheap: looks at node types only)."""
+    return any(
+        n.op_type in ("Constant", "Identity") and n.domain in _DEFAULT_DOMAINS
+        for n in model.graph.node
+    )
+
+
+def _opset_note(model: onnx.ModelProto) -> str | None:
+    low, high = TESTED_OPSET_RANGE
+    for opset in model.opset_import:
+        if opset.domain in _DEFAULT_DOMAINS:
+            if low <= opset.version <= high:
+                return None
+            return f"opset {opset.version} is outside the tested range {low}-{high}"
+    return "the model declares no ai.onnx opset"

@@ -1,0 +1,227 @@
+"""Writing ONNX models safely: output-path checks and atomic, staged saves.
+
+``stage_model`` writes a complete output (model + external data) into a temporary folder
+beside the destination; ``StagedModel.commit`` then moves it into place with ``os.replace``,
+so a crash or a full disk never leaves a truncated model where the user expects one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+import onnx
+
+from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.graph import external
+from onnxprune.graph.external import (
+    PROTOBUF_LIMIT,
+    DataWriter,
+    externalized_copy,
+    total_tensor_bytes,
+)
+
+
+def default_output_path(input_path: Path) -> Path:
+    """``<stem>.pruned.onnx`` beside the input, so pruning never overwrites it by default."""
+    input_path = Path(input_path)
+    return input_path.with_name(f"{input_path.stem}.pruned.onnx")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def check_output_path(input_path: Path, output_path: Path, force: bool) -> None:
+    """Fail early, before any work, if the output cannot or should not be written.
+
+    Overwriting the input needs ``force`` (it is the user's only copy); overwriting an
+    earlier output does not.
+    """
+    output_path = Path(output_path)
+    folder = Path(os.path.abspath(output_path)).parent
+    if not folder.exists():
+        raise OnnxPruneError(f"cannot write to folder {folder}: it does not exist")
+    if not folder.is_dir():
+        raise OnnxPruneError(f"cannot write to folder {folder}: it is not a folder")
+    if output_path.is_dir():
+        raise UsageError(f"output path {output_path} is a folder; give a file name")
+    if _same_file(Path(input_path), output_path) and not force:
+        raise UsageError("output path is the input; pass --force to overwrite it")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OnnxPruneError(f"cannot write to folder {folder}: permission denied")
+
+
+def _final_path(output_path: Path) -> Path:
+    """The file that will really be replaced: through a symlink, its target."""
+    output_path = Path(os.path.abspath(output_path))
+    if output_path.is_symlink():
+        return output_path.resolve()
+    return output_path
+
+
+class StagedModel:
+    """An output written completely into a temporary folder beside its final path.
+
+    Callers can validate ``path`` (onnxruntime resolves external data next to it) before
+    ``commit`` moves it into place. Used as a context manager, it discards itself when the
+    block raises before ``commit``.
+    """
+
+    def __init__(self, temp_dir: Path, final_path: Path, file_names: list[str]) -> None:
+        self._temp_dir = temp_dir
+        self._final_path = final_path
+        # Data files first, the .onnx last: the model must never point at missing data.
+        self._file_names = file_names
+        self._committed = False
+        self._discarded = False
+        self.path = temp_dir / final_path.name
+        self.size_bytes = sum((temp_dir / name).stat().st_size for name in file_names)
+
+    @property
+    def final_path(self) -> Path:
+        """Where ``commit`` puts the model."""
+        return self._final_path
+
+    def commit(self) -> Path:
+        """Move the staged files into place (data first, model last) and return the final path.
+
+        If a move fails, files already moved are put back as they were before raising.
+        """
+        if self._committed:
+            return self._final_path
+        if self._discarded:
+            raise RuntimeError("cannot commit a staged model that was discarded")
+        folder = self._final_path.parent
+        undo: list[tuple[Path, Path | None]] = []  # (destination, backup of what it replaced)
+        try:
+            for name in self._file_names:
+                src, dst = self._temp_dir / name, folder / name
+                backup = None
+                if name != self._final_path.name and os.path.lexists(dst):
+                    backup = self._temp_dir / f".previous-{name}"
+                    os.replace(dst, backup)
+                undo.append((dst, backup))
+                os.replace(src, dst)
+        except OSError as exc:
+            self._rollback(undo)
+            self.discard()
+            raise OnnxPruneError(
+                f"could not move the output into place at {folder}: {exc.strerror or exc}"
+            ) from exc
+        self._committed = True
+        shutil.rmtree(self._temp_dir, ignore_errors=True)
+        return self._final_path
+
+    def _rollback(self, undo: list[tuple[Path, Path | None]]) -> None:
+        for dst, backup in reversed(undo):
+            try:
+                if backup is not None:
+                    os.replace(backup, dst)
+                elif not (self._temp_dir / dst.name).exists():  # it was moved: take it back
+                    os.remove(dst)
+            except OSError:
+                pass
+
+    def discard(self) -> None:
+        """Remove everything staged; safe to call more than once, and after commit."""
+        if self._committed or self._discarded:
+            return
+        self._discarded = True
+        shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> StagedModel:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None and not self._committed:
+            self.discard()
+
+
+def stage_model(
+    model: onnx.ModelProto, output_path: Path, *, external_data: bool | None = None
+) -> StagedModel:
+    """Write ``model`` completely into a temporary folder beside ``output_path``.
+
+    ``external_data=None`` picks external data only when the model needs it; True forces it
+    (to keep a model the user stored that way in the same shape). Weights go to
+    ``<output name>.data``. The caller's ``model`` is not modified.
+    """
+    final = _final_path(Path(output_path))
+    total = total_tensor_bytes(model)
+    use_external = (
+        total >= external.EXTERNAL_DATA_THRESHOLD if external_data is None else external_data
+    )
+    if not use_external and total > PROTOBUF_LIMIT:
+        raise OnnxPruneError(
+            f"the model holds {total / 1e9:.1f} GB of tensors, over protobuf's 2 GB limit; "
+            "save it with external data"
+        )
+    try:
+        temp_dir = Path(tempfile.mkdtemp(dir=final.parent, prefix=".onnxprune-"))
+    except OSError as exc:
+        raise OnnxPruneError(
+            f"cannot write to folder {final.parent}: {exc.strerror or exc}"
+        ) from exc
+    try:
+        names = _write_staged(model, temp_dir, final.name, use_external)
+        return StagedModel(temp_dir, final, names)
+    except OSError as exc:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise OnnxPruneError(f"could not write {final}: {exc.strerror or exc}") from exc
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+
+
+def save_model(
+    model: onnx.ModelProto, output_path: Path, *, external_data: bool | None = None
+) -> int:
+    """Stage and commit in one step; returns bytes written (model file + data file)."""
+    with stage_model(model, output_path, external_data=external_data) as staged:
+        staged.commit()
+    return staged.size_bytes
+
+
+def _write_file(path: Path, content: bytes) -> None:
+    """Write one file; a separate function so tests can make it fail midway."""
+    with open(path, "wb") as fh:
+        fh.write(content)
+
+
+def _serialize(model: onnx.ModelProto) -> bytes:
+    try:
+        return model.SerializeToString()
+    except Exception as exc:  # upb raises ValueError/EncodeError past 2 GB
+        raise OnnxPruneError(
+            f"cannot serialize the model ({exc}); it is probably over protobuf's 2 GB limit "
+            "and needs external data"
+        ) from exc
+
+
+def _write_staged(model: onnx.ModelProto, folder: Path, name: str, use_external: bool) -> list[str]:
+    """Write the model (and data file) into ``folder``; returns the file names, data first."""
+    onnx_path = folder / name
+    if not use_external:
+        _write_file(onnx_path, _serialize(model))
+        return [name]
+
+    data_name = f"{name}.data"
+    writer = DataWriter(folder / data_name, data_name)
+    try:
+        skeleton = externalized_copy(model, writer)
+    finally:
+        writer.close()
+    _write_file(onnx_path, _serialize(skeleton))
+    return [data_name, name] if writer.used else [name]
