@@ -13,15 +13,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.metrics import counts as metrics
+from onnxprune.metrics import size as metrics_size
 from onnxprune.metrics.counts import (
     ModelMetrics,
-    _Dims,
-    _node_macs,
     compressed_size,
     compute_metrics,
     count_macs,
     count_params,
 )
+from onnxprune.metrics.macs import node_macs as _node_macs
+from onnxprune.ops.macs import Dims as _Dims
 
 RNG = np.random.default_rng(0)
 
@@ -307,7 +308,7 @@ def test_sampled_compressed_size_tracks_the_exact_figure(monkeypatch):
             initializer=[init],
         )
         models.append(helper.make_model(graph))
-    monkeypatch.setattr(metrics, "EXACT_COMPRESSION_LIMIT", 1 << 20)
+    monkeypatch.setattr(metrics_size, "EXACT_COMPRESSION_LIMIT", 1 << 20)
     assert metrics.is_compression_sampled(models[0])
     for model in models:
         exact = metrics.compressed_size(model, exact=True)

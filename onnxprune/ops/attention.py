@@ -32,7 +32,6 @@ import onnx
 
 from onnxprune.graph.shape_values import Opaque, Term, exprs, private, refs, set_origin
 from onnxprune.graph.view import GraphView, attr
-from onnxprune.ops import register
 from onnxprune.ops.base import Rule, claim_constants
 
 if TYPE_CHECKING:
@@ -299,7 +298,6 @@ FUSED = (
 )
 
 
-@register(*FUSED)
 class FusedAttentionRule(Rule):
     """Fused attention keeps the head count in an attribute (``num_heads``, ``q_num_heads``)
     and packs or folds Q/K/V per head: removing heads means rewriting the packed weights and

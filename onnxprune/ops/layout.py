@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from onnxprune.graph.view import GraphView, attr, normalize_axis, product
-from onnxprune.ops import attention, register
+from onnxprune.ops import attention
 from onnxprune.ops.base import Rule, claim_constants
 from onnxprune.ops.shape import block_tracked_dims
 
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from onnxprune.structured.rewrite import RewriteContext
 
 
-@register("Transpose")
 class TransposeRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         x = ctx.inp(0)
@@ -46,7 +45,6 @@ def _axes(ctx: Context, node: onnx.NodeProto, x: Chan) -> tuple[bool, list[int] 
         return False, None
 
 
-@register("Squeeze")
 class SqueezeRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         x = ctx.inp(0)
@@ -69,7 +67,6 @@ class SqueezeRule(Rule):
         ctx.set_out(0, x.axis - sum(a < x.axis for a in axes), x.ids, x.rank - len(axes))
 
 
-@register("Unsqueeze")
 class UnsqueezeRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         x = ctx.inp(0)
@@ -95,7 +92,6 @@ def _expand(ids: np.ndarray, dims: list[int], rel: int) -> np.ndarray:
     return np.tile(np.repeat(ids, inner), outer)
 
 
-@register("Flatten")
 class FlattenRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         x = ctx.inp(0)
@@ -143,7 +139,6 @@ def _segments(ins: tuple, outs: tuple) -> list[tuple[range, range]] | None:
     return segs
 
 
-@register("Reshape")
 class ReshapeRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         x = ctx.inp(0)
@@ -326,7 +321,6 @@ def channel_shuffle(view: GraphView, node: onnx.NodeProto) -> tuple[str, int, np
     return None
 
 
-@register("Expand", "Tile")
 class RepeatRule(Rule):
     """Broadcasting or tiling other axes is fine; repeating the channel axis blocks."""
 

@@ -13,7 +13,6 @@ import numpy as np
 import onnx
 
 from onnxprune.graph.view import attr, normalize_axis
-from onnxprune.ops import register
 from onnxprune.ops.base import Rule, claim_constants
 
 if TYPE_CHECKING:
@@ -29,10 +28,12 @@ def _spatial_only(ctx: Context, x: Chan, op: str) -> bool:
     return True
 
 
-@register(
+POOL = (
     "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
     "MaxRoiPool", "SpaceToDepth", "DepthToSpace",
 )  # fmt: skip
+
+
 class Pool(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         x = ctx.inp(0)
@@ -56,7 +57,6 @@ REDUCE = (
 )  # fmt: skip
 
 
-@register(*REDUCE, "ArgMax", "ArgMin")
 class Reduce(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         x = ctx.inp(0)
@@ -88,7 +88,6 @@ class Reduce(Rule):
             ctx.set_out(0, x.axis - sum(a < x.axis for a in axes), x.ids, x.rank - len(axes))
 
 
-@register("Softmax", "LogSoftmax", "Hardmax", "CumSum")
 class AlongAxis(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         x = ctx.inp(0)
@@ -114,7 +113,6 @@ class AlongAxis(Rule):
         ctx.set_out(0, x.axis, x.ids, x.rank)
 
 
-@register("Pad")
 class PadRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         x = ctx.inp(0)
@@ -142,7 +140,6 @@ class PadRule(Rule):
         ctx.set_out(0, x.axis, x.ids, x.rank)
 
 
-@register("Resize", "Upsample")
 class ResizeRule(Rule):
     """Scales must keep the channel axis; constant ``sizes`` are rewritten."""
 

@@ -484,12 +484,13 @@ class Context:
 
 def analyze(model: onnx.ModelProto, *, view: GraphView | None = None) -> list[Group]:
     """Every coupling group of ``model``, prunable or blocked (with reasons)."""
-    from onnxprune.ops import rule_for
+    from onnxprune.ops import opsets_of, rule_for
 
     view = view if view is not None else GraphView(model)
     ctx = Context(view)
+    opsets = opsets_of(model)
     for i, node in enumerate(view.nodes):
-        ctx.visit(i, rule_for(node))
+        ctx.visit(i, rule_for(node, opsets))
     ctx.finish()
     groups = ctx.groups()
     from onnxprune.structured.heads import mark_heads

@@ -22,7 +22,7 @@ from onnx import numpy_helper
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.view import GraphView, attr, infer_shapes, skeleton
-from onnxprune.ops import rule_for
+from onnxprune.ops import opsets_of, rule_for
 from onnxprune.structured.plan import Plan
 
 
@@ -199,9 +199,10 @@ def apply_plan(
         return new
     _slice_params(new, view, plan)
     rw = RewriteContext(new, view, plan)
+    opsets = opsets_of(model)
     for node in new.graph.node:
         if rw.touches(node):
-            rule = rule_for(node)
+            rule = rule_for(node, opsets)
             if rule is not None:
                 rule.rewrite(node, rw)
     _drop_orphans(new, view)
