@@ -191,8 +191,9 @@ def gemm_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape], d: Dims) -> int
 # --------------------------------------------------------------------------------------------
 
 
-class _Dense(LinearView):
-    """A weight ``[in, out]`` (``[out, in]`` with ``trans_b``) applied to rows of x."""
+class DenseLinear(LinearView):
+    """A weight ``[in, out]`` (``[out, in]`` with ``trans_b``) applied to rows of x: the view
+    of any dense layer (subclass it with a ``layer`` method for a new op)."""
 
     def out_axis(self, layer: Any) -> int:
         return 0 if layer.trans_b else 1
@@ -216,7 +217,7 @@ class _Dense(LinearView):
         return np.asarray(flat[picks], dtype=np.float32)[:, None, :]
 
 
-class GemmLinear(_Dense):
+class GemmLinear(DenseLinear):
     """Gemm without transA and with alpha 1; C is a bias only when it is [N] with beta 1."""
 
     bias_input = 2
@@ -240,7 +241,7 @@ class GemmLinear(_Dense):
         return {"bias": bias, "trans_b": bool(attr(node, "transB", 0))}
 
 
-class MatMulLinear(_Dense):
+class MatMulLinear(DenseLinear):
     """x @ W with a 2-D constant W; its bias is the [N] constant of the Add that alone reads
     the output, as exporters write biases."""
 
