@@ -21,7 +21,7 @@ import onnx
 from onnxprune.graph.view import attr
 from onnxprune.ops.base import Rule
 from onnxprune.ops.macs import Dims, Shape, UnknownShape, conv_macs, in_shape, text
-from onnxprune.ops.spec import LinearView, OpSpec
+from onnxprune.ops.spec import LinearView, OpSpec, weight_dims
 
 if TYPE_CHECKING:
     from onnxprune.graph.view import GraphView
@@ -121,8 +121,8 @@ class ConvLinear(LinearView):
         self, node: onnx.NodeProto, view: GraphView, inits: Mapping[str, onnx.TensorProto],
         bias: str | None,
     ) -> dict[str, Any] | None:  # fmt: skip
-        dims = list(inits[node.input[1]].dims)
-        if len(dims) != 4:
+        dims = weight_dims(node, inits, 4)
+        if dims is None:
             return None
         return {
             "bias": bias,

@@ -19,7 +19,7 @@ import onnx
 
 from onnxprune.graph.view import GraphView, attr, normalize_axis, product
 from onnxprune.ops import attention
-from onnxprune.ops.base import Rule, claim_constants
+from onnxprune.ops.base import Rule, data_input
 from onnxprune.ops.shape import block_tracked_dims
 
 if TYPE_CHECKING:
@@ -36,24 +36,33 @@ class TransposeRule(Rule):
         ctx.set_out(0, list(perm).index(x.axis), x.ids, x.rank)
 
 
-def _axes(ctx: Context, node: onnx.NodeProto, x: Chan) -> tuple[bool, list[int] | None]:
-    """(understood, axes) from the attribute or the constant input; blocks when computed."""
+def _input_and_axes(ctx: Context, node: onnx.NodeProto) -> tuple[Chan, list[int] | None] | None:
+    """(channels of input 0, axes from the attribute or the constant input), or None when
+    no channels arrive or the axes are computed (which blocks)."""
+    x = data_input(ctx)
+    if x is None:
+        return None
     try:
-        return True, ctx.view.ints(node, "axes", 1)
+        return x, ctx.view.ints(node, "axes", 1)
     except LookupError as exc:
         ctx.block(x.ids, f"{node.op_type}: {exc}")
-        return False, None
+        return None
 
 
-class SqueezeRule(Rule):
+class _AxesRule(Rule):
+    """A rule driven by an ``axes`` list (attribute or constant input)."""
+
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
-        claim_constants(ctx)
-        if x is None:
-            return
-        ok, axes = _axes(ctx, node, x)
-        if not ok:
-            return
+        found = _input_and_axes(ctx, node)
+        if found is not None:
+            self.along(ctx, *found)
+
+    def along(self, ctx: Context, x: Chan, axes: list[int] | None) -> None:
+        raise NotImplementedError
+
+
+class SqueezeRule(_AxesRule):
+    def along(self, ctx: Context, x: Chan, axes: list[int] | None) -> None:
         if not axes:
             shape = ctx.in_shape(0)
             if shape is None or any(not isinstance(d, int) for d in shape):
@@ -67,15 +76,8 @@ class SqueezeRule(Rule):
         ctx.set_out(0, x.axis - sum(a < x.axis for a in axes), x.ids, x.rank - len(axes))
 
 
-class UnsqueezeRule(Rule):
-    def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
-        claim_constants(ctx)
-        if x is None:
-            return
-        ok, axes = _axes(ctx, node, x)
-        if not ok:
-            return
+class UnsqueezeRule(_AxesRule):
+    def along(self, ctx: Context, x: Chan, axes: list[int] | None) -> None:
         if not axes:
             ctx.block(x.ids, "Unsqueeze without axes")
             return
@@ -105,38 +107,6 @@ class FlattenRule(Rule):
             ctx.block(x.ids, "Flatten of dimensions that are not known numbers")
             return
         ctx.set_out(0, out_axis, _expand(x.ids, dims, x.axis - lo), 2)
-
-
-def _segments(ins: tuple, outs: tuple) -> list[tuple[range, range]] | None:
-    """Align the dims of a reshape into segments of equal size; None if they do not align."""
-    segs: list[tuple[range, range]] = []
-    i = j = 0
-    while i < len(ins) and j < len(outs):
-        if not isinstance(ins[i], int) or not isinstance(outs[j], int):
-            if ins[i] is None or ins[i] != outs[j]:
-                return None
-            segs.append((range(i, i + 1), range(j, j + 1)))
-            i, j = i + 1, j + 1
-            continue
-        i0, j0, pi, pj = i, j, ins[i], outs[j]
-        i, j = i + 1, j + 1
-        while pi != pj:
-            if pi < pj:
-                if i >= len(ins) or not isinstance(ins[i], int):
-                    return None
-                pi, i = pi * ins[i], i + 1
-            else:
-                if j >= len(outs) or not isinstance(outs[j], int):
-                    return None
-                pj, j = pj * outs[j], j + 1
-        segs.append((range(i0, i), range(j0, j)))
-    rest_in, rest_out = ins[i:], outs[j:]
-    if any(d != 1 for d in (*rest_in, *rest_out)):
-        return None
-    if segs and (rest_in or rest_out):
-        a, b = segs[-1]
-        segs[-1] = (range(a.start, len(ins)), range(b.start, len(outs)))
-    return segs
 
 
 class ReshapeRule(Rule):
@@ -169,7 +139,9 @@ class ReshapeRule(Rule):
         if attention.reshape_heads(node, ctx, x):
             return
         ins, outs = ctx.in_shape(0), ctx.out_shape(0)
-        segs = _segments(ins, outs) if ins is not None and outs is not None else None
+        segs = (
+            attention.reshape_segments(ins, outs) if ins is not None and outs is not None else None
+        )
         if segs is None or expr is None:
             ctx.block(x.ids, "Reshape with shapes that onnxprune cannot align")
             return

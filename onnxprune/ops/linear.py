@@ -18,7 +18,7 @@ import onnx
 from onnxprune.graph.view import attr
 from onnxprune.ops.base import Rule
 from onnxprune.ops.macs import Dims, Shape, UnknownShape, in_shape, matmul_macs, out_shape
-from onnxprune.ops.spec import LinearView, OpSpec
+from onnxprune.ops.spec import LinearView, OpSpec, weight_dims
 
 if TYPE_CHECKING:
     from onnxprune.graph.view import GraphView
@@ -226,10 +226,8 @@ class GemmLinear(DenseLinear):
         self, node: onnx.NodeProto, view: GraphView, inits: Mapping[str, onnx.TensorProto],
         bias: str | None,
     ) -> dict[str, Any] | None:  # fmt: skip
-        dims = list(inits[node.input[1]].dims)
-        if len(dims) != 2:
-            return None
-        if attr(node, "transA", 0) or float(attr(node, "alpha", 1.0)) != 1.0:
+        dims = weight_dims(node, inits, 2)
+        if dims is None or attr(node, "transA", 0) or float(attr(node, "alpha", 1.0)) != 1.0:
             return None
         n_out = dims[0] if attr(node, "transB", 0) else dims[1]
         if bias is not None and (
@@ -251,8 +249,8 @@ class MatMulLinear(DenseLinear):
         self, node: onnx.NodeProto, view: GraphView, inits: Mapping[str, onnx.TensorProto],
         bias: str | None,
     ) -> dict[str, Any] | None:  # fmt: skip
-        dims = list(inits[node.input[1]].dims)
-        if len(dims) != 2:
+        dims = weight_dims(node, inits, 2)
+        if dims is None:
             return None
         bias, add = _bias_add(view, node.output[0], dims[1], inits)
         return {"bias": bias, "bias_add": add}

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import onnx
 
 from onnxprune.graph.view import attr, normalize_axis
-from onnxprune.ops.base import Rule, claim_constants
+from onnxprune.ops.base import Rule, claim_constants, data_input
 
 if TYPE_CHECKING:
     from onnxprune.structured.dependency import Context
@@ -47,8 +47,7 @@ class SpanNorm(Rule):
     """Normalizes over a set of axes: passthrough when the channel axis is not among them."""
 
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
-        claim_constants(ctx)
+        x = data_input(ctx)
         if x is None:
             return
         if node.op_type == "LayerNormalization":

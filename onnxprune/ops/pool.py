@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from onnxprune.graph.view import attr, normalize_axis
-from onnxprune.ops.base import Rule, claim_constants
+from onnxprune.ops.base import Rule, data_input
 
 if TYPE_CHECKING:
     from onnxprune.structured.dependency import Chan, Context
@@ -36,8 +36,7 @@ POOL = (
 
 class Pool(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
-        claim_constants(ctx)
+        x = data_input(ctx)
         if x is None:
             return
         op = node.op_type
@@ -59,9 +58,8 @@ REDUCE = (
 
 class Reduce(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
         op = node.op_type
-        claim_constants(ctx)
+        x = data_input(ctx)
         if x is None:
             return
         if op in ("ArgMax", "ArgMin"):
@@ -90,9 +88,8 @@ class Reduce(Rule):
 
 class AlongAxis(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
         op = node.op_type
-        claim_constants(ctx)
+        x = data_input(ctx)
         if x is None:
             return
         if op == "CumSum":
@@ -115,8 +112,7 @@ class AlongAxis(Rule):
 
 class PadRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
-        claim_constants(ctx)
+        x = data_input(ctx)
         if x is None:
             return
         for k in range(1, ctx.n_inputs()):
@@ -150,8 +146,7 @@ class ResizeRule(Rule):
         return 2, 3
 
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
-        claim_constants(ctx)
+        x = data_input(ctx)
         if x is None:
             return
         si, zi = self._inputs(node, ctx.opset)

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from onnxprune.graph.view import attr, normalize_axis
-from onnxprune.ops.base import Rule, claim_constants
+from onnxprune.ops.base import Rule, claim_constants, data_input
 
 if TYPE_CHECKING:
     from onnxprune.structured.dependency import Context
@@ -85,8 +85,7 @@ class ConcatRule(Rule):
 
 class SplitRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
-        claim_constants(ctx)
+        x = data_input(ctx)
         if x is None:
             return
         outs = len(node.output)

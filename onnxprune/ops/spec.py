@@ -41,6 +41,14 @@ def normalize_domain(domain: str) -> str:
     return ONNX_DOMAIN if domain in ("", "ai.onnx") else domain
 
 
+def weight_dims(
+    node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto], rank: int
+) -> list[int] | None:
+    """The dims of the node's weight (input 1, an initializer) when it has ``rank`` axes."""
+    dims = list(inits[node.input[1]].dims)
+    return dims if len(dims) == rank else None
+
+
 class LinearView:
     """An op seen as ``y = W x + b`` per group over rows of its input (recovery).
 
