@@ -316,3 +316,30 @@ def test_sampled_compressed_size_tracks_the_exact_figure(monkeypatch):
         assert abs(estimate - exact) / exact < 0.05
     assert metrics.compressed_size(models[1]) < 0.8 * metrics.compressed_size(models[0])
     assert any("estimated" in n for n in metrics.compute_metrics(models[0]).notes)
+
+
+def test_a_graph_the_view_refuses_falls_back_with_a_note():
+    """The view refuses a model without the default opset (OnnxPruneError): plain shape
+    inference counts the MACs and a note says why."""
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [("x", [2, 8])],
+        ["y"],
+        [numpy_helper.from_array(np.ones((8, 4), np.float32), "w")],
+    )
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    macs, notes = count_macs(model)
+    assert macs == 2 * 8 * 4
+    assert any("graph view refused the model" in n and "default ONNX" in n for n in notes)
+
+
+def test_a_bug_in_the_view_is_not_hidden(monkeypatch):
+    from onnxprune.metrics import macs as metrics_macs
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the view")
+
+    monkeypatch.setattr(metrics_macs, "GraphView", broken)
+    with pytest.raises(RuntimeError, match="a bug in the view"):
+        count_macs(make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [2, 8])], ["y"]))

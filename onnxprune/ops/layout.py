@@ -164,34 +164,9 @@ class ReshapeRule(Rule):
         index = tuple(slice(None) if u == o else 0 for u in range(ids.ndim))
         out_ids = np.ascontiguousarray(ids[index])
         out_axis = seg_out.start + o
-        identity = x.axis == out_axis and np.array_equal(out_ids, x.ids)
-        allowzero = bool(attr(node, "allowzero", 0))
-        for i, e in enumerate(expr):
-            if e == 0 and not allowzero and i == x.axis and not identity:
-                ctx.block(x.ids, "Reshape copies the channel count (0) to another axis")
-                return
-            if isinstance(e, tuple):
-                ch = ctx.tracked(e[1])
-                follows = ch is not None and ch.axis == e[2]
-                if follows and not (i == out_axis and np.array_equal(ch.ids, out_ids)):
-                    ctx.block(
-                        x.ids, f"Reshape target reads the channel count of '{e[1]}' at run time"
-                    )
-                    ctx.block(
-                        ch.ids, f"Reshape target reads the channel count of '{e[1]}' at run time"
-                    )
-                    return
-        e = expr[out_axis] if out_axis < len(expr) else None
-        follows = isinstance(e, tuple) and (ch := ctx.tracked(e[1])) is not None and ch.axis == e[2]
-        if not (
-            e == -1
-            or follows  # the input's own channel count, read at run time (checked above)
-            or (e == 0 and not allowzero and identity)  # copies the (pruned) channel count
-            or (const is not None and isinstance(e, int) and e > 0)  # rewritten below
-        ):
-            ctx.block(x.ids, "Reshape target fixes the channel count where it cannot be rewritten")
-            return
-        if attention.check_target(ctx, node, x, out_axis, out_ids):
+        if _target_follows(
+            ctx, node, x, expr, const is not None, out_axis, out_ids
+        ) and attention.check_target(ctx, node, x, out_axis, out_ids):
             ctx.set_out(0, out_axis, out_ids, len(outs))
 
     def rewrite(self, node: onnx.NodeProto, rw: RewriteContext) -> None:
@@ -226,6 +201,39 @@ class ReshapeRule(Rule):
         del node.attribute[:]
         node.op_type = "Gather"
         node.attribute.append(onnx.helper.make_attribute("axis", axis))
+
+
+def _target_follows(
+    ctx: Context, node: onnx.NodeProto, x: Chan, expr: list, constant: bool, out_axis: int,
+    out_ids: np.ndarray,
+) -> bool:  # fmt: skip
+    """Whether the Reshape target keeps the channel count right after pruning: -1, the
+    input's own count read at run time, 0 copying it in place, or a constant rewritten
+    later. Blocks and returns False otherwise."""
+    identity = x.axis == out_axis and np.array_equal(out_ids, x.ids)
+    allowzero = bool(attr(node, "allowzero", 0))
+    for i, e in enumerate(expr):
+        if e == 0 and not allowzero and i == x.axis and not identity:
+            ctx.block(x.ids, "Reshape copies the channel count (0) to another axis")
+            return False
+        if isinstance(e, tuple):
+            ch = ctx.tracked(e[1])
+            follows = ch is not None and ch.axis == e[2]
+            if follows and not (i == out_axis and np.array_equal(ch.ids, out_ids)):
+                ctx.block(x.ids, f"Reshape target reads the channel count of '{e[1]}' at run time")
+                ctx.block(ch.ids, f"Reshape target reads the channel count of '{e[1]}' at run time")
+                return False
+    e = expr[out_axis] if out_axis < len(expr) else None
+    follows = isinstance(e, tuple) and (ch := ctx.tracked(e[1])) is not None and ch.axis == e[2]
+    if not (
+        e == -1
+        or follows  # the input's own channel count, read at run time (checked above)
+        or (e == 0 and not allowzero and identity)  # copies the (pruned) channel count
+        or (constant and isinstance(e, int) and e > 0)  # rewritten by ``rewrite``
+    ):
+        ctx.block(x.ids, "Reshape target fixes the channel count where it cannot be rewritten")
+        return False
+    return True
 
 
 def channel_shuffle(view: GraphView, node: onnx.NodeProto) -> tuple[str, int, np.ndarray] | None:
