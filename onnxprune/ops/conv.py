@@ -173,6 +173,16 @@ class ConvLinear(LinearView):
         p = p.reshape(len(picks), kh, kw, g, c // g).transpose(0, 3, 1, 2, 4)
         return np.ascontiguousarray(p.reshape(len(picks), g, -1), dtype=np.float32)
 
+    def feature_scale(
+        self, layer: Any, norm: np.ndarray, w_shape: tuple[int, ...]
+    ) -> np.ndarray | None:
+        """Input channel c's norm at every kernel position of every filter of its group."""
+        g, cpg = layer.groups, w_shape[1]
+        if len(norm) != g * cpg:
+            return None
+        per = norm.reshape(g, 1, cpg).repeat(w_shape[0] // g, axis=1).reshape(w_shape[0], cpg)
+        return per[:, :, None, None]
+
 
 def _pads(layer: Any, x_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
     if layer.auto_pad in ("SAME_UPPER", "SAME_LOWER"):

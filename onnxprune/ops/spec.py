@@ -89,6 +89,16 @@ class LinearView:
     def rows(self, layer: Any, x: np.ndarray, picks: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def feature_scale(
+        self, layer: Any, norm: np.ndarray, w_shape: tuple[int, ...]
+    ) -> np.ndarray | None:
+        """``norm`` (one value per input feature of ``x``) laid out to broadcast against the
+        weight: the ``||X_j||`` of Wanda's ``|W_ij| * ||X_j||``. None when sizes disagree."""
+        axis = self.in_axis(layer)
+        if len(w_shape) != 2 or len(norm) != w_shape[axis]:
+            return None
+        return norm[:, None] if axis == 0 else norm[None, :]
+
 
 @dataclass(frozen=True)
 class OpSpec:

@@ -96,6 +96,11 @@ class Layer:
         """Rows ``picks`` (indices into ``positions``) of the input as ``[rows, groups, d]``."""
         return self.view.rows(self, x, picks)
 
+    def feature_scale(self, norm: np.ndarray, w_shape: tuple[int, ...]) -> np.ndarray | None:
+        """Per-input-feature ``norm`` of ``x`` broadcastable to the weight (Wanda's
+        ``||X_j||``), or None when its size does not match the weight's input features."""
+        return self.view.feature_scale(self, norm, w_shape)
+
 
 def find_layers(model: onnx.ModelProto, view: GraphView | None = None) -> list[Layer]:
     """Every node whose op has a linear-layer view and whose weight is a constant initializer.
