@@ -81,13 +81,13 @@ def test_unknown_domain_blocks_with_a_readable_reason():
     assert g.reasons[0][0] == "fancy"
 
 
-def test_a_rule_that_forgets_an_input_blocks(monkeypatch):
+def test_a_rule_that_forgets_an_input_blocks():
     class Forgetful(ops.Rule):
         def propagate(self, node, ctx):
             pass
 
-    monkeypatch.setitem(ops._RULES, "Relu", Forgetful())
-    g = _groups(conv_bn_relu())["conv1"]
+    with ops.registered(ops.OpSpec("Relu", rule=Forgetful()), override=True):
+        g = _groups(conv_bn_relu())["conv1"]
     assert "left input 0 unhandled" in g.blocked_reason
 
 

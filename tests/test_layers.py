@@ -346,3 +346,24 @@ def test_find_layers_in_a_block_and_topological_index():
     nodes = model.graph.node
     assert all(nodes[lay.index].output[0] == lay.y for lay in layers)
     assert layers[0].pads == (1, 1, 1, 1) and layers[0].auto_pad == "NOTSET"
+
+
+@pytest.mark.parametrize("op", ["Conv", "Gemm", "GemmT", "MatMul"])
+def test_feature_scale_lays_input_norms_along_the_weight(op):
+    """What Wanda multiplies |W| by: input feature j's norm on every weight that reads j."""
+    rng = np.random.default_rng(0)
+    if op == "Conv":
+        lay = Layer(0, "Conv", "x", "y", "w", None, groups=2, kernel=(3, 3))
+        w_shape, norm = (6, 2, 3, 3), rng.random(4)
+        per = lay.feature_scale(norm, w_shape)
+        full = np.broadcast_to(per, w_shape)
+        for o in range(6):
+            for c in range(2):
+                assert (full[o, c] == norm[(o // 3) * 2 + c]).all()
+    else:
+        lay = Layer(0, op[:4] if op != "MatMul" else op, "x", "y", "w", None, trans_b=op == "GemmT")
+        w_shape = (4, 5) if op == "GemmT" else (5, 4)  # 5 input features, 4 outputs
+        norm = rng.random(5)
+        full = np.broadcast_to(lay.feature_scale(norm, w_shape), w_shape)
+        assert np.array_equal(np.moveaxis(full, lay.in_axis, 0)[:, 0], norm)
+    assert lay.feature_scale(rng.random(7), w_shape) is None

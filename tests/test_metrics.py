@@ -13,15 +13,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.metrics import counts as metrics
+from onnxprune.metrics import size as metrics_size
 from onnxprune.metrics.counts import (
     ModelMetrics,
-    _Dims,
-    _node_macs,
     compressed_size,
     compute_metrics,
     count_macs,
     count_params,
 )
+from onnxprune.metrics.macs import node_macs as _node_macs
+from onnxprune.ops.macs import Dims as _Dims
 
 RNG = np.random.default_rng(0)
 
@@ -307,7 +308,7 @@ def test_sampled_compressed_size_tracks_the_exact_figure(monkeypatch):
             initializer=[init],
         )
         models.append(helper.make_model(graph))
-    monkeypatch.setattr(metrics, "EXACT_COMPRESSION_LIMIT", 1 << 20)
+    monkeypatch.setattr(metrics_size, "EXACT_COMPRESSION_LIMIT", 1 << 20)
     assert metrics.is_compression_sampled(models[0])
     for model in models:
         exact = metrics.compressed_size(model, exact=True)
@@ -315,3 +316,30 @@ def test_sampled_compressed_size_tracks_the_exact_figure(monkeypatch):
         assert abs(estimate - exact) / exact < 0.05
     assert metrics.compressed_size(models[1]) < 0.8 * metrics.compressed_size(models[0])
     assert any("estimated" in n for n in metrics.compute_metrics(models[0]).notes)
+
+
+def test_a_graph_the_view_refuses_falls_back_with_a_note():
+    """The view refuses a model without the default opset (OnnxPruneError): plain shape
+    inference counts the MACs and a note says why."""
+    model = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [("x", [2, 8])],
+        ["y"],
+        [numpy_helper.from_array(np.ones((8, 4), np.float32), "w")],
+    )
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    macs, notes = count_macs(model)
+    assert macs == 2 * 8 * 4
+    assert any("graph view refused the model" in n and "default ONNX" in n for n in notes)
+
+
+def test_a_bug_in_the_view_is_not_hidden(monkeypatch):
+    from onnxprune.metrics import macs as metrics_macs
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the view")
+
+    monkeypatch.setattr(metrics_macs, "GraphView", broken)
+    with pytest.raises(RuntimeError, match="a bug in the view"):
+        count_macs(make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [2, 8])], ["y"]))

@@ -32,7 +32,6 @@ import onnx
 
 from onnxprune.graph.shape_values import Opaque, Term, exprs, private, refs, set_origin
 from onnxprune.graph.view import GraphView, attr
-from onnxprune.ops import register
 from onnxprune.ops.base import Rule, claim_constants
 
 if TYPE_CHECKING:
@@ -55,6 +54,38 @@ def concrete_shapes(view: GraphView, name: str) -> list[tuple[int, ...]]:
     return out
 
 
+def reshape_segments(ins: tuple, outs: tuple) -> list[tuple[range, range]] | None:
+    """Align the dims of a reshape into segments of equal size; None if they do not align."""
+    segs: list[tuple[range, range]] = []
+    i = j = 0
+    while i < len(ins) and j < len(outs):
+        if not isinstance(ins[i], int) or not isinstance(outs[j], int):
+            if ins[i] is None or ins[i] != outs[j]:
+                return None
+            segs.append((range(i, i + 1), range(j, j + 1)))
+            i, j = i + 1, j + 1
+            continue
+        i0, j0, pi, pj = i, j, ins[i], outs[j]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            if pi < pj:
+                if i >= len(ins) or not isinstance(ins[i], int):
+                    return None
+                pi, i = pi * ins[i], i + 1
+            else:
+                if j >= len(outs) or not isinstance(outs[j], int):
+                    return None
+                pj, j = pj * outs[j], j + 1
+        segs.append((range(i0, i), range(j0, j)))
+    rest_in, rest_out = ins[i:], outs[j:]
+    if any(d != 1 for d in (*rest_in, *rest_out)):
+        return None
+    if segs and (rest_in or rest_out):
+        a, b = segs[-1]
+        segs[-1] = (range(a.start, len(ins)), range(b.start, len(outs)))
+    return segs
+
+
 def head_segment(
     view: GraphView, node: onnx.NodeProto, axis: int
 ) -> tuple[str, int, tuple[int, ...]] | None:
@@ -65,8 +96,6 @@ def head_segment(
     The shapes are aligned on concrete numbers (the probes when dims are symbolic); the
     segment must come out the same for every probe, so it cannot depend on batch or sequence.
     """
-    from onnxprune.ops.layout import _segments  # layout calls into this module
-
     ins, outs = concrete_shapes(view, node.input[0]), concrete_shapes(view, node.output[0])
     if not ins or not outs:
         return None
@@ -77,7 +106,7 @@ def head_segment(
         )
     found = None
     for i, o in zip(ins, outs, strict=False):
-        segs = _segments(i, o) if axis < len(i) else None
+        segs = reshape_segments(i, o) if axis < len(i) else None
         if segs is None:
             return None
         seg_in, seg_out = next(s for s in segs if axis in s[0])
@@ -299,7 +328,6 @@ FUSED = (
 )
 
 
-@register(*FUSED)
 class FusedAttentionRule(Rule):
     """Fused attention keeps the head count in an attribute (``num_heads``, ``q_num_heads``)
     and packs or folds Q/K/V per head: removing heads means rewriting the packed weights and

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import onnx
 
 if TYPE_CHECKING:
-    from onnxprune.structured.dependency import Context
+    from onnxprune.structured.dependency import Chan, Context
     from onnxprune.structured.rewrite import RewriteContext
 
 
@@ -34,3 +34,11 @@ def claim_constants(ctx: Context, start: int = 1) -> None:
     for k in range(start, ctx.n_inputs()):
         if ctx.is_const(k):
             ctx.claim(k)
+
+
+def data_input(ctx: Context) -> Chan | None:
+    """The channels of input 0, with every constant input after it claimed (read, never
+    sliced): the start of a rule whose only data input is the first."""
+    x = ctx.inp(0)
+    claim_constants(ctx)
+    return x

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from onnxprune.ops import register
 from onnxprune.ops.base import Rule
 
 if TYPE_CHECKING:
@@ -31,7 +30,6 @@ BROADCAST = (
 )  # fmt: skip
 
 
-@register(*UNARY)
 class Unary(Rule):
     """Input 0 passes through; other inputs (Clip bounds, Dropout ratio) are scalars."""
 
@@ -56,7 +54,6 @@ def _rank(ctx: Context, k: int) -> int | None:
     return None if s is None else len(s)
 
 
-@register(*BROADCAST)
 class Broadcast(Rule):
     """Numpy-style broadcasting over inputs aligned from the right."""
 

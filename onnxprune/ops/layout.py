@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 
 from onnxprune.graph.view import GraphView, attr, normalize_axis, product
-from onnxprune.ops import attention, register
-from onnxprune.ops.base import Rule, claim_constants
+from onnxprune.ops import attention
+from onnxprune.ops.base import Rule, data_input
 from onnxprune.ops.shape import block_tracked_dims
 
 if TYPE_CHECKING:
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from onnxprune.structured.rewrite import RewriteContext
 
 
-@register("Transpose")
 class TransposeRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         x = ctx.inp(0)
@@ -37,25 +36,33 @@ class TransposeRule(Rule):
         ctx.set_out(0, list(perm).index(x.axis), x.ids, x.rank)
 
 
-def _axes(ctx: Context, node: onnx.NodeProto, x: Chan) -> tuple[bool, list[int] | None]:
-    """(understood, axes) from the attribute or the constant input; blocks when computed."""
+def _input_and_axes(ctx: Context, node: onnx.NodeProto) -> tuple[Chan, list[int] | None] | None:
+    """(channels of input 0, axes from the attribute or the constant input), or None when
+    no channels arrive or the axes are computed (which blocks)."""
+    x = data_input(ctx)
+    if x is None:
+        return None
     try:
-        return True, ctx.view.ints(node, "axes", 1)
+        return x, ctx.view.ints(node, "axes", 1)
     except LookupError as exc:
         ctx.block(x.ids, f"{node.op_type}: {exc}")
-        return False, None
+        return None
 
 
-@register("Squeeze")
-class SqueezeRule(Rule):
+class _AxesRule(Rule):
+    """A rule driven by an ``axes`` list (attribute or constant input)."""
+
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
-        claim_constants(ctx)
-        if x is None:
-            return
-        ok, axes = _axes(ctx, node, x)
-        if not ok:
-            return
+        found = _input_and_axes(ctx, node)
+        if found is not None:
+            self.along(ctx, *found)
+
+    def along(self, ctx: Context, x: Chan, axes: list[int] | None) -> None:
+        raise NotImplementedError
+
+
+class SqueezeRule(_AxesRule):
+    def along(self, ctx: Context, x: Chan, axes: list[int] | None) -> None:
         if not axes:
             shape = ctx.in_shape(0)
             if shape is None or any(not isinstance(d, int) for d in shape):
@@ -69,16 +76,8 @@ class SqueezeRule(Rule):
         ctx.set_out(0, x.axis - sum(a < x.axis for a in axes), x.ids, x.rank - len(axes))
 
 
-@register("Unsqueeze")
-class UnsqueezeRule(Rule):
-    def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
-        claim_constants(ctx)
-        if x is None:
-            return
-        ok, axes = _axes(ctx, node, x)
-        if not ok:
-            return
+class UnsqueezeRule(_AxesRule):
+    def along(self, ctx: Context, x: Chan, axes: list[int] | None) -> None:
         if not axes:
             ctx.block(x.ids, "Unsqueeze without axes")
             return
@@ -95,7 +94,6 @@ def _expand(ids: np.ndarray, dims: list[int], rel: int) -> np.ndarray:
     return np.tile(np.repeat(ids, inner), outer)
 
 
-@register("Flatten")
 class FlattenRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         x = ctx.inp(0)
@@ -111,39 +109,6 @@ class FlattenRule(Rule):
         ctx.set_out(0, out_axis, _expand(x.ids, dims, x.axis - lo), 2)
 
 
-def _segments(ins: tuple, outs: tuple) -> list[tuple[range, range]] | None:
-    """Align the dims of a reshape into segments of equal size; None if they do not align."""
-    segs: list[tuple[range, range]] = []
-    i = j = 0
-    while i < len(ins) and j < len(outs):
-        if not isinstance(ins[i], int) or not isinstance(outs[j], int):
-            if ins[i] is None or ins[i] != outs[j]:
-                return None
-            segs.append((range(i, i + 1), range(j, j + 1)))
-            i, j = i + 1, j + 1
-            continue
-        i0, j0, pi, pj = i, j, ins[i], outs[j]
-        i, j = i + 1, j + 1
-        while pi != pj:
-            if pi < pj:
-                if i >= len(ins) or not isinstance(ins[i], int):
-                    return None
-                pi, i = pi * ins[i], i + 1
-            else:
-                if j >= len(outs) or not isinstance(outs[j], int):
-                    return None
-                pj, j = pj * outs[j], j + 1
-        segs.append((range(i0, i), range(j0, j)))
-    rest_in, rest_out = ins[i:], outs[j:]
-    if any(d != 1 for d in (*rest_in, *rest_out)):
-        return None
-    if segs and (rest_in or rest_out):
-        a, b = segs[-1]
-        segs[-1] = (range(a.start, len(ins)), range(b.start, len(outs)))
-    return segs
-
-
-@register("Reshape")
 class ReshapeRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         x = ctx.inp(0)
@@ -174,7 +139,9 @@ class ReshapeRule(Rule):
         if attention.reshape_heads(node, ctx, x):
             return
         ins, outs = ctx.in_shape(0), ctx.out_shape(0)
-        segs = _segments(ins, outs) if ins is not None and outs is not None else None
+        segs = (
+            attention.reshape_segments(ins, outs) if ins is not None and outs is not None else None
+        )
         if segs is None or expr is None:
             ctx.block(x.ids, "Reshape with shapes that onnxprune cannot align")
             return
@@ -197,34 +164,9 @@ class ReshapeRule(Rule):
         index = tuple(slice(None) if u == o else 0 for u in range(ids.ndim))
         out_ids = np.ascontiguousarray(ids[index])
         out_axis = seg_out.start + o
-        identity = x.axis == out_axis and np.array_equal(out_ids, x.ids)
-        allowzero = bool(attr(node, "allowzero", 0))
-        for i, e in enumerate(expr):
-            if e == 0 and not allowzero and i == x.axis and not identity:
-                ctx.block(x.ids, "Reshape copies the channel count (0) to another axis")
-                return
-            if isinstance(e, tuple):
-                ch = ctx.tracked(e[1])
-                follows = ch is not None and ch.axis == e[2]
-                if follows and not (i == out_axis and np.array_equal(ch.ids, out_ids)):
-                    ctx.block(
-                        x.ids, f"Reshape target reads the channel count of '{e[1]}' at run time"
-                    )
-                    ctx.block(
-                        ch.ids, f"Reshape target reads the channel count of '{e[1]}' at run time"
-                    )
-                    return
-        e = expr[out_axis] if out_axis < len(expr) else None
-        follows = isinstance(e, tuple) and (ch := ctx.tracked(e[1])) is not None and ch.axis == e[2]
-        if not (
-            e == -1
-            or follows  # the input's own channel count, read at run time (checked above)
-            or (e == 0 and not allowzero and identity)  # copies the (pruned) channel count
-            or (const is not None and isinstance(e, int) and e > 0)  # rewritten below
-        ):
-            ctx.block(x.ids, "Reshape target fixes the channel count where it cannot be rewritten")
-            return
-        if attention.check_target(ctx, node, x, out_axis, out_ids):
+        if _target_follows(
+            ctx, node, x, expr, const is not None, out_axis, out_ids
+        ) and attention.check_target(ctx, node, x, out_axis, out_ids):
             ctx.set_out(0, out_axis, out_ids, len(outs))
 
     def rewrite(self, node: onnx.NodeProto, rw: RewriteContext) -> None:
@@ -259,6 +201,39 @@ class ReshapeRule(Rule):
         del node.attribute[:]
         node.op_type = "Gather"
         node.attribute.append(onnx.helper.make_attribute("axis", axis))
+
+
+def _target_follows(
+    ctx: Context, node: onnx.NodeProto, x: Chan, expr: list, constant: bool, out_axis: int,
+    out_ids: np.ndarray,
+) -> bool:  # fmt: skip
+    """Whether the Reshape target keeps the channel count right after pruning: -1, the
+    input's own count read at run time, 0 copying it in place, or a constant rewritten
+    later. Blocks and returns False otherwise."""
+    identity = x.axis == out_axis and np.array_equal(out_ids, x.ids)
+    allowzero = bool(attr(node, "allowzero", 0))
+    for i, e in enumerate(expr):
+        if e == 0 and not allowzero and i == x.axis and not identity:
+            ctx.block(x.ids, "Reshape copies the channel count (0) to another axis")
+            return False
+        if isinstance(e, tuple):
+            ch = ctx.tracked(e[1])
+            follows = ch is not None and ch.axis == e[2]
+            if follows and not (i == out_axis and np.array_equal(ch.ids, out_ids)):
+                ctx.block(x.ids, f"Reshape target reads the channel count of '{e[1]}' at run time")
+                ctx.block(ch.ids, f"Reshape target reads the channel count of '{e[1]}' at run time")
+                return False
+    e = expr[out_axis] if out_axis < len(expr) else None
+    follows = isinstance(e, tuple) and (ch := ctx.tracked(e[1])) is not None and ch.axis == e[2]
+    if not (
+        e == -1
+        or follows  # the input's own channel count, read at run time (checked above)
+        or (e == 0 and not allowzero and identity)  # copies the (pruned) channel count
+        or (constant and isinstance(e, int) and e > 0)  # rewritten by ``rewrite``
+    ):
+        ctx.block(x.ids, "Reshape target fixes the channel count where it cannot be rewritten")
+        return False
+    return True
 
 
 def channel_shuffle(view: GraphView, node: onnx.NodeProto) -> tuple[str, int, np.ndarray] | None:
@@ -326,7 +301,6 @@ def channel_shuffle(view: GraphView, node: onnx.NodeProto) -> tuple[str, int, np
     return None
 
 
-@register("Expand", "Tile")
 class RepeatRule(Rule):
     """Broadcasting or tiling other axes is fine; repeating the channel axis blocks."""
 

@@ -9,20 +9,22 @@ free axes pass through — exactly what head and neuron pruning need later.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from onnxprune.graph.view import attr
-from onnxprune.ops import register
 from onnxprune.ops.base import Rule
+from onnxprune.ops.macs import Dims, Shape, UnknownShape, in_shape, matmul_macs, out_shape
+from onnxprune.ops.spec import LinearView, OpSpec, weight_dims
 
 if TYPE_CHECKING:
+    from onnxprune.graph.view import GraphView
     from onnxprune.structured.dependency import Chan, Context
 
 
-@register("Gemm")
 class GemmRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         a = ctx.inp(0)
@@ -53,7 +55,6 @@ class GemmRule(Rule):
         ctx.set_out(0, 1, ids, 2)
 
 
-@register("MatMul")
 class MatMulRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         sa, sb, so = ctx.in_shape(0), ctx.in_shape(1), ctx.out_shape(0)
@@ -142,3 +143,143 @@ def _batch_axis(
                 return None
             ctx.unify(ids, other)
     return axis, ids
+
+
+# --------------------------------------------------------------------------------------------
+# Weights and MACs
+# --------------------------------------------------------------------------------------------
+
+
+def gemm_weight(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]):
+    """B [K, N] reduces over K (axis 0); with ``transB`` B is [N, K] (axis 1)."""
+    if len(node.input) > 1 and node.input[1] in inits:
+        return node.input[1], (1 if attr(node, "transB", 0) else 0)
+    return None
+
+
+def matmul_weight(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]):
+    """A constant right operand [..., K, N] reduces over K; a constant left one over its last."""
+    inputs = list(node.input)
+    if len(inputs) > 1:
+        if inputs[1] in inits and len(inits[inputs[1]].dims) >= 2:
+            return inputs[1], len(inits[inputs[1]].dims) - 2
+        if inputs[0] in inits and len(inits[inputs[0]].dims) >= 2:
+            return inputs[0], len(inits[inputs[0]].dims) - 1
+    return None
+
+
+def gemm_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape], d: Dims) -> int:
+    a, b, y = in_shape(node, shapes, 0), in_shape(node, shapes, 1), out_shape(node, shapes)
+    an, bn, yn = node.input[0], node.input[1], node.output[0]
+    ta, tb = int(attr(node, "transA", 0)), int(attr(node, "transB", 0))
+    a = a if a is not None and len(a) == 2 else None
+    b = b if b is not None and len(b) == 2 else None
+    y = y if y is not None and len(y) == 2 else None
+    m_c = [(a[1 if ta else 0], an)] if a else []
+    k_c = ([(a[0 if ta else 1], an)] if a else []) + ([(b[1 if tb else 0], bn)] if b else [])
+    n_c = [(b[0 if tb else 1], bn)] if b else []
+    if y:
+        m_c.append((y[0], yn))
+        n_c.append((y[1], yn))
+    if not (m_c and k_c and n_c):
+        raise UnknownShape
+    return d.pick(*m_c) * d.pick(*k_c) * d.pick(*n_c)
+
+
+# --------------------------------------------------------------------------------------------
+# Linear-layer views for recovery
+# --------------------------------------------------------------------------------------------
+
+
+class DenseLinear(LinearView):
+    """A weight ``[in, out]`` (``[out, in]`` with ``trans_b``) applied to rows of x: the view
+    of any dense layer (subclass it with a ``layer`` method for a new op)."""
+
+    def out_axis(self, layer: Any) -> int:
+        return 0 if layer.trans_b else 1
+
+    def in_axis(self, layer: Any) -> int:
+        return 1 if layer.trans_b else 0
+
+    def matrix(self, layer: Any, w: np.ndarray) -> np.ndarray:
+        w = np.asarray(w, dtype=np.float64)
+        return w[None] if layer.trans_b else w.T[None]
+
+    def unmatrix(self, layer: Any, m: np.ndarray, like: np.ndarray) -> np.ndarray:
+        w = m[0] if layer.trans_b else m[0].T
+        return np.ascontiguousarray(w.astype(like.dtype))
+
+    def positions(self, layer: Any, x_shape: tuple[int, ...]) -> int:
+        return int(np.prod(x_shape[:-1])) if self.token_rows else x_shape[0]
+
+    def rows(self, layer: Any, x: np.ndarray, picks: np.ndarray) -> np.ndarray:
+        flat = x.reshape(-1, x.shape[-1]) if self.token_rows else x
+        return np.asarray(flat[picks], dtype=np.float32)[:, None, :]
+
+
+class GemmLinear(DenseLinear):
+    """Gemm without transA and with alpha 1; C is a bias only when it is [N] with beta 1."""
+
+    bias_input = 2
+
+    def layer(
+        self, node: onnx.NodeProto, view: GraphView, inits: Mapping[str, onnx.TensorProto],
+        bias: str | None,
+    ) -> dict[str, Any] | None:  # fmt: skip
+        dims = weight_dims(node, inits, 2)
+        if dims is None or attr(node, "transA", 0) or float(attr(node, "alpha", 1.0)) != 1.0:
+            return None
+        n_out = dims[0] if attr(node, "transB", 0) else dims[1]
+        if bias is not None and (
+            list(inits[bias].dims) != [n_out] or float(attr(node, "beta", 1.0)) != 1.0
+        ):
+            bias = None  # a broadcast matrix C or scaled C: not a per-output bias
+            if len(node.input) > 2:
+                return None
+        return {"bias": bias, "trans_b": bool(attr(node, "transB", 0))}
+
+
+class MatMulLinear(DenseLinear):
+    """x @ W with a 2-D constant W; its bias is the [N] constant of the Add that alone reads
+    the output, as exporters write biases."""
+
+    token_rows = True
+
+    def layer(
+        self, node: onnx.NodeProto, view: GraphView, inits: Mapping[str, onnx.TensorProto],
+        bias: str | None,
+    ) -> dict[str, Any] | None:  # fmt: skip
+        dims = weight_dims(node, inits, 2)
+        if dims is None:
+            return None
+        bias, add = _bias_add(view, node.output[0], dims[1], inits)
+        return {"bias": bias, "bias_add": add}
+
+
+def _bias_add(
+    view: GraphView, y: str, n: int, inits: Mapping[str, onnx.TensorProto]
+) -> tuple[str | None, str | None]:
+    """The [n] constant added to ``y`` by its only reader, an Add, as exporters write biases."""
+    uses = view.uses(y)
+    if len(uses) != 1 or y in view.graph_outputs:
+        return None, None
+    add = view.nodes[uses[0].node]
+    if add.op_type != "Add" or add.domain or len(add.input) != 2:
+        return None, None
+    other = add.input[1 - uses[0].index]
+    if (
+        other in inits
+        and list(inits[other].dims) == [n]
+        and other not in view.graph_inputs
+        and len(view.uses(other)) == 1
+    ):
+        return other, add.output[0]
+    return None, None
+
+
+SPECS = [
+    OpSpec("Gemm", rule=GemmRule(), weight=gemm_weight, macs=gemm_macs, linear=GemmLinear()),
+    OpSpec(
+        "MatMul", rule=MatMulRule(), weight=matmul_weight, macs=matmul_macs, linear=MatMulLinear()
+    ),
+]

@@ -13,14 +13,12 @@ from typing import TYPE_CHECKING
 import onnx
 
 from onnxprune.graph.view import attr, normalize_axis
-from onnxprune.ops import register
-from onnxprune.ops.base import Rule, claim_constants
+from onnxprune.ops.base import Rule, claim_constants, data_input
 
 if TYPE_CHECKING:
     from onnxprune.structured.dependency import Context
 
 
-@register("BatchNormalization", "InstanceNormalization")
 class PerChannelNorm(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         x = ctx.inp(0)
@@ -45,13 +43,11 @@ class PerChannelNorm(Rule):
         ctx.set_out(0, 1, x.ids, x.rank)
 
 
-@register("LayerNormalization", "MeanVarianceNormalization")
 class SpanNorm(Rule):
     """Normalizes over a set of axes: passthrough when the channel axis is not among them."""
 
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
-        claim_constants(ctx)
+        x = data_input(ctx)
         if x is None:
             return
         if node.op_type == "LayerNormalization":
@@ -71,7 +67,6 @@ class SpanNorm(Rule):
         ctx.set_out(0, x.axis, x.ids, x.rank)
 
 
-@register("LRN", "GroupNormalization")
 class CrossChannelNorm(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         claim_constants(ctx)

@@ -13,8 +13,7 @@ import numpy as np
 import onnx
 
 from onnxprune.graph.view import attr, normalize_axis
-from onnxprune.ops import register
-from onnxprune.ops.base import Rule, claim_constants
+from onnxprune.ops.base import Rule, data_input
 
 if TYPE_CHECKING:
     from onnxprune.structured.dependency import Chan, Context
@@ -29,14 +28,15 @@ def _spatial_only(ctx: Context, x: Chan, op: str) -> bool:
     return True
 
 
-@register(
+POOL = (
     "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
     "MaxRoiPool", "SpaceToDepth", "DepthToSpace",
 )  # fmt: skip
+
+
 class Pool(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
-        claim_constants(ctx)
+        x = data_input(ctx)
         if x is None:
             return
         op = node.op_type
@@ -56,12 +56,10 @@ REDUCE = (
 )  # fmt: skip
 
 
-@register(*REDUCE, "ArgMax", "ArgMin")
 class Reduce(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
         op = node.op_type
-        claim_constants(ctx)
+        x = data_input(ctx)
         if x is None:
             return
         if op in ("ArgMax", "ArgMin"):
@@ -88,12 +86,10 @@ class Reduce(Rule):
             ctx.set_out(0, x.axis - sum(a < x.axis for a in axes), x.ids, x.rank - len(axes))
 
 
-@register("Softmax", "LogSoftmax", "Hardmax", "CumSum")
 class AlongAxis(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
         op = node.op_type
-        claim_constants(ctx)
+        x = data_input(ctx)
         if x is None:
             return
         if op == "CumSum":
@@ -114,11 +110,9 @@ class AlongAxis(Rule):
         ctx.set_out(0, x.axis, x.ids, x.rank)
 
 
-@register("Pad")
 class PadRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
-        claim_constants(ctx)
+        x = data_input(ctx)
         if x is None:
             return
         for k in range(1, ctx.n_inputs()):
@@ -142,7 +136,6 @@ class PadRule(Rule):
         ctx.set_out(0, x.axis, x.ids, x.rank)
 
 
-@register("Resize", "Upsample")
 class ResizeRule(Rule):
     """Scales must keep the channel axis; constant ``sizes`` are rewritten."""
 
@@ -153,8 +146,7 @@ class ResizeRule(Rule):
         return 2, 3
 
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
-        claim_constants(ctx)
+        x = data_input(ctx)
         if x is None:
             return
         si, zi = self._inputs(node, ctx.opset)

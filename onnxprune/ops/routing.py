@@ -15,15 +15,13 @@ import numpy as np
 import onnx
 
 from onnxprune.graph.view import attr, normalize_axis
-from onnxprune.ops import register
-from onnxprune.ops.base import Rule, claim_constants
+from onnxprune.ops.base import Rule, claim_constants, data_input
 
 if TYPE_CHECKING:
     from onnxprune.structured.dependency import Context
     from onnxprune.structured.rewrite import RewriteContext
 
 
-@register("Concat")
 class ConcatRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         n = ctx.n_inputs()
@@ -85,11 +83,9 @@ class ConcatRule(Rule):
         ctx.set_out(0, axis, ids, rank)
 
 
-@register("Split")
 class SplitRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        x = ctx.inp(0)
-        claim_constants(ctx)
+        x = data_input(ctx)
         if x is None:
             return
         outs = len(node.output)
@@ -159,7 +155,6 @@ def _slice_params(view, node: onnx.NodeProto, opset: int) -> tuple | str:
     return starts, ends, axes, steps
 
 
-@register("Slice")
 class SliceRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         x = ctx.inp(0)
@@ -211,7 +206,6 @@ class SliceRule(Rule):
             rw.set_input(node, 2, np.array(ends, dtype=rw.dtype_of(node.input[2])))
 
 
-@register("Gather")
 class GatherRule(Rule):
     """Gathering along another axis passes the channels on (``x[:, 0]`` of a sequence)."""
 

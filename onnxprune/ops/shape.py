@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import onnx
 
 from onnxprune.graph.view import GraphView, ShapeElem, attr, normalize_axis
-from onnxprune.ops import register
 from onnxprune.ops.base import Rule
 
 if TYPE_CHECKING:
@@ -30,7 +29,6 @@ def block_tracked_dims(ctx: Context, expr: list[ShapeElem] | None, what: str) ->
                 ctx.block(ch.ids, f"the channel count of '{e[1]}' sizes {what}")
 
 
-@register("Shape")
 class ShapeRule(Rule):
     """Reading a shape is fine unless the channel count flows somewhere we do not check."""
 
@@ -114,7 +112,6 @@ def follow_dim(view: GraphView, tensor: str, elem: tuple, source: str) -> str | 
     return None
 
 
-@register("Size")
 class SizeRule(Rule):
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         ctx.block_inputs("Size counts every element, channels included")

@@ -28,7 +28,7 @@ import onnx
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.view import GraphView
-from onnxprune.ops import rule_for
+from onnxprune.ops import opsets_of, rule_for
 from onnxprune.structured.groups import ROLES, Group, Slice
 from onnxprune.structured.heads import mark_heads
 
@@ -432,8 +432,9 @@ def analyze(model: onnx.ModelProto, *, view: GraphView | None = None) -> list[Gr
     """Every coupling group of ``model``, prunable or blocked (with reasons)."""
     view = view if view is not None else GraphView(model)
     ctx = Context(view)
+    opsets = opsets_of(model)
     for i, node in enumerate(view.nodes):
-        ctx.visit(i, rule_for(node))
+        ctx.visit(i, rule_for(node, opsets))
     ctx.finish()
     groups = ctx.groups()
     mark_heads(view, groups)

@@ -20,6 +20,7 @@ import onnx
 
 from onnxprune.errors import UsageError
 from onnxprune.graph.view import GraphView
+from onnxprune.ops import opsets_of, spec_for
 from onnxprune.structured.dependency import Group, Slice
 
 SCORED_ROLES = ("out", "in", "chan")  # running statistics and activations do not count
@@ -202,7 +203,6 @@ def group_norm(p: int) -> Callable[..., np.ndarray]:
 # Data-aware criteria: ``stats`` maps an activation tensor to its ``calibrate.ChannelStats``
 # --------------------------------------------------------------------------------------------
 
-_LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 DATA_AWARE = ("activation", "apoz", "wanda")
 """Criteria that need calibration statistics (``--calib``)."""
 
@@ -211,14 +211,19 @@ def consumer_activations(g: Group, view: GraphView) -> list[Slice]:
     """The group's activation tensors that a weighted layer reads: what the next layer sees
     (after ReLU, pooling...), not the pre-activation values. Every ``act`` member if none."""
     acts = [m for m in g.members if m.role == "act"]
+    opsets = opsets_of(view.model)
     fed = [
         m
         for m in acts
-        if any(
-            view.nodes[u.node].op_type in _LINEAR_OPS and u.index == 0 for u in view.uses(m.target)
-        )
+        if any(u.index == 0 and _weighted(view.nodes[u.node], opsets) for u in view.uses(m.target))
     ]
     return fed or acts
+
+
+def _weighted(node: onnx.NodeProto, opsets: dict[str, int]) -> bool:
+    """Whether the registry knows a weight for ``node``'s op (a layer that reads input 0)."""
+    spec = spec_for(node, opsets)
+    return spec is not None and spec.weight is not None
 
 
 def activation_targets(groups: list[Group], view: GraphView) -> dict[str, int]:

@@ -27,7 +27,7 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.inference import infer_shapes, skeleton
 from onnxprune.graph.proto import FreshNames, add_initializer, attr, set_tensor, write_tensor_data
 from onnxprune.graph.view import GraphView
-from onnxprune.ops import rule_for
+from onnxprune.ops import opsets_of, rule_for
 from onnxprune.structured.plan import Plan
 
 
@@ -174,9 +174,10 @@ def apply_plan(
         return new
     _slice_params(new, view, plan)
     rw = RewriteContext(new, view, plan)
+    opsets = opsets_of(model)
     for node in new.graph.node:
         if rw.touches(node):
-            rule = rule_for(node)
+            rule = rule_for(node, opsets)
             if rule is not None:
                 rule.rewrite(node, rw)
     _drop_orphans(new, view)

@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import UsageError
+from onnxprune.ops import opsets_of, spec_for
 
 #: Weights with fewer elements than this are left alone: they hold almost no parameters and
 #: are usually per-channel vectors in disguise (1x1 convs on 3 channels, tiny heads).
@@ -27,20 +28,6 @@ FLOAT_TYPES = {
     onnx.TensorProto.FLOAT16,
     onnx.TensorProto.BFLOAT16,
     onnx.TensorProto.DOUBLE,
-}
-
-#: Operators whose presence means the model carries quantized weights that we never touch.
-QUANTIZED_OPS = {
-    "QLinearConv",
-    "QLinearMatMul",
-    "ConvInteger",
-    "MatMulInteger",
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "DynamicQuantizeLinear",
-    "QGemm",
-    "DynamicQuantizeMatMul",
-    "MatMulNBits",
 }
 
 
@@ -66,25 +53,6 @@ class WeightSelection:
     quantized_ops: dict[str, int] = field(default_factory=dict)
 
 
-def _weight_input(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]):
-    """Return (input name, reduction axis) of the constant weight of a node, or None."""
-    op = node.op_type
-    inputs = list(node.input)
-    if op in ("Conv", "ConvTranspose") and len(inputs) > 1 and inputs[1] in inits:
-        # Conv weight [Cout, Cin/g, k...] reduces over Cin (axis 1); ConvTranspose weight
-        # [Cin, Cout/g, k...] reduces over its input channels (axis 0).
-        return inputs[1], (1 if op == "Conv" else 0)
-    if op == "Gemm" and len(inputs) > 1 and inputs[1] in inits:
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return inputs[1], (1 if trans_b else 0)
-    if op == "MatMul" and len(inputs) > 1:
-        if inputs[1] in inits and len(inits[inputs[1]].dims) >= 2:
-            return inputs[1], len(inits[inputs[1]].dims) - 2
-        if inputs[0] in inits and len(inits[inputs[0]].dims) >= 2:
-            return inputs[0], len(inits[inputs[0]].dims) - 1
-    return None
-
-
 def _excluded(patterns: Sequence[str], *names: str) -> bool:
     return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names if n)
 
@@ -92,7 +60,8 @@ def _excluded(patterns: Sequence[str], *names: str) -> bool:
 def find_prunable_weights(
     model: onnx.ModelProto, exclude: Sequence[str] = (), min_elements: int = TINY_TENSOR_ELEMENTS
 ) -> WeightSelection:
-    """Find the weights of Conv, ConvTranspose, Gemm and MatMul nodes that may be zeroed.
+    """Find the weights that may be zeroed: those the op registry names (``OpSpec.weight``:
+    Conv, ConvTranspose, Gemm and MatMul built in).
 
     Biases and normalization parameters are never inputs we select, so they stay intact.
     Weights computed at run time (e.g. from DequantizeLinear) are not initializers and so are
@@ -101,10 +70,14 @@ def find_prunable_weights(
     inits = {t.name: t for t in model.graph.initializer}
     sel = WeightSelection(weights=[])
     seen: dict[str, WeightRef] = {}
+    opsets = opsets_of(model)
     for node in model.graph.node:
-        if node.domain in ("", "ai.onnx", "com.microsoft") and node.op_type in QUANTIZED_OPS:
+        spec = spec_for(node, opsets)
+        if spec is None:
+            continue
+        if spec.quantized:
             sel.quantized_ops[node.op_type] = sel.quantized_ops.get(node.op_type, 0) + 1
-        found = _weight_input(node, inits)
+        found = spec.weight(node, inits) if spec.weight is not None else None
         if found is None:
             continue
         name, axis = found
