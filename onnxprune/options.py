@@ -76,11 +76,20 @@ def check_patterns(value: object, flag: str) -> tuple[str, ...]:
     return items
 
 
+def parse_nm(spec: str) -> tuple[int, int]:
+    """Parse an N:M pattern such as ``2:4`` (keep N of every M consecutive weights)."""
+    parts = str(spec).split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise UsageError(f"malformed N:M pattern {spec!r}: expected two integers like 2:4")
+    n, m = int(parts[0]), int(parts[1])
+    if not 0 < n < m:
+        raise UsageError(f"malformed N:M pattern {spec!r}: need 0 < N < M (keep N of every M)")
+    return n, m
+
+
 def check_nm(value: object, flag: str = "--nm") -> tuple[int, int]:
     """An N:M pattern, as ``"2:4"`` or ``(2, 4)``, returned as ``(n, m)`` with 0 < n < m."""
     if isinstance(value, str):
-        from onnxprune.unstructured.magnitude import parse_nm
-
         return parse_nm(value)
     if (
         isinstance(value, tuple | list)

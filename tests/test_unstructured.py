@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.errors import UsageError
+from onnxprune.options import parse_nm
 from onnxprune.unstructured.magnitude import (
     find_prunable_weights,
     nm_mask,
-    parse_nm,
     prune_unstructured,
     satisfies_nm,
 )

@@ -83,7 +83,9 @@ def tapped_model(
 
 def _has_subgraph(node: onnx.NodeProto) -> bool:
     """Nodes with subgraphs (If, Loop) may read outer tensors: kept, to stay safe."""
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+    return any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+    )
 
 
 def session(model: onnx.ModelProto, providers: Sequence[str] = ("CPUExecutionProvider",)):
@@ -117,7 +119,9 @@ def run_taps(
     if missing:
         raise OnnxPruneError(f"internal: tensors {missing[:3]} are not outputs of the session")
     for feed in batches(inputs, batch, wanted, fixed=fixed_batch(sess) is not None):
-        values = run_session(sess, feed, "model", outputs=names, failure=_RUN_FAILED) if names else []
+        values = (
+            run_session(sess, feed, "model", outputs=names, failure=_RUN_FAILED) if names else []
+        )
         yield feed, dict(zip(names, values, strict=True))
 
 
@@ -232,7 +236,7 @@ def wanda_scorer(
     layers = {}
     for lay in find_layers(model, view):
         layers.setdefault(lay.weight, lay)
-    targets = {lay.x: (1 if lay.op == "Conv" else -1) for lay in layers.values()}
+    targets = {lay.x: lay.x_channel_axis for lay in layers.values()}
     stats = channel_stats(model, inputs, targets, providers=providers, view=view)
 
     def score(weight: np.ndarray, ref: object) -> np.ndarray:
@@ -241,14 +245,7 @@ def wanda_scorer(
         if lay is None:
             return w
         norm = stats[lay.x].norm.astype(np.float32)
-        if lay.op == "Conv":
-            g, cpg = lay.groups, w.shape[1]
-            if len(norm) != g * cpg:
-                return w
-            per = norm.reshape(g, 1, cpg).repeat(w.shape[0] // g, axis=1).reshape(w.shape[0], cpg)
-            return w * per[:, :, None, None]
-        if len(norm) != w.shape[lay.in_axis]:
-            return w
-        return w * (norm[:, None] if lay.in_axis == 0 else norm[None, :])
+        scale = lay.feature_scale(norm, w.shape)
+        return w if scale is None else w * scale
 
     return score

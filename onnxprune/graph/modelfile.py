@@ -32,8 +32,6 @@ from onnxprune.graph.save import (
     stage_model,
 )
 
-_parse_model = parse_model  # the name onnxprune.runtime.evaluate imports today
-
 __all__ = [
     "EXTERNAL_DATA_SIZE_THRESHOLD",
     "EXTERNAL_DATA_THRESHOLD",

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 import onnx
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph.proto import shape_of, subgraphs
 from onnxprune.graph.view import GraphView
-from onnxprune.metrics.proto import graphs, shape_of, without_payloads
+from onnxprune.metrics.payloads import GENERATED_DIM, without_payloads
 from onnxprune.ops import opsets_of, spec_for
 from onnxprune.ops.macs import Dims, Shape, UnknownShape
 
@@ -73,7 +74,7 @@ def _inferred_shapes(model: onnx.ModelProto, notes: list[str]) -> dict[str, Shap
         inferred = light
     g = inferred.graph
     for vi in [*g.input, *g.output, *g.value_info]:
-        s = shape_of(vi)
+        s = shape_of(vi, drop_params=GENERATED_DIM)
         if s is not None:
             shapes[vi.name] = s
     overridable = {vi.name for vi in g.input}
@@ -122,7 +123,7 @@ def count_macs(model: onnx.ModelProto) -> tuple[int, list[str]]:
             f"MACs counted as 0 for {len(failed)} node(s) whose shapes are unknown: {shown}"
         )
     nested = sum(
-        1 for sub in list(graphs(model.graph))[1:] for node in sub.node if _counted(node, opsets)
+        1 for sub in subgraphs(model.graph) for node in sub.node if _counted(node, opsets)
     )
     if nested:
         notes.append(f"MACs of {nested} node(s) inside subgraphs (If/Loop/Scan) are not counted")

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from onnxprune.metrics.proto import graphs, is_external
+from onnxprune.graph.proto import is_external, subgraphs
 
 # Zero counting: how to view each float type's bytes, and which bits make a value nonzero
 # (None: let numpy compare floats, so -0.0 counts as zero).
@@ -57,7 +57,7 @@ def _elements(tensor: TensorProto) -> int:
 
 def float_initializers(model: onnx.ModelProto) -> Iterator[tuple[TensorProto, TensorProto | None]]:
     """(values, sparse indices or None) for every float initializer, nested graphs included."""
-    for graph in graphs(model.graph):
+    for graph in (model.graph, *subgraphs(model.graph)):
         for tensor in graph.initializer:
             if tensor.data_type in _FLOAT_VIEWS:
                 yield tensor, None

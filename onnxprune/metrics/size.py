@@ -14,7 +14,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import onnx
 from onnx import TensorProto
 
-from onnxprune.metrics.proto import is_external, payload, payload_nbytes, without_payloads
+from onnxprune.graph.proto import external_length, is_external
+from onnxprune.graph.proto import payload_nbytes as dims_nbytes
+from onnxprune.metrics.payloads import payload, payload_nbytes, without_payloads
 
 _COMPRESS_ALONE_BYTES = 4 * 1024  # payloads above this are deflated on their own
 _COMPRESS_PIECE_BYTES = 4 * 1024 * 1024  # big tensors are cut so both workers stay busy
@@ -84,8 +86,8 @@ def external_bytes(model: onnx.ModelProto) -> tuple[int, int]:
     for tensor in model.graph.initializer:
         if is_external(tensor):
             count += 1
-            length = next((e.value for e in tensor.external_data if e.key == "length"), None)
-            size += int(length) if length and length.isdigit() else payload_nbytes(tensor)
+            declared = external_length(tensor)
+            size += declared if declared is not None else dims_nbytes(tensor.dims, tensor.data_type)
     return count, size
 
 

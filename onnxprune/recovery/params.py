@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune.graph.edit import insert_after
+from onnxprune.graph.proto import FreshNames, add_initializer, set_tensor
 from onnxprune.recovery.layers import Layer
 
 __all__ = ["ModelParams", "augmented", "write"]
@@ -23,48 +25,39 @@ class ModelParams:
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
         self.inits = {t.name: t for t in model.graph.initializer}
-        self.names = set(self.inits) | {o for n in model.graph.node for o in n.output}
+        self.names = FreshNames(model.graph)
 
     def get(self, name: str) -> np.ndarray:
         return numpy_helper.to_array(self.inits[name])
 
     def set(self, name: str, value: np.ndarray) -> None:
-        t = self.inits[name]
-        t.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(t).dtype), name))
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.names:
-            name, k = f"{base}_{k}", k + 1
-        self.names.add(name)
-        return name
+        set_tensor(self.inits[name], value, keep_dtype=True)
 
     def add_bias(self, layer: Layer, value: np.ndarray, dtype: np.dtype) -> None:
-        """Give ``layer`` a bias input (Conv B, Gemm C) or an Add after a MatMul.
+        """Give ``layer`` a bias input (Conv B, Gemm C: the op spec's ``bias_input``) or an
+        Add after it (MatMul).
 
         This changes the graph's structure: a new initializer always, and for a MatMul a new
         ``Add`` node inserted right after it (the MatMul's output is renamed
         ``<y>_before_bias`` and the Add takes over ``<y>``, so consumers are untouched).
         """
-        name = self.fresh(f"{layer.weight}_recovered_bias")
-        self.model.graph.initializer.append(numpy_helper.from_array(value.astype(dtype), name))
-        node = next(n for n in self.model.graph.node if n.output and n.output[0] == layer.y)
-        if layer.op in ("Conv", "Gemm"):
-            while len(node.input) < 2:
+        graph = self.model.graph
+        name = self.names.new(f"{layer.weight}_recovered_bias")
+        add_initializer(graph, value.astype(dtype), name)
+        node = next(n for n in graph.node if n.output and n.output[0] == layer.y)
+        if layer.bias_input is not None:
+            while len(node.input) < layer.bias_input:
                 node.input.append("")
             node.input.append(name)
             for k in reversed(range(len(node.attribute))):
                 if node.attribute[k].name == "beta":  # it scaled an absent C: now it would not
                     del node.attribute[k]
             return
-        pre = self.fresh(f"{layer.y}_before_bias")
-        node.output[0] = pre
+        pre = self.names.new(f"{layer.y}_before_bias")
         add = onnx.helper.make_node(
-            "Add", [pre, name], [layer.y], name=self.fresh(f"{layer.y}_bias")
+            "Add", [pre, name], [layer.y], name=self.names.new(f"{layer.y}_bias")
         )
-        nodes = list(self.model.graph.node)
-        at = next(k for k, n in enumerate(nodes) if n is node or n.output[0] == pre)
-        self.model.graph.node.insert(at + 1, add)
+        insert_after(graph, node, add, renamed=pre)
 
 
 def augmented(layer: Layer, params: ModelParams) -> np.ndarray:

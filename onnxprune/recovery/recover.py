@@ -167,7 +167,7 @@ def _live_rows(layer: Layer, x_shape: tuple[int, ...], feed: Mapping[str, np.nda
     bool feed named like ``*mask*`` with the input's [batch, tokens] shape marks them.
     """
     n = layer.positions(x_shape)
-    if layer.op != "MatMul" or len(x_shape) != 3:
+    if not layer.token_rows or len(x_shape) != 3:
         return np.arange(n)
     for name, value in feed.items():
         if (

@@ -12,8 +12,9 @@ from onnx import numpy_helper
 
 from onnxprune.graph.modelfile import load_model
 from onnxprune.metrics.counts import compute_metrics
+from onnxprune.options import parse_nm
 from onnxprune.report.results import human_bytes, human_count, table
-from onnxprune.unstructured.magnitude import find_prunable_weights, parse_nm, satisfies_nm
+from onnxprune.unstructured.magnitude import find_prunable_weights, satisfies_nm
 
 
 def inspect_rows(model, nm: tuple[int, int]) -> list[dict]:

@@ -27,7 +27,7 @@ import numpy as np
 
 from onnxprune.calibration.data import make_inputs
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.graph.modelfile import _parse_model
+from onnxprune.graph.load import parse_model
 from onnxprune.report.results import table
 from onnxprune.runtime.compare import accuracy, check_labels, compare_outputs
 from onnxprune.runtime.feeds import InputBatch, chunked, guess_hint, join_chunks, shared_batch
@@ -366,7 +366,7 @@ def evaluate_files(
         content = Path(original).read_bytes()
     except OSError as exc:
         raise OnnxPruneError(f"cannot read {os.fspath(original)}: {exc.strerror or exc}") from exc
-    model = _parse_model(content, os.fspath(original))
+    model = parse_model(content, os.fspath(original))
     del content
     inputs = make_inputs(
         model,

@@ -17,7 +17,9 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import UsageError
+from onnxprune.graph.proto import set_tensor
 from onnxprune.ops import opsets_of, spec_for
+from onnxprune.options import check_fraction, check_nm
 
 #: Weights with fewer elements than this are left alone: they hold almost no parameters and
 #: are usually per-channel vectors in disguise (1x1 convs on 3 channels, tiny heads).
@@ -106,23 +108,6 @@ def find_prunable_weights(
         seen[name] = ref
         sel.weights.append(ref)
     return sel
-
-
-def parse_nm(spec: str) -> tuple[int, int]:
-    """Parse an N:M pattern such as ``2:4`` (keep N of every M consecutive weights)."""
-    parts = str(spec).split(":")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise UsageError(f"malformed N:M pattern {spec!r}: expected two integers like 2:4")
-    n, m = int(parts[0]), int(parts[1])
-    if not 0 < n < m:
-        raise UsageError(f"malformed N:M pattern {spec!r}: need 0 < N < M (keep N of every M)")
-    return n, m
-
-
-def check_ratio(ratio: float, flag: str) -> float:
-    if not (isinstance(ratio, (int, float)) and 0.0 <= float(ratio) < 1.0):
-        raise UsageError(f"{flag} must be a fraction in [0, 1), got {ratio!r}")
-    return float(ratio)
 
 
 #: A scoring function: weight array and its WeightRef -> importance of each element (same shape).
@@ -218,13 +203,6 @@ class UnstructuredResult:
         }
 
 
-def _set_initializer(tensor: onnx.TensorProto, array: np.ndarray) -> None:
-    new = numpy_helper.from_array(
-        array.astype(numpy_helper.to_array(tensor).dtype, copy=False), tensor.name
-    )
-    tensor.CopyFrom(new)
-
-
 def prune_unstructured(
     model: onnx.ModelProto,
     *,
@@ -248,11 +226,11 @@ def prune_unstructured(
     arrays = {r.name: numpy_helper.to_array(inits[r.name]) for r in sel.weights}
     skipped = [{"tensor": name, "reason": why} for name, why in sel.skipped]
     if ratio is not None:
-        ratio = check_ratio(ratio, "--unstructured")
+        ratio = check_fraction(ratio, "--unstructured")
         masks = magnitude_masks(arrays, sel.weights, ratio, scope, scorer)
         mode, target = "magnitude", f"{ratio:g}"
     else:
-        n, m = parse_nm(nm) if isinstance(nm, str) else nm
+        n, m = check_nm(nm)
         masks = {}
         for r in sel.weights:
             mask = nm_mask(scorer(arrays[r.name], r), r.reduction_axis, n, m)
@@ -273,7 +251,7 @@ def prune_unstructured(
         w = arrays[r.name]
         before_zero = int(np.count_nonzero(w == 0))
         new = np.where(masks[r.name], w, 0).astype(w.dtype, copy=False)
-        _set_initializer(inits[r.name], new)
+        set_tensor(inits[r.name], new, keep_dtype=True)
         after_zero = int(new.size - np.count_nonzero(new))
         zeroed += after_zero - before_zero
         selected += w.size
