@@ -28,7 +28,9 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from onnxprune.calibration.stats import channel_stats
+from onnxprune.graph.proto import set_tensor
 from onnxprune.graph.view import GraphView
+from onnxprune.runtime.session import CPU, open_session
 from onnxprune.structured.dependency import Group, analyze
 from onnxprune.structured.engine import StructuredOptions, prune_structured
 from onnxprune.structured.importance import consumer_activations
@@ -51,10 +53,7 @@ _TYPES = {
 
 def session(model: onnx.ModelProto) -> ort.InferenceSession:
     """A CPU session, one thread, warnings off: deterministic and quiet on any machine."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return open_session(model, [CPU], role="model under test", optimize_all=False, threads=1)
 
 
 def random_feeds(model: onnx.ModelProto, seed: int = 0, symbolic: int = 1) -> dict[str, np.ndarray]:
@@ -109,7 +108,7 @@ def set_constant(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
     or an Identity alias of one (which gets its own initializer, leaving the others alone)."""
     for t in model.graph.initializer:
         if t.name == name:
-            t.CopyFrom(numpy_helper.from_array(value, name))
+            set_tensor(t, value)
             return
     node = next(n for n in model.graph.node if name in n.output)
     if node.op_type == "Constant":
