@@ -133,7 +133,7 @@ _HOLDOUT_OPTIONS = [
     ),
     click.option(
         "--holdout/--no-holdout",
-        default=True,
+        default=default("holdout"),
         show_default=True,
         help="With --calib and no --val: hold its last 20% out of scoring and recovery and "
         "validate on it; --no-holdout validates on the fitted samples (no gates then).",

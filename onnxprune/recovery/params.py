@@ -89,13 +89,12 @@ def write(layer: Layer, params: ModelParams, wb: np.ndarray, write_bias: bool) -
     holds NaN or Inf: the layer keeps the weights it had.
     """
     like = params.get(layer.weight)
-    weight = layer.unmatrix(wb[..., :-1], like)
     part = wb if write_bias else wb[..., :-1]
     with np.errstate(over="ignore", invalid="ignore"):
         cast_ok = bool(np.isfinite(np.asarray(part).astype(like.dtype)).all())
     if not (np.isfinite(part).all() and cast_ok):
         return False
-    params.set(layer.weight, weight)
+    params.set(layer.weight, layer.unmatrix(wb[..., :-1], like))
     if not write_bias:
         return True
     bias = wb[..., -1].reshape(-1)

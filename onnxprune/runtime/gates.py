@@ -45,11 +45,15 @@ def check_gates(result: dict, gates: Gates) -> list[dict]:
     entries: list[dict] = []
     if gates.min_cosine is not None:
         v = result.get("cosine")
-        entries.append(_entry("min_cosine", gates.min_cosine, v, v is not None and v >= gates.min_cosine))
+        entries.append(
+            _entry("min_cosine", gates.min_cosine, v, v is not None and v >= gates.min_cosine)
+        )
     if gates.max_drop is not None:
         before, after = result.get("accuracy_before"), result.get("accuracy_after")
         drop = None if before is None or after is None else 100.0 * (before - after)
-        entries.append(_entry("max_drop", gates.max_drop, drop, drop is not None and drop <= gates.max_drop))
+        entries.append(
+            _entry("max_drop", gates.max_drop, drop, drop is not None and drop <= gates.max_drop)
+        )
     if gates.max_rel_diff is not None:
         v = result.get("rel_diff")
         entries.append(
@@ -88,7 +92,9 @@ def gate_message(entries: list[dict]) -> str:
         gap = abs(e["value"] - e["threshold"])
         what = {"min_cosine": "cosine", "max_drop": "accuracy drop (points)",
                 "max_rel_diff": "rel diff"}[e["gate"]]  # fmt: skip
-        parts.append(f"{flag} {e['threshold']:g} failed: {what} {e['value']:.6g} (off by {gap:.3g})")
+        parts.append(
+            f"{flag} {e['threshold']:g} failed: {what} {e['value']:.6g} (off by {gap:.3g})"
+        )
     return "quality gate failed: " + "; ".join(parts)
 
 
