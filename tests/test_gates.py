@@ -368,3 +368,37 @@ def test_prune_report_prints_inconclusive_instead_of_scores(tmp_path):
     assert "cosine 1.000000" not in text
     v = result.report.to_dict()["validation"]
     assert v["verdict"] == "inconclusive" and v["cosine"] == 1.0 and v["passed"] is True
+
+
+def test_nonfinite_sample_file_in_a_folder_is_named(tmp_path):
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i in range(6):
+        x = RNG.standard_normal(8).astype(np.float32)
+        if i == 4:
+            x[1] = np.inf
+        np.save(folder / f"s{i}.npy", x)
+    with pytest.raises(OnnxPruneError, match=r"calibration file s4\.npy .*input 'x'.*NaN or Inf"):
+        prune(mlp(), structured=0.5, calib=str(folder), runs=5)
+
+
+def test_max_drop_on_the_held_out_labels_from_the_cli(tmp_path, cli):
+    model = mlp()
+    path = save(model, tmp_path / "m.onnx")
+    calib, labels = data(tmp_path / "c.npz", n=40, labels_of=model)
+    report = tmp_path / "r.json"
+    res = cli([path, "--structured", "0.5", "--calib", calib, "--labels", labels,
+               "--max-drop", "100", "--report", str(report)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    v = json.loads(report.read_text())["validation"]
+    assert v["data"] == "calib-held-out" and v["samples"] == 8
+    assert v["gates"][0]["gate"] == "max_drop" and v["gates"][0]["passed"] is True
+    assert v["gates"][0]["value"] == pytest.approx(
+        100 * (v["accuracy_before"] - v["accuracy_after"])
+    )
+    strict = cli([path, "--structured", "0.5", "--calib", calib, "--labels", labels,
+                  "--max-drop", "0", "-o", str(tmp_path / "s.onnx")])  # fmt: skip
+    if v["accuracy_before"] > v["accuracy_after"]:
+        assert strict.exit_code == 3 and "--max-drop 0 failed" in strict.output
+    else:
+        assert strict.exit_code == 0

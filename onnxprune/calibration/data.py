@@ -343,6 +343,7 @@ def _load_npy_samples(
                 f"{vi.name!r} is {dtype}: save it with .astype(np.{dtype.name})"
             )
         sample = _one_sample(arr, dims, vi.name, path.name)
+        check_finite(sample, f"calibration file {path.name} in {shown} (input {vi.name!r})")
         if out is None:
             first = path.name
             out = np.empty((len(files), *sample.shape), dtype=dtype)
