@@ -10,14 +10,14 @@ CLI's --help answers without loading onnxruntime.
 
 from typing import TYPE_CHECKING
 
-from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.errors import GateError, OnnxPruneError, UsageError
 
 if TYPE_CHECKING:
     from onnxprune.api import PruneResult, prune
     from onnxprune.options import PruneOptions
     from onnxprune.report.results import Report
 
-__all__ = ["OnnxPruneError", "PruneOptions", "PruneResult", "Report", "UsageError", "prune"]
+__all__ = ["GateError", "OnnxPruneError", "PruneOptions", "PruneResult", "Report", "UsageError", "prune"]
 __version__ = "0.1.0"
 
 

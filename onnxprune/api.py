@@ -74,6 +74,13 @@ def prune(
     lstsq: bool | None = None,
     obs: bool | None = None,
     progress: bool = False,
+    min_cosine: float | None = None,
+    max_drop: float | None = None,
+    max_rel_diff: float | None = None,
+    val: str | os.PathLike | None = None,
+    val_labels: str | os.PathLike | None = None,
+    holdout: bool = True,
+    keep_failed: bool = False,
 ) -> PruneResult:
     """Prune an ONNX model and prove the result with onnxruntime.
 
@@ -97,8 +104,20 @@ def prune(
     turn images into tensors; ``labels`` (a .npy of class indices for the ``calib`` samples)
     adds accuracy before and after to the validation.
 
+    Validation scores data recovery never saw: ``val`` (same formats as ``calib``, labels in
+    ``val_labels``), else the last 20% of the ``calib`` samples (when there are at least 5;
+    their ``labels`` give the accuracy), held out of scoring and recovery; ``holdout=False``
+    fits and validates on all of them (and then refuses gates). ``report.validation.data``
+    says which. Gates (``min_cosine``, ``max_drop`` in accuracy points, ``max_rel_diff``)
+    raise ``GateError`` (exit code 3) carrying the report (``exc.report``) when failed or
+    when the validation is inconclusive; nothing is written then unless ``keep_failed``
+    (written as ``<stem>.failed.onnx``). A pruned model giving NaN/Inf where the original is
+    finite is an ``OnnxPruneError`` and is never written.
+
     Raises ``UsageError`` for bad options and ``OnnxPruneError`` for model problems, each with
     a message meant for a person.
+
+    Long because every option is spelled out as a keyword, with its default, for the reader.
     """
     opts = PruneOptions(
         structured=structured, heads=heads, unstructured=unstructured, nm=nm, scope=scope,
@@ -106,7 +125,9 @@ def prune(
         exclude=exclude, validate=validate, calib=calib, seed=seed, providers=providers,
         runs=runs, force=force, external_data=external_data, calib_samples=calib_samples,
         calib_preprocess=calib_preprocess, labels=labels, bias_correction=bias_correction,
-        lstsq=lstsq, obs=obs,
+        lstsq=lstsq, obs=obs, min_cosine=min_cosine, max_drop=max_drop,
+        max_rel_diff=max_rel_diff, val=val, val_labels=val_labels, holdout=holdout,
+        keep_failed=keep_failed,
     )  # fmt: skip
     return prune_with(model, opts, output=output, progress=progress)
 
@@ -160,6 +181,66 @@ def _calibration(opts: PruneOptions, model: onnx.ModelProto):
 
     extra = {"preprocess": opts.calib_preprocess} if opts.calib_preprocess else {}
     return make_inputs(model, calib=opts.calib, max_samples=opts.calib_samples, **extra)
+
+
+@dataclass
+class _Data:
+    """What scoring/recovery fit on, and what validation scores (None: random inputs)."""
+
+    fit: object
+    val: object
+    val_labels: object
+    source: str
+    """``validation.data``: random, val, calib-held-out or calib."""
+
+
+def _data(opts: PruneOptions, model: onnx.ModelProto) -> _Data:
+    """Read --calib, --labels, --val, --val-labels once, and split off the holdout.
+
+    Long because each source of validation data has its own rule, kept side by side."""
+    from onnxprune.calibration.data import make_inputs, split_holdout
+    from onnxprune.errors import UsageError
+    from onnxprune.options import HOLDOUT_FRACTION, HOLDOUT_MIN
+    from onnxprune.runtime.feeds import shared_batch
+    from onnxprune.runtime.validate import load_labels
+
+    calib = _calibration(opts, model)
+    labels = None
+    if opts.labels is not None:  # a bad labels file fails now, not after the pruning
+        n = shared_batch(calib) if calib is not None else None
+        labels = load_labels(opts.labels, n, max_samples=opts.calib_samples)
+    if opts.val is not None:
+        extra = {"preprocess": opts.calib_preprocess} if opts.calib_preprocess else {}
+        val = make_inputs(model, calib=opts.val, **extra)
+        val_labels = None
+        if opts.val_labels is not None:
+            val_labels = load_labels(opts.val_labels, shared_batch(val))
+        return _Data(calib, val, val_labels, "val")
+    if calib is None:
+        return _Data(None, None, None, "random")
+    held, k = None, 0
+    if opts.holdout:
+        fit, held, k = split_holdout(calib, HOLDOUT_FRACTION, HOLDOUT_MIN)
+    if held is None:
+        if opts.gates.any:
+            n = shared_batch(calib)
+            why = "--no-holdout" if not opts.holdout else f"only {n} calibration sample(s)"
+            raise UsageError(
+                f"a gate scored on the data recovery was fitted to is not a gate ({why}, "
+                f"fewer than {HOLDOUT_MIN} to hold out from): pass held-out data with --val PATH"
+            )
+        return _Data(calib, calib, labels, "calib")
+    held_labels = labels[len(labels) - k :] if labels is not None else None
+    return _Data(fit, held, held_labels, "calib-held-out")
+
+
+def _failed_path(output_path: Path) -> Path:
+    """``model.pruned.onnx`` -> ``model.failed.onnx``; ``out.onnx`` -> ``out.failed.onnx``."""
+    name = output_path.name
+    for suffix in (".pruned.onnx", ".onnx"):
+        if name.endswith(suffix):
+            return output_path.with_name(name[: -len(suffix)] + ".failed.onnx")
+    return output_path.with_name(name + ".failed.onnx")
 
 
 def _apply(
@@ -247,12 +328,8 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
     with stages.stage("measure"):
         before = compute_metrics(src.model, compressed=False)
     with stages.stage("calibrate"):
-        inputs = _calibration(opts, src.model)
-        labels = None
-        if opts.labels is not None:  # a bad labels file fails now, not after the pruning
-            from onnxprune.runtime.validate import load_labels
-
-            labels = load_labels(opts.labels, max_samples=opts.calib_samples)
+        data = _data(opts, src.model)
+        inputs = data.fit
     with stages.stage("prune"):
         pruned = _apply(src.model, opts, report, stages.progress, inputs)
     gzip_after = background.submit(compressed_size, pruned)
@@ -270,6 +347,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
     if ext is None and src.used_external_data:
         ext = True
     scratch = None if output_path is not None else Path(tempfile.mkdtemp(prefix="onnxprune-"))
+    gate_tail = None  # set when a gate failed: how the message ends
     try:
         with stages.stage("save"):
             target = output_path if output_path is not None else scratch / "pruned.onnx"
@@ -279,10 +357,14 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
             if opts.validate:
                 with stages.stage("validate"):
                     validation = _validate(
-                        src, staged.path, opts, provider_list, stages.progress, inputs, labels
+                        src, staged.path, opts, provider_list, stages.progress, data
                     )
                     report.validation = with_recovery_note(validation, report.recovery)
-            if output_path is not None:
+                    _refuse_nonfinite(validation)
+            if report.validation is not None and not report.validation.passed:
+                staged.discard()
+                gate_tail = _keep_failed(src, pruned, output_path, opts, ext, report)
+            elif output_path is not None:
                 report.output_path = str(staged.commit())
             else:
                 staged.discard()
@@ -295,6 +377,10 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
     if is_compression_sampled(src.model):
         report.notes.append(compression_note())
     report.timings_s = dict(stages.timings)
+    if gate_tail is not None:
+        from onnxprune.runtime.gates import raise_if_failed
+
+        raise_if_failed(report.validation.gates, report, gate_tail)
     return PruneResult(model=pruned, report=report, output_path=_path_or_none(report.output_path))
 
 
@@ -302,12 +388,39 @@ def _path_or_none(path: str | None) -> Path | None:
     return Path(path) if path else None
 
 
-def _validate(
-    src: _Source, pruned_path: Path, opts: PruneOptions, providers, progress, inputs, labels
-):
-    """The runtime's ``ValidationResult`` of the staged output against the original."""
+def _refuse_nonfinite(validation) -> None:
+    """A pruned model giving NaN/Inf where the original is finite is broken: never written."""
+    if validation.nonfinite_outputs:
+        from onnxprune.errors import OnnxPruneError
+
+        raise OnnxPruneError(
+            "the pruned model gives NaN or Inf in output(s) "
+            f"{', '.join(validation.nonfinite_outputs)} where the original is finite "
+            f"(validation on {validation.data} data): not written"
+        )
+
+
+def _keep_failed(src, pruned, output_path: Path | None, opts: PruneOptions, ext, report) -> str:
+    """After a failed gate: write ``<stem>.failed.onnx`` with ``keep_failed``; the message's end."""
+    if not opts.keep_failed or output_path is None:
+        return "; no output was written" + ("" if output_path is None else " (--keep-failed keeps it)")
+    failed = _failed_path(output_path)
+    io.check_output_path(src.path or Path("<memory>"), failed, opts.force)
+    written = io.stage_model(pruned, failed, external_data=ext).commit()
+    report.notes.append(f"a gate failed: the pruned model was kept as {written}")
+    return f"; the pruned model was kept as {written}"
+
+
+def _validate(src: _Source, pruned_path: Path, opts: PruneOptions, providers, progress, data):
+    """The runtime's ``ValidationResult`` of the staged output against the original, with
+    the data it was scored on and the gates checked."""
+    from dataclasses import replace
+
     from onnxprune.calibration.data import make_inputs
     from onnxprune.runtime import validate as v
+    from onnxprune.runtime.gates import check_gates
+
+    inputs, labels = data.val, data.val_labels
 
     tmpdir = None
     try:
@@ -317,10 +430,13 @@ def _validate(
             original_path = io.stage_model(src.model, tmpdir / "original.onnx").commit()
         if inputs is None:
             inputs = make_inputs(src.model, seed=opts.seed)
-        return v.validate(
+        result = v.validate(
             original_path, pruned_path, inputs, providers, runs=opts.runs, progress=progress,
             labels=labels,
         )
+        gates = check_gates(result.to_dict(), opts.gates)
+        passed = result.passed and all(g["passed"] for g in gates)
+        return replace(result, data=data.source, gates=gates, passed=passed)
     finally:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)

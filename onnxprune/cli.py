@@ -90,6 +90,71 @@ _calib_preprocess_option = click.option(
 )
 
 
+_GATE_OPTIONS = [
+    click.option(
+        "--min-cosine",
+        type=float,
+        default=None,
+        metavar="X",
+        help="Gate: fail (exit 3, nothing written) unless the output cosine is at least X.",
+    ),
+    click.option(
+        "--max-drop",
+        type=float,
+        default=None,
+        metavar="P",
+        help="Gate: fail unless top-1 accuracy drops by at most P points (needs labels).",
+    ),
+    click.option(
+        "--max-rel-diff",
+        type=float,
+        default=None,
+        metavar="X",
+        help="Gate: fail unless max abs diff / max |original output| is at most X.",
+    ),
+]
+"""Quality gates, on prune and validate; an inconclusive validation fails every gate."""
+
+_HOLDOUT_OPTIONS = [
+    click.option(
+        "--val",
+        type=click.Path(path_type=Path),
+        default=None,
+        metavar="PATH",
+        help="Held-out validation inputs (same formats as --calib): validation and gates use "
+        "them [default: the last 20% of --calib when it has >= 5 samples, else random].",
+    ),
+    click.option(
+        "--val-labels",
+        type=click.Path(path_type=Path),
+        default=None,
+        metavar="PATH",
+        help="A .npy of integer class labels for the --val inputs.",
+    ),
+    click.option(
+        "--holdout/--no-holdout",
+        default=default("holdout"),
+        show_default=True,
+        help="With --calib and no --val: hold its last 20% out of scoring and recovery and "
+        "validate on it; --no-holdout validates on the fitted samples (no gates then).",
+    ),
+    click.option(
+        "--keep-failed",
+        is_flag=True,
+        help="When a gate fails, still write the pruned model, as <stem>.failed.onnx.",
+    ),
+]
+
+
+def _options(group):
+    def apply(f):
+        for option in reversed(group):
+            f = option(f)
+        return f
+
+    return apply
+
+
 def _data_options(labels_effect: str, providers_help: str, seed_help: str):
     """The ``DataOptions`` flags, defined once for prune and validate: --calib,
     --calib-samples, --calib-preprocess, --labels, --providers and --seed."""
@@ -109,6 +174,7 @@ def _data_options(labels_effect: str, providers_help: str, seed_help: str):
             metavar="PATH",
             help=f"A .npy of integer class labels for the --calib inputs: {labels_effect}",
         ),
+        *_GATE_OPTIONS,
         click.option(
             "--providers",
             type=click.Choice(list(PROVIDERS)),
@@ -201,6 +267,7 @@ def _data_options(labels_effect: str, providers_help: str, seed_help: str):
     "onnxruntime provider for validation; auto takes CUDA when present.",
     "Seed for random inputs and the random criterion.",
 )
+@_options(_HOLDOUT_OPTIONS)
 @click.option(
     "--bias-correction/--no-bias-correction",
     default=None,
@@ -240,13 +307,21 @@ def prune_cmd(
 ) -> None:
     """Prune MODEL and write the validated result."""
     from onnxprune.api import prune_with
+    from onnxprune.errors import GateError
     from onnxprune.graph.modelfile import default_output_path
     from onnxprune.options import PruneOptions
 
     _check_folder(report_path, "--report")
     opts = PruneOptions(**kw)
     out = output if output is not None else default_output_path(model)
-    result = prune_with(model, opts, output=out, progress=not quiet)
+    try:
+        result = prune_with(model, opts, output=out, progress=not quiet)
+    except GateError as exc:  # the report says which gate failed by how much: write it first
+        if report_path is not None and exc.report is not None:
+            exc.report.write_json(report_path)
+        if not quiet and exc.report is not None:
+            click.echo(exc.report.render())
+        raise
     if report_path is not None:
         result.report.write_json(report_path)
     if not quiet:
@@ -289,12 +364,20 @@ def validate_cmd(original: Path, pruned: Path, json_path: Path | None, **kw) -> 
     """Compare PRUNED with ORIGINAL on the same inputs: agreement, drift, accuracy."""
     import json
 
+    from onnxprune.errors import GateError
     from onnxprune.options import ValidateOptions
     from onnxprune.runtime.validate import evaluate_files, render_evaluation
 
     _check_folder(json_path, "--json")
     opts = ValidateOptions(**kw)
-    result = evaluate_files(original, pruned, **opts.data_kwargs())
+    try:
+        result = evaluate_files(original, pruned, **opts.data_kwargs())
+    except GateError as exc:  # write and show the figures before exiting 3
+        if json_path is not None and isinstance(exc.report, dict):
+            json_path.write_text(json.dumps(exc.report, indent=2) + "\n")
+        if isinstance(exc.report, dict):
+            click.echo(render_evaluation(exc.report))
+        raise
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2) + "\n")
     click.echo(render_evaluation(result))

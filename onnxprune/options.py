@@ -24,6 +24,10 @@ from dataclasses import dataclass, fields
 from onnxprune.errors import UsageError
 
 SCOPES = ("local", "global")
+HOLDOUT_FRACTION = 0.2
+"""With only --calib, this last fraction of its samples is held out for validation."""
+HOLDOUT_MIN = 5
+"""... when there are at least this many samples (fewer: all are used, and flagged)."""
 PROVIDERS = ("cpu", "cuda", "auto")
 
 
@@ -109,6 +113,13 @@ def check_has_activations(criterion: str, has_data: bool) -> None:
         raise UsageError(f"--criterion {criterion} scores from activations: pass --calib PATH")
 
 
+def check_real(value: object, flag: str, low: float, high: float) -> float:
+    """A number in [low, high]: the gate thresholds."""
+    if not (_is_real(value) and low <= float(value) <= high):
+        raise UsageError(f"{flag} must be a number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
 def _optional(check, value, *args):
     return None if value is None else check(value, *args)
 
@@ -123,8 +134,19 @@ class DataOptions:
     labels: str | os.PathLike | None = None
     providers: str = "cpu"
     seed: int = 0
+    min_cosine: float | None = None
+    """Gate: fail (exit 3) unless the cosine of the outputs is at least this."""
+    max_drop: float | None = None
+    """Gate: fail unless top-1 accuracy drops by at most this many points (needs labels)."""
+    max_rel_diff: float | None = None
+    """Gate: fail unless max abs diff / max |reference| is at most this."""
 
     def __post_init__(self) -> None:
+        self._set(
+            min_cosine=_optional(check_real, self.min_cosine, "--min-cosine", -1.0, 1.0),
+            max_drop=_optional(check_real, self.max_drop, "--max-drop", 0.0, 100.0),
+            max_rel_diff=_optional(check_real, self.max_rel_diff, "--max-rel-diff", 0.0, 1e300),
+        )
         self._set(calib_samples=_optional(check_int, self.calib_samples, "--calib-samples", 1))
         self._set(providers=check_choice(self.providers, "--providers", PROVIDERS))
         self._set(seed=check_int(self.seed, "--seed"))
@@ -136,6 +158,20 @@ class DataOptions:
             asked = [flag for flag, value in self._needs_calib().items() if value]
             if asked:
                 raise UsageError(f"{asked[0]} needs --calib: pass --calib PATH")
+
+    @property
+    def gates(self):
+        """The quality gates asked for (``onnxprune.runtime.gates.Gates``)."""
+        from onnxprune.runtime.gates import Gates
+
+        return Gates(self.min_cosine, self.max_drop, self.max_rel_diff)
+
+    def _check_max_drop(self, has_labels: bool, which: str) -> None:
+        if self.max_drop is not None and not has_labels:
+            raise UsageError(
+                f"--max-drop compares accuracy before and after: pass {which} for the "
+                "validation data"
+            )
 
     def _needs_calib(self) -> dict[str, object]:
         """Options that only mean something with --calib, by flag (in message order)."""
@@ -154,6 +190,10 @@ class DataOptions:
 @dataclass(frozen=True, kw_only=True)
 class ValidateOptions(DataOptions):
     """The ``validate`` command: compare two model files on the same inputs."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_max_drop(self.labels is not None, "--calib and --labels")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,6 +217,16 @@ class PruneOptions(DataOptions):
     bias_correction: bool | None = None
     lstsq: bool | None = None
     obs: bool | None = None
+    val: str | os.PathLike | None = None
+    """Held-out validation data (same formats as ``calib``): validation and gates use it."""
+    val_labels: str | os.PathLike | None = None
+    """Integer labels of the ``val`` samples (accuracy, ``--max-drop``)."""
+    holdout: bool = True
+    """With ``calib`` and no ``val``: hold the last ``HOLDOUT_FRACTION`` of the calibration
+    samples (at least 1, when there are at least ``HOLDOUT_MIN``) out of scoring and recovery
+    and validate on them. False (``--no-holdout``): fit and validate on all of them."""
+    keep_failed: bool = False
+    """When a gate fails, still write the pruned model, as ``<stem>.failed.onnx``."""
 
     def __post_init__(self) -> None:
         from onnxprune.structured.importance import CRITERIA
@@ -202,6 +252,32 @@ class PruneOptions(DataOptions):
         )
         super().__post_init__()
         check_has_activations(self.criterion, self.calib is not None)
+        self._check_validation_data()
+
+    def _check_validation_data(self) -> None:
+        """--val, --val-labels, --no-holdout and the gates make sense together."""
+        if not isinstance(self.holdout, bool):
+            raise UsageError(f"--holdout must be True or False, got {self.holdout!r}")
+        if self.val_labels is not None and self.val is None:
+            raise UsageError("--val-labels needs --val: they label the --val samples")
+        if self.val is not None and not self.validate:
+            raise UsageError("--val is validation data: it cannot be used with --no-validate")
+        if not self.gates.any:
+            return
+        if not self.validate:
+            raise UsageError(
+                "a gate (--min-cosine, --max-drop, --max-rel-diff) needs validation: "
+                "drop --no-validate"
+            )
+        if self.val is not None:
+            self._check_max_drop(self.val_labels is not None, "--val-labels")
+        else:
+            self._check_max_drop(self.labels is not None, "--labels")
+        if self.calib is not None and self.val is None and not self.holdout:
+            raise UsageError(
+                "a gate scored on the data recovery was fitted to is not a gate: with "
+                "--no-holdout pass held-out data with --val PATH (or drop --no-holdout)"
+            )
 
     def _needs_calib(self) -> dict[str, object]:
         return {"--bias-correction": self.bias_correction, "--lstsq": self.lstsq,

@@ -146,10 +146,10 @@ DIGITS_TEST = "models/digits_mlp_test.npz"
 LABELS = "models/digits_test_labels.npy"
 
 
-def _accuracy(model: onnx.ModelProto) -> float:
+def _accuracy(model: onnx.ModelProto, rows: slice = slice(None)) -> float:
     sess = ort.InferenceSession(model.SerializeToString())
-    x = np.load(DIGITS_TEST)["input"]
-    return float(np.mean(sess.run(None, {"input": x})[0].argmax(1) == np.load(LABELS)))
+    x = np.load(DIGITS_TEST)["input"][rows]
+    return float(np.mean(sess.run(None, {"input": x})[0].argmax(1) == np.load(LABELS)[rows]))
 
 
 def test_calib_turns_recovery_on_and_it_recovers_held_out_accuracy():
@@ -190,8 +190,24 @@ def test_each_recovery_step_has_its_switch():
 
 
 def test_labels_add_accuracy_to_the_validation():
+    """Issue 10: with only --calib the last 20% is held out; the labels of those rows score."""
+    n = len(np.load(LABELS))
+    held = slice(n - n // 5, None)
     result = prune(DIGITS, structured=0.3, calib=DIGITS_TEST, labels=LABELS, runs=5)
     v = result.report.to_dict()["validation"]
+    assert v["data"] == "calib-held-out"
+    assert v["samples"] == n // 5
+    assert v["accuracy_before"] == pytest.approx(_accuracy(onnx.load(DIGITS), held))
+    assert v["accuracy_after"] == pytest.approx(_accuracy(result.model, held))
+    assert not any("fitted to these samples" in n for n in v["notes"])
+    assert result.report.to_dict()["recovery"]["structured"]["samples"] == n - n // 5
+
+
+def test_no_holdout_validates_on_the_fitted_samples_and_says_so():
+    result = prune(DIGITS, structured=0.3, calib=DIGITS_TEST, labels=LABELS, runs=5,
+                   holdout=False)  # fmt: skip
+    v = result.report.to_dict()["validation"]
+    assert v["data"] == "calib"
     assert v["accuracy_before"] == pytest.approx(_accuracy(onnx.load(DIGITS)))
     assert v["accuracy_after"] == pytest.approx(_accuracy(result.model))
     assert any("fitted to these samples" in n for n in v["notes"])

@@ -30,7 +30,7 @@ from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.runtime.feeds import InputBatch, input_dims, input_dtype, random_inputs, real_inputs
 from onnxprune.runtime.session import ort_message
 
-__all__ = ["IMAGE_SUFFIXES", "load_calibration", "make_inputs"]
+__all__ = ["IMAGE_SUFFIXES", "check_finite", "load_calibration", "make_inputs", "split_holdout"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -98,7 +98,50 @@ def load_calibration(
     return _load_npz(folder, shown, wanted, max_samples)
 
 
+def check_finite(arr: np.ndarray, what: str) -> None:
+    """Refuse NaN or Inf in float data: a refit on it writes NaN weights, a comparison on it
+    proves nothing. ``what`` names the array and the file, as the error must."""
+    if arr.dtype.kind not in "fc" or arr.size == 0:
+        return
+    finite = np.isfinite(arr)
+    if finite.all():
+        return
+    bad = int(arr.size - np.count_nonzero(finite))
+    first = np.unravel_index(int(np.argmin(finite)), arr.shape)
+    sample = f", first in sample {first[0]}" if arr.ndim >= 1 else ""
+    raise OnnxPruneError(
+        f"{what} holds {bad} NaN or Inf value(s){sample}: calibration and validation data "
+        "must be finite"
+    )
+
+
+def split_holdout(
+    batch: InputBatch, fraction: float, minimum: int
+) -> tuple[InputBatch, InputBatch | None, int]:
+    """(fitted, held out, samples held out): the last ``fraction`` (at least 1) of the samples.
+
+    Nothing is held out (``None``, 0) with fewer than ``minimum`` samples or inputs that
+    share no batch axis. The held-out part is what validation scores, so the samples recovery
+    was fitted to never grade it.
+    """
+    from onnxprune.runtime.feeds import shared_batch
+
+    n = shared_batch(batch)
+    if n is None or n < minimum:
+        return batch, None, 0
+    k = max(1, int(n * fraction))
+    fit = InputBatch({name: a[: n - k] for name, a in batch.items()}, notes=list(batch.notes))
+    held = InputBatch({name: a[n - k :] for name, a in batch.items()}, notes=list(batch.notes))
+    fit.notes.append(f"scoring and recovery use the first {n - k} of {n} samples")
+    held.notes.append(
+        f"validation uses the last {k} of {n} samples, held out of scoring and recovery"
+    )
+    return fit, held, k
+
+
 def _noted(batch: InputBatch, shown: str, extra: str = "") -> InputBatch:
+    for name, arr in batch.items():
+        check_finite(arr, f"calibration array {name!r} in {shown}")
     samples = next((a.shape[0] for a in batch.values() if a.ndim >= 1), None)
     count = f" ({samples} samples)" if samples is not None else ""
     batch.notes.insert(0, f"inputs from {shown}{count}{extra}")
@@ -300,6 +343,7 @@ def _load_npy_samples(
                 f"{vi.name!r} is {dtype}: save it with .astype(np.{dtype.name})"
             )
         sample = _one_sample(arr, dims, vi.name, path.name)
+        check_finite(sample, f"calibration file {path.name} in {shown} (input {vi.name!r})")
         if out is None:
             first = path.name
             out = np.empty((len(files), *sample.shape), dtype=dtype)

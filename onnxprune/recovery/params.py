@@ -4,6 +4,11 @@
 layer without a bias that the refit gives one gets a bias input (Conv ``B``, Gemm ``C``) or,
 after a MatMul, a new ``Add`` node with a new initializer, inserted right after the layer.
 Everything else recovery does rewrites initializer values in place.
+
+``write`` is the one writer of recovered weights, and it never writes a non-finite one: a
+refit that produced NaN or Inf (extreme calibration values, an overflow in the cast to the
+weight's dtype) is refused as a whole, the layer keeps its unrecovered weights, and the
+caller records the layer as left alone with ``NONFINITE_REASON``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from onnxprune.graph.edit import insert_after
 from onnxprune.graph.proto import FreshNames, add_initializer, set_tensor
 from onnxprune.recovery.layers import Layer
 
-__all__ = ["ModelParams", "augmented", "write"]
+__all__ = ["NONFINITE_REASON", "ModelParams", "augmented", "write"]
+
+NONFINITE_REASON = "the refit gave NaN or Inf weights: kept the unrecovered weights"
 
 
 class ModelParams:
@@ -67,15 +74,25 @@ def augmented(layer: Layer, params: ModelParams) -> np.ndarray:
     return np.concatenate([m, b.reshape(*m.shape[:2], 1)], axis=2)
 
 
-def write(layer: Layer, params: ModelParams, wb: np.ndarray, write_bias: bool) -> None:
+def write(layer: Layer, params: ModelParams, wb: np.ndarray, write_bias: bool) -> bool:
     """Store ``wb`` (``[g, out, d+1]``) as the layer's weight and, with ``write_bias``, bias;
-    a layer without a bias gets one (``ModelParams.add_bias``) only when it is not all zero."""
+    a layer without a bias gets one (``ModelParams.add_bias``) only when it is not all zero.
+
+    Returns False, writing nothing, when ``wb`` (or what it becomes in the weight's dtype)
+    holds NaN or Inf: the layer keeps the weights it had.
+    """
     like = params.get(layer.weight)
+    part = wb if write_bias else wb[..., :-1]
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast_ok = bool(np.isfinite(np.asarray(part).astype(like.dtype)).all())
+    if not (np.isfinite(part).all() and cast_ok):
+        return False
     params.set(layer.weight, layer.unmatrix(wb[..., :-1], like))
     if not write_bias:
-        return
+        return True
     bias = wb[..., -1].reshape(-1)
     if layer.bias:
         params.set(layer.bias, bias)
     elif np.any(bias != 0):
         params.add_bias(layer, bias, like.dtype)
+    return True

@@ -56,7 +56,7 @@ from onnxprune.calibration.stats import (
 from onnxprune.graph.view import GraphView
 from onnxprune.recovery.gram import LayerStats, rel_err
 from onnxprune.recovery.layers import Layer, find_layers
-from onnxprune.recovery.params import ModelParams, augmented, write
+from onnxprune.recovery.params import NONFINITE_REASON, ModelParams, augmented, write
 from onnxprune.recovery.solvers import least_squares, mean_shift, obs_factor, obs_sparsify
 from onnxprune.runtime.feeds import batches, sample_count
 from onnxprune.runtime.session import fixed_batch
@@ -287,7 +287,9 @@ def _refit(
             new, after = w0, before  # never make a layer worse on rows it was not fitted to
         elif st.fold_held_out():  # the refit generalizes: fit once more with every row
             new = _fit(t, st, target, w0, opts)
-    write(t.lp, params_p, new, opts.bias or t.method == "lstsq")
+    if not write(t.lp, params_p, new, opts.bias or t.method == "lstsq"):
+        result.skipped.append({"layer": t.lp.label, "reason": NONFINITE_REASON})
+        return
     result.layers.append(
         {"layer": t.lp.label, "op": t.lp.op, "method": t.method, "rows": st.rows,
          "err_before": before, "err_after": after}

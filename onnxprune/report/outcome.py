@@ -64,7 +64,8 @@ def zeroed_between(reference: onnx.ModelProto, pruned: onnx.ModelProto, names: S
 
 
 def with_recovery_note(validation: Any, recovery: Recoveries | None) -> Any:
-    """The ``ValidationResult``, with a note when recovery was fitted to the same samples."""
-    if recovery is None:
+    """The ``ValidationResult``, with a note when recovery was fitted to the same samples
+    (``data`` is ``calib``: no holdout); held-out or ``--val`` data needs no such note."""
+    if recovery is None or getattr(validation, "data", None) not in (None, "calib"):
         return validation
     return replace(validation, notes=[*validation.notes, FITTED_NOTE])

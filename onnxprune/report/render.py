@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from onnxprune.report.text import human_bytes, human_count, ratio, table
+from onnxprune.report.text import gate_row, human_bytes, human_count, ratio, table
 
 if TYPE_CHECKING:
     from onnxprune.report.results import Report
@@ -129,13 +129,26 @@ def _validation(v) -> list[str]:
     def num(x: float | None) -> float:
         return math.nan if x is None else x
 
-    parts = [
-        f"validation on {v.provider}: max abs diff {num(v.max_abs_diff):.3g}",
-        f"rel diff {num(v.rel_diff):.3g}",
-        f"cosine {num(v.cosine):.6f}",
-    ]
-    if v.top1_agreement is not None:
-        parts.append(f"top-1 agreement {v.top1_agreement:.1%}")
+    data = getattr(v, "data", None)
+    head = f"validation on {v.provider}" + (f" ({data} data)" if data else "")
+    if getattr(v, "verdict", "conclusive") == "inconclusive":
+        # the figures stay in the JSON; printed here they would read as a perfect score
+        parts = [f"{head}: inconclusive: {'; '.join(v.inconclusive_reasons)}"]
+    else:
+        parts = [
+            f"{head}: max abs diff {num(v.max_abs_diff):.3g}",
+            f"rel diff {num(v.rel_diff):.3g}",
+            f"cosine {num(v.cosine):.6f}",
+        ]
+        if v.top1_agreement is not None:
+            parts.append(f"top-1 agreement {v.top1_agreement:.1%}")
     if v.accuracy_before is not None:
         parts.append(f"accuracy {v.accuracy_before:.2%} -> {v.accuracy_after:.2%}")
-    return ["", ", ".join(parts), *(f"  {note}" for note in v.notes)]
+    lines = ["", ", ".join(parts)]
+    if getattr(v, "nonfinite_outputs", None):
+        lines.append(
+            "  the pruned model gives NaN or Inf where the original is finite: "
+            + ", ".join(v.nonfinite_outputs)
+        )
+    lines += [f"  gate {gate_row(g)[0]}: {gate_row(g)[1]}" for g in getattr(v, "gates", [])]
+    return [*lines, *(f"  {note}" for note in v.notes)]

@@ -35,3 +35,18 @@ def table(rows: list[list[str]], header: list[str]) -> str:
         return "  ".join(cells).rstrip()
 
     return "\n".join([fmt(header), line, *(fmt(r) for r in rows)])
+
+
+def gate_text(g: dict) -> str:
+    """``passed``/``FAILED`` for one gate entry, with its value and the reason it failed."""
+    value = "-" if g.get("value") is None else format(g["value"], ".6g")
+    state = "passed" if g["passed"] else "FAILED"
+    text = f"{state}: {value} vs {g['threshold']:g}"
+    if not g["passed"] and g.get("reason"):
+        text += f" ({g['reason']})"
+    return text
+
+
+def gate_row(g: dict) -> list[str]:
+    """A ``[--flag, result]`` table row for one gate entry."""
+    return ["--" + g["gate"].replace("_", "-"), gate_text(g)]

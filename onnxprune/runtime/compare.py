@@ -2,7 +2,10 @@
 
 Pure numpy on outputs already computed (``onnxprune.runtime.validate`` runs the models):
 max and relative absolute difference, cosine similarity, top-1 agreement of class scores,
-and top-1 accuracy against integer labels.
+and top-1 accuracy against integer labels, and whether the comparison can prove anything
+(``verdict``): outputs of the original that are constant, all zero or non-finite, or class
+scores that pick fewer than 2 classes, agree with a broken pruned model as well as with a
+good one, so such a comparison is *inconclusive* and no gate may pass on it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,17 @@ import numpy as np
 from onnxprune.errors import OnnxPruneError
 from onnxprune.runtime.feeds import shared_batch
 
-__all__ = ["accuracy", "check_labels", "compare_outputs", "is_class_scores"]
+__all__ = [
+    "CONCLUSIVE",
+    "INCONCLUSIVE",
+    "accuracy",
+    "check_labels",
+    "compare_outputs",
+    "inconclusive_reasons",
+    "is_class_scores",
+]
+
+CONCLUSIVE, INCONCLUSIVE = "conclusive", "inconclusive"
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -45,6 +58,52 @@ def is_class_scores(x: np.ndarray) -> bool:
     return x.ndim == 2 and x.dtype.kind == "f" and x.shape[1] >= 2 and x.shape[0] >= 1
 
 
+def _degenerate(name: str, r: np.ndarray) -> str | None:
+    """Why the original's float output ``r`` cannot tell a good pruned model from a bad one."""
+    if r.size == 0:
+        return None
+    if not np.isfinite(r).all():
+        return f"output {name!r} of the original has NaN or Inf values"
+    if not np.any(r):
+        return f"output {name!r} of the original is all zero"
+    rows = r.reshape(r.shape[0], -1) if r.ndim >= 1 and r.shape[0] >= 2 else r.reshape(1, -1)
+    if rows.shape[0] >= 2 and np.all(rows == rows[0]):
+        return f"output {name!r} of the original is the same for every sample"
+    if rows.shape[0] == 1 and np.all(rows == rows.flat[0]) and rows.size > 1:
+        return f"output {name!r} of the original is constant"
+    if is_class_scores(r):
+        classes = np.unique(np.argmax(r, axis=1)).size
+        if classes < 2:
+            return (
+                f"output {name!r} of the original predicts {classes} class over "
+                f"{r.shape[0]} sample(s): top-1 agreement cannot tell models apart"
+            )
+    return None
+
+
+def inconclusive_reasons(reference: list[np.ndarray], names: list[str]) -> list[str]:
+    """Why comparing against these outputs of the original proves nothing (empty: it can).
+
+    Only float outputs are judged (integer outputs such as shapes or indices may be
+    constant by design). Any degenerate float output makes the whole comparison
+    inconclusive: the overall cosine and agreement would otherwise hide it.
+    """
+    reasons = []
+    for name, r in zip(names, reference, strict=False):
+        r = np.asarray(r)
+        if r.dtype.kind == "f":
+            why = _degenerate(name, r)
+            if why:
+                reasons.append(why)
+    return reasons
+
+
+def _nonfinite_where_finite(name: str, r: np.ndarray, c: np.ndarray) -> bool:
+    if r.dtype.kind != "f" or c.dtype.kind != "f":
+        return False
+    return bool(np.any(~np.isfinite(c) & np.isfinite(r)))
+
+
 def compare_outputs(
     reference: list[np.ndarray], candidate: list[np.ndarray], names: list[str]
 ) -> dict:
@@ -53,7 +112,10 @@ def compare_outputs(
     Returns ``max_abs_diff``, ``rel_diff`` (max_abs_diff / max |reference|, over all
     outputs), ``cosine`` (of all outputs flattened and concatenated), ``top1_agreement``
     (rows of every [N, C>=2] float output whose argmax agrees, else None), ``per_output``
-    and ``notes``. Outputs must match in number and shape: a pruned model that changed an
+    and ``notes``; ``verdict`` (``"conclusive"`` or ``"inconclusive"``), its
+    ``inconclusive_reasons``, and ``nonfinite_outputs``: outputs where the pruned model gives
+    NaN or Inf but the original is finite (a broken model, whatever the other figures say).
+    Outputs must match in number and shape: a pruned model that changed an
     output's shape is broken, not merely inaccurate.
     """
     if len(reference) != len(candidate):
@@ -66,12 +128,15 @@ def compare_outputs(
     max_abs = max_ref = 0.0
     agree = rows = 0
     notes: list[str] = []
+    nonfinite: list[str] = []
     for name, r, c in zip(names, reference, candidate, strict=False):
         r, c = np.asarray(r), np.asarray(c)
         if r.shape != c.shape:
             raise OnnxPruneError(
                 f"output {name!r} of the pruned model has shape {c.shape} but the original has {r.shape}"
             )
+        if _nonfinite_where_finite(name, r, c):
+            nonfinite.append(name)
         if r.dtype.kind not in "fiub" or c.dtype.kind not in "fiub":
             same = bool(np.array_equal(r, c))
             gap = 0.0 if same else float("inf")
@@ -106,6 +171,7 @@ def compare_outputs(
         max_abs, max_ref = max(max_abs, out_max), max(max_ref, out_ref)
     cat_ref = np.concatenate(flat_ref) if flat_ref else np.zeros(0)
     cat_cand = np.concatenate(flat_cand) if flat_cand else np.zeros(0)
+    reasons = inconclusive_reasons(reference, names)
     return {
         "max_abs_diff": max_abs,
         "rel_diff": _relative(max_abs, max_ref),
@@ -113,6 +179,9 @@ def compare_outputs(
         "top1_agreement": agree / rows if rows else None,
         "per_output": per_output,
         "notes": notes,
+        "verdict": INCONCLUSIVE if reasons else CONCLUSIVE,
+        "inconclusive_reasons": reasons,
+        "nonfinite_outputs": nonfinite,
     }
 
 

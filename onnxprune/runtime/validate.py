@@ -29,6 +29,7 @@ from onnxprune.calibration.data import make_inputs
 from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.graph.load import parse_model
 from onnxprune.report.results import table
+from onnxprune.report.text import gate_row
 from onnxprune.runtime.compare import accuracy, check_labels, compare_outputs
 from onnxprune.runtime.feeds import InputBatch, chunked, guess_hint, join_chunks, shared_batch
 from onnxprune.runtime.latency import measure_sessions
@@ -106,6 +107,19 @@ class ValidationResult:
     """Top-1 accuracy against the labels, when labels were given (with ``samples``)."""
     accuracy_after: float | None = None
     samples: int | None = None
+    verdict: str = "conclusive"
+    """``conclusive``, or ``inconclusive`` when the original's outputs cannot tell a good
+    pruned model from a bad one (``inconclusive_reasons`` says why; ``compare``)."""
+    inconclusive_reasons: list[str] = field(default_factory=list)
+    nonfinite_outputs: list[str] = field(default_factory=list)
+    """Outputs where the pruned model gives NaN/Inf but the original is finite."""
+    data: str | None = None
+    """Which data the figures come from: ``random``, ``val``, ``calib-held-out`` or
+    ``calib`` (the samples recovery was fitted to: not a gate)."""
+    gates: list[dict] = field(default_factory=list)
+    """One ``{"gate", "threshold", "value", "passed"}`` per gate asked for."""
+    passed: bool = True
+    """Every gate passed and no output turned non-finite."""
 
     def to_dict(self) -> dict:
         scored = (
@@ -128,6 +142,12 @@ class ValidationResult:
             "runs": self.runs,
             "notes": list(self.notes),
             **scored,
+            "verdict": self.verdict,
+            "inconclusive_reasons": list(self.inconclusive_reasons),
+            "nonfinite_outputs": list(self.nonfinite_outputs),
+            "data": self.data,
+            "gates": [dict(g) for g in self.gates],
+            "passed": self.passed,
         }
 
 
@@ -198,6 +218,10 @@ def validate(
         runs=done,
         notes=notes,
         **scored,
+        verdict=compared["verdict"],
+        inconclusive_reasons=list(compared["inconclusive_reasons"]),
+        nonfinite_outputs=list(compared["nonfinite_outputs"]),
+        passed=not compared["nonfinite_outputs"],
     )
 
 
@@ -351,11 +375,22 @@ def evaluate_files(
     labels: str | os.PathLike | None = None,
     providers: str = "cpu",
     seed: int = 0,
+    min_cosine: float | None = None,
+    max_drop: float | None = None,
+    max_rel_diff: float | None = None,
 ) -> dict:
     """``evaluate`` on two model files, inputs from ``calib`` (or random), labels from a file.
 
-    What ``onnxprune validate`` runs. The result also names both files and the inputs.
+    What ``onnxprune validate`` runs. The result also names both files and the inputs, says
+    which data the figures come from (``data``), and checks the gates asked for
+    (``gates``, ``passed``): a failed gate raises ``GateError`` (exit 3) whose ``report`` is
+    this result, so the caller can still write it. Two unrelated models with the same
+    interface are a legitimate comparison with a bad result: reported, failing only a gate.
     """
+    from onnxprune.runtime.gates import Gates, check_gates, raise_if_failed
+
+    if max_drop is not None and labels is None:
+        raise UsageError("--max-drop compares accuracy before and after: pass --labels")
     if labels is not None and calib is None:
         raise UsageError("--labels needs --calib: labels describe real inputs, not random ones")
     chosen = resolve_providers(providers)
@@ -386,8 +421,13 @@ def evaluate_files(
         "original": os.fspath(original),
         "pruned": os.fspath(pruned),
         "inputs": os.fspath(calib) if calib is not None else "random",
+        "data": "calib" if calib is not None else "random",
     }
-    return {**where, **result}
+    full = {**where, **result}
+    full["gates"] = check_gates(full, Gates(min_cosine, max_drop, max_rel_diff))
+    full["passed"] = all(g["passed"] for g in full["gates"]) and not full["nonfinite_outputs"]
+    raise_if_failed(full["gates"], full)
+    return full
 
 
 def _num(x: float | None, fmt: str) -> str:
@@ -409,12 +449,20 @@ def render_evaluation(result: dict) -> str:
             ["accuracy after", f"{after:.3f}"],
             ["accuracy drop (points)", f"{100 * (before - after):.2f}"],
         ]
-    rows += [
-        ["top-1 agreement", _num(result.get("top1_agreement"), ".4f")],
-        ["cosine", f"{result['cosine']:.6f}"],
-        ["max abs diff", f"{result['max_abs_diff']:.3g}"],
-        ["rel diff", f"{result['rel_diff']:.3g}"],
-    ]
+    if result.get("verdict") == "inconclusive":
+        # the numbers stay in the JSON; a table of perfect scores here would be a lie
+        rows.append(["verdict", "inconclusive: " + "; ".join(result["inconclusive_reasons"])])
+    else:
+        rows += [
+            ["top-1 agreement", _num(result.get("top1_agreement"), ".4f")],
+            ["cosine", f"{result['cosine']:.6f}"],
+            ["max abs diff", f"{result['max_abs_diff']:.3g}"],
+            ["rel diff", f"{result['rel_diff']:.3g}"],
+        ]
+    if result.get("nonfinite_outputs"):
+        shown = ", ".join(result["nonfinite_outputs"])
+        rows.append(["non-finite", f"the pruned model gives NaN/Inf in {shown}"])
+    rows += [gate_row(g) for g in result.get("gates", [])]
     out.append(table(rows, ["", "value"]))
     per = [
         [
@@ -427,7 +475,7 @@ def render_evaluation(result: dict) -> str:
         ]
         for p in result.get("per_output", [])
     ]
-    if per:
+    if per and result.get("verdict") != "inconclusive":
         out.append("")
         header = ["output", "shape", "max abs diff", "rel diff", "cosine", "top-1"]
         out.append(table(per, header))
