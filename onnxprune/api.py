@@ -33,6 +33,7 @@ from onnxprune.report.outcome import (
 )
 from onnxprune.report.results import Report
 from onnxprune.report.sections import UnstructuredSummary
+from onnxprune.runtime.shapes import random_validation_inputs, resolve_shapes
 from onnxprune.stages import Stages, layer_bar
 from onnxprune.unstructured.magnitude import find_prunable_weights, magnitude, prune_unstructured
 
@@ -74,6 +75,9 @@ def prune(
     lstsq: bool | None = None,
     obs: bool | None = None,
     progress: bool = False,
+    input_shapes: dict | Sequence[str] | str | None = None,
+    samples: int = 16,
+    threads: int = 0,
 ) -> PruneResult:
     """Prune an ONNX model and prove the result with onnxruntime.
 
@@ -97,6 +101,12 @@ def prune(
     turn images into tensors; ``labels`` (a .npy of class indices for the ``calib`` samples)
     adds accuracy before and after to the validation.
 
+    ``input_shapes`` (``{"x": (1, 3, 640, 640)}`` or ``"x=1x3x640x640"`` strings) fixes the
+    symbolic input sizes for random validation inputs and MACs; without it they come from
+    ``calib``, the declared shape or a default per dimension role (README "Validation").
+    Random validation draws ``samples`` samples; ``threads`` sets onnxruntime's intra-op
+    threads for validation and latency (0: onnxruntime's own choice).
+
     Raises ``UsageError`` for bad options and ``OnnxPruneError`` for model problems, each with
     a message meant for a person.
     """
@@ -106,7 +116,7 @@ def prune(
         exclude=exclude, validate=validate, calib=calib, seed=seed, providers=providers,
         runs=runs, force=force, external_data=external_data, calib_samples=calib_samples,
         calib_preprocess=calib_preprocess, labels=labels, bias_correction=bias_correction,
-        lstsq=lstsq, obs=obs,
+        lstsq=lstsq, obs=obs, input_shapes=input_shapes, samples=samples, threads=threads,
     )  # fmt: skip
     return prune_with(model, opts, output=output, progress=progress)
 
@@ -236,6 +246,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
         src = _load(model, report)
         if output_path is not None:
             io.check_output_path(src.path or Path("<memory>"), output_path, opts.force)
+        shapes = resolve_shapes(src.model, opts.input_shapes)  # a bad --input-shape fails now
     provider_list: list[str] = []
     if opts.validate:
         # Resolve providers before the long work so a missing CUDA fails fast.
@@ -245,9 +256,11 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
 
     gzip_before = background.submit(compressed_size, src.model)
     with stages.stage("measure"):
-        before = compute_metrics(src.model, compressed=False)
+        before = compute_metrics(src.model, compressed=False, input_shapes=shapes.shapes)
     with stages.stage("calibrate"):
         inputs = _calibration(opts, src.model)
+        if inputs is not None:  # the data's sizes, for MACs and the report
+            shapes = _shapes_from_data(src.model, opts, inputs, shapes, before)
         labels = None
         if opts.labels is not None:  # a bad labels file fails now, not after the pruning
             from onnxprune.runtime.validate import load_labels
@@ -257,7 +270,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
         pruned = _apply(src.model, opts, report, stages.progress, inputs)
     gzip_after = background.submit(compressed_size, pruned)
     with stages.stage("measure pruned"):
-        after = compute_metrics(pruned, compressed=False)
+        after = compute_metrics(pruned, compressed=False, input_shapes=shapes.shapes)
 
     report.input_path = str(src.path) if src.path else None
     report.params_before, report.params_after = before.params, after.params
@@ -265,6 +278,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
     report.macs_before, report.macs_after = before.macs, after.macs
     report.size_bytes_before = src.size_bytes
     report.notes.extend(n for n in before.notes if n not in report.notes)
+    report.notes.extend(_defaults_note(shapes))
 
     ext = opts.external_data
     if ext is None and src.used_external_data:
@@ -279,7 +293,8 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
             if opts.validate:
                 with stages.stage("validate"):
                     validation = _validate(
-                        src, staged.path, opts, provider_list, stages.progress, inputs, labels
+                        src, staged.path, opts, provider_list, stages.progress, inputs, labels,
+                        shapes,
                     )
                     report.validation = with_recovery_note(validation, report.recovery)
             if output_path is not None:
@@ -302,11 +317,29 @@ def _path_or_none(path: str | None) -> Path | None:
     return Path(path) if path else None
 
 
+def _shapes_from_data(model, opts: PruneOptions, inputs, shapes, before):
+    """Shapes resolved again with the calibration data; ``before``'s MACs recounted at them."""
+    resolved = resolve_shapes(model, opts.input_shapes, inputs)
+    inputs.sources = resolved.sources
+    if resolved.shapes != shapes.shapes:
+        before.macs = compute_metrics(model, compressed=False, input_shapes=resolved.shapes).macs
+    return resolved
+
+
+def _defaults_note(shapes) -> list[str]:
+    """Say which sizes were a default guess, since MACs and random inputs depend on them."""
+    guessed = [k for k, src in shapes.sources.items() if src == "default"]
+    if not guessed:
+        return []
+    shown = ", ".join(f"{k}={'x'.join(map(str, shapes.shapes[k]))}" for k in guessed)
+    return [f"symbolic input sizes set to defaults ({shown}): pass --input-shape to choose them"]
+
+
 def _validate(
-    src: _Source, pruned_path: Path, opts: PruneOptions, providers, progress, inputs, labels
+    src: _Source, pruned_path: Path, opts: PruneOptions, providers, progress, inputs, labels,
+    shapes=None,
 ):
     """The runtime's ``ValidationResult`` of the staged output against the original."""
-    from onnxprune.calibration.data import make_inputs
     from onnxprune.runtime import validate as v
 
     tmpdir = None
@@ -316,10 +349,11 @@ def _validate(
             tmpdir = Path(tempfile.mkdtemp(prefix="onnxprune-orig-"))
             original_path = io.stage_model(src.model, tmpdir / "original.onnx").commit()
         if inputs is None:
-            inputs = make_inputs(src.model, seed=opts.seed)
+            resolved = shapes or resolve_shapes(src.model, opts.input_shapes)
+            inputs = random_validation_inputs(src.model, resolved, opts.samples, opts.seed)
         return v.validate(
             original_path, pruned_path, inputs, providers, runs=opts.runs, progress=progress,
-            labels=labels,
+            labels=labels, threads=opts.threads,
         )
     finally:
         if tmpdir is not None:

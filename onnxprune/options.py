@@ -114,8 +114,20 @@ class DataOptions:
     labels: str | os.PathLike | None = None
     providers: str = "cpu"
     seed: int = 0
+    input_shapes: dict | None = None
+    """``--input-shape``: ``{"x": (1, 3, 640, 640)}``, or strings ``"x=1x3x640x640"``;
+    stored as ``{name: dims}`` ("" for the only input). Checked against the model at load."""
+    samples: int = 16
+    """``--samples``: random validation samples (without --calib)."""
+    threads: int = 0
+    """``--threads``: onnxruntime intra-op threads for validation and latency (0: its own)."""
 
     def __post_init__(self) -> None:
+        from onnxprune.runtime.shapes import parse_input_shapes
+
+        self._set(input_shapes=parse_input_shapes(self.input_shapes) or None)
+        self._set(samples=check_int(self.samples, "--samples", 1))
+        self._set(threads=check_int(self.threads, "--threads", 0))
         self._set(calib_samples=_optional(check_int, self.calib_samples, "--calib-samples", 1))
         self._set(providers=check_choice(self.providers, "--providers", PROVIDERS))
         self._set(seed=check_int(self.seed, "--seed"))
@@ -145,6 +157,13 @@ class DataOptions:
 @dataclass(frozen=True, kw_only=True)
 class ValidateOptions(DataOptions):
     """The ``validate`` command: compare two model files on the same inputs."""
+
+    runs: int = 30
+    """``--runs``: latency runs per model (interleaved)."""
+
+    def __post_init__(self) -> None:
+        self._set(runs=check_int(self.runs, "--runs", 1))
+        super().__post_init__()
 
 
 @dataclass(frozen=True, kw_only=True)
