@@ -189,42 +189,71 @@ def resolve_shapes(
             f"(inputs: {', '.join(sorted(known)) or 'none'})"
         )
     out = ResolvedShapes()
+    bound: dict[str, tuple[int, str]] = {}  # symbol -> (size, source): one size per symbol
     for vi in inputs:
-        name = vi.name
-        if name in given:
-            _check_given(vi, given[name])
-            if data is not None and name in data and np.ndim(data[name]) >= 1:
-                held = tuple(int(d) for d in np.shape(data[name]))
-                if held[1:] != given[name][1:]:
-                    raise UsageError(
-                        f"{_FLAG} {name}={'x'.join(map(str, given[name]))} disagrees with the "
-                        f"{data_source} data, whose samples are {'x'.join(map(str, held[1:]))}"
-                    )
-            out.shapes[name], out.sources[name] = given[name], "--input-shape"
-            continue
-        declared = input_dims(vi)
-        fixed0 = declared[0] if declared and isinstance(declared[0], int) and declared[0] > 0 else 1
-        if data is not None and name in data and np.ndim(data[name]) >= 1:
-            shape = tuple(int(d) for d in np.shape(data[name]))
-            out.shapes[name], out.sources[name] = (fixed0, *shape[1:]), data_source
-            continue
-        if declared is None:
-            continue  # no shape: random inputs refuse it with their own message
-        try:
-            integer = input_dtype(vi).kind in "iub"
-        except OnnxPruneError:  # not a tensor onnxprune can feed: random inputs say so
-            integer = False
-        dims, source = [], "declared"
-        for axis, d in enumerate(declared):
-            if isinstance(d, int) and d > 0:
-                dims.append(d)
-            elif axis == 0:
-                dims.append(1)
-            else:
-                dims.append(_default_dim(axis, len(declared), integer))
-                source = "default"
-        out.shapes[name], out.sources[name] = tuple(dims), source
+        shape = _from_given_or_data(vi, given, data, data_source, out)
+        if shape is not None:
+            _bind(vi, shape, out.sources[vi.name], bound)
+    for vi in inputs:
+        if vi.name not in out.shapes and input_dims(vi) is not None:
+            _from_declared(vi, bound, out)
     return out
+
+
+def _bind(vi: onnx.ValueInfoProto, shape: tuple[int, ...], source: str, bound: dict) -> None:
+    """Remember the size each named symbol of ``vi`` got, so other inputs agree with it."""
+    for d, size in zip(input_dims(vi) or [], shape, strict=False):
+        if isinstance(d, str) and d:
+            bound.setdefault(d, (size, source))
+
+
+def _from_given_or_data(vi, given, data, data_source: str, out: ResolvedShapes):
+    """``vi``'s shape from ``--input-shape`` or the data (recorded in ``out``), else None."""
+    name = vi.name
+    held = None
+    if data is not None and name in data and np.ndim(data[name]) >= 1:
+        held = tuple(int(d) for d in np.shape(data[name]))
+    if name in given:
+        _check_given(vi, given[name])
+        if held is not None and held[1:] != given[name][1:]:
+            raise UsageError(
+                f"{_FLAG} {name}={'x'.join(map(str, given[name]))} disagrees with the "
+                f"{data_source} data, whose samples are {'x'.join(map(str, held[1:]))}"
+            )
+        out.shapes[name], out.sources[name] = given[name], "--input-shape"
+        return given[name]
+    if held is None:
+        return None
+    declared = input_dims(vi)
+    fixed0 = declared[0] if declared and isinstance(declared[0], int) and declared[0] > 0 else 1
+    out.shapes[name], out.sources[name] = (fixed0, *held[1:]), data_source
+    return out.shapes[name]
+
+
+def _from_declared(vi: onnx.ValueInfoProto, bound: dict, out: ResolvedShapes) -> None:
+    """``vi``'s declared sizes; a symbol another input fixed takes that size, any other
+    symbolic size its role's default (and binds it for the inputs that follow)."""
+    declared = input_dims(vi) or []
+    try:
+        integer = input_dtype(vi).kind in "iub"
+    except OnnxPruneError:  # not a tensor onnxprune can feed: random inputs say so
+        integer = False
+    dims, source = [], "declared"
+    for axis, d in enumerate(declared):
+        if isinstance(d, int) and d > 0:
+            dims.append(d)
+        elif isinstance(d, str) and d in bound:
+            size, origin = bound[d]
+            dims.append(size)
+            if origin == "default" or (axis > 0 and source == "declared"):
+                source = origin
+        elif axis == 0:
+            dims.append(1)
+        else:
+            dims.append(_default_dim(axis, len(declared), integer))
+            source = "default"
+    out.shapes[vi.name], out.sources[vi.name] = tuple(dims), source
+    _bind(vi, out.shapes[vi.name], source, bound)
 
 
 def random_validation_inputs(
@@ -236,11 +265,12 @@ def random_validation_inputs(
     samples, unless ``--input-shape`` gave the batch (then runs of that size).
     """
     by_name = {vi.name: vi for vi in real_inputs(model)}
+    given_batch = "--input-shape" in resolved.sources.values()  # one batch for all inputs
     shapes: dict[str, tuple[int, ...]] = {}
     for name, shape in resolved.shapes.items():
         declared = input_dims(by_name[name]) or []
         dynamic = bool(declared) and not (isinstance(declared[0], int) and declared[0] > 0)
-        if shape and dynamic and resolved.sources.get(name) != "--input-shape":
+        if shape and dynamic and not given_batch:
             shape = (samples, *shape[1:])
         shapes[name] = shape
     batch = random_inputs(model, seed=seed, batch_size=samples, shapes=shapes)
