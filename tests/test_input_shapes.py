@@ -316,3 +316,21 @@ def test_a_symbol_shared_by_inputs_gets_one_size():
     assert default.shapes["mask"][3] == default.shapes["x"][1]
     v = onnxprune.prune(model, heads=0.5, runs=5, samples=4).report.validation
     assert v.samples == 4 and v.input_shapes["mask"][0] == v.input_shapes["x"][0] == 4
+
+
+def test_count_macs_at_input_shapes_leaves_the_model_alone():
+    model = symbolic_cnn()
+    before = model.SerializeToString()
+    macs, notes = count_macs(model, {"x": (2, 3, 32, 32)})
+    assert macs == count_macs(with_dims(small_cnn(), [2, 3, 32, 32]))[0]
+    assert macs == 2 * count_macs(model, {"x": (1, 3, 32, 32)})[0]
+    assert not any("taken as 1" in n for n in notes)
+    assert model.SerializeToString() == before
+
+
+def test_validate_options_check_runs_and_threads():
+    assert ValidateOptions(runs=7, threads=3).threads == 3
+    with pytest.raises(UsageError, match="--runs"):
+        ValidateOptions(runs=0)
+    with pytest.raises(UsageError, match="--threads"):
+        ValidateOptions(threads=True)
