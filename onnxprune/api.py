@@ -33,6 +33,7 @@ from onnxprune.report.outcome import (
 )
 from onnxprune.report.results import Report
 from onnxprune.report.sections import UnstructuredSummary
+from onnxprune.runtime.shapes import random_validation_inputs, resolve_shapes
 from onnxprune.stages import Stages, layer_bar
 from onnxprune.unstructured.magnitude import find_prunable_weights, magnitude, prune_unstructured
 
@@ -81,6 +82,9 @@ def prune(
     val_labels: str | os.PathLike | None = None,
     holdout: bool = True,
     keep_failed: bool = False,
+    input_shapes: dict | Sequence[str] | str | None = None,
+    samples: int = 16,
+    threads: int = 0,
 ) -> PruneResult:
     """Prune an ONNX model and prove the result with onnxruntime.
 
@@ -114,6 +118,12 @@ def prune(
     (written as ``<stem>.failed.onnx``). A pruned model giving NaN/Inf where the original is
     finite is an ``OnnxPruneError`` and is never written.
 
+    ``input_shapes`` (``{"x": (1, 3, 640, 640)}`` or ``"x=1x3x640x640"`` strings) fixes the
+    symbolic input sizes for random validation inputs and MACs; without it they come from
+    ``calib``, the declared shape or a default per dimension role (README "Validation").
+    Random validation draws ``samples`` samples; ``threads`` sets onnxruntime's intra-op
+    threads for validation and latency (0: onnxruntime's own choice).
+
     Raises ``UsageError`` for bad options and ``OnnxPruneError`` for model problems, each with
     a message meant for a person.
 
@@ -128,6 +138,7 @@ def prune(
         lstsq=lstsq, obs=obs, min_cosine=min_cosine, max_drop=max_drop,
         max_rel_diff=max_rel_diff, val=val, val_labels=val_labels, holdout=holdout,
         keep_failed=keep_failed,
+        input_shapes=input_shapes, samples=samples, threads=threads,
     )  # fmt: skip
     return prune_with(model, opts, output=output, progress=progress)
 
@@ -317,6 +328,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
         src = _load(model, report)
         if output_path is not None:
             io.check_output_path(src.path or Path("<memory>"), output_path, opts.force)
+        shapes = resolve_shapes(src.model, opts.input_shapes)  # a bad --input-shape fails now
     provider_list: list[str] = []
     if opts.validate:
         # Resolve providers before the long work so a missing CUDA fails fast.
@@ -326,15 +338,17 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
 
     gzip_before = background.submit(compressed_size, src.model)
     with stages.stage("measure"):
-        before = compute_metrics(src.model, compressed=False)
+        before = compute_metrics(src.model, compressed=False, input_shapes=shapes.shapes)
     with stages.stage("calibrate"):
         data = _data(opts, src.model)
         inputs = data.fit
+        if inputs is not None:  # the data's sizes, for MACs and the report
+            shapes = _shapes_from_data(src.model, opts, inputs, shapes, before)
     with stages.stage("prune"):
         pruned = _apply(src.model, opts, report, stages.progress, inputs)
     gzip_after = background.submit(compressed_size, pruned)
     with stages.stage("measure pruned"):
-        after = compute_metrics(pruned, compressed=False)
+        after = compute_metrics(pruned, compressed=False, input_shapes=shapes.shapes)
 
     report.input_path = str(src.path) if src.path else None
     report.params_before, report.params_after = before.params, after.params
@@ -342,6 +356,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
     report.macs_before, report.macs_after = before.macs, after.macs
     report.size_bytes_before = src.size_bytes
     report.notes.extend(n for n in before.notes if n not in report.notes)
+    report.notes.extend(_defaults_note(shapes))
 
     ext = opts.external_data
     if ext is None and src.used_external_data:
@@ -357,7 +372,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
             if opts.validate:
                 with stages.stage("validate"):
                     validation = _validate(
-                        src, staged.path, opts, provider_list, stages.progress, data
+                        src, staged.path, opts, provider_list, stages.progress, data, shapes
                     )
                     report.validation = with_recovery_note(validation, report.recovery)
                     _refuse_nonfinite(validation)
@@ -411,12 +426,31 @@ def _keep_failed(src, pruned, output_path: Path | None, opts: PruneOptions, ext,
     return f"; the pruned model was kept as {written}"
 
 
-def _validate(src: _Source, pruned_path: Path, opts: PruneOptions, providers, progress, data):
+def _shapes_from_data(model, opts: PruneOptions, inputs, shapes, before):
+    """Shapes resolved again with the calibration data; ``before``'s MACs recounted at them."""
+    resolved = resolve_shapes(model, opts.input_shapes, inputs)
+    inputs.sources = resolved.sources
+    if resolved.shapes != shapes.shapes:
+        before.macs = compute_metrics(model, compressed=False, input_shapes=resolved.shapes).macs
+    return resolved
+
+
+def _defaults_note(shapes) -> list[str]:
+    """Say which sizes were a default guess, since MACs and random inputs depend on them."""
+    guessed = [k for k, src in shapes.sources.items() if src == "default"]
+    if not guessed:
+        return []
+    shown = ", ".join(f"{k}={'x'.join(map(str, shapes.shapes[k]))}" for k in guessed)
+    return [f"symbolic input sizes set to defaults ({shown}): pass --input-shape to choose them"]
+
+
+def _validate(
+    src: _Source, pruned_path: Path, opts: PruneOptions, providers, progress, data, shapes=None
+):
     """The runtime's ``ValidationResult`` of the staged output against the original, with
     the data it was scored on and the gates checked."""
     from dataclasses import replace
 
-    from onnxprune.calibration.data import make_inputs
     from onnxprune.runtime import validate as v
     from onnxprune.runtime.gates import check_gates
 
@@ -429,10 +463,14 @@ def _validate(src: _Source, pruned_path: Path, opts: PruneOptions, providers, pr
             tmpdir = Path(tempfile.mkdtemp(prefix="onnxprune-orig-"))
             original_path = io.stage_model(src.model, tmpdir / "original.onnx").commit()
         if inputs is None:
-            inputs = make_inputs(src.model, seed=opts.seed)
+            resolved = shapes or resolve_shapes(src.model, opts.input_shapes)
+            inputs = random_validation_inputs(src.model, resolved, opts.samples, opts.seed)
+        elif not inputs.sources:  # a split or a --val file: say where its sizes came from
+            kind = "val" if data.source == "val" else "calib"
+            inputs.sources = resolve_shapes(src.model, opts.input_shapes, inputs, kind).sources
         result = v.validate(
             original_path, pruned_path, inputs, providers, runs=opts.runs, progress=progress,
-            labels=labels,
+            labels=labels, threads=opts.threads,
         )
         gates = check_gates(result.to_dict(), opts.gates)
         passed = result.passed and all(g["passed"] for g in gates)

@@ -195,6 +195,42 @@ def _data_options(labels_effect: str, providers_help: str, seed_help: str):
     return apply
 
 
+_input_options_list = [
+    click.option(
+        "--input-shape",
+        "input_shapes",
+        multiple=True,
+        metavar="NAME=1x3x640x640",
+        help="Fix an input's sizes for random validation inputs and MACs (repeatable; NAME= "
+        "may be left out for a one-input model) [default: from --calib, else the declared "
+        "shape, else 1 for the batch, 224 for image H/W, 128 for token sequences].",
+    ),
+    click.option(
+        "--samples",
+        type=click.IntRange(min=1),
+        default=default("samples"),
+        show_default=True,
+        metavar="N",
+        help="Random validation samples (without --calib), batched as the model allows.",
+    ),
+    click.option(
+        "--threads",
+        type=click.IntRange(min=0),
+        default=default("threads"),
+        show_default=True,
+        metavar="N",
+        help="onnxruntime intra-op threads for validation and latency (0: onnxruntime's own).",
+    ),
+]
+
+
+def _input_options(f):
+    """--input-shape, --samples and --threads, defined once for prune and validate."""
+    for option in reversed(_input_options_list):
+        f = option(f)
+    return f
+
+
 @cli.command("prune")
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
 @click.option(
@@ -293,6 +329,7 @@ def _data_options(labels_effect: str, providers_help: str, seed_help: str):
     show_default=True,
     help="Latency runs per model (interleaved).",
 )
+@_input_options
 @click.option(
     "--report",
     "report_path",
@@ -360,6 +397,14 @@ def inspect_cmd(model: Path, nm: str) -> None:
     metavar="PATH",
     help="Also write the results as JSON to this path.",
 )
+@click.option(
+    "--runs",
+    type=click.IntRange(min=5),
+    default=30,
+    show_default=True,
+    help="Latency runs per model (interleaved).",
+)
+@_input_options
 def validate_cmd(original: Path, pruned: Path, json_path: Path | None, **kw) -> None:
     """Compare PRUNED with ORIGINAL on the same inputs: agreement, drift, accuracy."""
     import json
@@ -371,7 +416,7 @@ def validate_cmd(original: Path, pruned: Path, json_path: Path | None, **kw) -> 
     _check_folder(json_path, "--json")
     opts = ValidateOptions(**kw)
     try:
-        result = evaluate_files(original, pruned, **opts.data_kwargs())
+        result = evaluate_files(original, pruned, runs=opts.runs, **opts.data_kwargs())
     except GateError as exc:  # write and show the figures before exiting 3
         if json_path is not None and isinstance(exc.report, dict):
             json_path.write_text(json.dumps(exc.report, indent=2) + "\n")

@@ -140,8 +140,20 @@ class DataOptions:
     """Gate: fail unless top-1 accuracy drops by at most this many points (needs labels)."""
     max_rel_diff: float | None = None
     """Gate: fail unless max abs diff / max |reference| is at most this."""
+    input_shapes: dict | None = None
+    """``--input-shape``: ``{"x": (1, 3, 640, 640)}``, or strings ``"x=1x3x640x640"``;
+    stored as ``{name: dims}`` ("" for the only input). Checked against the model at load."""
+    samples: int = 16
+    """``--samples``: random validation samples (without --calib)."""
+    threads: int = 0
+    """``--threads``: onnxruntime intra-op threads for validation and latency (0: its own)."""
 
     def __post_init__(self) -> None:
+        from onnxprune.runtime.shapes import parse_input_shapes
+
+        self._set(input_shapes=parse_input_shapes(self.input_shapes) or None)
+        self._set(samples=check_int(self.samples, "--samples", 1))
+        self._set(threads=check_int(self.threads, "--threads", 0))
         self._set(
             min_cosine=_optional(check_real, self.min_cosine, "--min-cosine", -1.0, 1.0),
             max_drop=_optional(check_real, self.max_drop, "--max-drop", 0.0, 100.0),
@@ -191,7 +203,11 @@ class DataOptions:
 class ValidateOptions(DataOptions):
     """The ``validate`` command: compare two model files on the same inputs."""
 
+    runs: int = 30
+    """``--runs``: latency runs per model (interleaved)."""
+
     def __post_init__(self) -> None:
+        self._set(runs=check_int(self.runs, "--runs", 1))
         super().__post_init__()
         self._check_max_drop(self.labels is not None, "--calib and --labels")
 

@@ -16,6 +16,7 @@ This module composes them into :class:`ModelMetrics`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import onnx
@@ -49,14 +50,20 @@ class ModelMetrics:
         return asdict(self)
 
 
-def compute_metrics(model: onnx.ModelProto, *, compressed: bool = True) -> ModelMetrics:
-    """All the figures for one model, with notes on what had to be assumed.
+def compute_metrics(
+    model: onnx.ModelProto,
+    *,
+    compressed: bool = True,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> ModelMetrics:
+    """All the figures for one model, with notes on what had to be assumed; MACs at
+    ``input_shapes`` when given (see ``macs.count_macs``).
 
     ``compressed=False`` leaves ``gzip_bytes`` at 0 for a caller that computes
     ``compressed_size`` itself, e.g. on a background thread while other work runs.
     """
     params, nonzeros, unread = scan_params(model)
-    macs, notes = count_macs(model)
+    macs, notes = count_macs(model, input_shapes)
     gzip_bytes = compressed_size(model) if compressed else 0
     if compressed and is_compression_sampled(model):
         notes.append(compression_note())

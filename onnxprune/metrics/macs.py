@@ -88,15 +88,41 @@ def _describe(node: onnx.NodeProto, index: int) -> str:
     return f"{node.op_type} {node.name!r}" if node.name else f"{node.op_type} #{index}"
 
 
-def count_macs(model: onnx.ModelProto) -> tuple[int, list[str]]:
+def at_input_shapes(
+    model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]]
+) -> onnx.ModelProto:
+    """A light copy of ``model`` (no big payloads) whose graph inputs have these fixed sizes.
+
+    Inputs not named keep their declared shape. The caller's model is not touched, and no
+    weight is copied, so MACs at chosen sizes cost what the graph costs.
+    """
+    light, _ = without_payloads(model, _INFERENCE_KEEP_BYTES)
+    for vi in light.graph.input:
+        dims = input_shapes.get(vi.name)
+        if dims is None or not vi.type.HasField("tensor_type"):
+            continue
+        shape = vi.type.tensor_type.shape
+        shape.ClearField("dim")
+        for d in dims:
+            shape.dim.add().dim_value = int(d)
+    return light
+
+
+def count_macs(
+    model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> tuple[int, list[str]]:
     """Multiply-accumulates of one inference, and notes on what was assumed or left out.
 
     Counted: every node of the main graph whose op spec has a MAC formula (built in: Conv,
-    ConvTranspose, Gemm, MatMul and their integer/QLinear forms). Symbolic or unknown dims (batch, sequence) are taken as 1, said once per name.
+    ConvTranspose, Gemm, MatMul and their integer/QLinear forms). ``input_shapes`` (one run's
+    shape per input, ``runtime.shapes.resolve_shapes``) fixes the inputs' sizes; without it,
+    symbolic or unknown dims (batch, sequence) are taken as 1, said once per name.
     A node whose shapes cannot be found counts 0 and is named in a note; so are MAC ops in
     subgraphs (If/Loop/Scan bodies), which are not counted.
     """
     notes: list[str] = []
+    if input_shapes:
+        model = at_input_shapes(model, input_shapes)
     shapes = _inferred_shapes(model, notes)
     dims = Dims()
     total = 0

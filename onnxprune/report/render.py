@@ -56,7 +56,33 @@ def _totals(r: Report) -> list[list[str]]:
             rows.append(
                 _row("latency p90 (ms)", v.latency_p90_ms_before, v.latency_p90_ms_after, ms)
             )
+        if getattr(v, "latency_p10_ms_before", None) is not None:
+            rows.append(
+                _row("latency p10 (ms)", v.latency_p10_ms_before, v.latency_p10_ms_after, ms)
+            )
     return rows
+
+
+def latency_line(v) -> str:
+    """Speed-up, whether it is significant, and what one timed run was (batch, threads)."""
+    speedup = getattr(v, "speedup", None)
+    if speedup is None:
+        return ""
+    significant = getattr(v, "speedup_significant", True)
+    verdict = "" if significant else " (not significant: p10-p90 spreads overlap)"
+    threads = getattr(v, "threads", 0)
+    shown = "onnxruntime's default" if not threads else str(threads)
+    batch = getattr(v, "batch", None)
+    per = f"per run of batch {batch}" if batch is not None else "per run"
+    return f"speed-up {speedup:.2f}x{verdict}; latency {per}, {v.runs} runs, threads {shown}"
+
+
+def inputs_line(samples, input_shapes: dict, shape_source: dict) -> str:
+    """How many samples were compared and at which input shapes (and where they came from)."""
+    shapes = ", ".join(
+        f"{k}={'x'.join(map(str, d))} ({shape_source.get(k, '?')})" for k, d in input_shapes.items()
+    )
+    return f"{samples if samples is not None else '-'} samples; inputs {shapes or '-'}"
 
 
 def _more(items: list, max_rows: int, what: str) -> list[str]:
@@ -151,4 +177,30 @@ def _validation(v) -> list[str]:
             + ", ".join(v.nonfinite_outputs)
         )
     lines += [f"  gate {gate_row(g)[0]}: {gate_row(g)[1]}" for g in getattr(v, "gates", [])]
-    return [*lines, *(f"  {note}" for note in v.notes)]
+    facts = [inputs_line(v.samples, getattr(v, "input_shapes", {}), getattr(v, "shape_source", {}))]
+    facts += [line for line in [latency_line(v)] if line]
+    return [*lines, *(f"  {f}" for f in facts), *(f"  {note}" for note in v.notes)]
+
+
+def latency_rows(result: dict) -> list[list[str]]:
+    """``onnxprune validate``'s latency rows: median, p10 and p90 before / after."""
+    if result.get("latency_ms_before") is None:
+        return []
+    rows = []
+    for what, key in (("median", "latency_ms"), ("p10", "latency_p10_ms"), ("p90", "latency_p90_ms")):
+        before, after = result[f"{key}_before"], result[f"{key}_after"]
+        rows.append([f"latency {what} (ms) before / after", f"{before:.3f} / {after:.3f}"])
+    return rows
+
+
+def evaluation_facts(result: dict) -> list[str]:
+    """``onnxprune validate``'s lines on the samples, input shapes and speed-up."""
+    from types import SimpleNamespace
+
+    facts = [
+        inputs_line(
+            result.get("samples"), result.get("input_shapes", {}), result.get("shape_source", {})
+        )
+    ]
+    line = latency_line(SimpleNamespace(**{"runs": 0, **result}))
+    return facts + ([line] if line else [])

@@ -27,6 +27,8 @@ __all__ = [
     "join_chunks",
     "random_inputs",
     "real_inputs",
+    "rows_of",
+    "run_facts",
     "sample_count",
     "shared_batch",
 ]
@@ -47,11 +49,21 @@ class InputBatch(dict):
     def __init__(self, *args, notes: list[str] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.notes: list[str] = list(notes or [])
+        self.sources: dict[str, str] = {}
+        """Where each input's shape came from ("--input-shape", "calib", "default", ...)."""
+        self.run_batch: int | None = None
+        """Samples per run when the rows must be run in batches the model did not fix
+        (random inputs at a batch given by ``--input-shape``); None: as the model allows."""
 
 
 def guess_hint(inputs: Mapping) -> str:
     """Said after a run failure when the inputs were partly guessed."""
     guessed = [n for n in getattr(inputs, "notes", []) if "set to 1" in n]
+    if "default" in (getattr(inputs, "sources", None) or {}).values():
+        return (
+            " (random inputs had default sizes for symbolic dimensions; "
+            "pass --input-shape or --calib)"
+        )
     if not guessed:
         return ""
     return " (random inputs had guessed dimensions; pass --calib with real inputs)"
@@ -162,19 +174,61 @@ def _random_values(
     return rng.integers(0, high, size=shape).astype(dtype)
 
 
-def random_inputs(model: onnx.ModelProto, *, seed: int = 0, batch_size: int = 1) -> InputBatch:
+def random_inputs(
+    model: onnx.ModelProto,
+    *,
+    seed: int = 0,
+    batch_size: int = 1,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+) -> InputBatch:
     """Random values for every real input, of its dtype and shape.
 
-    A symbolic first dim is set to ``batch_size`` and other symbolic dims to 1, each noted
-    in ``.notes`` after a first note naming the seed.
+    Without ``shapes``, a symbolic first dim is set to ``batch_size`` and other symbolic dims
+    to 1, each noted in ``.notes`` after a first note naming the seed. With ``shapes`` (one
+    run's shape per input, see ``onnxprune.runtime.shapes``), ``batch_size`` samples are drawn
+    in runs of that shape: when every input's axis 0 is its batch, the rows are rounded up to
+    whole runs and ``.run_batch`` says the run size; otherwise one run at those shapes.
     """
     rng = np.random.default_rng(seed)
     batch = InputBatch(notes=[])
+    if shapes is not None:
+        return _random_at(model, shapes, batch_size, rng, batch, seed)
     for vi in real_inputs(model):
         dtype = input_dtype(vi)
         shape = _random_shape(vi, batch_size, batch.notes)
         batch[vi.name] = _random_values(vi.name, dtype, shape, rng)
     batch.notes.insert(0, f"random inputs (seed {seed})")
+    return batch
+
+
+def _random_at(
+    model: onnx.ModelProto,
+    shapes: Mapping[str, Sequence[int]],
+    samples: int,
+    rng: np.random.Generator,
+    batch: InputBatch,
+    seed: int,
+) -> InputBatch:
+    """``random_inputs`` at resolved shapes: ``samples`` rows in whole runs where it can."""
+    inputs = real_inputs(model)
+    runs_of = {shapes[vi.name][0] for vi in inputs if shapes.get(vi.name)}
+    batchable = len(runs_of) == 1 and all(vi.name in shapes and shapes[vi.name] for vi in inputs)
+    step = runs_of.pop() if batchable else 1
+    rows = -(-samples // step) * step if batchable else None
+    for vi in inputs:
+        if vi.name not in shapes:
+            _random_shape(vi, 1, [])  # no shape: the same error as without shapes
+        shape = tuple(int(d) for d in shapes[vi.name])
+        if rows is not None:
+            shape = (rows, *shape[1:])
+        batch[vi.name] = _random_values(vi.name, input_dtype(vi), shape, rng)
+    if rows is not None and rows > step:
+        batch.run_batch = step
+    shown = ", ".join(f"{k}={'x'.join(map(str, shapes[k]))}" for k in batch)
+    count = f"{rows} random samples" if rows is not None else "one random run"
+    batch.notes[:0] = [f"random inputs (seed {seed})", f"{count}, each run fed {shown}"]
+    if rows is None and samples > 1:
+        batch.notes.append("the inputs do not share a batch axis: random validation ran once")
     return batch
 
 
@@ -238,6 +292,21 @@ def chunked(
         notes.append(f"last {n - usable} of {n} samples dropped: the model's batch is {step}")
     notes.append(f"{usable} samples run in batches of {step}; latency measured on one batch")
     return [{k: v[a : a + step] for k, v in feed.items()} for a in starts]
+
+
+def rows_of(chunks: list[dict]) -> int:
+    """Samples in the chunks that ran: their shared first dimension, else 1 per chunk."""
+    return sum(shared_batch(c) or 1 for c in chunks)
+
+
+def run_facts(feed: Mapping[str, np.ndarray], inputs: Mapping) -> dict:
+    """What one timed run was fed: its batch, each input's shape and where it came from
+    (the report's ``batch``, ``input_shapes`` and ``shape_source``)."""
+    return {
+        "batch": shared_batch(feed),
+        "input_shapes": {k: list(np.shape(v)) for k, v in feed.items()},
+        "shape_source": dict(getattr(inputs, "sources", {}) or {}),
+    }
 
 
 def join_chunks(results: list[list[np.ndarray]]) -> list[np.ndarray]:

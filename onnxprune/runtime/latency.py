@@ -1,7 +1,10 @@
 """Latency measured the way the model is deployed, and *interleaved*.
 
 Sessions are opened from the file with full graph optimization; runs alternate A, B, B, A,
-... so that noise from the rest of the machine lands on every model alike.
+... so that noise from the rest of the machine lands on every model alike. Each model's
+figure is its median with the p10-p90 spread; a speed-up is *significant* only when the two
+spreads do not overlap (``speedup_significant``): a machine whose run times wander between
+48 and 115 ms cannot show a 10% gain.
 """
 
 from __future__ import annotations
@@ -15,9 +18,36 @@ from onnxprune.errors import UsageError
 from onnxprune.progress import progress_bar
 from onnxprune.runtime.session import open_session, run_session, session_feeds
 
-__all__ = ["measure_latency", "measure_sessions"]
+__all__ = ["latency_summary", "measure_latency", "measure_sessions", "speedup_significant"]
 
 _MIN_RUNS = 5  # latency runs per model kept even when the time budget is spent
+
+
+def spread(times: list[float]) -> tuple[float, float, float]:
+    """(p10, median, p90) of run times."""
+    p10, median, p90 = np.percentile(np.asarray(times, dtype=float), [10, 50, 90])
+    return float(p10), float(median), float(p90)
+
+
+def speedup_significant(before: list[float], after: list[float]) -> bool:
+    """True when the p10-p90 spreads of the two models' run times do not overlap."""
+    b10, _, b90 = spread(before)
+    a10, _, a90 = spread(after)
+    return a90 < b10 or b90 < a10
+
+
+def latency_summary(before: list[float], after: list[float]) -> dict:
+    """The report's latency keys for two lists of run times (ms): medians, p10, p90,
+    ``speedup`` (median before / median after) and ``speedup_significant``."""
+    b10, bmed, b90 = spread(before)
+    a10, amed, a90 = spread(after)
+    return {
+        "latency_ms_before": bmed, "latency_ms_after": amed,
+        "latency_p10_ms_before": b10, "latency_p10_ms_after": a10,
+        "latency_p90_ms_before": b90, "latency_p90_ms_after": a90,
+        "speedup": bmed / amed if amed > 0 else None,
+        "speedup_significant": speedup_significant(before, after),
+    }  # fmt: skip
 
 
 def measure_sessions(
@@ -73,15 +103,20 @@ def measure_latency(
     warmup: int = 5,
     budget_s: float | None = 10.0,
     progress: bool = False,
+    threads: int = 0,
 ) -> list[list[float]]:
     """Per-model lists of run times (ms), measured interleaved.
 
     All sessions are opened and warmed up first, then each round runs every model once in a
     rotating order, so slow spells of the machine hit all models alike. After ``budget_s``
-    seconds of measuring, stops early once every model has at least 5 runs.
+    seconds of measuring, stops early once every model has at least 5 runs. ``threads`` is
+    onnxruntime's intra-op thread count (0: its own choice).
     """
     roles = [f"model {os.fspath(p)}" for p in paths]
-    sessions = [open_session(p, providers, role=role) for p, role in zip(paths, roles, strict=True)]
+    sessions = [
+        open_session(p, providers, role=role, threads=threads)
+        for p, role in zip(paths, roles, strict=True)
+    ]
     feeds = [session_feeds(s, inputs, role) for s, role in zip(sessions, roles, strict=True)]
     return measure_sessions(
         sessions, feeds, roles, runs=runs, warmup=warmup, budget_s=budget_s, progress=progress

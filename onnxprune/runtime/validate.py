@@ -19,7 +19,6 @@ two models failed.
 from __future__ import annotations
 
 import os
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +27,20 @@ import numpy as np
 from onnxprune.calibration.data import make_inputs
 from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.graph.load import parse_model
+from onnxprune.report.render import evaluation_facts, latency_rows
 from onnxprune.report.results import table
 from onnxprune.report.text import gate_row
 from onnxprune.runtime.compare import accuracy, check_labels, compare_outputs
-from onnxprune.runtime.feeds import InputBatch, chunked, guess_hint, join_chunks, shared_batch
-from onnxprune.runtime.latency import measure_sessions
+from onnxprune.runtime.feeds import (
+    InputBatch,
+    chunked,
+    guess_hint,
+    join_chunks,
+    rows_of,
+    run_facts,
+    shared_batch,
+)
+from onnxprune.runtime.latency import latency_summary, measure_sessions
 from onnxprune.runtime.session import (
     fixed_batch,
     open_session,
@@ -41,6 +49,7 @@ from onnxprune.runtime.session import (
     run_session,
     session_feeds,
 )
+from onnxprune.runtime.shapes import parse_input_shapes, random_validation_inputs, resolve_shapes
 
 __all__ = [
     "ValidationResult",
@@ -61,7 +70,8 @@ RANDOM_SAMPLES = 16
 def _outputs(session, inputs: dict, role: str, hint: str):
     """Run ``session`` on ``inputs`` in chunks: (chunks, joined outputs, chunk notes)."""
     notes: list[str] = []
-    chunks = chunked(session_feeds(session, inputs, role), fixed_batch(session), notes)
+    step = fixed_batch(session) or getattr(inputs, "run_batch", None)
+    chunks = chunked(session_feeds(session, inputs, role), step, notes)
     outputs = join_chunks([run_session(session, c, role, hint=hint) for c in chunks])
     return chunks, outputs, notes
 
@@ -120,11 +130,25 @@ class ValidationResult:
     """One ``{"gate", "threshold", "value", "passed"}`` per gate asked for."""
     passed: bool = True
     """Every gate passed and no output turned non-finite."""
+    """Samples compared (with or without labels)."""
+    latency_p10_ms_before: float | None = None
+    latency_p10_ms_after: float | None = None
+    speedup: float | None = None
+    """Median before / median after."""
+    speedup_significant: bool | None = None
+    """False when the p10-p90 spreads of the two models overlap (``latency.speedup_significant``)."""
+    batch: int | None = None
+    """Samples per run in the latency measurement (the latency is per run of this batch)."""
+    threads: int = 0
+    """onnxruntime intra-op threads of the sessions (0: onnxruntime's own choice)."""
+    input_shapes: dict = field(default_factory=dict)
+    """One run's shape per input, {name: [dims]}."""
+    shape_source: dict = field(default_factory=dict)
+    """Where each input's shape came from: "calib", "val", "--input-shape", "declared", "default"."""
 
     def to_dict(self) -> dict:
         scored = (
-            {"accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
-             "samples": self.samples}
+            {"accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after}
             if self.accuracy_before is not None
             else {}
         )  # fmt: skip
@@ -148,11 +172,16 @@ class ValidationResult:
             "data": self.data,
             "gates": [dict(g) for g in self.gates],
             "passed": self.passed,
+            "samples": self.samples,
+            "latency_p10_ms_before": self.latency_p10_ms_before,
+            "latency_p10_ms_after": self.latency_p10_ms_after,
+            "speedup": self.speedup,
+            "speedup_significant": self.speedup_significant,
+            "batch": self.batch,
+            "threads": self.threads,
+            "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
+            "shape_source": dict(self.shape_source),
         }
-
-
-def _p90(values: list[float]) -> float:
-    return float(np.percentile(values, 90))
 
 
 def validate(
@@ -164,25 +193,29 @@ def validate(
     runs: int = 30,
     progress: bool = False,
     labels: np.ndarray | None = None,
+    threads: int = 0,
 ) -> ValidationResult:
     """Run both models on ``inputs``, compare their outputs, and time them interleaved.
 
-    Each model gets one session, used for the comparison and for the timing. Errors say
-    whether the original or the pruned model failed to load or run. With ``labels`` (one
-    per sample) the same outputs also give each model's top-1 accuracy.
+    Each model gets one session (``threads`` intra-op threads, 0: onnxruntime's choice), used
+    for the comparison and for the timing. Errors say whether the original or the pruned
+    model failed to load or run. With ``labels`` (one per sample) the same outputs also give
+    each model's top-1 accuracy.
     """
     if runs < 1:
         raise UsageError(f"latency runs must be at least 1, got {runs}")
     hint = guess_hint(inputs)
     sessions, feeds, outputs = [], [], []
     chunk_notes: list[str] = []
+    samples = 0
     for path, role in zip((original, pruned), ROLES, strict=True):
-        session = open_session(path, providers, role=role)
+        session = open_session(path, providers, role=role, threads=threads)
         chunks, out, notes = _outputs(session, inputs, role, hint)
         chunk_notes += notes
         outputs.append(out)
         sessions.append(session)
         feeds.append(chunks[0])  # latency is measured on one chunk
+        samples = samples or rows_of(chunks)
     names = [o.name for o in sessions[0].get_outputs()]
     compared = compare_outputs(outputs[0], outputs[1], names)
     scored: dict = {}
@@ -192,8 +225,8 @@ def validate(
         scored = {
             "accuracy_before": accuracy(outputs[0], names, kept),
             "accuracy_after": accuracy(outputs[1], names, kept),
-            "samples": len(kept),
         }
+        samples = len(kept)
     times = measure_sessions(
         sessions, feeds, list(ROLES), runs=runs, warmup=5, budget_s=_BUDGET_S, progress=progress
     )
@@ -211,12 +244,12 @@ def validate(
         cosine=compared["cosine"],
         top1_agreement=compared["top1_agreement"],
         per_output=compared["per_output"],
-        latency_ms_before=statistics.median(times[0]),
-        latency_ms_after=statistics.median(times[1]),
-        latency_p90_ms_before=_p90(times[0]),
-        latency_p90_ms_after=_p90(times[1]),
         runs=done,
         notes=notes,
+        samples=samples,
+        threads=threads,
+        **latency_summary(times[0], times[1]),
+        **run_facts(feeds[0], inputs),
         **scored,
         verdict=compared["verdict"],
         inconclusive_reasons=list(compared["inconclusive_reasons"]),
@@ -323,6 +356,8 @@ def evaluate(
     providers: list[str],
     *,
     labels: np.ndarray | None = None,
+    runs: int = 30,
+    threads: int = 0,
 ) -> dict:
     """Run both models on ``inputs`` and compare; with ``labels``, top-1 accuracy of each.
 
@@ -330,7 +365,8 @@ def evaluate(
     ``top1_agreement``, ``per_output``, ``notes``) plus ``provider``, ``samples`` and, with
     labels, ``accuracy_before`` and ``accuracy_after`` (argmax of the first [N, C] float
     output against the labels). Inputs run in the chunks ``validate`` uses, so a model with
-    a fixed batch drops the last partial chunk, and its labels with it (noted).
+    a fixed batch drops the last partial chunk, and its labels with it (noted). Latency is
+    measured as ``validate`` measures it (same keys: ``latency_ms_before``, ``speedup``, ...).
     """
     roles = list(ROLES)
     n = shared_batch(inputs)
@@ -338,20 +374,23 @@ def evaluate(
         labels = np.asarray(labels)
         check_labels(labels, inputs)
     sessions = [
-        open_session(p, providers, role=r) for p, r in zip((original, pruned), roles, strict=True)
+        open_session(p, providers, role=r, threads=threads)
+        for p, r in zip((original, pruned), roles, strict=True)
     ]
     _check_interfaces(sessions, roles)
     hint = guess_hint(inputs)
     outputs, notes = [], list(getattr(inputs, "notes", []))
     samples = n
+    feeds = []
     for session, role in zip(sessions, roles, strict=True):
         chunks, out, chunk_notes = _outputs(session, inputs, role, hint)
         outputs.append(out)
+        feeds.append(chunks[0])
         if role == roles[0]:
             # validate's notes also speak of latency, which is not measured here
             notes.extend(note.split(";")[0] for note in chunk_notes)
             if n is not None:
-                samples = sum(np.shape(next(iter(c.values())))[0] for c in chunks)
+                samples = rows_of(chunks)
     names = [o.name for o in sessions[0].get_outputs()]
     result = compare_outputs(outputs[0], outputs[1], names)
     result["provider"], asked = _provider_notes(sessions[0], providers)
@@ -361,6 +400,12 @@ def evaluate(
         kept = labels[:samples]
         result["accuracy_before"] = accuracy(outputs[0], names, kept)
         result["accuracy_after"] = accuracy(outputs[1], names, kept)
+    times = measure_sessions(sessions, feeds, roles, runs=runs, warmup=5, budget_s=_BUDGET_S)
+    done = min(len(t) for t in times)
+    if done < runs:
+        notes.append(f"latency stopped after {done} of {runs} runs ({_BUDGET_S:g} s budget)")
+    result.update(latency_summary(times[0], times[1]), runs=done, threads=threads)
+    result.update(run_facts(feeds[0], inputs))
     result["notes"] = notes + result["notes"]
     return result
 
@@ -378,6 +423,10 @@ def evaluate_files(
     min_cosine: float | None = None,
     max_drop: float | None = None,
     max_rel_diff: float | None = None,
+    input_shapes: object = None,
+    samples: int = RANDOM_SAMPLES,
+    threads: int = 0,
+    runs: int = 30,
 ) -> dict:
     """``evaluate`` on two model files, inputs from ``calib`` (or random), labels from a file.
 
@@ -386,6 +435,8 @@ def evaluate_files(
     (``gates``, ``passed``): a failed gate raises ``GateError`` (exit 3) whose ``report`` is
     this result, so the caller can still write it. Two unrelated models with the same
     interface are a legitimate comparison with a bad result: reported, failing only a gate.
+    Random inputs are ``samples`` samples at the shapes ``runtime.shapes`` resolves
+    (``input_shapes`` as ``--input-shape`` takes them).
     """
     from onnxprune.runtime.gates import Gates, check_gates, raise_if_failed
 
@@ -403,20 +454,21 @@ def evaluate_files(
         raise OnnxPruneError(f"cannot read {os.fspath(original)}: {exc.strerror or exc}") from exc
     model = parse_model(content, os.fspath(original))
     del content
-    inputs = make_inputs(
-        model,
-        calib=calib,
-        seed=seed,
-        batch_size=RANDOM_SAMPLES,
-        max_samples=calib_samples,
-        preprocess=calib_preprocess,
-    )
+    given = parse_input_shapes(input_shapes)
     if calib is None:
+        inputs = random_validation_inputs(model, resolve_shapes(model, given), samples, seed)
         inputs.notes[0] += ": pass --calib for real inputs"
+    else:
+        inputs = make_inputs(
+            model, calib=calib, seed=seed, max_samples=calib_samples, preprocess=calib_preprocess
+        )
+        inputs.sources = resolve_shapes(model, given, inputs).sources
     label_array = None
     if labels is not None:
         label_array = load_labels(labels, shared_batch(inputs), max_samples=calib_samples)
-    result = evaluate(original, pruned, inputs, chosen, labels=label_array)
+    result = evaluate(
+        original, pruned, inputs, chosen, labels=label_array, runs=runs, threads=threads
+    )
     where = {
         "original": os.fspath(original),
         "pruned": os.fspath(pruned),
@@ -463,7 +515,9 @@ def render_evaluation(result: dict) -> str:
         shown = ", ".join(result["nonfinite_outputs"])
         rows.append(["non-finite", f"the pruned model gives NaN/Inf in {shown}"])
     rows += [gate_row(g) for g in result.get("gates", [])]
+    rows += latency_rows(result)
     out.append(table(rows, ["", "value"]))
+    out.extend(f"  {f}" for f in evaluation_facts(result))
     per = [
         [
             p["name"],
