@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph.check import check_graph, check_payloads
 from onnxprune.graph.external import PROTOBUF_LIMIT, load_external_data
 from onnxprune.graph.proto import constant_node_tensor, is_external, tensor_nbytes
 
@@ -66,6 +67,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     del content
 
     notes: list[str] = []
+    check_payloads(model)
     data_files = load_external_data(model, model_path.parent)
     if data_files:
         names = ", ".join(sorted(p.name for p in data_files))
@@ -75,6 +77,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         )
 
     notes.extend(normalize_model(model))
+    notes.extend(check_graph(model))
 
     opset_note = _opset_note(model)
     if opset_note:
