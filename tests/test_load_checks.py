@@ -18,7 +18,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import onnxprune
 from onnxprune.cli import main
+from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.check import raw_data_length
 from onnxprune.testing.graphs import Builder
 
@@ -177,7 +179,7 @@ CASES: list[tuple[Callable, str]] = [
     (absurd_dim, "'conv4.bias' has dims [1000000000000]"),
     (unknown_data_type, "'conv4.bias' has an unknown data type (99)"),
     (undefined_data_type, "'conv4.bias' has an unknown data type (0)"),
-    (nan_weight, "1 weight tensor hold NaN or Inf values ('conv4.weight')"),
+    (nan_weight, "1 weight tensor holds NaN or Inf values ('conv4.weight')"),
     (four_inf_weights, "4 weight tensors hold NaN or Inf values ('conv1.weight', "
      "'conv4.weight', 'mm8.weight' and 1 more)"),
     (nan_in_constant_node, "('mm8.bias')"),
@@ -292,3 +294,40 @@ def test_raw_data_length_reads_the_size_without_copying():
         t = numpy_helper.from_array(np.zeros(n, np.uint8), "t")
         t.doc_string = "x" * 5
         assert raw_data_length(t) == n
+
+
+# ------------------------------------------------------------------------ the API, in memory
+@pytest.mark.parametrize(("mutate", "needle"), CASES[:-1], ids=[c[0].__name__ for c in CASES[:-1]])
+def test_in_memory_invalid_model_raises_onnxprune_error(mutate, needle):
+    model = base_model()
+    mutate(model)
+    before = model.SerializeToString()
+    with pytest.raises(OnnxPruneError) as exc:
+        onnxprune.prune(model, structured=0.5, runs=5)
+    assert needle in str(exc.value)
+    assert model.SerializeToString() == before
+
+
+def test_in_memory_model_with_unloaded_external_data_is_named():
+    model = base_model()
+    t = init(model, "conv4.weight")
+    t.ClearField("raw_data")
+    t.data_location = TensorProto.EXTERNAL
+    entry = t.external_data.add()
+    entry.key, entry.value = "location", "w.bin"
+    with pytest.raises(OnnxPruneError, match=r"'conv4\.weight' refers to external data that was"):
+        onnxprune.prune(model, structured=0.5, runs=5)
+
+
+def test_in_memory_unsorted_model_is_sorted_on_a_copy():
+    model = base_model()
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(nodes))
+    before = model.SerializeToString()
+    result = onnxprune.prune(model, structured=0.5, runs=5)
+    assert (
+        "the model's node list was not in topological order; it was sorted" in result.report.notes
+    )
+    assert model.SerializeToString() == before
+    onnx.checker.check_model(result.model)

@@ -104,6 +104,26 @@ def check_text(message: object, where: str = "model") -> None:
                 check_text(getattr(message, fd.name), f"{where}.{fd.name}")
 
 
+def check_in_memory(model: onnx.ModelProto, *, owned: bool) -> tuple[onnx.ModelProto, list[str]]:
+    """``check_payloads`` and ``check_graph`` for a model handed over in memory (the API).
+
+    A model the caller still owns (``owned`` False) is never changed: when its node list
+    needs sorting, a copy is sorted and returned. Returns the model to use and notes.
+    """
+    for tensor in walk_tensors(model):
+        if is_external(tensor):
+            raise OnnxPruneError(
+                f"tensor {tensor.name!r} refers to external data that was not loaded; pass "
+                "the model's path, or load it with onnx.load (load_external_data=True)"
+            )
+    check_payloads(model)
+    if not owned and [id(n) for n in toposorted(model.graph)] != [id(n) for n in model.graph.node]:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = copy
+    return model, check_graph(model)
+
+
 def check_opset(model: onnx.ModelProto) -> None:
     """The ai.onnx opset must be one onnxprune (and onnxruntime) understands."""
     low, high = SUPPORTED_OPSET_RANGE
@@ -147,8 +167,7 @@ def check_tensor(tensor: onnx.TensorProto) -> None:
         wanted = math.ceil(count * element_bits(tensor.data_type) / 8)
     if entries != wanted:
         raise OnnxPruneError(
-            f"tensor {name!r} holds {entries} values in {field} but its dims {dims} need "
-            f"{wanted}"
+            f"tensor {name!r} holds {entries} values in {field} but its dims {dims} need {wanted}"
         )
 
 
@@ -191,7 +210,7 @@ def check_finite(model: onnx.ModelProto) -> None:
         shown = ", ".join(repr(n) for n in bad[:3])
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise OnnxPruneError(
-            f"{len(bad)} weight tensor{'s' if len(bad) != 1 else ''} hold NaN or Inf "
+            f"{len(bad)} weight tensor{'s hold' if len(bad) != 1 else ' holds'} NaN or Inf "
             f"values ({shown}{more}); pruning cannot produce a usable model from them"
         )
 
@@ -247,9 +266,7 @@ def check_dangling(graph: onnx.GraphProto) -> None:
 
 def check_ops(model: onnx.ModelProto) -> None:
     """Every ai.onnx op of the main graph must exist at the model's opset."""
-    version = next(
-        (o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), None
-    )
+    version = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), None)
     if version is None:
         return
     for node in model.graph.node:
