@@ -331,3 +331,26 @@ def test_in_memory_unsorted_model_is_sorted_on_a_copy():
     )
     assert model.SerializeToString() == before
     onnx.checker.check_model(result.model)
+
+
+def test_stale_shape_hints_are_not_refused(tmp_path, capsys):
+    """onnxruntime merges a value_info or output shape that disagrees leniently: so does the
+    load. (--structured then trusts the stale hints and finds nothing to prune: reported in
+    issue 10's notes as outside the load checks.)"""
+    model = base_model()
+    model.graph.value_info.append(helper.make_tensor_value_info("relu3_out", 1, [9, 9]))
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    dims[-1].dim_value = 7
+    src = write(model, tmp_path / "stale.onnx")
+    code, err = run([str(src), "--unstructured", "0.5", "-o", str(tmp_path / "o.onnx")], capsys)
+    assert code == 0, err
+
+
+def test_custom_domain_ops_pass_the_checks():
+    from onnxprune.graph.check import check_graph
+
+    model = base_model()
+    relu = node(model, "relu5")
+    relu.op_type, relu.domain = "MyRelu", "com.example"
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    assert check_graph(model) == []

@@ -283,10 +283,7 @@ def check_ops(model: onnx.ModelProto) -> None:
 
 def run_checker(model: onnx.ModelProto) -> None:
     """The onnx checker, on a copy without big payloads (cheap at any model size)."""
-    copy = skeleton(model)
-    copy.graph.ClearField("value_info")  # hints only; onnxruntime ignores a stale one
-    for sub in subgraphs(copy.graph):
-        sub.ClearField("value_info")
+    copy = _without_hints(skeleton(model))
     for vi in (*copy.graph.input, *copy.graph.output):
         if vi.type.HasField("tensor_type") and not vi.type.tensor_type.HasField("shape"):
             vi.type.tensor_type.shape.SetInParent()  # shapes are optional for onnxruntime
@@ -297,11 +294,23 @@ def run_checker(model: onnx.ModelProto) -> None:
         raise OnnxPruneError(f"the model is not a valid ONNX graph: {first}") from exc
 
 
+def _without_hints(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without value infos: hints only, which onnxruntime merges leniently."""
+    model.graph.ClearField("value_info")
+    for sub in subgraphs(model.graph):
+        sub.ClearField("value_info")
+    return model
+
+
 def check_inference(model: onnx.ModelProto) -> None:
     """Types and shapes that contradict each other (a rank-1 tensor as a Gemm weight, an
     int32 Conv weight): onnx's strict shape inference on the payload-less copy."""
+    copy = _without_hints(skeleton(model))
+    for vi in copy.graph.output:  # onnxruntime merges a stale declared shape leniently
+        if vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
     try:
-        onnx.shape_inference.infer_shapes(skeleton(model), check_type=True, strict_mode=True)
+        onnx.shape_inference.infer_shapes(copy, check_type=True, strict_mode=True)
     except Exception as exc:  # InferenceError, and others on odd input
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise OnnxPruneError(f"the model's types or shapes are inconsistent: {first}") from exc
