@@ -18,6 +18,7 @@ from pathlib import Path
 import onnx
 
 from onnxprune.graph import modelfile as io
+from onnxprune.graph.check import check_in_memory
 from onnxprune.metrics.counts import (
     compressed_size,
     compression_note,
@@ -177,6 +178,8 @@ def _load(model: str | os.PathLike | onnx.ModelProto, report: Report) -> _Source
             original = onnx.ModelProto()
             original.CopyFrom(model)  # never modify the caller's model
             report.notes.extend(io.normalize_model(original))
+        original, notes = check_in_memory(original, owned=original is not model)
+        report.notes.extend(notes)
         size = 0 if io.model_needs_external_data(original) else original.ByteSize()
         return _Source(original, None, False, size)
     loaded = io.load_model(model)

@@ -20,6 +20,7 @@ from onnxprune.graph.proto import (
     copy_fields,
     external_info,
     is_external,
+    payload_nbytes,
     subgraphs,
     tensor_nbytes,
     walk_tensors,
@@ -109,6 +110,13 @@ def load_external_data(model: onnx.ModelProto, folder: Path) -> list[Path]:
                     f"external data for tensor {tensor.name!r} runs past the end of "
                     f"{data_file} ({file_size} bytes); the file is truncated or not this "
                     "model's data"
+                )
+            stored = length if length is not None else file_size - offset
+            expected = payload_nbytes(tensor.dims, tensor.data_type)
+            if stored != expected and tensor.data_type != onnx.TensorProto.STRING:
+                raise OnnxPruneError(
+                    f"external data for tensor {tensor.name!r} is {stored} bytes but its dims "
+                    f"{list(tensor.dims)} need {expected}"
                 )
 
     for data_file, items in plan.items():

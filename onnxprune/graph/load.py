@@ -3,7 +3,10 @@
 ``load_model`` parses the file, refuses external-data paths that leave the model's folder
 (``onnxprune.graph.external``, checked before any data is read), pulls the weights into
 memory and turns ``Constant``-node weights into initializers so pruning passes only have to
-look in one place. The input file is only ever opened for reading.
+look in one place. Around that, ``onnxprune.graph.check`` refuses an invalid model with its
+own problem named (payload sizes, dims and data types before any data is read; the graph,
+its ops and its float weights once it is in memory). The input file is only ever opened
+for reading.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import onnx
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph.check import check_graph, check_payloads
 from onnxprune.graph.external import PROTOBUF_LIMIT, load_external_data
 from onnxprune.graph.proto import constant_node_tensor, is_external, tensor_nbytes
 
@@ -45,7 +49,8 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     """Read an ONNX model with all its weights in memory, ready for pruning.
 
     Raises OnnxPruneError with a one-line reason for anything that is not a usable model:
-    a missing file, bytes that are not ONNX, missing or escaping external data files.
+    a missing file, bytes that are not ONNX, missing or escaping external data files, and
+    every invalid graph ``graph.check`` finds. An unsorted node list is sorted (noted).
     """
     shown = os.fspath(path)  # errors name the file as the user typed it
     model_path = Path(os.path.abspath(shown))
@@ -66,6 +71,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     del content
 
     notes: list[str] = []
+    check_payloads(model)
     data_files = load_external_data(model, model_path.parent)
     if data_files:
         names = ", ".join(sorted(p.name for p in data_files))
@@ -75,6 +81,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         )
 
     notes.extend(normalize_model(model))
+    notes.extend(check_graph(model))
 
     opset_note = _opset_note(model)
     if opset_note:

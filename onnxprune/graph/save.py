@@ -45,6 +45,13 @@ def check_output_path(input_path: Path, output_path: Path, force: bool) -> None:
     earlier output does not.
     """
     output_path = Path(output_path)
+    try:
+        _check_output_path(Path(input_path), output_path, force)
+    except OSError as exc:  # a name too long for the file system, and the like
+        raise OnnxPruneError(f"cannot write {output_path}: {exc.strerror or exc}") from exc
+
+
+def _check_output_path(input_path: Path, output_path: Path, force: bool) -> None:
     folder = Path(os.path.abspath(output_path)).parent
     if not folder.exists():
         raise OnnxPruneError(f"cannot write to folder {folder}: it does not exist")

@@ -102,10 +102,35 @@ def open_session(
     if threads is not None:
         options.intra_op_num_threads = threads
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    if isinstance(source, str) and not _utf8(source):
+        source = _read_for_session(source, options)
     try:
         return ort.InferenceSession(source, sess_options=options, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own pybind types (Fail, InvalidGraph...)
         raise OnnxPruneError(f"onnxruntime cannot run the {role}: {ort_message(exc)}") from exc
+
+
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # a file name that is not UTF-8 (surrogate-escaped bytes)
+        return False
+
+
+def _read_for_session(path: str, options) -> bytes:
+    """The model's bytes, for a file name onnxruntime cannot take (it wants UTF-8 text);
+    external data is then found through the folder given in the session options."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if _utf8(folder):
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", folder
+        )
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise OnnxPruneError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def fixed_batch(session) -> int | None:
