@@ -66,6 +66,7 @@ CALIB_HELP = (
     "folder of images"
 )
 
+
 def _check_outputs(inputs: list[Path], outputs: list, force: bool = False) -> None:
     """Every file this command writes, checked against the files it reads before the long
     work starts (``graph.outputs``); ``outputs`` holds (flag, path or None) pairs and
@@ -139,112 +140,115 @@ def _apply(options: list):
     return apply
 
 
-_prune_options = _apply([
-    click.option(
-        "-o",
-        "--output",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="Output path [default: <stem>.pruned.onnx beside the input].",
-    ),
-    _ratio_option(
-        "--structured",
-        "Remove fraction R of the channels/neurons of every prunable group (physically smaller, faster on dense hardware).",
-    ),
-    _ratio_option(
-        "--heads",
-        "Remove fraction R of the heads of each attention layer (whole key/value groups in GQA).",
-    ),
-    _ratio_option(
-        "--unstructured", "Zero fraction R of the prunable weights by magnitude (no shape change)."
-    ),
-    click.option(
-        "--nm",
-        default=None,
-        metavar="N:M",
-        help="Zero weights to an N:M pattern along the reduction axis, e.g. 2:4.",
-    ),
-    click.option(
-        "--scope",
-        type=click.Choice(list(SCOPES)),
-        default=default("scope"),
-        show_default=True,
-        help="local: every tensor/group loses R. global: one ranking over the whole model.",
-    ),
-    click.option(
-        "--criterion",
-        type=click.Choice(list(CRITERIA)),
-        default=default("criterion"),
-        show_default=True,
-        help="Channel importance for --structured/--heads (activation, apoz, wanda read --calib "
-        "activations); for --unstructured/--nm: magnitude, or wanda (|W| x input norm).",
-    ),
-    click.option(
-        "--round-to",
-        type=click.IntRange(min=1),
-        default=None,
-        metavar="N",
-        help="Keep channel counts multiples of N [default: chosen for onnxruntime speed; 1 = exact].",
-    ),
-    click.option(
-        "--max-group-ratio",
-        type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
-        default=default("max_group_ratio"),
-        show_default=True,
-        help="With --scope global: most any one group may lose.",
-    ),
-    click.option(
-        "--exclude",
-        multiple=True,
-        metavar="GLOB",
-        help="Leave nodes/tensors whose name matches GLOB intact (repeatable).",
-    ),
-    click.option(
-        "--validate/--no-validate",
-        default=default("validate"),
-        show_default=True,
-        help="Compare outputs and latency of original and pruned in onnxruntime before writing.",
-    ),
-    _data_options(
-        "the report then shows accuracy before/after.",
-        "onnxruntime provider for validation; auto takes CUDA when present.",
-        "Seed for random inputs and the random criterion.",
-    ),
-    click.option(
-        "--bias-correction/--no-bias-correction",
-        default=None,
-        help="Fold the mean contribution of removed channels/weights into the next layer's bias "
-        "[default: on with --calib].",
-    ),
-    click.option(
-        "--lstsq/--no-lstsq",
-        default=None,
-        help="Refit each layer that lost input channels by ridge least squares on calibration "
-        "data so its output matches the original [default: on with --calib].",
-    ),
-    click.option(
-        "--obs/--no-obs",
-        default=None,
-        help="For --unstructured/--nm: choose and compensate zeroed weights with a damped-Hessian "
-        "(SparseGPT-style) reconstruction [default: on with --calib].",
-    ),
-    click.option(
-        "--runs",
-        type=click.IntRange(min=5),
-        default=default("runs"),
-        show_default=True,
-        help="Latency runs per model (interleaved).",
-    ),
-    click.option(
-        "--report",
-        "report_path",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="Also write the report as JSON to this path.",
-    ),
-    click.option("--force", is_flag=True, help="Allow the output to overwrite the input."),
-    click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
-])
+_prune_options = _apply(
+    [
+        click.option(
+            "-o",
+            "--output",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Output path [default: <stem>.pruned.onnx beside the input].",
+        ),
+        _ratio_option(
+            "--structured",
+            "Remove fraction R of the channels/neurons of every prunable group (physically smaller, faster on dense hardware).",
+        ),
+        _ratio_option(
+            "--heads",
+            "Remove fraction R of the heads of each attention layer (whole key/value groups in GQA).",
+        ),
+        _ratio_option(
+            "--unstructured",
+            "Zero fraction R of the prunable weights by magnitude (no shape change).",
+        ),
+        click.option(
+            "--nm",
+            default=None,
+            metavar="N:M",
+            help="Zero weights to an N:M pattern along the reduction axis, e.g. 2:4.",
+        ),
+        click.option(
+            "--scope",
+            type=click.Choice(list(SCOPES)),
+            default=default("scope"),
+            show_default=True,
+            help="local: every tensor/group loses R. global: one ranking over the whole model.",
+        ),
+        click.option(
+            "--criterion",
+            type=click.Choice(list(CRITERIA)),
+            default=default("criterion"),
+            show_default=True,
+            help="Channel importance for --structured/--heads (activation, apoz, wanda read --calib "
+            "activations); for --unstructured/--nm: magnitude, or wanda (|W| x input norm).",
+        ),
+        click.option(
+            "--round-to",
+            type=click.IntRange(min=1),
+            default=None,
+            metavar="N",
+            help="Keep channel counts multiples of N [default: chosen for onnxruntime speed; 1 = exact].",
+        ),
+        click.option(
+            "--max-group-ratio",
+            type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+            default=default("max_group_ratio"),
+            show_default=True,
+            help="With --scope global: most any one group may lose.",
+        ),
+        click.option(
+            "--exclude",
+            multiple=True,
+            metavar="GLOB",
+            help="Leave nodes/tensors whose name matches GLOB intact (repeatable).",
+        ),
+        click.option(
+            "--validate/--no-validate",
+            default=default("validate"),
+            show_default=True,
+            help="Compare outputs and latency of original and pruned in onnxruntime before writing.",
+        ),
+        _data_options(
+            "the report then shows accuracy before/after.",
+            "onnxruntime provider for validation; auto takes CUDA when present.",
+            "Seed for random inputs and the random criterion.",
+        ),
+        click.option(
+            "--bias-correction/--no-bias-correction",
+            default=None,
+            help="Fold the mean contribution of removed channels/weights into the next layer's bias "
+            "[default: on with --calib].",
+        ),
+        click.option(
+            "--lstsq/--no-lstsq",
+            default=None,
+            help="Refit each layer that lost input channels by ridge least squares on calibration "
+            "data so its output matches the original [default: on with --calib].",
+        ),
+        click.option(
+            "--obs/--no-obs",
+            default=None,
+            help="For --unstructured/--nm: choose and compensate zeroed weights with a damped-Hessian "
+            "(SparseGPT-style) reconstruction [default: on with --calib].",
+        ),
+        click.option(
+            "--runs",
+            type=click.IntRange(min=5),
+            default=default("runs"),
+            show_default=True,
+            help="Latency runs per model (interleaved).",
+        ),
+        click.option(
+            "--report",
+            "report_path",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Also write the report as JSON to this path.",
+        ),
+        click.option("--force", is_flag=True, help="Allow the output to overwrite the input."),
+        click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
+    ]
+)
 """The prune command's options, in --help order, kept apart so the command stays short."""
 
 

@@ -44,7 +44,7 @@ def data_file_for(output_path: Path) -> Path:
 def model_outputs(path: Path, flag: str = "-o") -> list[Output]:
     """The model output and the data file it may write."""
     return [Output(flag, Path(path), model=True),
-            Output(f"the data file of {flag}", data_file_for(path), model=True)]  # fmt: skip
+            Output(f"the data file of {flag}" if flag != "-o" else "the output's data file", data_file_for(path), model=True)]  # fmt: skip
 
 
 def input_data_files(model_path: Path) -> list[Path]:
