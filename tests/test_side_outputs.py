@@ -128,3 +128,15 @@ def test_input_data_files_resolve_locations_and_symlinks(tmp_path):
     with pytest.raises(UsageError, match="external data file"):
         check_side_outputs([tmp_path / "m.onnx"], [Output("--report", real / "m.onnx.data")])
     check_side_outputs([tmp_path / "m.onnx"], [Output("--report", tmp_path / "new.json")])
+
+
+def test_a_file_name_too_long_is_refused_before_any_work(tmp_path, capsys, run_cli):
+    long_input = tmp_path / ("a" * 245 + ".onnx")  # its default output name is over 255 bytes
+    onnx.save(small_cnn(), long_input)
+    _refused(run_cli, capsys, [long_input, "--unstructured", "0.5"], tmp_path, "name the output")
+    m = tmp_path / "m.onnx"
+    onnx.save(small_cnn(), m)
+    _refused(run_cli, capsys, ["validate", m, m, "--json", tmp_path / ("j" * 300)], tmp_path,
+             "longer than the file system allows")  # fmt: skip
+    with pytest.raises(UsageError, match="longer than"):
+        prune(m, unstructured=0.5, output=tmp_path / ("o" * 300 + ".onnx"))

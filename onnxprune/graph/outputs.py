@@ -30,21 +30,27 @@ class Output:
     path: Path
     model: bool = False
     """The model output or its data file: these may replace the input when --force is given."""
+    only_if_needed: bool = False
+    """Written only for a model that needs external data: a name too long is not refused
+    beforehand (an inline model would never write it)."""
 
 
 def data_file_for(output_path: Path) -> Path:
     """Where a model written to ``output_path`` keeps its external data (beside the real file
     a symlinked output points to, as the staged save writes it)."""
     final = Path(os.path.abspath(output_path))
-    if final.is_symlink():
-        final = final.resolve()
+    try:
+        if final.is_symlink():
+            final = final.resolve()
+    except OSError:  # a name too long to look up: check_side_outputs refuses it
+        pass
     return final.with_name(f"{final.name}.data")
 
 
 def model_outputs(path: Path, flag: str = "-o") -> list[Output]:
     """The model output and the data file it may write."""
     return [Output(flag, Path(path), model=True),
-            Output(f"the data file of {flag}" if flag != "-o" else "the output's data file", data_file_for(path), model=True)]  # fmt: skip
+            Output(f"the data file of {flag}" if flag != "-o" else "the output's data file", data_file_for(path), model=True, only_if_needed=True)]  # fmt: skip
 
 
 def input_data_files(model_path: Path) -> list[Path]:
@@ -78,10 +84,31 @@ def _same(a: tuple, b: tuple) -> bool:
     return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
 
 
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder if _is_dir(folder) else "/", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a path too long to look up cannot be written either
+        return False
+
+
 def _check_kind(out: Output) -> None:
     path = out.path
     folder = Path(os.path.abspath(path)).parent
-    if not folder.is_dir():
+    limit = _name_max(folder)
+    if len(os.fsencode(path.name)) > limit and not out.only_if_needed:
+        hint = "; name the output with -o" if out.model else ""
+        raise UsageError(
+            f"{out.flag} {path.name[:40]}...: the file name is longer than the file system "
+            f"allows ({limit} bytes){hint}"
+        )
+    if not _is_dir(folder):
         if out.model:  # the save stage's own check names it (exit 1: the file system)
             return
         raise UsageError(f"{out.flag} folder {folder} does not exist")

@@ -53,14 +53,12 @@ def check_output_path(input_path: Path, output_path: Path, force: bool) -> None:
         raise OnnxPruneError(f"cannot write to folder {folder}: it does not exist")
     if not folder.is_dir():
         raise OnnxPruneError(f"cannot write to folder {folder}: it is not a folder")
-    if output_path.is_dir():
-        raise UsageError(f"output path {output_path} is a folder; give a file name")
+    inputs = [] if str(input_path) == "<memory>" else [Path(input_path)]
+    check_side_outputs(inputs, model_outputs(output_path), force=force)
     if _same_file(Path(input_path), output_path) and not force:
         raise UsageError("output path is the input; pass --force to overwrite it")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OnnxPruneError(f"cannot write to folder {folder}: permission denied")
-    inputs = [] if str(input_path) == "<memory>" else [Path(input_path)]
-    check_side_outputs(inputs, model_outputs(output_path), force=force)
 
 
 def _final_path(output_path: Path) -> Path:
