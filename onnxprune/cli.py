@@ -77,6 +77,14 @@ def _check_outputs(inputs: list[Path], outputs: list, force: bool = False) -> No
     check_side_outputs(inputs, [o for o in files if o.path is not None], force=force)
 
 
+def _write_side_output(path: Path, flag: str, write) -> None:
+    """``write(path)``, a failure of the disk (full, gone) named as one error line."""
+    try:
+        write(path)
+    except OSError as exc:
+        raise OnnxPruneError(f"could not write {flag} {path}: {exc.strerror or exc}") from exc
+
+
 _calib_samples_option = click.option(
     "--calib-samples",
     type=click.IntRange(min=1),
@@ -269,7 +277,7 @@ def prune_cmd(
     _check_outputs([model], [*model_outputs(out), ("--report", report_path)], opts.force)
     result = prune_with(model, opts, output=out, progress=not quiet)
     if report_path is not None:
-        result.report.write_json(report_path)
+        _write_side_output(report_path, "--report", result.report.write_json)
     if not quiet:
         click.echo(result.report.render())
 
@@ -317,7 +325,8 @@ def validate_cmd(original: Path, pruned: Path, json_path: Path | None, **kw) -> 
     _check_outputs([original, pruned], [("--json", json_path)])
     result = evaluate_files(original, pruned, **opts.data_kwargs())
     if json_path is not None:
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        text = json.dumps(result, indent=2) + "\n"
+        _write_side_output(json_path, "--json", lambda p: p.write_text(text))
     click.echo(render_evaluation(result))
 
 

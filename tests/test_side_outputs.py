@@ -140,3 +140,10 @@ def test_a_file_name_too_long_is_refused_before_any_work(tmp_path, capsys, run_c
              "longer than the file system allows")  # fmt: skip
     with pytest.raises(UsageError, match="longer than"):
         prune(m, unstructured=0.5, output=tmp_path / ("o" * 300 + ".onnx"))
+
+
+def test_a_fifo_is_not_a_report_file(tmp_path, capsys, run_cli):
+    m = _external(tmp_path)
+    os.mkfifo(tmp_path / "pipe")
+    _refused(run_cli, capsys, [m, "--unstructured", "0.5", "--report", tmp_path / "pipe"],
+             tmp_path, "is not a regular file")  # fmt: skip

@@ -114,14 +114,18 @@ def _check_kind(out: Output) -> None:
         raise UsageError(f"{out.flag} folder {folder} does not exist")
     try:
         mode = os.stat(path).st_mode
-    except OSError:
-        return  # a new file
+    except OSError:  # a new file
+        if not out.model and not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{out.flag} {path}: cannot write to folder {folder}") from None
+        return
     if stat.S_ISDIR(mode):
         raise UsageError(f"{out.flag} {path} is a folder; give a file name")
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         raise UsageError(f"{out.flag} {path} is a device, not a file")
     if not stat.S_ISREG(mode):
         raise UsageError(f"{out.flag} {path} is not a regular file")
+    if not out.model and not os.access(path, os.W_OK):
+        raise UsageError(f"{out.flag} {path} is not writable")
 
 
 def check_side_outputs(
