@@ -348,6 +348,7 @@ def _run(argv: list[str] | None) -> int:
     """The CLI's exit code; every message it prints on failure is one `error:` line."""
     try:
         cli.main(args=argv, prog_name="onnxprune", standalone_mode=False)
+        signals.check()
         return 0
     except click.exceptions.Exit as e:
         return e.exit_code

@@ -24,7 +24,7 @@ from pathlib import Path
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-_state = {"installed": False, "stopping": False}
+_state: dict[str, object] = {"installed": False, "stopping": False, "received": None}
 _tracked: set[Path] = set()
 
 
@@ -43,10 +43,20 @@ class Interrupted(BaseException):
 
 
 def _handler(signum: int, frame: object) -> None:
+    if _state["received"] is None:
+        _state["received"] = signum
     if _state["stopping"]:
         return
     _state["stopping"] = True
     raise Interrupted(signum)
+
+
+def check() -> None:
+    """Raise ``Interrupted`` if a signal arrived: the exception the handler raised can be
+    lost when it fires inside a C extension that clears errors, so the points of no return
+    (committing an output, a successful exit) ask again."""
+    if _state["received"] is not None:
+        raise Interrupted(int(_state["received"]))  # type: ignore[call-overload]
 
 
 def install() -> dict[int, object] | None:
@@ -55,7 +65,7 @@ def install() -> dict[int, object] | None:
     if _state["installed"] or threading.current_thread() is not threading.main_thread():
         return None
     previous = {s: signal.signal(s, _handler) for s in SIGNALS}
-    _state.update(installed=True, stopping=False)
+    _state.update(installed=True, stopping=False, received=None)
     return previous
 
 
@@ -65,7 +75,7 @@ def restore(previous: dict[int, object] | None) -> None:
         return
     for s, h in previous.items():
         signal.signal(s, h)  # type: ignore[arg-type]
-    _state.update(installed=False, stopping=False)
+    _state.update(installed=False, stopping=False, received=None)
 
 
 @contextmanager

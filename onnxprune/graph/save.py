@@ -101,6 +101,7 @@ class StagedModel:
             return self._final_path
         if self._discarded:
             raise RuntimeError("cannot commit a staged model that was discarded")
+        signals.check()  # a signal whose exception was lost must still stop the commit
         folder = self._final_path.parent
         undo: list[tuple[Path, Path | None]] = []  # (destination, backup of what it replaced)
         try:
