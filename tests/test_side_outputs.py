@@ -147,3 +147,12 @@ def test_a_fifo_is_not_a_report_file(tmp_path, capsys, run_cli):
     os.mkfifo(tmp_path / "pipe")
     _refused(run_cli, capsys, [m, "--unstructured", "0.5", "--report", tmp_path / "pipe"],
              tmp_path, "is not a regular file")  # fmt: skip
+
+
+def test_a_hard_link_to_the_inputs_data_in_another_folder_is_refused(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    m = _external(tmp_path / "a")
+    os.link(tmp_path / "a" / "m.onnx.data", tmp_path / "b" / "r.json")
+    with pytest.raises(UsageError, match=r"external data file m\.onnx\.data"):
+        check_side_outputs([m], [Output("--report", tmp_path / "b" / "r.json")])

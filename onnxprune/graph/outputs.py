@@ -80,6 +80,14 @@ def _identity(path: Path) -> tuple[str, tuple[int, int] | None]:
     return os.path.realpath(path), key
 
 
+def _linked(path: Path) -> bool:
+    """A file with other hard links: it may be an input's data file under another name."""
+    try:
+        return os.stat(path).st_nlink > 1
+    except OSError:
+        return False
+
+
 def _same(a: tuple, b: tuple) -> bool:
     return a[0] == b[0] or (a[1] is not None and a[1] == b[1])
 
@@ -161,6 +169,11 @@ def check_side_outputs(
     if not existing:
         return  # only new files: none can be an input's data file
     for inp in inputs:
+        # data files live under the model's folder: parse the input only when an existing
+        # output is there too (a big inline model is then not read twice for nothing)
+        root = os.path.realpath(Path(os.path.abspath(inp)).parent) + os.sep
+        if not any(i[0].startswith(root) or _linked(o.path) for o, i in existing):
+            continue
         for data in input_data_files(inp):
             data_ident = _identity(data)
             for out, ident in existing:
