@@ -18,14 +18,14 @@ from pathlib import Path
 import onnx
 
 from onnxprune.graph import modelfile as io
-from onnxprune.graph.check import check_in_memory
+from onnxprune.graph.check import check_in_memory, require_loaded
 from onnxprune.metrics.counts import (
     compressed_size,
     compression_note,
     compute_metrics,
     is_compression_sampled,
 )
-from onnxprune.options import PruneOptions
+from onnxprune.options import PruneOptions, check_path
 from onnxprune.report.outcome import (
     quantized_ops,
     refuse_if_nothing_pruned,
@@ -152,6 +152,7 @@ def prune_with(
     progress: bool = False,
 ) -> PruneResult:
     """``prune`` with the options already built (what the CLI calls)."""
+    check_path(output, "output")
     stages = Stages(opts.stages(), progress)
     # Compressed sizes take about as long as pruning a big model: they run on a background
     # thread while the main thread prunes and saves, and are joined for the report.
@@ -173,6 +174,7 @@ class _Source:
 
 def _load(model: str | os.PathLike | onnx.ModelProto, report: Report) -> _Source:
     if isinstance(model, onnx.ModelProto):
+        require_loaded(model)
         original = model
         if io.needs_normalization(model):
             original = onnx.ModelProto()
@@ -182,7 +184,7 @@ def _load(model: str | os.PathLike | onnx.ModelProto, report: Report) -> _Source
         report.notes.extend(notes)
         size = 0 if io.model_needs_external_data(original) else original.ByteSize()
         return _Source(original, None, False, size)
-    loaded = io.load_model(model)
+    loaded = io.load_model(check_path(model, "model"))
     report.notes.extend(loaded.notes)
     return _Source(loaded.model, loaded.path, loaded.used_external_data, loaded.size_bytes)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from onnxprune import __version__
+from onnxprune import __version__, signals
 from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.options import PROVIDERS, SCOPES, default
 from onnxprune.structured.importance import CRITERIA
@@ -66,10 +66,23 @@ CALIB_HELP = (
     "folder of images"
 )
 
-def _check_folder(path: Path | None, flag: str) -> None:
-    """An output file's folder must exist before the long work starts."""
-    if path is not None and not path.parent.resolve().is_dir():
-        raise UsageError(f"{flag} folder {path.parent} does not exist")
+
+def _check_outputs(inputs: list[Path], outputs: list, force: bool = False) -> None:
+    """Every file this command writes, checked against the files it reads before the long
+    work starts (``graph.outputs``); ``outputs`` holds (flag, path or None) pairs and
+    ``Output``s."""
+    from onnxprune.graph.outputs import Output, check_side_outputs
+
+    files = [o if isinstance(o, Output) else Output(*o) for o in outputs]
+    check_side_outputs(inputs, [o for o in files if o.path is not None], force=force)
+
+
+def _write_side_output(path: Path, flag: str, write) -> None:
+    """``write(path)``, a failure of the disk (full, gone) named as one error line."""
+    try:
+        write(path)
+    except OSError as exc:
+        raise OnnxPruneError(f"could not write {flag} {path}: {exc.strerror or exc}") from exc
 
 
 _calib_samples_option = click.option(
@@ -146,15 +159,6 @@ _HOLDOUT_OPTIONS = [
 ]
 
 
-def _options(group):
-    def apply(f):
-        for option in reversed(group):
-            f = option(f)
-        return f
-
-    return apply
-
-
 def _data_options(labels_effect: str, providers_help: str, seed_help: str):
     """The ``DataOptions`` flags, defined once for prune and validate: --calib,
     --calib-samples, --calib-preprocess, --labels, --providers and --seed."""
@@ -187,8 +191,14 @@ def _data_options(labels_effect: str, providers_help: str, seed_help: str):
         ),
     ]
 
+    return _apply(group)
+
+
+def _apply(options: list):
+    """One decorator applying ``options`` in the order listed (the order of --help)."""
+
     def apply(f):
-        for option in reversed(group):
+        for option in reversed(options):
             f = option(f)
         return f
 
@@ -224,121 +234,128 @@ _input_options_list = [
 ]
 
 
-def _input_options(f):
-    """--input-shape, --samples and --threads, defined once for prune and validate."""
-    for option in reversed(_input_options_list):
-        f = option(f)
-    return f
+
+_input_options = _apply(_input_options_list)
+"""--input-shape, --samples and --threads, defined once for prune and validate."""
+
+
+_prune_options = _apply(
+    [
+        click.option(
+            "-o",
+            "--output",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Output path [default: <stem>.pruned.onnx beside the input].",
+        ),
+        _ratio_option(
+            "--structured",
+            "Remove fraction R of the channels/neurons of every prunable group (physically smaller, faster on dense hardware).",
+        ),
+        _ratio_option(
+            "--heads",
+            "Remove fraction R of the heads of each attention layer (whole key/value groups in GQA).",
+        ),
+        _ratio_option(
+            "--unstructured",
+            "Zero fraction R of the prunable weights by magnitude (no shape change).",
+        ),
+        click.option(
+            "--nm",
+            default=None,
+            metavar="N:M",
+            help="Zero weights to an N:M pattern along the reduction axis, e.g. 2:4.",
+        ),
+        click.option(
+            "--scope",
+            type=click.Choice(list(SCOPES)),
+            default=default("scope"),
+            show_default=True,
+            help="local: every tensor/group loses R. global: one ranking over the whole model.",
+        ),
+        click.option(
+            "--criterion",
+            type=click.Choice(list(CRITERIA)),
+            default=default("criterion"),
+            show_default=True,
+            help="Channel importance for --structured/--heads (activation, apoz, wanda read --calib "
+            "activations); for --unstructured/--nm: magnitude, or wanda (|W| x input norm).",
+        ),
+        click.option(
+            "--round-to",
+            type=click.IntRange(min=1),
+            default=None,
+            metavar="N",
+            help="Keep channel counts multiples of N [default: chosen for onnxruntime speed; 1 = exact].",
+        ),
+        click.option(
+            "--max-group-ratio",
+            type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+            default=default("max_group_ratio"),
+            show_default=True,
+            help="With --scope global: most any one group may lose.",
+        ),
+        click.option(
+            "--exclude",
+            multiple=True,
+            metavar="GLOB",
+            help="Leave nodes/tensors whose name matches GLOB intact (repeatable).",
+        ),
+        click.option(
+            "--validate/--no-validate",
+            default=default("validate"),
+            show_default=True,
+            help="Compare outputs and latency of original and pruned in onnxruntime before writing.",
+        ),
+        _data_options(
+            "the report then shows accuracy before/after.",
+            "onnxruntime provider for validation; auto takes CUDA when present.",
+            "Seed for random inputs and the random criterion.",
+        ),
+        _apply(_HOLDOUT_OPTIONS),
+        click.option(
+            "--bias-correction/--no-bias-correction",
+            default=None,
+            help="Fold the mean contribution of removed channels/weights into the next layer's bias "
+            "[default: on with --calib].",
+        ),
+        click.option(
+            "--lstsq/--no-lstsq",
+            default=None,
+            help="Refit each layer that lost input channels by ridge least squares on calibration "
+            "data so its output matches the original [default: on with --calib].",
+        ),
+        click.option(
+            "--obs/--no-obs",
+            default=None,
+            help="For --unstructured/--nm: choose and compensate zeroed weights with a damped-Hessian "
+            "(SparseGPT-style) reconstruction [default: on with --calib].",
+        ),
+        click.option(
+            "--runs",
+            type=click.IntRange(min=5),
+            default=default("runs"),
+            show_default=True,
+            help="Latency runs per model (interleaved).",
+        ),
+        _input_options,
+        click.option(
+            "--report",
+            "report_path",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Also write the report as JSON to this path.",
+        ),
+        click.option("--force", is_flag=True, help="Allow the output to overwrite the input."),
+        click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
+    ]
+)
+"""The prune command's options, in --help order, kept apart so the command stays short."""
 
 
 @cli.command("prune")
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Output path [default: <stem>.pruned.onnx beside the input].",
-)
-@_ratio_option(
-    "--structured",
-    "Remove fraction R of the channels/neurons of every prunable group (physically smaller, faster on dense hardware).",
-)
-@_ratio_option(
-    "--heads",
-    "Remove fraction R of the heads of each attention layer (whole key/value groups in GQA).",
-)
-@_ratio_option(
-    "--unstructured", "Zero fraction R of the prunable weights by magnitude (no shape change)."
-)
-@click.option(
-    "--nm",
-    default=None,
-    metavar="N:M",
-    help="Zero weights to an N:M pattern along the reduction axis, e.g. 2:4.",
-)
-@click.option(
-    "--scope",
-    type=click.Choice(list(SCOPES)),
-    default=default("scope"),
-    show_default=True,
-    help="local: every tensor/group loses R. global: one ranking over the whole model.",
-)
-@click.option(
-    "--criterion",
-    type=click.Choice(list(CRITERIA)),
-    default=default("criterion"),
-    show_default=True,
-    help="Channel importance for --structured/--heads (activation, apoz, wanda read --calib "
-    "activations); for --unstructured/--nm: magnitude, or wanda (|W| x input norm).",
-)
-@click.option(
-    "--round-to",
-    type=click.IntRange(min=1),
-    default=None,
-    metavar="N",
-    help="Keep channel counts multiples of N [default: chosen for onnxruntime speed; 1 = exact].",
-)
-@click.option(
-    "--max-group-ratio",
-    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
-    default=default("max_group_ratio"),
-    show_default=True,
-    help="With --scope global: most any one group may lose.",
-)
-@click.option(
-    "--exclude",
-    multiple=True,
-    metavar="GLOB",
-    help="Leave nodes/tensors whose name matches GLOB intact (repeatable).",
-)
-@click.option(
-    "--validate/--no-validate",
-    default=default("validate"),
-    show_default=True,
-    help="Compare outputs and latency of original and pruned in onnxruntime before writing.",
-)
-@_data_options(
-    "the report then shows accuracy before/after.",
-    "onnxruntime provider for validation; auto takes CUDA when present.",
-    "Seed for random inputs and the random criterion.",
-)
-@_options(_HOLDOUT_OPTIONS)
-@click.option(
-    "--bias-correction/--no-bias-correction",
-    default=None,
-    help="Fold the mean contribution of removed channels/weights into the next layer's bias "
-    "[default: on with --calib].",
-)
-@click.option(
-    "--lstsq/--no-lstsq",
-    default=None,
-    help="Refit each layer that lost input channels by ridge least squares on calibration "
-    "data so its output matches the original [default: on with --calib].",
-)
-@click.option(
-    "--obs/--no-obs",
-    default=None,
-    help="For --unstructured/--nm: choose and compensate zeroed weights with a damped-Hessian "
-    "(SparseGPT-style) reconstruction [default: on with --calib].",
-)
-@click.option(
-    "--runs",
-    type=click.IntRange(min=5),
-    default=default("runs"),
-    show_default=True,
-    help="Latency runs per model (interleaved).",
-)
-@_input_options
-@click.option(
-    "--report",
-    "report_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Also write the report as JSON to this path.",
-)
-@click.option("--force", is_flag=True, help="Allow the output to overwrite the input.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@_prune_options
 def prune_cmd(
     model: Path, output: Path | None, report_path: Path | None, quiet: bool, **kw
 ) -> None:
@@ -346,21 +363,22 @@ def prune_cmd(
     from onnxprune.api import prune_with
     from onnxprune.errors import GateError
     from onnxprune.graph.modelfile import default_output_path
+    from onnxprune.graph.outputs import model_outputs
     from onnxprune.options import PruneOptions
 
-    _check_folder(report_path, "--report")
     opts = PruneOptions(**kw)
     out = output if output is not None else default_output_path(model)
+    _check_outputs([model], [*model_outputs(out), ("--report", report_path)], opts.force)
     try:
         result = prune_with(model, opts, output=out, progress=not quiet)
     except GateError as exc:  # the report says which gate failed by how much: write it first
         if report_path is not None and exc.report is not None:
-            exc.report.write_json(report_path)
+            _write_side_output(report_path, "--report", exc.report.write_json)
         if not quiet and exc.report is not None:
             click.echo(exc.report.render())
         raise
     if report_path is not None:
-        result.report.write_json(report_path)
+        _write_side_output(report_path, "--report", result.report.write_json)
     if not quiet:
         click.echo(result.report.render())
 
@@ -413,47 +431,66 @@ def validate_cmd(original: Path, pruned: Path, json_path: Path | None, **kw) -> 
     from onnxprune.options import ValidateOptions
     from onnxprune.runtime.validate import evaluate_files, render_evaluation
 
-    _check_folder(json_path, "--json")
     opts = ValidateOptions(**kw)
+    _check_outputs([original, pruned], [("--json", json_path)])
     try:
         result = evaluate_files(original, pruned, runs=opts.runs, **opts.data_kwargs())
     except GateError as exc:  # write and show the figures before exiting 3
         if json_path is not None and isinstance(exc.report, dict):
-            json_path.write_text(json.dumps(exc.report, indent=2) + "\n")
+            text = json.dumps(exc.report, indent=2) + "\n"
+            _write_side_output(json_path, "--json", lambda p: p.write_text(text))
         if isinstance(exc.report, dict):
             click.echo(render_evaluation(exc.report))
         raise
     if json_path is not None:
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        text = json.dumps(result, indent=2) + "\n"
+        _write_side_output(json_path, "--json", lambda p: p.write_text(text))
     click.echo(render_evaluation(result))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI, turning every anticipated failure into one `error:` line."""
+    """Entry point: run the CLI, turning every anticipated failure into one `error:` line.
+
+    SIGINT and SIGTERM raise ``signals.Interrupted`` from the first line on, so they unwind
+    through the staged-output and temp-folder cleanup and end as exit 130 / 143.
+    """
+    with signals.handled():
+        try:
+            code = _run(argv)
+        except signals.Interrupted as exc:
+            signals.exit_on(exc)
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
+    """The CLI's exit code; every message it prints on failure is one `error:` line."""
     try:
         cli.main(args=argv, prog_name="onnxprune", standalone_mode=False)
+        signals.check()
+        return 0
     except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
+        return e.exit_code
     except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
-        sys.exit(130)
+        return _fail("aborted", 130)
     except click.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
-        sys.exit(2)
+        return _fail(e.format_message(), 2)
     except OnnxPruneError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
+        return _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
-        sys.exit(130)
+        return _fail("interrupted", 130)
     except Exception as e:  # a bug of ours: still one line, the traceback on request
         if os.environ.get("ONNXPRUNE_DEBUG"):
             raise
-        click.echo(
-            f"error: internal error ({type(e).__name__}: {e}); set ONNXPRUNE_DEBUG=1 for the traceback",
-            err=True,
+        return _fail(
+            f"internal error ({type(e).__name__}: {e}); set ONNXPRUNE_DEBUG=1 for the traceback",
+            1,
         )
-        sys.exit(1)
+
+
+def _fail(message: str, code: int) -> int:
+    signals.hold()  # a signal now would add a second line to the one being printed
+    click.echo(f"error: {message}", err=True)
+    return code
 
 
 __all__ = ["UsageError", "cli", "main"]

@@ -61,6 +61,23 @@ def check_int(value: object, flag: str, minimum: int | None = None) -> int:
     return int(value)
 
 
+def check_flag(value: object, flag: str, optional: bool = False) -> bool | None:
+    """A switch: True or False (or None, "decide for me", where ``optional``)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, bool):
+        what = "True, False or None" if optional else "True or False"
+        raise UsageError(f"{flag} must be {what}, got {value!r}")
+    return value
+
+
+def check_path(value: object, flag: str) -> str | os.PathLike | None:
+    """A file path (str or os.PathLike), or None."""
+    if value is not None and not isinstance(value, str | os.PathLike):
+        raise UsageError(f"{flag} must be a path, got {value!r}")
+    return value
+
+
 def check_choice(value: object, flag: str, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise UsageError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
@@ -161,7 +178,9 @@ class DataOptions:
         )
         self._set(calib_samples=_optional(check_int, self.calib_samples, "--calib-samples", 1))
         self._set(providers=check_choice(self.providers, "--providers", PROVIDERS))
-        self._set(seed=check_int(self.seed, "--seed"))
+        self._set(seed=check_int(self.seed, "--seed", 0))
+        self._set(calib=check_path(self.calib, "--calib"))
+        self._set(labels=check_path(self.labels, "--labels"))
         if self.calib_preprocess is not None and not isinstance(self.calib_preprocess, str):
             raise UsageError(
                 f"--calib-preprocess must be a string, got {self.calib_preprocess!r}"
@@ -265,6 +284,12 @@ class PruneOptions(DataOptions):
             max_group_ratio=check_open_fraction(self.max_group_ratio, "--max-group-ratio"),
             exclude=check_patterns(self.exclude, "--exclude"),
             runs=check_int(self.runs, "--runs", 1),
+            validate=check_flag(self.validate, "--validate"),
+            force=check_flag(self.force, "--force"),
+            external_data=check_flag(self.external_data, "external_data", optional=True),
+            bias_correction=check_flag(self.bias_correction, "--bias-correction", True),
+            lstsq=check_flag(self.lstsq, "--lstsq", True),
+            obs=check_flag(self.obs, "--obs", True),
         )
         super().__post_init__()
         check_has_activations(self.criterion, self.calib is not None)

@@ -104,18 +104,26 @@ def check_text(message: object, where: str = "model") -> None:
                 check_text(getattr(message, fd.name), f"{where}.{fd.name}")
 
 
+def require_loaded(model: onnx.ModelProto) -> None:
+    """An in-memory model must hold its weights: one whose tensors still point at external
+    data files (``onnx.load(..., load_external_data=False)``) has no folder to read them from
+    and would be pruned, validated and saved without them."""
+    missing = [t.name for t in walk_tensors(model) if is_external(t)]
+    if missing:
+        raise OnnxPruneError(
+            f"the model's tensor {missing[0]!r} ({len(missing)} in all) keeps its data in an "
+            "external file that was not loaded: load it with onnx.load(path, "
+            "load_external_data=True) or pass the model's path instead"
+        )
+
+
 def check_in_memory(model: onnx.ModelProto, *, owned: bool) -> tuple[onnx.ModelProto, list[str]]:
     """``check_payloads`` and ``check_graph`` for a model handed over in memory (the API).
 
     A model the caller still owns (``owned`` False) is never changed: when its node list
     needs sorting, a copy is sorted and returned. Returns the model to use and notes.
     """
-    for tensor in walk_tensors(model):
-        if is_external(tensor):
-            raise OnnxPruneError(
-                f"tensor {tensor.name!r} refers to external data that was not loaded; pass "
-                "the model's path, or load it with onnx.load (load_external_data=True)"
-            )
+    require_loaded(model)
     check_payloads(model)
     if not owned and [id(n) for n in toposorted(model.graph)] != [id(n) for n in model.graph.node]:
         copy = onnx.ModelProto()
@@ -182,6 +190,8 @@ def raw_data_length(tensor: onnx.TensorProto) -> int:
     for f in TENSOR_DATA_FIELDS - {"raw_data"}:
         if f != "data_location" and len(getattr(tensor, f)):
             getattr(stub, f).extend(getattr(tensor, f))
+    if tensor.HasField("data_location"):  # set to DEFAULT by onnx.load of external data
+        stub.data_location = tensor.data_location
     field_size = tensor.ByteSize() - stub.ByteSize()
     for varint_bytes in range(1, 11):
         length = field_size - 1 - varint_bytes

@@ -15,6 +15,7 @@ from types import TracebackType
 
 import onnx
 
+from onnxprune import signals
 from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.graph import external
 from onnxprune.graph.external import (
@@ -23,6 +24,7 @@ from onnxprune.graph.external import (
     externalized_copy,
     total_tensor_bytes,
 )
+from onnxprune.graph.outputs import check_side_outputs, data_file_for, model_outputs
 
 
 def default_output_path(input_path: Path) -> Path:
@@ -42,7 +44,8 @@ def check_output_path(input_path: Path, output_path: Path, force: bool) -> None:
     """Fail early, before any work, if the output cannot or should not be written.
 
     Overwriting the input needs ``force`` (it is the user's only copy); overwriting an
-    earlier output does not.
+    earlier output does not. The output and its data file are also checked against the
+    input's external-data files and for devices (``graph.outputs``).
     """
     output_path = Path(output_path)
     try:
@@ -57,8 +60,8 @@ def _check_output_path(input_path: Path, output_path: Path, force: bool) -> None
         raise OnnxPruneError(f"cannot write to folder {folder}: it does not exist")
     if not folder.is_dir():
         raise OnnxPruneError(f"cannot write to folder {folder}: it is not a folder")
-    if output_path.is_dir():
-        raise UsageError(f"output path {output_path} is a folder; give a file name")
+    inputs = [] if str(input_path) == "<memory>" else [Path(input_path)]
+    check_side_outputs(inputs, model_outputs(output_path), force=force)
     if _same_file(Path(input_path), output_path) and not force:
         raise UsageError("output path is the input; pass --force to overwrite it")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -105,6 +108,7 @@ class StagedModel:
             return self._final_path
         if self._discarded:
             raise RuntimeError("cannot commit a staged model that was discarded")
+        signals.check()  # a signal whose exception was lost must still stop the commit
         folder = self._final_path.parent
         undo: list[tuple[Path, Path | None]] = []  # (destination, backup of what it replaced)
         try:
@@ -124,6 +128,7 @@ class StagedModel:
             ) from exc
         self._committed = True
         shutil.rmtree(self._temp_dir, ignore_errors=True)
+        signals.untrack(self._temp_dir)
         return self._final_path
 
     def _rollback(self, undo: list[tuple[Path, Path | None]]) -> None:
@@ -142,6 +147,7 @@ class StagedModel:
             return
         self._discarded = True
         shutil.rmtree(self._temp_dir, ignore_errors=True)
+        signals.untrack(self._temp_dir)
 
     def __enter__(self) -> StagedModel:
         return self
@@ -175,21 +181,28 @@ def stage_model(
             f"the model holds {total / 1e9:.1f} GB of tensors, over protobuf's 2 GB limit; "
             "save it with external data"
         )
-    try:
+    temp_dir = None
+    try:  # the folder is tracked from birth: a signal at any instant cannot leave it behind
         temp_dir = Path(tempfile.mkdtemp(dir=final.parent, prefix=".onnxprune-"))
-    except OSError as exc:
-        raise OnnxPruneError(
-            f"cannot write to folder {final.parent}: {exc.strerror or exc}"
-        ) from exc
-    try:
+        signals.track(temp_dir)
         names = _write_staged(model, temp_dir, final.name, use_external)
         return StagedModel(temp_dir, final, names)
     except OSError as exc:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        _remove(temp_dir)
+        if temp_dir is None:
+            raise OnnxPruneError(
+                f"cannot write to folder {final.parent}: {exc.strerror or exc}"
+            ) from exc
         raise OnnxPruneError(f"could not write {final}: {exc.strerror or exc}") from exc
     except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        _remove(temp_dir)
         raise
+
+
+def _remove(temp_dir: Path | None) -> None:
+    if temp_dir is not None:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        signals.untrack(temp_dir)
 
 
 def save_model(
@@ -224,7 +237,7 @@ def _write_staged(model: onnx.ModelProto, folder: Path, name: str, use_external:
         _write_file(onnx_path, _serialize(model))
         return [name]
 
-    data_name = f"{name}.data"
+    data_name = data_file_for(folder / name).name
     writer = DataWriter(folder / data_name, data_name)
     try:
         skeleton = externalized_copy(model, writer)
