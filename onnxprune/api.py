@@ -217,8 +217,8 @@ def _data(opts: PruneOptions, model: onnx.ModelProto) -> _Data:
     from onnxprune.calibration.data import make_inputs, split_holdout
     from onnxprune.errors import UsageError
     from onnxprune.options import HOLDOUT_FRACTION, HOLDOUT_MIN
+    from onnxprune.runtime.compare_models import load_labels
     from onnxprune.runtime.feeds import shared_batch
-    from onnxprune.runtime.validate import load_labels
 
     calib = _calibration(opts, model)
     labels = None

@@ -429,7 +429,8 @@ def validate_cmd(original: Path, pruned: Path, json_path: Path | None, **kw) -> 
 
     from onnxprune.errors import GateError
     from onnxprune.options import ValidateOptions
-    from onnxprune.runtime.validate import evaluate_files, render_evaluation
+    from onnxprune.report.render import render_evaluation
+    from onnxprune.runtime.compare_models import evaluate_files
 
     opts = ValidateOptions(**kw)
     _check_outputs([original, pruned], [("--json", json_path)])

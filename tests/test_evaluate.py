@@ -16,7 +16,8 @@ from PIL import Image
 
 from onnxprune.calibration.data import make_inputs
 from onnxprune.errors import OnnxPruneError
-from onnxprune.runtime.validate import evaluate, evaluate_files, load_labels, render_evaluation
+from onnxprune.report.render import render_evaluation
+from onnxprune.runtime.compare_models import evaluate, evaluate_files, load_labels
 
 CPU = ["CPUExecutionProvider"]
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()

@@ -13,8 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune import prune
 from onnxprune.errors import GateError, OnnxPruneError, UsageError
 from onnxprune.runtime.compare import compare_outputs
+from onnxprune.runtime.compare_models import evaluate_files
 from onnxprune.runtime.gates import Gates, check_gates
-from onnxprune.runtime.validate import evaluate_files
 
 RNG = np.random.default_rng(0)
 

@@ -9,8 +9,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 TOOL = REPO / "tools" / "check_structure.py"
 
@@ -34,11 +32,6 @@ def package(tmp_path: Path, files: dict[str, str]) -> Path:
     return root
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 9 is being merged: the tree still has the cycles, private imports and long "
-    "modules the restructuring removes; flip to a plain test when the merge is done",
-)
 def test_the_package_structure_holds():
     code, out = check(REPO / "onnxprune", "--quiet")
     assert code == 0, out

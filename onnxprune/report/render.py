@@ -204,3 +204,60 @@ def evaluation_facts(result: dict) -> list[str]:
     ]
     line = latency_line(SimpleNamespace(**{"runs": 0, **result}))
     return facts + ([line] if line else [])
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def render_evaluation(result: dict) -> str:
+    """A short table: samples, accuracy, agreement, drift overall and per output, notes."""
+    out = []
+    if "original" in result:
+        out += [f"original  {result['original']}", f"pruned    {result['pruned']}"]
+    out.append(f"inputs    {result.get('inputs', '-')} on {result.get('provider', '-')}")
+    out.append("")
+    rows = [["samples", str(result.get("samples", "-"))]]
+    if result.get("accuracy_before") is not None:
+        before, after = result["accuracy_before"], result["accuracy_after"]
+        rows += [
+            ["accuracy before", f"{before:.3f}"],
+            ["accuracy after", f"{after:.3f}"],
+            ["accuracy drop (points)", f"{100 * (before - after):.2f}"],
+        ]
+    if result.get("verdict") == "inconclusive":
+        # the numbers stay in the JSON; a table of perfect scores here would be a lie
+        rows.append(["verdict", "inconclusive: " + "; ".join(result["inconclusive_reasons"])])
+    else:
+        rows += [
+            ["top-1 agreement", _num(result.get("top1_agreement"), ".4f")],
+            ["cosine", f"{result['cosine']:.6f}"],
+            ["max abs diff", f"{result['max_abs_diff']:.3g}"],
+            ["rel diff", f"{result['rel_diff']:.3g}"],
+        ]
+    if result.get("nonfinite_outputs"):
+        shown = ", ".join(result["nonfinite_outputs"])
+        rows.append(["non-finite", f"the pruned model gives NaN/Inf in {shown}"])
+    rows += [gate_row(g) for g in result.get("gates", [])]
+    rows += latency_rows(result)
+    out.append(table(rows, ["", "value"]))
+    out.extend(f"  {f}" for f in evaluation_facts(result))
+    per = [
+        [
+            p["name"],
+            "x".join(str(d) for d in p.get("shape", [])) or "-",
+            f"{p['max_abs_diff']:.3g}",
+            f"{p['rel_diff']:.3g}",
+            f"{p['cosine']:.6f}",
+            _num(p.get("top1_agreement"), ".4f"),
+        ]
+        for p in result.get("per_output", [])
+    ]
+    if per and result.get("verdict") != "inconclusive":
+        out.append("")
+        header = ["output", "shape", "max abs diff", "rel diff", "cosine", "top-1"]
+        out.append(table(per, header))
+    if result.get("notes"):
+        out.append("")
+        out.extend(f"note: {n}" for n in result["notes"])
+    return "\n".join(out)

@@ -6,9 +6,13 @@
   inputs), sample counts, and splitting samples into batches and chunks;
 - ``compare``: drift, top-1 agreement and accuracy between two models' outputs;
 - ``latency``: interleaved latency of open sessions or model files;
-- ``validate``: prune's validation (``validate``) and the ``onnxprune validate`` command
-  (``evaluate``, ``evaluate_files``, ``render_evaluation``).
+- ``shapes``: the input sizes a run uses (``--input-shape``, the data, the declared shape or
+  a default per dimension role) and random validation inputs at them;
+- ``gates``: ``--min-cosine``, ``--max-drop``, ``--max-rel-diff`` checked on a validation;
+- ``validate``: prune's validation (``validate``, ``ValidationResult``);
+- ``compare_models``: the ``onnxprune validate`` command (``evaluate``, ``evaluate_files``,
+  ``load_labels``); its table is ``report.render.render_evaluation``.
 
-``session``, ``feeds``, ``compare`` and ``latency`` import nothing from calibration (which
-builds on them); ``validate`` reads calibration files through ``calibration.data``.
+Only ``compare_models`` reads calibration files (through ``calibration.data``); the other
+modules import nothing from calibration, which builds on them.
 """
