@@ -95,9 +95,11 @@ _COMBINE = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Where")
 
 
 def _merge(expr: Expr, seen: Seen) -> Value:
-    """Pair the rules' elements with the view's numbers, element by element."""
-    if isinstance(expr, list) and seen is not None and len(expr) == len(seen):
-        expr = [replace(e, known=k) for e, k in zip(expr, seen, strict=True)]
+    """Pair the rules' elements with the view's numbers, element by element (an element's
+    ``known`` is None where the view does not read it)."""
+    if isinstance(expr, list):
+        known = seen if seen is not None and len(seen) == len(expr) else [None] * len(expr)
+        expr = [replace(e, known=k) for e, k in zip(expr, known, strict=True)]
     return Value(expr, seen)
 
 
