@@ -23,9 +23,9 @@ they could not trace. Only shape-sized values (0-D or 1-D) are evaluated.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import onnx
@@ -79,15 +79,27 @@ __all__ = [
 _equal = equal  # the name tests/test_ops_attention.py reads
 
 Seen = list[ShapeElem] | None
+_T = TypeVar("_T")
 
 
-@dataclass(frozen=True)
 class Value:
     """One tensor's value: ``expr`` for the rules, ``seen`` for the view (None when the view
-    does not know its length)."""
+    does not know its length). The rules' reading of an op nothing evaluates is computed
+    only when asked (``later``): the view, which does not read it, must not touch its
+    inputs."""
 
-    expr: Expr
-    seen: Seen
+    __slots__ = ("_expr", "_later", "seen")
+
+    def __init__(self, expr: Expr, seen: Seen, later: Callable[[], Expr] | None = None) -> None:
+        self._expr, self._later, self.seen = expr, later, seen
+
+    @property
+    def expr(self) -> Expr:
+        if self._later is not None:
+            later, self._later = self._later, None
+            self._expr = Opaque()  # what it stays if ``later`` raises (a broken constant)
+            self._expr = later()
+        return self._expr
 
 
 _PASS = ("Identity", "Cast", "Squeeze", "Unsqueeze", "Flatten", "Reshape")
@@ -142,6 +154,9 @@ class ShapeValues:
     def __init__(self, view: GraphView) -> None:
         self.view = view
         self._memo: dict[str, Value] = {}
+        self._busy: set[str] = set()
+        self._failed: dict[str | None, set[str]] = {}
+        self._active: str | None = None
         self._ops: dict[str, Callable[[onnx.NodeProto, list[Value]], Value]] = {
             "Shape": self._shape,
             "Size": self._size,
@@ -157,23 +172,47 @@ class ShapeValues:
     def of(self, name: str) -> Expr:
         """The value of tensor ``name`` as the rules read it; ``Opaque`` for what is not a
         small integer value."""
-        return self.value(name).expr
+        return self._reading("rules", lambda: self.value(name).expr)
 
     def seen(self, name: str) -> Seen:
         """The value of tensor ``name`` as the view reads it (``GraphView.shape_expr``)."""
-        return self.value(name).seen
+        return self._reading("view", lambda: self.value(name).seen)
 
     def input_of(self, node: int, k: int) -> Expr:
         """The value of input ``k`` of node ``node`` (an index into ``GraphView.nodes``); a
         constant input's elements carry their ``Origin`` so the rewrite can change them."""
-        return self._input(node, k).expr
+        return self._reading("rules", lambda: self._input(node, k).expr)
 
     def value(self, name: str) -> Value:
-        """Both readings of tensor ``name`` (memoized)."""
-        if name not in self._memo:
-            self._memo[name] = Value(Opaque(), None)  # a cycle cannot happen; be safe
-            self._memo[name] = self._eval(name)
-        return self._memo[name]
+        """Both readings of tensor ``name`` (memoized). A value whose evaluation raised (a
+        constant that does not decode) reads as unknown afterwards, to the reading that
+        met the error only, as each reading had its own memo before they were one."""
+        if name in self._busy or name in self._failed.get(self._active, ()):
+            return Value(Opaque(), None)  # a cycle cannot happen in a valid graph; be safe
+        shape = self.view.shape(name)
+        if self._active == "rules" and shape is not None and len(shape) > 1:
+            return Value(Opaque(), None)  # the rules never decode a weight or read an activation
+        found = self._memo.get(name)
+        if found is None:
+            self._busy.add(name)
+            try:
+                found = self._memo[name] = self._eval(name)
+            except Exception:
+                self._failed.setdefault(self._active, set()).add(name)
+                raise
+            finally:
+                self._busy.discard(name)
+        return found
+
+    def _reading(self, reading: str, read: Callable[[], _T]) -> _T:
+        """Run ``read`` as ``reading`` (``"view"`` or ``"rules"``) unless a reading runs."""
+        if self._active is not None:
+            return read()
+        self._active = reading
+        try:
+            return read()
+        finally:
+            self._active = None
 
     # ---------------------------------------------------------------- evaluation
     def _constant(self, value: np.ndarray, node: int, k: int) -> Value:
@@ -190,6 +229,8 @@ class ShapeValues:
         name = n.input[k] if k < len(n.input) else ""
         if not name:
             return Value(Opaque(), None)
+        if self._active == "view" and name in self._failed.get("view", ()):
+            return Value(Opaque(), None)  # the view reads inputs through its memo
         value = self.view.constant(name)
         if value is not None:
             return self._constant(value, node, k)
@@ -209,14 +250,20 @@ class ShapeValues:
         handler = self._ops.get(node.op_type)
         if handler is None and shape is not None and len(shape) > 1:
             return Value(Opaque(), None)  # an activation: neither reading evaluates it
+        if handler is None:
+            return Value(Opaque(), _unknown(shape), lambda: self._unevaluated(i))
         ins = [self._input(i, k) for k in range(len(node.input))]
-        out = handler(node, ins) if handler else Value(_opaque(ins), None)
+        out = handler(node, ins)
         expr = out.expr
         if node.domain not in ("", "ai.onnx"):
             expr = _opaque(ins)  # the view reads the op type alone; the rules do not
         if shape is not None and len(shape) > 1:
             expr = Opaque()  # activations: their values carry no dimensions
         return Value(expr, out.seen if out.seen is not None else _unknown(shape))
+
+    def _unevaluated(self, i: int) -> Opaque:
+        """The rules' reading of an op nothing evaluates: any dim of its inputs."""
+        return _opaque([self._input(i, k) for k in range(len(self.view.nodes[i].input))])
 
     def _shape(self, node: onnx.NodeProto, ins: list[Value]) -> Value:
         data = node.input[0]
