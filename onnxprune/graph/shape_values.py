@@ -1,414 +1,118 @@
-"""Run-time shape values: the one module that evaluates Shape/Gather/Concat/Slice arithmetic.
+"""Run-time shape values: the one evaluator of Shape/Gather/Concat/Slice arithmetic.
 
 Exporters compute Reshape targets, Expand sizes and Slice bounds at run time from ``Shape``.
-This module evaluates those values without running the model, at two depths that share one
-set of op semantics (``SMALL``, integer division, broadcasting, ``Equal`` on dimensions,
-``Shape`` start/end, ``ConstantOfShape`` fills, ``Slice`` bounds):
+``ShapeValues`` evaluates them without running the model, in one pass over the ops, into
+elements that carry two readings (``onnxprune.graph.shape_algebra``):
 
-* ``shape_elems`` (behind ``GraphView.shape_expr`` / ``static_ints`` / ``known_value``): each
-  element is a number, a plain dimension ``("dim", tensor, axis)`` or None; arithmetic is
-  done on the numbers this model's inferred shapes give (``resolved``).
-* ``DimExprs`` (``exprs(view)``, for the attention rules): each element is a product of
-  dimensions with where its constant comes from, as below.
+* the symbolic form the rules read (``of``/``input_of``): a ``Term`` is a product of
+  dimensions with the constant's ``Origin`` (so the rewrite can change that one number),
+  an ``Opaque`` lists the dims it may depend on. Pruning heads needs it: grouped-query
+  attention reshapes to ``Shape(k)[1] * 4`` heads, and a rule must tell "follows the pruned
+  head count", "does not depend on it" and "depends on it in a way nobody checked" apart;
+* what the view reads (``seen``, behind ``GraphView.shape_expr``/``static_ints``): each
+  element's ``known`` number (arithmetic done on this model's inferred numbers, float
+  constants such as Resize scales kept) or run-time dim; where the rules see one opaque
+  value but its length is fixed (a Concat with an unevaluated part) the view keeps the
+  known elements.
 
-Pruning heads needs two more answers than ``shape_elems`` gives about a Reshape target or the
-sizes of an Expand, because exporters compute them at run time:
-
-* which dimensions an element depends on, also through arithmetic (grouped-query attention
-  reshapes to ``n_kv_heads * n_rep`` heads, read as ``Shape(k)[1] * 4``) and through ops this
-  module cannot evaluate (then the element is ``Opaque`` but still lists its dimensions), so
-  that a rule can tell "follows the pruned head count", "does not depend on it" and "depends
-  on it in a way nobody checked" apart;
-* for a constant element (the ``4`` of ``Concat(B, S, [4], [64])``), which constant input of
-  which node holds it and whether that constant feeds only this value, so that the rewrite
-  can change that one number.
-
-An element is a ``Term`` (``coef * product of dims``, dims as ``(tensor, axis)``) or an
-``Opaque`` value known only by the dims it may depend on. Only shape-sized values (0-D or 1-D
-integers) are evaluated; the values of activations carry no dimensions.
+A value is a list of elements or one ``Opaque`` for the rules; the view's reading is kept
+beside it (``Value.seen``) because the two differ where the rules must not trust a number
+they could not trace. Only shape-sized values (0-D or 1-D) are evaluated.
 """
 
 from __future__ import annotations
 
-import weakref
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from onnxprune.graph.proto import attr, normalize_axis
+from onnxprune.graph.proto import attr
+from onnxprune.graph.shape_algebra import (
+    ARITH,
+    SMALL,
+    Elem,
+    Expr,
+    Opaque,
+    Origin,
+    Ref,
+    ShapeElem,
+    Term,
+    arith,
+    broadcast,
+    const,
+    equal,
+    equal_elems,
+    int_div,
+    int_fill,
+    refs,
+    shape_range,
+    slice_bounds,
+)
 
 if TYPE_CHECKING:
     from onnxprune.graph.view import GraphView
 
-Ref = tuple[str, int]
-"""A dimension read at run time: ``Shape(tensor)[axis]``; axis -1 when the rank is unknown."""
+__all__ = [
+    "SMALL",
+    "Elem",
+    "Expr",
+    "Opaque",
+    "Origin",
+    "Ref",
+    "ShapeElem",
+    "ShapeValues",
+    "Term",
+    "Value",
+    "broadcast",
+    "equal_elems",
+    "exprs",
+    "int_div",
+    "private",
+    "refs",
+    "set_origin",
+]
 
-SMALL = 4096
-"""Shape values with more elements than this are not evaluated."""
+_equal = equal  # the name tests/test_ops_attention.py reads
 
-ShapeElem = int | float | tuple[str, str, int] | None
-"""An element of a shape computed in the graph; see ``GraphView.shape_expr``."""
-
-
-def int_div(a: int, b: int) -> int | None:
-    """ONNX integer division, which truncates toward zero; None for a zero divisor."""
-    if b == 0:
-        return None
-    q = abs(a) // abs(b)
-    return q if (a >= 0) == (b > 0) else -q
-
-
-def broadcast(parts: list[list]) -> list[list] | None:
-    """Element lists of a broadcast op made one length (1-element ones repeated), or None
-    when the lengths do not broadcast."""
-    n = max(len(p) for p in parts)
-    if any(len(p) not in (1, n) for p in parts):
-        return None
-    return [p * n if len(p) == 1 else p for p in parts]
-
-
-def shape_range(node: onnx.NodeProto, rank: int) -> range:
-    """The axes a ``Shape`` node with ``start``/``end`` returns for an input of ``rank``."""
-    start = normalize_axis(int(attr(node, "start", 0)), rank)
-    end = attr(node, "end", None)
-    end = rank if end is None else min(normalize_axis(int(end), rank), rank)
-    return range(max(start, 0), end)
+Seen = list[ShapeElem] | None
+_T = TypeVar("_T")
 
 
-def int_fill(node: onnx.NodeProto) -> int | None:
-    """The integer a ``ConstantOfShape`` node fills with; None when its ``value`` is absent
-    (the default fill is not assumed) or not an integer."""
-    value = attr(node, "value", None)
-    fill = numpy_helper.to_array(value).reshape(-1) if value is not None else None
-    if fill is None or fill.dtype.kind not in "iu":
-        return None
-    return int(fill[0])
+class Value:
+    """One tensor's value: ``expr`` for the rules, ``seen`` for the view (None when the view
+    does not know its length). The rules' reading of an op nothing evaluates is computed
+    only when asked (``later``): the view, which does not read it, must not touch its
+    inputs."""
 
+    __slots__ = ("_expr", "_later", "seen")
 
-def slice_bounds(view: GraphView, node: onnx.NodeProto) -> slice | None:
-    """A ``Slice`` of a 1-D value with constant starts/ends (and steps), as a Python slice."""
-    bounds = [view.constant(n) if n else None for n in node.input[1:5]]
-    if len(bounds) < 2 or bounds[0] is None or bounds[1] is None:
-        return None
-    step = int(bounds[3][0]) if len(bounds) > 3 and bounds[3] is not None else 1
-    return slice(int(bounds[0][0]), int(bounds[1][0]), step)
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Where a constant element lives: element ``index`` (flat) of input ``input`` of node
-    ``node`` (an index into ``GraphView.nodes``); ``path`` lists the tensors the value passed
-    through on its way to where it is used (each must have one reader for a private rewrite)."""
-
-    node: int
-    input: int
-    index: int
-    path: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Term:
-    """``coef * product of refs``; a constant when ``refs`` is empty."""
-
-    coef: Fraction
-    refs: tuple[Ref, ...] = ()
-    origin: Origin | None = None
+    def __init__(self, expr: Expr, seen: Seen, later: Callable[[], Expr] | None = None) -> None:
+        self._expr, self._later, self.seen = expr, later, seen
 
     @property
-    def const(self) -> int | None:
-        """The integer value of a constant term, else None."""
-        if self.refs or self.coef.denominator != 1:
-            return None
-        return int(self.coef)
-
-
-@dataclass(frozen=True)
-class Opaque:
-    """A value this module does not evaluate, known only by the dims it may depend on."""
-
-    refs: frozenset[Ref] = frozenset()
-
-
-Elem = Term | Opaque
-Expr = list[Elem] | Opaque
-"""A shape value element by element, or ``Opaque`` when even its length is unknown."""
-
-
-def refs(x: Elem | Expr) -> frozenset[Ref]:
-    """Every dimension an element or a whole value may depend on."""
-    if isinstance(x, Opaque):
-        return x.refs
-    if isinstance(x, Term):
-        return frozenset(x.refs)
-    out: set[Ref] = set()
-    for e in x:
-        out |= refs(e)
-    return frozenset(out)
-
-
-def _const(v: int) -> Term:
-    return Term(Fraction(int(v)))
-
-
-def _arith(op: str, a: Elem, b: Elem) -> Elem:
-    if isinstance(a, Opaque) or isinstance(b, Opaque):
-        return Opaque(refs(a) | refs(b))
-    if op == "Mul":
-        return Term(a.coef * b.coef, tuple(sorted(a.refs + b.refs)))
-    if op in ("Add", "Sub"):
-        coef = a.coef + b.coef if op == "Add" else a.coef - b.coef
-        if a.refs == b.refs:
-            return Term(coef, a.refs if coef else ())
-        return Opaque(refs(a) | refs(b))
-    if op == "Div":
-        if b.coef == 0:
-            return Opaque(refs(a) | refs(b))
-        if not a.refs and not b.refs and a.const is not None and b.const is not None:
-            return _const(int_div(a.const, b.const))
-        rest = Counter(a.refs)
-        rest.subtract(Counter(b.refs))
-        quotient = a.coef / b.coef
-        if any(n < 0 for n in rest.values()) or quotient.denominator != 1:
-            return Opaque(refs(a) | refs(b))  # exact only when the divisor divides out
-        return Term(quotient, tuple(sorted(rest.elements())))
-    if op in ("Max", "Min") and a.const is not None and b.const is not None:
-        return _const(max(a.const, b.const) if op == "Max" else min(a.const, b.const))
-    return Opaque(refs(a) | refs(b))
-
-
-def _equal(a: Elem, b: Elem) -> Elem:
-    """Decided when it is for every input: a dimension (never negative) differs from a
-    negative number, which is how torch's ``expand`` finds its ``-1`` sizes."""
-    if isinstance(a, Term) and isinstance(b, Term):
-        if a.refs == b.refs and a.coef == b.coef:
-            return _const(1)
-        if not a.refs and not b.refs:
-            return _const(0)
-        for x, y in ((a, b), (b, a)):
-            if x.refs and x.coef > 0 and not y.refs and y.coef < 0:
-                return _const(0)
-    return Opaque(refs(a) | refs(b))
-
-
-def _as_elem(e: ShapeElem) -> Elem:
-    if isinstance(e, tuple):
-        return Term(Fraction(1), ((e[1], e[2]),))
-    return _const(e) if isinstance(e, int) else Opaque()
-
-
-def equal_elems(a: ShapeElem, b: ShapeElem) -> int | None:
-    """``Equal`` of two ``shape_elems`` elements, decided as ``_equal`` decides it."""
-    out = _equal(_as_elem(a), _as_elem(b))
-    return out.const if isinstance(out, Term) else None
-
-
-_ARITH: dict[str, Callable[[int, int], int | None]] = {
-    "Add": lambda a, b: a + b,
-    "Sub": lambda a, b: a - b,
-    "Mul": lambda a, b: a * b,
-    "Div": int_div,
-}
-
-
-def resolved(view: GraphView, name: str) -> list[int | None] | None:
-    """``view.shape_expr(name)`` with run-time dimensions replaced by their inferred numbers."""
-    expr = view.shape_expr(name)
-    if expr is None:
-        return None
-    return [view.dim(e[1], e[2]) if isinstance(e, tuple) else e for e in expr]
-
-
-def shape_elems(view: GraphView, name: str) -> list[ShapeElem] | None:
-    """The value of a small shape tensor element by element (see ``GraphView.shape_expr``,
-    which memoizes it): a constant, ``("dim", tensor, axis)``, or None for an element computed
-    some other way; None when not a 0-D/1-D value of known length."""
-    v = view.constant(name)
-    if v is not None:
-        if v.ndim > 1 or v.dtype.kind not in "iuf" or v.size > SMALL:
-            return None
-        return [int(x) if v.dtype.kind in "iu" else float(x) for x in v.reshape(-1)]
-    prod = view.producer.get(name)
-    shape = view.shape(name)
-    unknown = [None] * shape[0] if shape and len(shape) == 1 and isinstance(shape[0], int) else None
-    if shape == ():
-        unknown = [None]
-    if prod is None:
-        return unknown
-    node = view.nodes[prod[0]]
-    found = _elems_of_node(view, node)
-    return unknown if found is None else found
-
-
-def _elems_of_node(view: GraphView, node: onnx.NodeProto) -> list[ShapeElem] | None:
-    """``shape_elems`` of a node's output; None for "unknown" (the caller's fallback)."""
-    op = node.op_type
-    if op == "Shape":
-        r = view.rank(node.input[0])
-        if r is None:
-            return None
-        inner = view.shape_expr(node.input[0]) if r == 1 else None
-        if inner is not None and None not in inner and attr(node, "start", 0) in (0, -1):
-            return [len(inner)]  # a shape vector's length is structural, not a dimension
-        return [("dim", node.input[0], i) for i in shape_range(node, r)]
-    if op in ("Cast", "Identity", "Unsqueeze", "Squeeze") or (
-        op == "Reshape" and view.rank(node.input[0]) in (0, 1)
-    ):
-        return view.shape_expr(node.input[0]) or None
-    if op == "ConstantOfShape":
-        n, fill = view.shape_expr(node.input[0]), int_fill(node)
-        if n is None or len(n) != 1 or not isinstance(n[0], int) or fill is None or n[0] > SMALL:
-            return None
-        return [fill] * n[0]
-    if op in ("Equal", "Where", "Concat", *_ARITH) and node.input:
-        return _elementwise(view, node)
-    if op == "Gather" and attr(node, "axis", 0) == 0:
-        data, idx = view.shape_expr(node.input[0]), view.constant(node.input[1])
-        if data is None or idx is None or idx.ndim > 1:
-            return None
-        return [data[int(i)] for i in idx.reshape(-1)]
-    if op == "Slice" and len(node.input) >= 3:
-        data, bounds = view.shape_expr(node.input[0]), slice_bounds(view, node)
-        return None if data is None or bounds is None else data[bounds]
-    return None
-
-
-def _elementwise(view: GraphView, node: onnx.NodeProto) -> list[ShapeElem] | None:
-    """``shape_elems`` of Equal, Where, Concat and the integer arithmetic ops."""
-    op = node.op_type
-    if op == "Concat":
-        if attr(node, "axis", 0) not in (0, -1):
-            return None
-        parts = [view.shape_expr(i) for i in node.input]
-        return None if any(p is None for p in parts) else [e for p in parts for e in p]
-    arity = 3 if op == "Where" else 2
-    if len(node.input) != arity:
-        return None
-    if op in _ARITH:
-        parts = [resolved(view, i) for i in node.input]
-    else:
-        parts = [view.shape_expr(i) for i in node.input]
-    parts = None if any(p is None for p in parts) else broadcast(parts)
-    if parts is None:
-        return None
-    if op == "Equal":
-        return [equal_elems(x, y) for x, y in zip(*parts, strict=True)]
-    if op == "Where":
-        return [x if k == 1 else y if k == 0 else None for k, x, y in zip(*parts, strict=True)]
-    return [
-        None if x is None or y is None else _ARITH[op](x, y) for x, y in zip(*parts, strict=True)
-    ]
+    def expr(self) -> Expr:
+        if self._later is not None:
+            later, self._later = self._later, None
+            self._expr = Opaque()  # what it stays if ``later`` raises (a broken constant)
+            self._expr = later()
+        return self._expr
 
 
 _PASS = ("Identity", "Cast", "Squeeze", "Unsqueeze", "Flatten", "Reshape")
+_COMBINE = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Where")
 
 
-class DimExprs:
-    """Evaluates shape values of one graph (memoized); see the module docstring."""
-
-    def __init__(self, view: GraphView) -> None:
-        self.view = view
-        self._memo: dict[str, Expr] = {}
-
-    def of(self, name: str) -> Expr:
-        """The value of tensor ``name``; ``Opaque`` for what is not a small integer value."""
-        if name not in self._memo:
-            self._memo[name] = Opaque()  # a cycle cannot happen in a valid graph; be safe
-            self._memo[name] = self._eval(name)
-        return self._memo[name]
-
-    def input_of(self, node: int, k: int) -> Expr:
-        """The value of input ``k`` of node ``node`` (an index into ``GraphView.nodes``); a
-        constant input's elements carry their ``Origin`` so the rewrite can change them."""
-        return self._input(node, k)
-
-    def _constant(self, value: np.ndarray, node: int, k: int) -> Expr:
-        if value.ndim > 1 or value.size > SMALL or value.dtype.kind not in "iu":
-            return Opaque()
-        return [
-            Term(Fraction(int(v)), (), Origin(node, k, i)) for i, v in enumerate(value.reshape(-1))
-        ]
-
-    def _input(self, node: int, k: int) -> Expr:
-        n = self.view.nodes[node]
-        name = n.input[k] if k < len(n.input) else ""
-        if not name:
-            return Opaque()
-        value = self.view.constant(name)
-        if value is not None:
-            return self._constant(value, node, k)
-        return self.of(name)
-
-    def _eval(self, name: str) -> Expr:
-        view = self.view
-        shape = view.shape(name)
-        if shape is not None and len(shape) > 1:
-            return Opaque()  # activations: their values carry no dimensions
-        value = view.constant(name)
-        prod = view.producer.get(name)
-        if value is not None:
-            return self._constant(value, prod[0] if prod else -1, -1)
-        if prod is None:
-            return Opaque()
-        i = prod[0]
-        node = view.nodes[i]
-        ins = [self._input(i, k) for k in range(len(node.input))]
-        op = node.op_type if node.domain in ("", "ai.onnx") else ""
-        if op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Where"):
-            return _combine(op, node.output[0], ins)
-        return self._of_node(op, node, ins)
-
-    def _of_node(self, op: str, node: onnx.NodeProto, ins: list[Expr]) -> Expr:
-        """The value of a node's output for the ops that move elements around."""
-        out = node.output[0]
-        if op == "Shape":
-            data = node.input[0]
-            rank = self.view.rank(data)
-            if rank is None:
-                return Opaque(frozenset({(data, -1)}))
-            inner = self.of(data) if rank == 1 else None
-            if isinstance(inner, list):  # a shape vector's length is structural
-                return [_const(len(inner))]
-            return [Term(Fraction(1), ((data, a),)) for a in shape_range(node, rank)]
-        if op == "Size":
-            return [Opaque(frozenset({(node.input[0], -1)}))]
-        if op in _PASS:
-            data = ins[0]
-            return [_through(e, out) for e in data] if isinstance(data, list) else data
-        if op == "Concat":
-            if any(isinstance(x, Opaque) for x in ins):
-                return _opaque(ins)
-            return [_through(e, out) for x in ins for e in x]
-        if op == "Gather" and int(attr(node, "axis", 0)) == 0:
-            data, idx = ins[0], self.view.constant(node.input[1])
-            if isinstance(data, Opaque) or idx is None or idx.ndim > 1:
-                return _opaque(ins)
-            try:
-                return [_through(data[int(j)], out) for j in idx.reshape(-1)]
-            except IndexError:
-                return _opaque(ins)
-        if op == "Slice" and len(node.input) >= 3:
-            data, bounds = ins[0], slice_bounds(self.view, node)
-            if isinstance(data, Opaque) or bounds is None:
-                return _opaque(ins)
-            return [_through(e, out) for e in data[bounds]]
-        if op == "ConstantOfShape":
-            size, fill = ins[0], int_fill(node)
-            if (
-                isinstance(size, list)
-                and len(size) == 1
-                and isinstance(size[0], Term)
-                and size[0].const is not None
-                and 0 <= size[0].const <= SMALL
-                and fill is not None
-            ):
-                return [_const(fill)] * size[0].const
-        return _opaque(ins)
+def _merge(expr: Expr, seen: Seen) -> Value:
+    """Pair the rules' elements with the view's numbers, element by element (an element's
+    ``known`` is None where the view does not read it)."""
+    if isinstance(expr, list):
+        known = seen if seen is not None and len(seen) == len(expr) else [None] * len(expr)
+        expr = [replace(e, known=k) for e, k in zip(expr, known, strict=True)]
+    return Value(expr, seen)
 
 
 def _through(e: Elem, out: str) -> Elem:
@@ -418,26 +122,271 @@ def _through(e: Elem, out: str) -> Elem:
     return e
 
 
-def _opaque(ins: list[Expr]) -> Opaque:
+def _opaque(ins: list[Value]) -> Opaque:
     """An unevaluated value that may depend on every dimension its inputs depend on."""
     found: set[Ref] = set()
     for x in ins:
-        found |= refs(x)
+        found |= refs(x.expr)
     return Opaque(frozenset(found))
 
 
-def _combine(op: str, out: str, ins: list[Expr]) -> Expr:
-    """The value of a broadcasting op of shape values: arithmetic, Equal or Where."""
-    arity = 3 if op == "Where" else 2
-    if len(ins) != arity or any(isinstance(x, Opaque) for x in ins):
+def _pick(items: list, picks: list[int]) -> list | None:
+    """``items`` at the indices ``picks`` (a Gather); None when one is out of range."""
+    try:
+        return [items[j] for j in picks]
+    except IndexError:
+        return None
+
+
+def _unknown(shape: tuple | None) -> Seen:
+    """The view's reading of a value it does not evaluate: unknown elements, as many as
+    inference says."""
+    if shape == ():
+        return [None]
+    if shape and len(shape) == 1 and isinstance(shape[0], int):
+        return [None] * shape[0]
+    return None
+
+
+class ShapeValues:
+    """Evaluates the shape values of one graph (memoized); see the module docstring."""
+
+    def __init__(self, view: GraphView) -> None:
+        self.view = view
+        self._memo: dict[str, Value] = {}
+        self._busy: set[str] = set()
+        self._failed: dict[str | None, set[str]] = {}
+        self._active: str | None = None
+        self._ops: dict[str, Callable[[onnx.NodeProto, list[Value]], Value]] = {
+            "Shape": self._shape,
+            "Size": self._size,
+            "Concat": self._concat,
+            "Gather": self._gather,
+            "Slice": self._slice,
+            "ConstantOfShape": self._constant_of_shape,
+            **{op: self._pass for op in _PASS},
+            **{op: self._combine for op in _COMBINE},
+        }
+
+    # ---------------------------------------------------------------- readings
+    def of(self, name: str) -> Expr:
+        """The value of tensor ``name`` as the rules read it; ``Opaque`` for what is not a
+        small integer value."""
+        return self._reading("rules", lambda: self.value(name).expr)
+
+    def seen(self, name: str) -> Seen:
+        """The value of tensor ``name`` as the view reads it (``GraphView.shape_expr``)."""
+        return self._reading("view", lambda: self.value(name).seen)
+
+    def input_of(self, node: int, k: int) -> Expr:
+        """The value of input ``k`` of node ``node`` (an index into ``GraphView.nodes``); a
+        constant input's elements carry their ``Origin`` so the rewrite can change them."""
+        return self._reading("rules", lambda: self._input(node, k).expr)
+
+    def value(self, name: str) -> Value:
+        """Both readings of tensor ``name`` (memoized). A value whose evaluation raised (a
+        constant that does not decode) reads as unknown afterwards, to the reading that
+        met the error only, as each reading had its own memo before they were one."""
+        if name in self._busy or name in self._failed.get(self._active, ()):
+            return Value(Opaque(), None)  # a cycle cannot happen in a valid graph; be safe
+        shape = self.view.shape(name)
+        if self._active == "rules" and shape is not None and len(shape) > 1:
+            return Value(Opaque(), None)  # the rules never decode a weight or read an activation
+        found = self._memo.get(name)
+        if found is None:
+            self._busy.add(name)
+            try:
+                found = self._memo[name] = self._eval(name)
+            except Exception:
+                self._failed.setdefault(self._active, set()).add(name)
+                raise
+            finally:
+                self._busy.discard(name)
+        return found
+
+    def _reading(self, reading: str, read: Callable[[], _T]) -> _T:
+        """Run ``read`` as ``reading`` (``"view"`` or ``"rules"``) unless a reading runs."""
+        if self._active is not None:
+            return read()
+        self._active = reading
+        try:
+            return read()
+        finally:
+            self._active = None
+
+    # ---------------------------------------------------------------- evaluation
+    def _constant(self, value: np.ndarray, node: int, k: int) -> Value:
+        if value.ndim > 1 or value.size > SMALL or value.dtype.kind not in "iuf":
+            return Value(Opaque(), None)
+        flat = value.reshape(-1)
+        if value.dtype.kind == "f":  # the view keeps float values; the rules do not
+            return Value(Opaque(), [float(v) for v in flat])
+        terms = [Term(Fraction(int(v)), (), Origin(node, k, i), int(v)) for i, v in enumerate(flat)]
+        return Value(terms, [int(v) for v in flat])
+
+    def _input(self, node: int, k: int) -> Value:
+        n = self.view.nodes[node]
+        name = n.input[k] if k < len(n.input) else ""
+        if not name:
+            return Value(Opaque(), None)
+        if self._active == "view" and name in self._failed.get("view", ()):
+            return Value(Opaque(), None)  # the view reads inputs through its memo
+        value = self.view.constant(name)
+        if value is not None:
+            return self._constant(value, node, k)
+        return self.value(name)
+
+    def _eval(self, name: str) -> Value:
+        view = self.view
+        value = view.constant(name)
+        prod = view.producer.get(name)
+        if value is not None:
+            return self._constant(value, prod[0] if prod else -1, -1)
+        shape = view.shape(name)
+        if prod is None:
+            return Value(Opaque(), _unknown(shape))
+        i = prod[0]
+        node = view.nodes[i]
+        handler = self._ops.get(node.op_type)
+        if handler is None and shape is not None and len(shape) > 1:
+            return Value(Opaque(), None)  # an activation: neither reading evaluates it
+        if handler is None:
+            return Value(Opaque(), _unknown(shape), lambda: self._unevaluated(i))
+        ins = [self._input(i, k) for k in range(len(node.input))]
+        out = handler(node, ins)
+        expr = out.expr
+        if node.domain not in ("", "ai.onnx"):
+            expr = _opaque(ins)  # the view reads the op type alone; the rules do not
+        if shape is not None and len(shape) > 1:
+            expr = Opaque()  # activations: their values carry no dimensions
+        return Value(expr, out.seen if out.seen is not None else _unknown(shape))
+
+    def _unevaluated(self, i: int) -> Opaque:
+        """The rules' reading of an op nothing evaluates: any dim of its inputs."""
+        return _opaque([self._input(i, k) for k in range(len(self.view.nodes[i].input))])
+
+    def _shape(self, node: onnx.NodeProto, ins: list[Value]) -> Value:
+        data = node.input[0]
+        rank = self.view.rank(data)
+        if rank is None:
+            return Value(Opaque(frozenset({(data, -1)})), None)
+        inner = self.value(data) if rank == 1 else None
+        # a shape vector's length is structural, not a dimension
+        counted = inner is not None and isinstance(inner.expr, list)
+        seen_len = (
+            inner is not None
+            and inner.seen is not None
+            and None not in inner.seen
+            and attr(node, "start", 0) in (0, -1)
+        )
+        terms = []
+        for a in shape_range(node, rank):
+            known = len(inner.seen) if seen_len else ("dim", data, a)
+            if counted:
+                terms.append(Term(Fraction(len(inner.expr)), (), None, known))
+            else:
+                terms.append(Term(Fraction(1), ((data, a),), None, known))
+        return Value(terms, [t.known for t in terms])
+
+    def _size(self, node: onnx.NodeProto, ins: list[Value]) -> Value:
+        return Value([Opaque(frozenset({(node.input[0], -1)}))], None)
+
+    def _pass(self, node: onnx.NodeProto, ins: list[Value]) -> Value:
+        """Ops that keep the elements: Identity, Cast, Squeeze, Unsqueeze, and Flatten and
+        Reshape (which the view follows only for a 0-D or 1-D input)."""
+        data, out = ins[0], node.output[0]
+        expr = [_through(e, out) for e in data.expr] if isinstance(data.expr, list) else data.expr
+        op = node.op_type
+        follows = op not in ("Flatten", "Reshape") or (
+            op == "Reshape" and self.view.rank(node.input[0]) in (0, 1)
+        )
+        return _merge(expr, data.seen if follows and data.seen else None)
+
+    def _concat(self, node: onnx.NodeProto, ins: list[Value]) -> Value:
+        out = node.output[0]
+        if any(isinstance(x.expr, Opaque) for x in ins):
+            expr: Expr = _opaque(ins)
+        else:
+            expr = [_through(e, out) for x in ins for e in x.expr]
+        if attr(node, "axis", 0) not in (0, -1) or any(x.seen is None for x in ins):
+            return Value(expr, None)
+        return _merge(expr, [e for x in ins for e in x.seen])
+
+    def _gather(self, node: onnx.NodeProto, ins: list[Value]) -> Value:
+        idx = self.view.constant(node.input[1]) if len(node.input) > 1 else None
+        if int(attr(node, "axis", 0)) != 0 or idx is None or idx.ndim > 1:
+            return Value(_opaque(ins), None)
+        picks = [int(j) for j in idx.reshape(-1)]
+        data, out = ins[0], node.output[0]
+        picked = _pick(data.expr, picks) if isinstance(data.expr, list) else None
+        expr = _opaque(ins) if picked is None else [_through(e, out) for e in picked]
+        return _merge(expr, None if data.seen is None else _pick(data.seen, picks))
+
+    def _slice(self, node: onnx.NodeProto, ins: list[Value]) -> Value:
+        bounds = slice_bounds(self.view, node) if len(node.input) >= 3 else None
+        data, out = ins[0], node.output[0]
+        if bounds is None:
+            return Value(_opaque(ins), None)
+        expr: Expr = _opaque(ins)
+        if isinstance(data.expr, list):
+            expr = [_through(e, out) for e in data.expr[bounds]]
+        return _merge(expr, None if data.seen is None else data.seen[bounds])
+
+    def _constant_of_shape(self, node: onnx.NodeProto, ins: list[Value]) -> Value:
+        size, fill = ins[0], int_fill(node)
+        expr: Expr = _opaque(ins)
+        e = size.expr[0] if isinstance(size.expr, list) and len(size.expr) == 1 else None
+        if (
+            isinstance(e, Term)
+            and e.const is not None
+            and 0 <= e.const <= SMALL
+            and fill is not None
+        ):
+            expr = [const(fill)] * e.const
+        n = size.seen[0] if size.seen is not None and len(size.seen) == 1 else None
+        if not isinstance(n, int) or fill is None or n > SMALL:
+            return Value(expr, None)
+        return _merge(expr, [fill] * n)
+
+    def _combine(self, node: onnx.NodeProto, ins: list[Value]) -> Value:
+        """A broadcasting op of shape values: arithmetic (the view's on the resolved
+        numbers, the rules' on the symbols), Equal or Where."""
+        op, out = node.op_type, node.output[0]
+        if len(ins) != (3 if op == "Where" else 2):
+            return Value(_opaque(ins), None)
+        return _merge(_combine_exprs(op, out, ins), self._combine_seen(op, ins))
+
+    def _combine_seen(self, op: str, ins: list[Value]) -> Seen:
+        if op in ("Max", "Min") or any(x.seen is None for x in ins):
+            return None
+        parts = [x.seen for x in ins]
+        if op in ARITH:
+            parts = [
+                [self.view.dim(e[1], e[2]) if isinstance(e, tuple) else e for e in p] for p in parts
+            ]
+        parts = broadcast(parts)
+        if parts is None:
+            return None
+        if op == "Equal":
+            return [equal_elems(x, y) for x, y in zip(*parts, strict=True)]
+        if op == "Where":
+            return [x if k == 1 else y if k == 0 else None for k, x, y in zip(*parts, strict=True)]
+        fn = ARITH[op]
+        return [None if x is None or y is None else fn(x, y) for x, y in zip(*parts, strict=True)]
+
+
+def _combine_exprs(op: str, out: str, ins: list[Value]) -> Expr:
+    """The rules' reading of arithmetic, Equal or Where: exact on products of dims only."""
+    exprs_ = [x.expr for x in ins]
+    if any(isinstance(x, Opaque) for x in exprs_):
         return _opaque(ins)
-    parts = broadcast(ins)
+    parts = broadcast(exprs_)
     if parts is None:
         return _opaque(ins)
     if op == "Equal":
-        return [_equal(a, b) for a, b in zip(*parts, strict=True)]
+        return [equal(a, b) for a, b in zip(*parts, strict=True)]
     if op != "Where":
-        return [_arith(op, a, b) for a, b in zip(*parts, strict=True)]
+        return [arith(op, a, b) for a, b in zip(*parts, strict=True)]
     picked: list[Elem] = []
     for c, a, b in zip(*parts, strict=True):
         if isinstance(c, Term) and c.const is not None:
@@ -447,15 +396,10 @@ def _combine(op: str, out: str, ins: list[Expr]) -> Expr:
     return picked
 
 
-_CACHE: weakref.WeakKeyDictionary[GraphView, DimExprs] = weakref.WeakKeyDictionary()
-
-
-def exprs(view: GraphView) -> DimExprs:
-    """The evaluator of ``view`` (one per view: the analysis and the rewrite share it)."""
-    found = _CACHE.get(view)
-    if found is None:
-        found = _CACHE[view] = DimExprs(view)
-    return found
+def exprs(view: GraphView) -> ShapeValues:
+    """The evaluator of ``view`` (one per view and shape inference: analysis, rewrite and
+    the view itself share it)."""
+    return view.shape_values
 
 
 def private(view: GraphView, origin: Origin) -> bool:

@@ -20,7 +20,6 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.graph import shape_values
 from onnxprune.graph.inference import SHAPE_SLOTS, infer_shapes, skeleton, toposorted
 from onnxprune.graph.proto import (
     Dim,
@@ -30,7 +29,7 @@ from onnxprune.graph.proto import (
     product,
     shape_of,
 )
-from onnxprune.graph.shape_values import ShapeElem
+from onnxprune.graph.shape_values import ShapeElem, ShapeValues
 
 __all__ = [
     "PROBES",
@@ -105,7 +104,9 @@ class GraphView:
                 if name:
                     self.consumers.setdefault(name, []).append(Use(i, k))
         self._values: dict[str, np.ndarray] = {}
-        self._exprs: dict[str, list[ShapeElem] | None] = {}
+        self.shape_values = ShapeValues(self)
+        """The evaluator of this graph's shape values (``onnxprune.graph.shape_values``),
+        made again whenever the inferred shapes change."""
         self.shapes: dict[str, tuple[Dim, ...]] = {}
         self._const_shapes: dict[str, tuple[Dim, ...]] = {}
         for name, t in self.initializers.items():
@@ -165,7 +166,7 @@ class GraphView:
                 if s is not None:
                     self.shapes[vi.name] = s
             self.shapes.update(self._const_shapes)
-            self._exprs = {}
+            self.shape_values = ShapeValues(self)
             more = {}
             for node in self.nodes:
                 for i in SHAPE_SLOTS.get(node.op_type, ()):
@@ -215,7 +216,7 @@ class GraphView:
                 d if isinstance(d, int) or not (isinstance(x, int) and x == y and x > 0) else x
                 for d, x, y in zip(s, a, b, strict=True)
             )
-        self._exprs = {}
+        self.shape_values = ShapeValues(self)
 
     def _probe(self, values: dict[str, int]) -> dict[str, tuple[Dim, ...]] | None:
         """Shapes of every tensor with the symbolic input sizes set to ``values``."""
@@ -318,16 +319,7 @@ class GraphView:
         input's own channel dimension) instead of a fixed number. None when not a 0-D/1-D
         value of known length.
         """
-        if name in self._exprs:
-            return self._exprs[name]
-        self._exprs[name] = None  # cycles cannot happen in a valid graph; be safe anyway
-        value = shape_values.shape_elems(self, name)
-        self._exprs[name] = value
-        return value
-
-    def _resolved(self, name: str) -> list[int | None] | None:
-        """``shape_expr`` with run-time dimensions replaced by their inferred numbers."""
-        return shape_values.resolved(self, name)
+        return self.shape_values.seen(name)
 
     def static_ints(self, name: str) -> list[int] | None:
         """The value a small shape computation has for the shapes of this model, or None.
@@ -336,8 +328,11 @@ class GraphView:
         ``Shape(x)``; knowing them lets the analysis follow the chunk, and the rewrite then
         writes the pruned bounds as constants.
         """
-        values = self._resolved(name)
-        if values is None or not all(isinstance(v, int) for v in values):
+        expr = self.shape_expr(name)
+        if expr is None:
+            return None
+        values = [self.dim(e[1], e[2]) if isinstance(e, tuple) else e for e in expr]
+        if not all(isinstance(v, int) for v in values):
             return None
         return list(values)
 
