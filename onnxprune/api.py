@@ -235,7 +235,7 @@ def _data(opts: PruneOptions, model: onnx.ModelProto) -> _Data:
     if calib is None:
         return _Data(None, None, None, "random")
     held, k = None, 0
-    if opts.holdout:
+    if opts.holdout and opts.validate:  # nothing validates on a holdout under --no-validate
         fit, held, k = split_holdout(calib, HOLDOUT_FRACTION, HOLDOUT_MIN)
     if held is None:
         if opts.gates.any:
