@@ -117,17 +117,17 @@ def _finite_weights(path: Path) -> bool:
     return True
 
 
-def _run_cli(argv: list[str], capsys) -> tuple[int, str]:
+def _run_cli(argv: list[str], capfd) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exc:
         main(argv)
         raise SystemExit(0)
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     code = exc.value.code
     return (code if isinstance(code, int) else 1), err
 
 
 @pytest.mark.parametrize("shard", range(8))
-def test_mutations_never_crash(shard: int, tmp_path: Path, capsys) -> None:
+def test_mutations_never_crash(shard: int, tmp_path: Path, capfd) -> None:
     base = mixed_cnn()
     failures = []
     codes: list[int] = []
@@ -139,7 +139,7 @@ def test_mutations_never_crash(shard: int, tmp_path: Path, capsys) -> None:
         digest = hashlib.sha256(data).hexdigest()
         for mode in MODES:
             out = tmp_path / f"case{case}_out.onnx"
-            code, err = _run_cli([str(src), *mode, "-o", str(out), "-q", "--runs", "5"], capsys)
+            code, err = _run_cli([str(src), *mode, "-o", str(out), "-q", "--runs", "5"], capfd)
             codes.append(code)
             where = f"case {case} {' '.join(mode)}"
             if hashlib.sha256(src.read_bytes()).hexdigest() != digest:

@@ -82,7 +82,8 @@ def open_session(
 ):
     """An onnxruntime session on a model file or an in-memory model; errors name ``role``.
 
-    Log level is always errors only (onnxruntime's warnings are not the user's problem).
+    Log level is fatal only: onnxruntime's warnings are not the user's problem, and its error
+    lines would repeat (outside our one `error:` line) what ``ort_message`` already says.
     ``optimize_all`` asks for full graph optimization explicitly, as a deployment opens the
     model (validation and latency); otherwise onnxruntime's default level applies.
     ``spinning=False`` stops idle intra-op threads from spinning after each run, so numpy
@@ -93,10 +94,11 @@ def open_session(
     """
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(4)  # session creation logs through the default logger
     options = ort.SessionOptions()
     if optimize_all:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: a failed run is reported once, as our error line
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
