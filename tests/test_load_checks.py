@@ -323,15 +323,21 @@ def test_in_memory_unsorted_model_is_sorted_on_a_copy():
 
 
 def test_stale_shape_hints_are_not_refused(tmp_path, capsys):
-    """onnxruntime merges a value_info or output shape that disagrees leniently: so does the
-    load. (--structured then trusts the stale hints and finds nothing to prune: reported in
-    issue 10's notes as outside the load checks.)"""
+    """onnxruntime merges a value_info or output shape that disagrees leniently: so do the
+    load, the graph view (inference wins over a stale annotation) and the final check of a
+    structured prune (the original's stale output shape is not blamed on pruning)."""
     model = mixed_cnn()
     model.graph.value_info.append(helper.make_tensor_value_info("relu3_out", 1, [9, 9]))
     dims = model.graph.output[0].type.tensor_type.shape.dim
     dims[-1].dim_value = 7
     src = write(model, tmp_path / "stale.onnx")
-    code, err = run([str(src), "--unstructured", "0.5", "-o", str(tmp_path / "o.onnx")], capsys)
+    for mode in (["--unstructured", "0.5"], ["--structured", "0.5", "--round-to", "1"]):
+        code, err = run([str(src), *mode, "-o", str(tmp_path / "o.onnx"), "--force"], capsys)
+        assert code == 0, err
+    batch = mixed_cnn()  # the input says batch 2, the declared output still batch 1
+    batch.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    src = write(batch, tmp_path / "batch.onnx")
+    code, err = run([str(src), "--structured", "0.5", "-o", str(tmp_path / "b.onnx")], capsys)
     assert code == 0, err
 
 
