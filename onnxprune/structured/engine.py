@@ -62,6 +62,9 @@ class StructuredOptions:
     heads: float | None = None
     """Fraction of the heads of each attention layer to remove, in [0, 1) (whole key/value
     groups in grouped-query attention); None: heads stay. ``ratio`` never removes heads."""
+    keep: Mapping[str, int] | None = None
+    """Kept slots per group id (``make_plan``'s ``keep``: exact, no rounding), as chosen by
+    ``onnxprune.targets``; groups not listed follow ``ratio``/``heads`` as usual."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,6 +91,8 @@ class StructuredOptions:
         if isinstance(self.exclude, str):
             raise UsageError(f"--exclude must be a list of patterns, got {self.exclude!r}")
         check_patterns(self.exclude, "--exclude")
+        if self.keep is not None and not isinstance(self.keep, Mapping):
+            raise UsageError(f"keep must map group ids to kept slot counts, got {self.keep!r}")
 
 
 @dataclass
@@ -190,6 +195,7 @@ def prune_structured(
         max_group_ratio=options.max_group_ratio,
         exclude=options.exclude,
         heads=options.heads,
+        keep=options.keep,
     )
     plan.settings["criterion"] = options.criterion
     if not plan.groups and not plan.blocked:
