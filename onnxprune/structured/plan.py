@@ -171,10 +171,11 @@ def _excluded(g: Group, patterns: Sequence[str]) -> str | None:
     return None
 
 
-def _prunable(
+def prunable_groups(
     groups: Sequence[Group], exclude: Sequence[str]
 ) -> tuple[list[Group], list[dict[str, str]]]:
-    """The groups a plan may cut, and why each other one (with filters) stays."""
+    """The groups a plan may cut (not blocked, not excluded), and why each other one that
+    has filters stays (the plan's ``blocked`` entries)."""
     blocked: list[dict[str, str]] = []
     prunable: list[Group] = []
     for g in groups:
@@ -244,7 +245,7 @@ def make_plan(
     check_plan_options(ratio, scope, round_to, max_group_ratio, heads)
     keep = check_keep(keep, groups)
     round_to = int(round_to)
-    prunable, blocked = _prunable(groups, exclude)
+    prunable, blocked = prunable_groups(groups, exclude)
 
     channels = [g for g in prunable if not g.heads]
     if scope == "global":
