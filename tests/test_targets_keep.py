@@ -84,3 +84,10 @@ def test_engine_passes_keep_through_and_the_result_is_exact():
 def test_engine_refuses_keep_that_is_not_a_mapping():
     with pytest.raises(UsageError, match="keep must map"):
         StructuredOptions(ratio=0.0, keep=[("c1", 3)])
+
+
+def test_keep_leaves_blocked_groups_intact():
+    groups, scores = _setup(residual_block())
+    assert any(g.id == "head" and g.blocked_reason for g in groups)
+    plan = make_plan(groups, scores, ratio=0.0, keep={"head": 1})
+    assert plan.empty and "head" not in {g.id for g in plan.groups}

@@ -10,7 +10,8 @@ miss until the joint cost meets the target, and a last exact pass removes or giv
 single steps so the result lands at the target or as close as whole slots allow.
 
 Head groups (``Group.heads``) are not allocated: they lose ``--heads`` of their slots as
-without a target (none when not given), and the target counts what that saves.
+without a target (none when not given; rounded only with an explicit ``--round-to``), and
+the target counts what that saves.
 """
 
 from __future__ import annotations

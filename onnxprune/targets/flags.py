@@ -17,8 +17,8 @@ TARGET_OPTIONS = [
         default=None,
         metavar="R",
         help="Instead of --structured: keep at most fraction R of the MACs, removing channels "
-        "per group where they cost least (score lost per MAC saved); exact counts unless "
-        "--round-to is given.",
+        "per group where they cost least (score lost per MAC saved; --scope does not apply); "
+        "exact counts unless --round-to is given.",
     ),
     click.option(
         "--target-params",

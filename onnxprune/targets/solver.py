@@ -12,8 +12,9 @@ result lands as close to the budget as the allowed counts permit.
 
 Why greedy and not an exact knapsack: the tables are estimates (interpolated, measured with
 noise, and costs that interact between groups), and the caller checks the true cost and
-corrects (``targets.allocate``); a greedy over marginal ratios is within one move of the
-knapsack optimum for convex curves, and fast on tens of thousands of slots.
+corrects (``targets.allocate``); for convex curves the greedy over marginal ratios is
+optimal at every budget it passes through (marginal analysis), so it misses the knapsack
+optimum by at most its last move, and it is fast on tens of thousands of slots.
 """
 
 from __future__ import annotations
