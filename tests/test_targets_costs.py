@@ -116,3 +116,16 @@ def test_curves_of_big_groups_are_sampled():
 def test_slot_cost_is_one_slots_macs():
     _, _, _, cm = _model(small_cnn)
     assert cm.slot_cost("macs", "c1") == cm.total("macs") - cm.total("macs", {"c1": 15})
+
+
+@pytest.mark.parametrize("build", [residual_block, concat_block, split_block, encoder_block])
+def test_change_is_the_difference_of_totals(build):
+    _, groups, _, cm = _model(build)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        keep = {g.id: int(rng.integers(1, g.slots + 1)) for g in groups}
+        g = groups[int(rng.integers(len(groups)))]
+        k = int(rng.integers(1, g.slots + 1))
+        for metric in ("macs", "params"):
+            want = cm.total(metric, {**keep, g.id: k}) - cm.total(metric, keep)
+            assert cm.change(metric, keep, g.id, k) == want

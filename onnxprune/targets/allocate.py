@@ -140,8 +140,7 @@ def _polish(costs, metric, budget, fixed, keep, free, losses, allowed, max_group
             i = vals.index(keep[g.id]) if keep[g.id] in vals else len(vals) - 1
             j = i + 1 if up else i - 1
             if 0 <= j < len(vals):
-                trial = {**keep, g.id: vals[j]}
-                cost = costs.total(metric, {**fixed, **trial})
+                cost = now + costs.change(metric, {**fixed, **keep}, g.id, vals[j])
                 lc = loss.get(g.id)
                 dloss = 0.0 if lc is None else lc.at(vals[j]) - lc.at(keep[g.id])
                 yield g.id, vals[j], cost, dloss

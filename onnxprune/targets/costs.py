@@ -121,10 +121,14 @@ class CostModel:
             mask = self._masks[key] = kept_slots(g, self._scores[gid], count)
         return mask
 
-    def _pruned_shapes(self, keep: Mapping[str, int]) -> dict[str, tuple]:
-        """The new shape of every tensor the groups cut at ``keep`` touch."""
+    def _pruned_shapes(
+        self, keep: Mapping[str, int], names: Sequence[str] | None = None
+    ) -> dict[str, tuple]:
+        """The new shape of every tensor the groups cut at ``keep`` touch (of ``names``
+        only, when given)."""
         kept = {gid: self.kept(gid, c) for gid, c in keep.items()}
-        names = sorted({t for gid in kept for t in self._tensors[gid]})
+        if names is None:
+            names = sorted({t for gid in kept for t in self._tensors[gid]})
         out: dict[str, tuple] = {}
         for name in names:
             base = self._shapes.get(name)
@@ -170,6 +174,26 @@ class CostModel:
             delta += (self._price(self._nodes[i], shapes) or 0) - self._base_macs[i]
         return base + delta
 
+    def change(self, metric: str, keep: Mapping[str, int], gid: str, count: int) -> int:
+        """``total(metric, {**keep, gid: count}) - total(metric, keep)``, priced on the
+        nodes and tensors group ``gid`` touches only (a search's single steps)."""
+        trial = {**keep, gid: count}
+        if metric == "params":
+            names = [t for t in self._tensors[gid] if t in self._float_params]
+            old, new = self._pruned_shapes(keep, names), self._pruned_shapes(trial, names)
+            return sum(int(np.prod(new.get(t, self._shapes[t]), dtype=np.int64))
+                       - int(np.prod(old.get(t, self._shapes[t]), dtype=np.int64))
+                       for t in names)  # fmt: skip
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        nodes = sorted({i for t in self._tensors[gid] for i in self._touching.get(t, ())})
+        names = sorted({t for i in nodes for t in (*self._nodes[i].input, *self._nodes[i].output)
+                        if t in self._axes})  # fmt: skip
+        before = ChainMap(self._pruned_shapes(keep, names), self._shapes)
+        after = ChainMap(self._pruned_shapes(trial, names), self._shapes)
+        return sum((self._price(self._nodes[i], after) or 0)
+                   - (self._price(self._nodes[i], before) or 0) for i in nodes)  # fmt: skip
+
     def curve(self, metric: str, gid: str, keeps: Sequence[int] | None = None) -> GroupCurve:
         """The whole model's ``metric`` with group ``gid`` at each count of ``keeps`` and
         every other group whole (default: every count, or ``CURVE_POINTS`` of them)."""
@@ -189,12 +213,11 @@ class CostModel:
         keep = dict(keep or {})
         slots = self.groups[gid].slots
         now = min(slots, int(keep.get(gid, slots)))
-        cost = self.total(metric, keep)
         best = 0
         if now > 1:
-            best = max(best, cost - self.total(metric, {**keep, gid: now - 1}))
+            best = max(best, -self.change(metric, keep, gid, now - 1))
         if now < slots:
-            best = max(best, self.total(metric, {**keep, gid: now + 1}) - cost)
+            best = max(best, self.change(metric, keep, gid, now + 1))
         return best
 
 
