@@ -129,3 +129,28 @@ def test_target_on_the_command_line_reports_target_and_reached(tmp_path, capsys,
     assert code == 2 and err.startswith("error:") and "--target-macs" in err
     assert not (tmp_path / "x.onnx").exists()
     assert np.isfinite(t["reached"])
+
+
+def test_choose_keep_takes_staircases_and_measured_losses():
+    from onnxprune.graph.view import GraphView
+    from onnxprune.structured.dependency import analyze
+    from onnxprune.structured.importance import score_groups
+    from onnxprune.targets import GroupCurve
+    from onnxprune.targets.allocate import choose_keep
+    from onnxprune.targets.costs import CostModel
+
+    model = residual_block()
+    view = GraphView(model)
+    groups = [g for g in analyze(model, view=view) if g.blocked_reason is None]
+    scores = score_groups(groups, view, "l1", None)
+    costs = CostModel(model, groups, scores, view=view)
+    stairs = {"stem": [4, 8, 12], "c1": [6, 11], "c2": [8, 16, 24]}
+    keep, outcome = choose_keep(costs, scores, "macs", 0.6, allowed=stairs)
+    for gid, k in keep.items():
+        assert k in stairs[gid] or k == costs.groups[gid].slots
+    assert outcome.met and outcome.after <= 0.6 * outcome.before
+    # a measured loss that makes c1 precious moves the cut elsewhere
+    losses = [GroupCurve(g.id, g.slots, [1, g.slots], [1e6 if g.id == "c1" else 1.0, 0.0])
+              for g in groups]  # fmt: skip
+    keep, outcome = choose_keep(costs, scores, "macs", 0.6, losses=losses)
+    assert keep["c1"] == 16 and outcome.met

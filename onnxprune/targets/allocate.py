@@ -84,12 +84,14 @@ def choose_keep(
     max_group_ratio: float | None = None,
     round_to: int | None = None,
     losses: Sequence[GroupCurve] | None = None,
+    allowed: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[dict[str, int], TargetOutcome]:
     """Kept counts for every group of ``costs`` except those ``fixed`` (head groups at
     their ``--heads`` count), so the model keeps at most ``fraction`` of its ``metric``.
 
     ``losses`` replace the score-mass curves (measured sensitivities, ``targets``'
-    integration). The result meets the target unless every group is at its floor
+    integration); ``allowed`` (group id -> kept counts, a measured latency staircase) limits
+    the counts a group may take, on top of ``round_to``. The result meets the target unless every group is at its floor
     (``max_group_ratio``, never empty); ``outcome`` says what was reached.
     """
     fixed = dict(fixed or {})
@@ -104,7 +106,7 @@ def choose_keep(
                   for c in curves]  # fmt: skip
     if losses is None:
         losses = [score_mass(g, scores[g.id]) for g in free]
-    allowed = {g.id: steps for g in free if (steps := round_steps(g, round_to)) is not None}
+    allowed = _allowed(free, round_to, allowed)
     start = costs.total(metric, fixed)
     asked = budget
     keep: dict[str, int] = {g.id: g.slots for g in free}
@@ -120,6 +122,20 @@ def choose_keep(
     after = costs.total(metric, {**fixed, **keep})
     slot = max((costs.slot_cost(metric, g.id, {**fixed, **keep}) for g in free), default=0)
     return keep, TargetOutcome(metric, float(fraction), before, after, after <= budget, slot)
+
+
+def _allowed(free, round_to, given) -> dict[str, list[int]]:
+    """Per group, the counts both ``--round-to`` and a given staircase allow."""
+    out: dict[str, list[int]] = {}
+    for g in free:
+        steps = round_steps(g, round_to)
+        stair = (given or {}).get(g.id)
+        if stair is not None:
+            stair = sorted({int(k) for k in stair if 1 <= int(k) <= g.slots} | {g.slots})
+            steps = stair if steps is None else sorted(set(steps) & set(stair)) or [g.slots]
+        if steps is not None:
+            out[g.id] = steps
+    return out
 
 
 def _polish(costs, metric, budget, fixed, keep, free, losses, allowed, max_group_ratio):
@@ -181,7 +197,12 @@ class TargetHook:
         max_group_ratio: float | None = None,
         round_to: int | None = None,
         input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+        losses_for=None,
+        allowed_for=None,
     ) -> None:
+        """``losses_for`` / ``allowed_for`` (``(groups, scores, view) -> ...``), when given,
+        supply ``choose_keep``'s ``losses`` and ``allowed`` for the prunable groups."""
+        self.losses_for, self.allowed_for = losses_for, allowed_for
         self.model, self.metric, self.fraction = model, metric, fraction
         self.exclude, self.heads, self.round_to = tuple(exclude), heads, round_to
         self.max_group_ratio, self.input_shapes = max_group_ratio, input_shapes
@@ -199,8 +220,11 @@ class TargetHook:
                                          self.round_to or 1)  # fmt: skip
         costs = CostModel(self.model, prunable, scores, input_shapes=self.input_shapes,
                           view=None if self.input_shapes else view)  # fmt: skip
+        free = [g for g in prunable if g.id not in fixed]
         keep, self.outcome = choose_keep(
             costs, scores, self.metric, self.fraction, fixed=fixed,
             max_group_ratio=self.max_group_ratio, round_to=self.round_to,
+            losses=self.losses_for(free, scores, view) if self.losses_for else None,
+            allowed=self.allowed_for(free, scores, view) if self.allowed_for else None,
         )  # fmt: skip
         return {**fixed, **keep}
