@@ -29,7 +29,6 @@ from onnxprune.targets import GroupCurve
 from onnxprune.targets.costs import CostModel, curve_keeps
 from onnxprune.targets.solver import allowed_counts, floor_of, solve
 
-TARGET_METRICS = {"macs": "--target-macs", "params": "--target-params"}
 _ROUNDS = 8
 """Solver rounds on the joint cost before the exact single-step pass."""
 
