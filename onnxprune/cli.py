@@ -17,6 +17,7 @@ from onnxprune import __version__, signals
 from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.options import PROVIDERS, SCOPES, default
 from onnxprune.structured.importance import CRITERIA
+from onnxprune.targets.flags import TARGET_OPTIONS
 
 MAIN_HELP = """Prune an ONNX model and prove it still answers the same.
 
@@ -234,7 +235,6 @@ _input_options_list = [
 ]
 
 
-
 _input_options = _apply(_input_options_list)
 """--input-shape, --samples and --threads, defined once for prune and validate."""
 
@@ -348,6 +348,7 @@ _prune_options = _apply(
         ),
         click.option("--force", is_flag=True, help="Allow the output to overwrite the input."),
         click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
+        *TARGET_OPTIONS,
     ]
 )
 """The prune command's options, in --help order, kept apart so the command stays short."""
@@ -368,7 +369,8 @@ def prune_cmd(
 
     opts = PruneOptions(**kw)
     out = output if output is not None else default_output_path(model)
-    _check_outputs([model], [*model_outputs(out), ("--report", report_path)], opts.force)
+    sides = [("--report", report_path), ("--save-plan", opts.save_plan)]
+    _check_outputs([model, *([opts.plan] if opts.plan else [])], [*model_outputs(out), *sides], opts.force)
     try:
         result = prune_with(model, opts, output=out, progress=not quiet)
     except GateError as exc:  # the report says which gate failed by how much: write it first
