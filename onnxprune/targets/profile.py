@@ -38,6 +38,11 @@ __all__ = ["KernelTimes", "attribute", "named_copy", "parse_trace", "profile_mod
 _SUFFIX = "_kernel_time"
 _STRIP = re.compile(r"_(nchwc|fused|token_\d+|\d+|[A-Za-z]+)$")
 _WALK = 4  # elementwise ops walked back through to the weighted op of a fused kernel
+_FUSED = frozenset(
+    {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Add", "Sum",
+     "BatchNormalization", "Mul"}
+)  # fmt: skip
+"""Ops onnxruntime folds into the kernel of the op before them (activation, Sum fusion)."""
 
 
 @dataclass
@@ -152,12 +157,13 @@ def attribute(kernels: Mapping[str, float], model: onnx.ModelProto) -> dict[str,
 
 
 def _fused_chain(start: int, nodes, producer, uses, consts, opsets) -> list[int]:
-    """``start`` and the single-use elementwise ops before it, back to a weighted op."""
+    """``start`` and, while it is an op that fuses into its input's kernel (``_FUSED``), the
+    single-use nodes before it, back to a weighted op."""
     chain = [start]
     i = start
     for _ in range(_WALK):
         spec = spec_for(nodes[i], opsets)
-        if spec is not None and spec.macs is not None:
+        if (spec is not None and spec.macs is not None) or nodes[i].op_type not in _FUSED:
             break
         data = [t for t in nodes[i].input if t and t not in consts and t in producer]
         if len(data) != 1 or uses.get(data[0], 0) != 1:
