@@ -30,6 +30,14 @@ def _loss(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
+def _timings(d: Mapping) -> list[str]:
+    t = d.get("timings_s") or {}
+    if not t or d.get("cached"):
+        return []
+    shown = ", ".join(f"{k} {v:.1f} s" for k, v in t.items())
+    return [f"  time: {shown} ({d.get('candidates', 0)} masked candidates)"]
+
+
 def render_analysis(d: Mapping, max_rows: int | None = None) -> str:
     """The header facts, one row per group (loss = 1 - cosine at each fraction removed),
     the totals, and the blocked groups' count."""
@@ -57,6 +65,7 @@ def render_analysis(d: Mapping, max_rows: int | None = None) -> str:
         f"{human_count(d.get('params_total', 0.0))} params, "
         f"{d.get('latency_total_ms', 0.0):.2f} ms in kernels "
         f"({d.get('run_ms', 0.0):.2f} ms per run)",
+        *_timings(d),
         "",
     ]
     if rows:

@@ -91,7 +91,22 @@ class GroupSensitivity:
 
 @dataclass
 class Analysis:
-    """The whole analysis; ``to_dict`` is the documented JSON (README "analyze")."""
+    """The whole analysis; ``to_dict`` is the ``--json`` document::
+
+        {"model": path, "provider": "CPUExecutionProvider", "threads": 0 (onnxruntime's own),
+         "input_shapes": {input: [dims]},          # the shapes profiled at
+         "groups": [{"id", "nodes" (producer node names), "slots", "heads",
+                     "macs", "macs_share", "params", "params_share",
+                     "latency_ms", "latency_share",
+                     "loss": {"0.25": 1 - cosine, ...},
+                     "top1_drop": {"0.25": 1 - top-1 agreement, ...} or null}],
+         "seconds", "criterion", "fractions", "data" ("calib" | "random"), "samples",
+         "macs_total", "params_total", "latency_total_ms" (sum of kernel medians),
+         "run_ms" (median run as profiled), "blocked": [{"where", "reason"}], "notes",
+         "cached", "timings_s": {stage: s}, "candidates"}
+
+    Shares are attributed (see the module doc), so each column sums to at most 1.
+    """
 
     model: str
     provider: str
@@ -110,6 +125,10 @@ class Analysis:
     blocked: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     cached: bool = False
+    timings_s: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage: groups (analysis, scores, costs), profile, reference, candidates."""
+    candidates: int = 0
+    """Masked candidates run (a fraction that removes no slot is not run)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -282,6 +301,7 @@ class _Runner:
         self.ref = _Reference(chunks, outputs, self.names)
         self.original: _Reference | None = None
         self.blobs = Blobs(model) if self.masked.fallback else None
+        self.runs = 0
 
     def _run(self, sess, chunks) -> list[np.ndarray]:
         return join_chunks([run_session(sess, c, "masked model") for c in chunks])
@@ -330,6 +350,7 @@ def quality_losses(
             removed = removed_slots(g, scores[g.id], f)
             key = fraction_key(f)
             loss[key], d = runner.loss(g, removed) if len(removed) else (0.0, 0.0)
+            runner.runs += 1 if len(removed) else 0
             drop[key] = 0.0 if d is None else d
             if progress is not None:
                 progress(1)
@@ -361,6 +382,7 @@ def analyze_model(
     ``progress(total, ...)`` returns a step callback for the candidates.
     """
     start = time.perf_counter()
+    clock = _Clock()
     view = GraphView(model)
     groups, blocked = prunable_groups(analyze(model, view=view), exclude)
     stats = None
@@ -368,11 +390,15 @@ def analyze_model(
         stats = stats_for(activation_targets(groups, view), view)
     scores = score_groups(groups, view, criterion, stats, seed=seed)
     macs, params, macs_total, params_total = attributed_costs(model, groups, shapes or {})
+    clock("groups")
     kernels = times(model, profile_feed)
     ms = attributed_latency(kernels, model, groups)
+    clock("profile")
     runner = _Runner(model, view, groups, inputs, providers, threads, run_batch)
+    clock("reference")
     step = progress(len(groups) * len(fractions)) if progress is not None else None
     losses = quality_losses(runner, groups, scores, fractions, step)
+    clock("candidates")
     rows = []
     for g in groups:
         loss, drop = losses[g.id]
@@ -393,8 +419,21 @@ def analyze_model(
         seconds=time.perf_counter() - start, criterion=criterion,
         fractions=[float(f) for f in fractions], macs_total=macs_total,
         params_total=params_total, latency_total_ms=kernels.total_ms, run_ms=kernels.run_ms,
-        blocked=blocked,
+        blocked=blocked, timings_s=clock.timings, candidates=runner.runs,
     )  # fmt: skip
+
+
+class _Clock:
+    """Seconds per stage since the previous call (the JSON's ``timings_s``)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = round(now - self._last, 3)
+        self._last = now
 
 
 def _share(part: float, total: float) -> float:
