@@ -72,13 +72,14 @@ def ort_message(exc: BaseException) -> str:
 
 
 def open_session(
-    model: str | os.PathLike | onnx.ModelProto,
+    model: str | os.PathLike | onnx.ModelProto | bytes,
     providers: Sequence[str],
     *,
     role: str,
     optimize_all: bool = True,
     spinning: bool = True,
     threads: int | None = None,
+    profile: str | None = None,
 ):
     """An onnxruntime session on a model file or an in-memory model; errors name ``role``.
 
@@ -89,6 +90,9 @@ def open_session(
     ``spinning=False`` stops idle intra-op threads from spinning after each run, so numpy
     BLAS work between runs (recovery's Gram matrices and solves) gets the cores.
     ``threads`` sets onnxruntime's intra-op thread count (None: its default, all cores).
+    ``profile`` (a file prefix) turns on onnxruntime's per-node profiling: ``end_profiling()``
+    then returns the JSON trace's path (``onnxprune.targets.profile`` reads it).
+    ``model`` may also be serialized bytes (many variants of one model, serialized once each).
 
     Models are best opened from their file path: external data and models over 2 GB work.
     """
@@ -103,7 +107,15 @@ def open_session(
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    if profile is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile
+    if isinstance(model, bytes):
+        source: str | bytes = model
+    elif isinstance(model, onnx.ModelProto):
+        source = model.SerializeToString()
+    else:
+        source = os.fspath(model)
     if isinstance(source, str) and not _utf8(source):
         source = _read_for_session(source, options)
     try:
