@@ -23,7 +23,15 @@ CALIB_HELP = (
 )
 
 
-@click.command("analyze")
+ANALYZE_EXAMPLES = """\b
+Examples:
+  onnxprune analyze model.onnx
+  onnxprune analyze model.onnx --calib images/ --criterion wanda --json sensitivity.json
+  onnxprune analyze det.onnx --input-shape images=1x3x640x640 --threads 1 --fractions 0.1,0.3
+"""
+
+
+@click.command("analyze", epilog=ANALYZE_EXAMPLES)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help=CALIB_HELP + " [default: random inputs].")  # fmt: skip
