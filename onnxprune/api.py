@@ -58,7 +58,7 @@ def prune(
     heads: float | None = None,
     unstructured: float | None = None,
     nm: str | tuple[int, int] | None = None,
-    scope: str = "local",
+    scope: str | None = None,
     criterion: str = "l1",
     round_to: int | None = None,
     max_group_ratio: float = 0.9,
@@ -91,6 +91,7 @@ def prune(
     target_params: float | None = None,
     save_plan: str | os.PathLike | None = None,
     plan: str | os.PathLike | None = None,
+    target_speedup: float | None = None,
 ) -> PruneResult:
     """Prune an ONNX model and prove the result with onnxruntime.
 
@@ -131,8 +132,9 @@ def prune(
     threads for validation and latency (0: onnxruntime's own choice).
 
     ``target_macs``/``target_params`` (instead of ``structured``) keep at most that fraction of
-    MACs/params, cut per group where it costs least; ``save_plan`` writes the decision with
-    the model's hash, ``plan`` re-applies it to the same model (another one is refused).
+    MACs/params, cut per group where it costs least, ``target_speedup`` runs that much faster
+    (measured), ``max_drop``/``min_cosine`` alone find the fewest MACs passing them; ``save_plan``
+    writes the decision with the model's hash, ``plan`` re-applies it to that model only.
 
     Raises ``UsageError`` for bad options and ``OnnxPruneError`` for model problems, each with
     a message meant for a person.
@@ -149,7 +151,7 @@ def prune(
         max_rel_diff=max_rel_diff, val=val, val_labels=val_labels, holdout=holdout,
         keep_failed=keep_failed, input_shapes=input_shapes, samples=samples, threads=threads,
         target_macs=target_macs, target_params=target_params, save_plan=save_plan, plan=plan,
-    )  # fmt: skip
+        target_speedup=target_speedup)  # fmt: skip
     return prune_with(model, opts, output=output, progress=progress)
 
 
@@ -162,6 +164,9 @@ def prune_with(
 ) -> PruneResult:
     """``prune`` with the options already built (what the CLI calls)."""
     check_path(output, "output")
+    if opts.search is not None:  # --target-speedup, or a gate alone: runs of this function
+        from onnxprune.targets.search import prune_searched
+        return prune_searched(model, opts, prune_with, output=output, progress=progress)
     stages = Stages(opts.stages(), progress)
     # Compressed sizes take about as long as pruning a big model: they run on a background
     # thread while the main thread prunes and saves, and are joined for the report.
@@ -316,7 +321,7 @@ def _unstructured(reference, opts: PruneOptions, report: Report, progress: bool,
     if opts.criterion == "wanda" and inputs is not None:
         scorer = calibrate.wanda_scorer(reference, inputs, providers=_CPU)
     pruned, result = prune_unstructured(
-        reference, ratio=opts.unstructured, nm=opts.nm, scope=opts.scope,
+        reference, ratio=opts.unstructured, nm=opts.nm, scope=opts.unstructured_scope,
         exclude=opts.exclude, scorer=scorer,
     )  # fmt: skip
     criterion = "wanda" if scorer is not magnitude else "magnitude"
@@ -414,11 +419,8 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
         from onnxprune.runtime.gates import raise_if_failed
 
         raise_if_failed(report.validation.gates, report, gate_tail)
-    return PruneResult(model=pruned, report=report, output_path=_path_or_none(report.output_path))
-
-
-def _path_or_none(path: str | None) -> Path | None:
-    return Path(path) if path else None
+    written = Path(report.output_path) if report.output_path else None
+    return PruneResult(model=pruned, report=report, output_path=written)
 
 
 def _refuse_nonfinite(validation) -> None:

@@ -17,6 +17,9 @@ Examples:
   onnxprune model.onnx --structured 0.3
   onnxprune model.onnx --structured 0.3 --calib images/ --val held_out.npz --min-cosine 0.99
   onnxprune model.onnx --unstructured 0.8 --scope global --calib data.npz -o out.onnx
+  onnxprune model.onnx --target-speedup 2 --threads 1 --calib images/
+  onnxprune model.onnx --max-drop 1 --calib data.npz --labels labels.npy
+      (a gate alone: the fewest MACs that keep it)
 """
 
 INSPECT_EXAMPLES = """\b
@@ -232,9 +235,10 @@ prune_options = apply_options(
         click.option(
             "--scope",
             type=click.Choice(list(SCOPES)),
-            default=default("scope"),
-            show_default=True,
-            help="local: every tensor/group loses R. global: one ranking over the whole model.",
+            default=None,
+            help="local: every tensor/group loses R. global: one ranking over the whole model "
+            "[default: local; global for --unstructured with --calib, where OBS recovers it "
+            "best (README 'Targets')].",
         ),
         click.option(
             "--criterion",

@@ -247,7 +247,9 @@ class PruneOptions(DataOptions):
     unstructured: float | None = None
     nm: tuple[int, int] | None = None
     """Given as ``"2:4"`` or ``(2, 4)``; stored as ``(2, 4)``."""
-    scope: str = "local"
+    scope: str | None = None
+    """``--scope``; None: local, except ``--unstructured`` with ``--calib``, which defaults
+    to global (``unstructured_scope``: README "Targets", the MLP at 90% keeps 97.5% vs 94.7%)."""
     criterion: str = "l1"
     round_to: int | None = None
     max_group_ratio: float = 0.9
@@ -278,16 +280,22 @@ class PruneOptions(DataOptions):
     """``--save-plan PATH``: write the structured decision there (``targets.plans``)."""
     plan: str | os.PathLike | None = None
     """``--plan PATH``: re-apply a saved decision to the model it was made for."""
+    target_speedup: float | None = None
+    """``--target-speedup S``: the MAC fraction whose pruned model runs S times faster,
+    measured (``onnxprune.targets.search``); replaces ``structured``."""
 
     def __post_init__(self) -> None:
         from onnxprune.structured.importance import CRITERIA
 
         self._check_targets()
-        if all(x is None for x in (self.structured, self.heads, self.unstructured, self.nm,
-                                   self.target, self.plan)):  # fmt: skip
+        if self.search is None and all(x is None for x in (
+                self.structured, self.heads, self.unstructured, self.nm, self.target,
+                self.plan)):  # fmt: skip
             raise UsageError(
                 "nothing to do: pass --structured RATIO, --heads RATIO, --unstructured RATIO, "
-                "--nm N:M, --target-macs R or --target-params R"
+                "--nm N:M, --target-macs R, --target-params R, --target-speedup S, or a "
+                "quality gate (--max-drop P, --min-cosine X) alone for the fastest model "
+                "that keeps it"
             )
         if self.unstructured is not None and self.nm is not None:
             raise UsageError("choose one of --unstructured and --nm")
@@ -296,7 +304,7 @@ class PruneOptions(DataOptions):
             heads=_optional(check_fraction, self.heads, "--heads"),
             unstructured=_optional(check_fraction, self.unstructured, "--unstructured"),
             nm=_optional(check_nm, self.nm, "--nm"),
-            scope=check_choice(self.scope, "--scope", SCOPES),
+            scope=_optional(check_choice, self.scope, "--scope", SCOPES),
             criterion=check_choice(self.criterion, "--criterion", tuple(CRITERIA)),
             round_to=_optional(check_int, self.round_to, "--round-to", 1),
             max_group_ratio=check_open_fraction(self.max_group_ratio, "--max-group-ratio"),
@@ -348,6 +356,7 @@ class PruneOptions(DataOptions):
         )
         if self.target_macs is not None and self.target_params is not None:
             raise UsageError("choose one of --target-macs and --target-params")
+        self._check_speedup()
         flag = "--target-macs" if self.target_macs is not None else "--target-params"
         if self.target is not None and self.structured is not None:
             raise UsageError(f"choose one of --structured and {flag}: the target chooses "
@@ -360,6 +369,45 @@ class PruneOptions(DataOptions):
         if self.save_plan is not None and not (self.wants_structured or self.plan):
             raise UsageError("--save-plan saves a structured decision: pass --structured, "
                              "--heads, --target-macs or --target-params")  # fmt: skip
+
+    def _check_speedup(self) -> None:
+        """--target-speedup: a number above 1, alone among the targets, measured."""
+        s = self.target_speedup
+        if s is None:
+            return
+        if not (_is_real(s) and 1.0 < float(s) <= 1000.0):
+            raise UsageError(f"--target-speedup must be a number above 1, got {s!r}")
+        self._set(target_speedup=float(s))
+        for flag, value in (("--structured", self.structured), ("--plan", self.plan),
+                            ("--target-macs", self.target_macs),
+                            ("--target-params", self.target_params)):  # fmt: skip
+            if value is not None:
+                raise UsageError(f"choose one of {flag} and --target-speedup: the speed-up "
+                                 "chooses how much each group loses")  # fmt: skip
+        if not self.validate:
+            raise UsageError("--target-speedup is measured in onnxruntime: drop --no-validate")
+
+    @property
+    def search(self) -> str | None:
+        """Which search this run is (``targets.search``): ``"speedup"`` for
+        --target-speedup, ``"quality"`` for --max-drop/--min-cosine with nothing else to
+        do (the fewest MACs that keep that quality), None for a plain run."""
+        if self.target_speedup is not None:
+            return "speedup"
+        plain = (self.structured, self.heads, self.unstructured, self.nm, self.target_macs,
+                 self.target_params, self.plan)  # fmt: skip
+        if all(x is None for x in plain) and (self.max_drop is not None
+                                              or self.min_cosine is not None):  # fmt: skip
+            return "quality"
+        return None
+
+    @property
+    def unstructured_scope(self) -> str:
+        """--scope for --unstructured: as given, else global with --calib (OBS recovers a
+        model-wide ranking best: README "Targets") and local without data."""
+        if self.scope is not None:
+            return self.scope
+        return "global" if self.calib is not None else "local"
 
     @property
     def target(self) -> tuple[str, float] | None:
@@ -377,7 +425,8 @@ class PruneOptions(DataOptions):
     @property
     def wants_structured(self) -> bool:
         return (self.structured is not None or self.heads is not None
-                or self.target is not None or self.plan is not None)  # fmt: skip
+                or self.target is not None or self.plan is not None
+                or self.search is not None)  # fmt: skip
 
     @property
     def wants_unstructured(self) -> bool:

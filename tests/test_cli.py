@@ -326,7 +326,8 @@ def test_recovery_switches_off_leave_plain_magnitude_pruning(cnn_path, tmp_path,
 
     calib = ["--calib", tmp_path / "imgs", "--runs", 5]
     plain = weights(["--no-validate"])
-    off = weights([*calib, "--no-bias-correction", "--no-lstsq", "--no-obs"])
+    # --scope local: with --calib the default scope of --unstructured is global (issue 11)
+    off = weights([*calib, "--no-bias-correction", "--no-lstsq", "--no-obs", "--scope", "local"])
     on = weights(calib)
     assert plain.keys() == off.keys()
     assert all(np.array_equal(plain[k], off[k]) for k in plain)

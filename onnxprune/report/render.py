@@ -114,7 +114,9 @@ def _structured(s: StructuredResult, max_rows: int) -> list[str]:
         f"round-to {s.round_to}): pruned {len(s.changed)} of {len(groups)} groups, "
         f"{len(s.blocked)} blocked",
     ]
-    if s.target:  # --target-macs / --target-params: what was asked and what was reached
+    if s.target and s.target.get("metric") in ("speedup", "quality"):  # a search
+        out += search_lines(s.target)
+    elif s.target:  # --target-macs / --target-params: what was asked and what was reached
         t = s.target
         out.append(f"  target: keep {t['target']:.4g} of the {t['metric']}; reached "
                    f"{t['reached']:.4g} ({t['after']:,} of {t['before']:,}"
@@ -132,6 +134,33 @@ def _structured(s: StructuredResult, max_rows: int) -> list[str]:
         out += _more(groups, max_rows, "... and {} more groups (see --report)")
     out += [f"  blocked {b['where']}: {b['reason']}" for b in s.blocked[:max_rows]]
     out += _more(s.blocked, max_rows, "  ... and {} more blocked (see --report)")
+    return out
+
+
+def search_lines(t: dict) -> list[str]:
+    """--target-speedup or a gate alone (``targets.search``): what was asked, what the final
+    run measured, and every candidate the search tried with its figures."""
+    n = len(t.get("iterations", []))
+    if t["metric"] == "speedup":
+        got = t.get("reached")
+        shown = "-" if got is None else f"{got:.2f}x"
+        verdict = "met" if t.get("met") else f"not met (within {t['tolerance']:.0%} asked)"
+        head = (f"  target: speed-up {t['target']:.3g}x measured; the result measured {shown} "
+                f"({verdict}) at MAC fraction {t['fraction']:.3g}, {n} candidates:")
+    else:
+        gates = ", ".join(f"{k.replace('_', '-')} {v:g}" for k, v in t.get("gates", {}).items())
+        head = (f"  target: the fewest MACs keeping {gates}: MAC fraction {t['fraction']:.3g} "
+                f"(MACs {t['reached']:.3g}), {n} candidates:")
+    out = [head]
+    for c in t.get("iterations", []):
+        speed = "-" if c.get("speedup") is None else f"{c['speedup']:.2f}x"
+        cos = "-" if c.get("cosine") is None else f"{c['cosine']:.4f}"
+        line = f"    fraction {c['fraction']:.3g}: MACs {c['macs']:.3g}, speed-up {speed}, cosine {cos}"
+        if c.get("accuracy_after") is not None:
+            line += f", accuracy {c['accuracy_before']:.2%} -> {c['accuracy_after']:.2%}"
+        if "passed" in c:
+            line += ", passed" if c["passed"] else ", failed"
+        out.append(line + (" (every group at its floor)" if c.get("at_floor") else ""))
     return out
 
 

@@ -73,7 +73,7 @@ class StructuredOptions:
     def from_prune(cls, opts) -> StructuredOptions:
         """The structured part of ``onnxprune.options.PruneOptions``."""
         return cls(
-            ratio=opts.structured or 0.0, heads=opts.heads, scope=opts.scope,
+            ratio=opts.structured or 0.0, heads=opts.heads, scope=opts.scope or "local",
             criterion=opts.criterion, round_to=opts.round_to,
             max_group_ratio=opts.max_group_ratio, exclude=opts.exclude, seed=opts.seed,
         )  # fmt: skip

@@ -1,7 +1,8 @@
 """The prune command's target and plan flags (click), kept here so ``cli.py`` stays short.
 
 ``--target-macs R`` / ``--target-params R`` map onto ``PruneOptions.target_macs`` /
-``target_params``, ``--save-plan`` / ``--plan`` onto ``save_plan`` / ``plan``.
+``target_params``, ``--target-speedup S`` onto ``target_speedup`` (``targets.search``),
+``--save-plan`` / ``--plan`` onto ``save_plan`` / ``plan``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ TARGET_OPTIONS = [
         default=None,
         metavar="R",
         help="The same for the parameters.",
+    ),
+    click.option(
+        "--target-speedup",
+        type=click.FloatRange(1.0, min_open=True),
+        default=None,
+        metavar="S",
+        help="Instead of --structured: the MAC fraction whose pruned model runs S times "
+        "faster, measured in onnxruntime (--providers, --threads, the validation's batch and "
+        "shapes), corrected until within 5% or 6 candidates; recovery once, on the result.",
     ),
     click.option(
         "--save-plan",

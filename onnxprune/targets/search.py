@@ -1,0 +1,325 @@
+"""Searches over the MAC fraction: ``--target-speedup S``, and a quality gate given alone.
+
+Both search one number, the fraction of the original MACs kept (``--target-macs``), and let
+the allocation (``targets.allocate``) decide where each candidate cuts; each candidate is a
+real run of ``prune_with`` (the caller's, passed in: this module never imports the API), so a
+candidate is pruned, measured and validated exactly as a plain run would be.
+
+* ``--target-speedup S``: the speed-up is *measured* (onnxruntime on ``--providers`` and
+  ``--threads``, at the validation's batch and shapes, median of interleaved runs: the
+  figure validation reports), never predicted from MACs, which are a poor proxy for time.
+  The first guess keeps 1/S of the MACs; each next one comes from a secant on log speed-up
+  against log fraction through the bracketing candidates (the original counts as fraction
+  1, speed-up 1), with bisection when the secant leaves the bracket. Candidates skip
+  recovery and gates (neither changes the shapes, so neither changes the time). The search
+  stops within ``TOLERANCE`` of S or after ``SPEEDUP_ITERATIONS`` measured candidates, keeps
+  the candidate that reached S with the most MACs kept (or the fastest, and says it missed),
+  and runs it once more with recovery, gates and the output: its measured speed-up is the
+  one reported.
+* ``--max-drop P`` / ``--min-cosine X`` alone: the fewest MACs that keep that quality. A
+  bisection over the fraction, each candidate pruned, recovered (with ``--calib``) and
+  validated on held-out data under the gates; the smallest passing fraction is run again to
+  write the output. It assumes quality falls as the fraction falls (true of the allocation,
+  which only removes more as the budget shrinks, up to noise in the refit).
+
+The measured speed-up is read by ``measure`` (a report -> speed-up function), which tests
+replace with a synthetic latency model so the loop is tested without timing noise.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from onnxprune.errors import GateError
+
+__all__ = ["TOLERANCE", "Trial", "bisect_fraction", "next_fraction", "prune_searched",
+           "search_speedup"]  # fmt: skip
+
+TOLERANCE = 0.05
+"""A speed-up within 5% of the target ends the search."""
+SPEEDUP_ITERATIONS = 6
+"""Measured candidates at most for --target-speedup."""
+QUALITY_ITERATIONS = 6
+"""Validated candidates at most for a gate alone: the fraction to 1/64."""
+FLOOR = 0.01
+"""The smallest MAC fraction a search asks for."""
+
+
+@dataclass
+class Trial:
+    """One candidate of a search: the fraction asked and what its run measured."""
+
+    fraction: float
+    """MAC fraction asked (``--target-macs``)."""
+    macs: float = 1.0
+    """MACs after / before reached."""
+    params: float = 1.0
+    speedup: float | None = None
+    significant: bool | None = None
+    passed: bool | None = None
+    """Quality search: the candidate passed every gate."""
+    at_floor: bool = False
+    """The allocation could not reach the fraction (every group at its floor)."""
+    figures: dict = field(default_factory=dict)
+    """cosine, top-1 agreement, accuracy before/after, and why it failed."""
+
+    def to_dict(self) -> dict:
+        out = {"fraction": self.fraction, "macs": self.macs, "params": self.params,
+               "speedup": self.speedup, "speedup_significant": self.significant}  # fmt: skip
+        if self.passed is not None:
+            out["passed"] = self.passed
+        return {**out, "at_floor": self.at_floor, **self.figures}
+
+
+def next_fraction(trials: Sequence[Trial], target: float, floor: float = FLOOR) -> float:
+    """The next MAC fraction to try for speed-up ``target``, from the candidates so far.
+
+    Speed-up ~ fraction^-a locally, so the secant runs on logs: between the slowest
+    candidate still too fast and the fastest still too slow (the original, fraction 1 and
+    speed-up 1, is always one), bisected (geometric mean) when the secant lands within a
+    tenth of the bracket's ends; beyond the fastest, extrapolated through the last two
+    points, at most 4x further down per step."""
+    pts = [(1.0, 1.0)] + [(t.fraction, t.speedup) for t in trials if t.speedup]
+    slow = [p for p in pts if p[1] < target]
+    fast = [p for p in pts if p[1] >= target]
+    hi = min(slow, key=lambda p: p[0]) if slow else (1.0, 1.0)
+    if fast:
+        lo = max(fast, key=lambda p: p[0])
+        if lo[0] >= hi[0]:  # noise: a faster candidate kept more; split the difference
+            return math.sqrt(lo[0] * hi[0]) if lo[0] != hi[0] else lo[0]
+        guess = _secant(hi, lo, target)
+        a, b = math.log(lo[0]), math.log(hi[0])
+        if guess is None or not a + 0.1 * (b - a) < math.log(guess) < b - 0.1 * (b - a):
+            return math.sqrt(lo[0] * hi[0])
+        return guess
+    others = sorted((p for p in slow if p[0] > hi[0]), key=lambda p: p[0])
+    prev = others[0] if others else (1.0, 1.0)
+    guess = _secant(prev, hi, target) if prev != hi else None
+    if guess is None or guess >= hi[0]:
+        guess = hi[0] / 2
+    return max(floor, hi[0] / 4, min(guess, hi[0] * 0.98))
+
+
+def _secant(p, q, target: float) -> float | None:
+    """The fraction where the log-log line through p and q reaches ``target``."""
+    (f1, s1), (f2, s2) = p, q
+    if f1 == f2 or s1 <= 0 or s2 <= 0 or abs(math.log(s2 / s1)) < 1e-9:
+        return None
+    slope = math.log(f2 / f1) / math.log(s2 / s1)
+    if slope >= 0:  # more pruning measured slower: no direction to follow
+        return None
+    return f1 * math.exp(slope * math.log(target / s1))
+
+
+def search_speedup(
+    evaluate: Callable[[float], Trial],
+    target: float,
+    *,
+    iterations: int = SPEEDUP_ITERATIONS,
+    tolerance: float = TOLERANCE,
+    floor: float = FLOOR,
+) -> tuple[Trial, list[Trial]]:
+    """Measured candidates until one is within ``tolerance`` of ``target`` (or the budget is
+    spent, or the allocation cannot cut further): the chosen candidate and all of them.
+
+    The chosen one reached at least (1 - tolerance) x target with the most MACs kept;
+    when none did, the fastest."""
+    trials: list[Trial] = []
+    fraction = max(floor, 1.0 / target)
+    for _ in range(iterations):
+        trial = evaluate(fraction)
+        trials.append(trial)
+        s = trial.speedup or 0.0
+        if abs(s / target - 1.0) <= tolerance:
+            break
+        if s < target and (trial.at_floor or fraction <= floor):
+            break  # nothing left to cut: unreachable
+        fraction = next_fraction(trials, target, floor)
+        if any(abs(fraction / t.fraction - 1.0) < 0.01 for t in trials):
+            break  # the search has closed in on a fraction it measured
+    return choose(trials, target, tolerance), trials
+
+
+def choose(trials: Sequence[Trial], target: float, tolerance: float = TOLERANCE) -> Trial:
+    """The candidate that reached the target with the most MACs kept, else the fastest."""
+    reached = [t for t in trials if (t.speedup or 0.0) >= (1.0 - tolerance) * target]
+    if reached:
+        return max(reached, key=lambda t: t.fraction)
+    return max(trials, key=lambda t: t.speedup or 0.0)
+
+
+def bisect_fraction(
+    passes: Callable[[float], bool],
+    *,
+    iterations: int = QUALITY_ITERATIONS,
+    resolution: float = 1.0 / 64,
+) -> tuple[float | None, list[float]]:
+    """The smallest fraction ``passes`` accepts, by bisection on (0, 1) assuming it is
+    monotone (fraction 1, the original, passes by definition and is not run): the fraction
+    (None when no candidate passed) and the fractions tried, in order."""
+    lo, hi, tried = 0.0, 1.0, []
+    for _ in range(iterations):
+        if hi - lo <= resolution:
+            break
+        f = (lo + hi) / 2
+        tried.append(f)
+        if passes(f):
+            hi = f
+        else:
+            lo = f
+    return (hi if hi < 1.0 else None), tried
+
+
+# --------------------------------------------------------------------------------------------
+# the searches on real runs
+# --------------------------------------------------------------------------------------------
+
+
+def measured_speedup(report) -> float | None:
+    """The speed-up validation measured (median before / median after, interleaved)."""
+    return None if report.validation is None else report.validation.speedup
+
+
+def trial_of(fraction: float, report) -> Trial:
+    """A candidate's figures, from its run's report."""
+    v, t = report.validation, (report.structured.target or {}) if report.structured else {}
+    figures = {}
+    if v is not None:
+        figures = {"cosine": v.cosine, "top1_agreement": v.top1_agreement}
+        if v.accuracy_before is not None:
+            figures.update(accuracy_before=v.accuracy_before, accuracy_after=v.accuracy_after)
+    return Trial(
+        fraction, macs=_ratio(report.macs_after, report.macs_before),
+        params=_ratio(report.params_after, report.params_before),
+        speedup=None if v is None else v.speedup,
+        significant=None if v is None else v.speedup_significant,
+        at_floor=not t.get("met", True), figures=figures,
+    )  # fmt: skip
+
+
+def _ratio(after: float, before: float) -> float:
+    return after / before if before else 1.0
+
+
+def prune_searched(model, opts, prune_with, *, output=None, progress: bool = False,
+                   measure: Callable | None = None):  # fmt: skip
+    """``prune_with`` for a search (``opts.search``): the candidates, then the chosen
+    fraction run once more with everything asked (recovery, gates, the output); its report
+    carries the search in ``structured.target`` and its time in ``timings_s["search"]``."""
+    from onnxprune.progress import progress_bar
+
+    measure = measure or measured_speedup
+    start = time.perf_counter()
+    total = SPEEDUP_ITERATIONS if opts.search == "speedup" else QUALITY_ITERATIONS
+    with progress_bar(total=total, desc="search", unit="candidate", enabled=progress) as bar:
+        if opts.search == "speedup":
+            final_opts, summary = _speedup(model, opts, prune_with, measure, bar)
+        else:
+            final_opts, summary = _quality(model, opts, prune_with, bar)
+    searched = time.perf_counter() - start
+    try:
+        result = prune_with(model, final_opts, output=output, progress=progress)
+    except GateError as exc:
+        if exc.report is not None:
+            _finish(exc.report, summary, searched, measure)
+        raise
+    _finish(result.report, summary, searched, measure)
+    return result
+
+
+def _candidate_opts(opts, fraction: float, *, bare: bool = False, final: bool = False):
+    """The options of one run: ``--target-macs fraction`` instead of the search. A candidate
+    (not ``final``) writes no plan and keeps no failed model; ``bare`` also drops recovery
+    and gates (a speed candidate: neither changes the time)."""
+    drop = {"bias_correction": False, "lstsq": False, "obs": False, "min_cosine": None,
+            "max_drop": None, "max_rel_diff": None} if bare else {}  # fmt: skip
+    if not final:
+        drop.update(save_plan=None, keep_failed=False, validate=True)
+    return replace(opts, target_speedup=None, target_macs=fraction, **drop)
+
+
+def _speedup(model, opts, prune_with, measure, bar):
+    """The measured speed-up search: (the chosen candidate's options, the summary)."""
+    target = opts.target_speedup
+
+    def evaluate(fraction: float) -> Trial:
+        report = prune_with(model, _candidate_opts(opts, fraction, bare=True)).report
+        trial = trial_of(fraction, report)
+        trial.speedup = measure(report)
+        bar.update(1)
+        return trial
+
+    best, trials = search_speedup(evaluate, target)
+    summary = {"metric": "speedup", "target": target, "tolerance": TOLERANCE,
+               "fraction": best.fraction, "search_speedup": best.speedup,
+               "iterations": [t.to_dict() for t in trials]}  # fmt: skip
+    return _candidate_opts(opts, best.fraction, final=True), summary
+
+
+def _quality(model, opts, prune_with, bar):
+    """The fewest MACs passing the gates: (the chosen fraction's options, the summary)."""
+    trials: list[Trial] = []
+    failed: dict[float, object] = {}
+
+    def passes(fraction: float) -> bool:
+        ok, why = True, None
+        try:
+            report = prune_with(model, _candidate_opts(opts, fraction)).report
+        except GateError as exc:
+            if exc.report is None:
+                raise
+            report, ok, why = exc.report, False, str(exc)
+            failed[fraction] = report
+        trial = trial_of(fraction, report)
+        trial.passed = ok
+        if why:
+            trial.figures["failed"] = why
+        trials.append(trial)
+        bar.update(1)
+        return ok
+
+    best, _ = bisect_fraction(passes)
+    summary = {"metric": "quality", "gates": _gates(opts), "fraction": best,
+               "iterations": [t.to_dict() for t in trials]}  # fmt: skip
+    if best is None:
+        closest = max(trials, key=lambda t: t.fraction)
+        raise GateError(
+            f"no MAC fraction tried keeps that quality (tried "
+            f"{', '.join(f'{t.fraction:.3g}' for t in trials)}); the least pruned, at "
+            f"{closest.fraction:.3g}: {closest.figures.get('failed', 'failed')}",
+            _finished(failed[closest.fraction], summary),
+        )
+    return _candidate_opts(opts, best, final=True), summary
+
+
+def _finished(report, summary: dict):
+    """A failed candidate's report with the search in it (what a GateError carries)."""
+    _finish(report, summary, 0.0, measured_speedup)
+    return report
+
+
+def _gates(opts) -> dict:
+    return {k: v for k, v in (("min_cosine", opts.min_cosine), ("max_drop", opts.max_drop),
+                              ("max_rel_diff", opts.max_rel_diff)) if v is not None}  # fmt: skip
+
+
+def _finish(report, summary: dict, searched: float, measure) -> None:
+    """The search written into the final report: ``structured.target`` (with the MAC
+    target the final run had under ``macs``), the final measured figures, the time."""
+    s = report.structured
+    if s is not None:
+        target = dict(summary, macs=s.target)
+        if summary["metric"] == "speedup":
+            reached = measure(report)
+            target["reached"] = reached
+            target["met"] = reached is not None and reached >= (1 - TOLERANCE) * summary["target"]
+        else:
+            target["reached"] = _ratio(report.macs_after, report.macs_before)
+            target["met"] = report.validation is None or report.validation.passed
+        s.target = target
+        if s.plan is not None:
+            s.plan.settings["target"] = target
+    report.timings_s = {"search": searched, **report.timings_s}

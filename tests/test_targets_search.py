@@ -1,0 +1,216 @@
+"""--target-speedup and a gate alone (targets.search): the loops on synthetic latency and
+quality, deterministic; the real runs through prune with a fake speed-up measure."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune import prune
+from onnxprune.api import prune_with
+from onnxprune.errors import GateError, UsageError
+from onnxprune.options import PruneOptions
+from onnxprune.targets.search import (
+    SPEEDUP_ITERATIONS,
+    TOLERANCE,
+    Trial,
+    bisect_fraction,
+    next_fraction,
+    prune_searched,
+    search_speedup,
+)
+from onnxprune.testing.graphs import residual_block, small_cnn
+
+
+def _synthetic(speed):
+    """A latency model: the candidate at fraction f keeps f of the MACs, runs speed(f)x."""
+    calls: list[float] = []
+
+    def evaluate(f: float) -> Trial:
+        calls.append(f)
+        return Trial(f, macs=f, speedup=speed(f))
+
+    return evaluate, calls
+
+
+@pytest.mark.parametrize("target", [1.25, 1.5, 2.0, 3.0])
+@pytest.mark.parametrize("exponent", [0.5, 0.8, 1.2])
+def test_the_speedup_loop_converges_on_a_power_law(target, exponent):
+    evaluate, calls = _synthetic(lambda f: f**-exponent)
+    best, trials = search_speedup(evaluate, target)
+    assert abs(best.speedup / target - 1) <= TOLERANCE
+    assert len(trials) == len(calls) <= SPEEDUP_ITERATIONS
+    assert trials[-1] is best  # it stopped at the first candidate within tolerance
+
+
+def test_the_speedup_loop_crosses_a_latency_staircase():
+    """Speed-up flat until a width drops below a step, then a jump: bracketed, not lost."""
+    evaluate, _ = _synthetic(lambda f: 1.0 if f > 0.6 else (1.6 if f > 0.3 else 2.6))
+    best, _ = search_speedup(evaluate, 1.6)
+    assert best.speedup == pytest.approx(1.6) and 0.3 < best.fraction <= 0.6
+
+
+def test_an_unreachable_speedup_stops_at_the_budget_and_says_so():
+    """Speed-up at most 1/0.6 = 1.67x (a part that does not prune): 2x is never reached."""
+    evaluate, calls = _synthetic(lambda f: 1 / (0.6 + 0.4 * f))
+    best, trials = search_speedup(evaluate, 2.0)
+    assert len(calls) <= SPEEDUP_ITERATIONS
+    assert best.speedup < (1 - TOLERANCE) * 2.0  # not met
+    assert best.speedup == max(t.speedup for t in trials)  # the fastest, said honestly
+
+
+def test_the_loop_stops_when_every_group_is_at_its_floor():
+    calls: list[float] = []
+
+    def evaluate(f: float) -> Trial:
+        calls.append(f)
+        return Trial(f, macs=max(f, 0.4), speedup=1 / max(f, 0.4), at_floor=f < 0.4)
+
+    _, trials = search_speedup(evaluate, 5.0)
+    assert trials[-1].at_floor and len(calls) < SPEEDUP_ITERATIONS
+
+
+def test_next_fraction_stays_inside_the_bracket():
+    trials = [Trial(0.5, speedup=1.3), Trial(0.2, speedup=2.6)]
+    f = next_fraction(trials, 2.0)
+    assert 0.2 < f < 0.5
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.37, 0.5, 0.81, 0.97])
+def test_the_quality_search_returns_the_smallest_passing_fraction(threshold):
+    """A synthetic monotone quality: fraction f passes when f >= threshold."""
+    best, tried = bisect_fraction(lambda f: f >= threshold)
+    assert best is not None and best >= threshold
+    assert best - threshold <= 1 / 64
+    failed = [f for f in tried if f < threshold]
+    assert all(f < best for f in failed)
+
+
+def test_the_quality_search_says_when_nothing_passes():
+    best, tried = bisect_fraction(lambda f: False)
+    assert best is None and len(tried) == 6 and max(tried) > 0.98
+
+
+def _fake_measure(report) -> float:
+    """Speed-up = (MACs before / after) ** 0.8: deterministic, MACs-driven."""
+    return (report.macs_before / report.macs_after) ** 0.8
+
+
+@pytest.mark.parametrize("target", [1.3, 2.0])
+def test_target_speedup_on_a_real_model_with_a_fake_clock(target):
+    opts = PruneOptions(target_speedup=target, runs=5)
+    result = prune_searched(residual_block(), opts, prune_with, measure=_fake_measure)
+    t = result.report.structured.target
+    assert t["metric"] == "speedup" and t["target"] == target
+    assert t["met"] and abs(t["reached"] / target - 1) <= TOLERANCE
+    assert t["reached"] == pytest.approx(_fake_measure(result.report))
+    assert 1 <= len(t["iterations"]) <= SPEEDUP_ITERATIONS
+    for it in t["iterations"]:
+        assert it["speedup"] == pytest.approx(it["macs"] ** -0.8, rel=1e-6)
+    assert t["macs"]["metric"] == "macs" and t["fraction"] == t["macs"]["target"]
+    assert "search" in result.report.timings_s
+    json.dumps(result.report.to_dict())  # the report stays JSON
+    assert "target: speed-up" in result.report.render()
+
+
+def test_an_unreachable_target_speedup_is_reported_not_met():
+    opts = PruneOptions(target_speedup=40.0, runs=5, max_group_ratio=0.5)
+    result = prune_searched(residual_block(), opts, prune_with, measure=_fake_measure)
+    t = result.report.structured.target
+    assert not t["met"] and t["reached"] < 40 * (1 - TOLERANCE)
+    assert len(t["iterations"]) <= SPEEDUP_ITERATIONS
+    assert "not met" in result.report.render()
+
+
+def test_target_speedup_through_prune_measures_for_real():
+    """The real clock: only what holds whatever the machine's noise."""
+    result = prune(residual_block(), target_speedup=1.2, runs=5)
+    t = result.report.structured.target
+    assert t["reached"] == result.report.validation.speedup
+    assert all(it["speedup"] is not None for it in t["iterations"])
+    assert t["met"] == (t["reached"] >= (1 - TOLERANCE) * 1.2)
+
+
+def test_a_gate_alone_finds_the_fewest_macs_that_pass():
+    result = prune(residual_block(), min_cosine=0.95, runs=5)
+    t = result.report.structured.target
+    assert t["metric"] == "quality" and t["gates"] == {"min_cosine": 0.95} and t["met"]
+    assert result.report.validation.passed and result.report.validation.cosine >= 0.95
+    passed = [i["fraction"] for i in t["iterations"] if i["passed"]]
+    failed = [i["fraction"] for i in t["iterations"] if not i["passed"]]
+    assert t["fraction"] == min(passed) and failed
+    assert all(i["cosine"] < 0.95 for i in t["iterations"] if not i["passed"])
+    assert max(f for f in failed if f < t["fraction"]) > t["fraction"] - 0.1
+    assert result.report.macs_after / result.report.macs_before <= t["fraction"] + 1e-9
+
+
+def test_a_gate_nothing_passes_fails_with_the_search_in_the_report():
+    with pytest.raises(GateError, match="no MAC fraction tried keeps that quality") as exc:
+        prune(residual_block(), min_cosine=1.0, runs=5)
+    t = exc.value.report.structured.target
+    assert t["metric"] == "quality" and t["fraction"] is None and not t["met"]
+    assert len(t["iterations"]) == 6
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"target_speedup": 1.0}, "--target-speedup must be a number above 1"),
+        ({"target_speedup": "2"}, "--target-speedup must be a number above 1"),
+        ({"target_speedup": 2, "structured": 0.3}, "choose one of --structured and --target-sp"),
+        ({"target_speedup": 2, "target_macs": 0.5}, "choose one of --target-macs and --target-s"),
+        ({"target_speedup": 2, "validate": False}, "--target-speedup is measured"),
+        ({"max_rel_diff": 0.1}, "nothing to do"),
+        ({"min_cosine": 0.9, "validate": False}, "a gate .* needs validation"),
+    ],
+)
+def test_bad_search_options_are_one_clear_error(kw, message):
+    with pytest.raises(UsageError, match=message):
+        PruneOptions(**kw)
+
+
+def test_a_gate_with_a_ratio_is_only_a_gate():
+    assert PruneOptions(structured=0.3, min_cosine=0.9).search is None
+    assert PruneOptions(min_cosine=0.9).search == "quality"
+    assert PruneOptions(target_speedup=2, min_cosine=0.9).search == "speedup"
+
+
+def _calib(tmp_path, n=10):
+    path = tmp_path / "calib.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.standard_normal((n, 3, 8, 8)).astype(np.float32))
+    return path
+
+
+def test_the_default_scope_of_unstructured_is_global_only_with_calib(tmp_path):
+    calib = _calib(tmp_path)
+    assert PruneOptions(unstructured=0.5).unstructured_scope == "local"
+    assert PruneOptions(unstructured=0.5, calib=calib).unstructured_scope == "global"
+    assert PruneOptions(unstructured=0.5, calib=calib, scope="local").unstructured_scope == "local"
+    without = prune(small_cnn(), unstructured=0.9, validate=False)
+    assert without.report.unstructured.result.scope == "local"
+    with_data = prune(small_cnn(), unstructured=0.9, calib=calib, validate=False)
+    assert with_data.report.unstructured.result.scope == "global"
+    asked = prune(small_cnn(), unstructured=0.9, calib=calib, scope="local", validate=False)
+    assert asked.report.unstructured.result.scope == "local"
+
+
+def test_structured_scope_stays_local_with_calib(tmp_path):
+    result = prune(small_cnn(), structured=0.3, calib=_calib(tmp_path), validate=False)
+    assert result.report.structured.scope == "local"
+
+
+def test_target_speedup_on_the_command_line(tmp_path, capsys, run_cli):
+    src = tmp_path / "m.onnx"
+    onnx.save(residual_block(), src)
+    report = tmp_path / "r.json"
+    code, out, err = run_cli([src, "--target-speedup", 1.2, "--runs", 5, "--report", report], capsys)
+    assert code == 0, err
+    assert "target: speed-up 1.2x measured" in out
+    t = json.loads(report.read_text())["structured"]["target"]
+    assert t["metric"] == "speedup" and t["iterations"]
+    code, _, err = run_cli([src, "--target-speedup", 1.0], capsys)
+    assert code == 2 and err.startswith("error:")
