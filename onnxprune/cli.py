@@ -23,7 +23,7 @@ from onnxprune.cli_options import (
     prune_options,
 )
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.targets.command import analyze_cmd
+from onnxprune.targets.command import analyze_cmd, sweep_cmd
 
 MAIN_HELP = """Prune an ONNX model and prove it still answers the same.
 
@@ -222,4 +222,5 @@ def _fail(message: str, code: int) -> int:
 
 
 cli.add_command(analyze_cmd)  # defined in targets.command: this module stays under 500 lines
+cli.add_command(sweep_cmd)
 __all__ = ["UsageError", "cli", "main"]

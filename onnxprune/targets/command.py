@@ -1,4 +1,5 @@
-"""The ``onnxprune analyze`` command: parse, call ``targets.analyzer.analyze_path``, print.
+"""The ``onnxprune analyze`` and ``onnxprune sweep`` commands: parse, call
+``targets.analyzer.analyze_path`` / ``targets.sweep.sweep``, print.
 
 Kept beside the targets package rather than in ``onnxprune.cli`` (which registers it) so
 that the CLI module stays under the house size limit; it follows the CLI's rules: one
@@ -15,7 +16,7 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.options import PROVIDERS, default
 from onnxprune.structured.importance import CRITERIA
 
-__all__ = ["analyze_cmd"]
+__all__ = ["analyze_cmd", "sweep_cmd"]
 
 CALIB_HELP = (
     "Calibration/validation inputs: .npz keyed by input name, a folder of .npy files, or a "
@@ -82,3 +83,72 @@ def analyze_cmd(model: Path, json_path: Path | None, no_cache: bool, quiet: bool
             ) from exc
     if not quiet:
         click.echo(render_analysis(result))
+
+
+SWEEP_EXAMPLES = """\b
+Examples:
+  onnxprune sweep model.onnx --targets 1.25,1.5,2,3
+  onnxprune sweep model.onnx --calib images/ --labels labels.npy --targets 1.5,2 --json curve.json
+  onnxprune sweep model.onnx --metric macs --targets 0.8,0.5,0.3 --threads 1
+"""
+
+
+def _sweep_options(f):
+    """The flags of ``sweep``: the targets, then prune's data, input and pruning flags."""
+    from onnxprune.cli_options import HOLDOUT_OPTIONS, apply_options, data_options, input_options
+
+    own = [
+        click.option("--targets", required=True, metavar="T,T,...",
+                     help="Speed-ups (--metric speedup), or MAC reductions (2 = half the "
+                     "MACs) or fractions kept (--metric macs), one prune each."),
+        click.option("--metric", type=click.Choice(["speedup", "macs"]), default="speedup",
+                     show_default=True, help="What a target is: measured speed-up, or MACs."),
+        click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+                     metavar="PATH", help="Also write the rows as JSON to this path."),
+        data_options("the rows then show accuracy before/after.",
+                     "onnxruntime provider to measure on; auto takes CUDA when present.",
+                     "Seed for random inputs and the random criterion."),
+        *HOLDOUT_OPTIONS[:2],
+        input_options,
+        click.option("--criterion", type=click.Choice(list(CRITERIA)),
+                     default=default("criterion"), show_default=True,
+                     help="Channel importance (as for prune)."),
+        click.option("--round-to", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Keep channel counts multiples of N [default: exact counts]."),
+        click.option("--max-group-ratio", type=click.FloatRange(0.0, 1.0, min_open=True,
+                     max_open=True), default=default("max_group_ratio"), show_default=True,
+                     help="Most any one group may lose."),
+        click.option("--exclude", multiple=True, metavar="GLOB",
+                     help="Leave nodes/tensors whose name matches GLOB intact (repeatable)."),
+        click.option("--runs", type=click.IntRange(min=5), default=default("runs"),
+                     show_default=True, help="Latency runs per model per measurement."),
+        click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
+    ]  # fmt: skip
+    return apply_options(own)(f)
+
+
+@click.command("sweep", epilog=SWEEP_EXAMPLES)
+@click.argument("model", type=click.Path(path_type=Path))
+@_sweep_options
+def sweep_cmd(model: Path, targets: str, metric: str, json_path: Path | None, quiet: bool,
+              **kw) -> None:  # fmt: skip
+    """Prune MODEL at each target and print measured speed-up, MACs, params and quality per
+    target (nothing is written but --json): the trade-off curve."""
+    import json
+
+    from onnxprune.graph.outputs import Output, check_side_outputs
+    from onnxprune.targets.sweep import parse_targets, render_sweep, sweep
+
+    values = parse_targets(targets, metric)
+    check_side_outputs([model], [Output("--json", json_path)] if json_path else [])
+    rows = sweep(model, values, metric=metric, base=kw, progress=not quiet)
+    if json_path is not None:
+        doc = {"model": str(model), "metric": metric, "rows": [r.to_dict() for r in rows]}
+        try:
+            json_path.write_text(json.dumps(doc, indent=2) + "\n")
+        except OSError as exc:
+            raise OnnxPruneError(
+                f"could not write --json {json_path}: {exc.strerror or exc}"
+            ) from exc
+    if not quiet:
+        click.echo(render_sweep(rows))

@@ -1,0 +1,69 @@
+"""onnxprune sweep: one row per target, a table and valid JSON."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from onnxprune.errors import UsageError
+from onnxprune.targets.sweep import parse_targets, render_sweep, sweep
+from onnxprune.testing.graphs import residual_block
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(residual_block(), path)
+    return path
+
+
+def test_sweep_prints_one_row_per_target_and_valid_json(model_path, tmp_path, capsys, run_cli):
+    out_json = tmp_path / "curve.json"
+    code, out, err = run_cli(
+        ["sweep", model_path, "--metric", "macs", "--targets", "2,0.3,1.25", "--runs", 5,
+         "--json", out_json, "-q"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert out == ""  # -q
+    doc = json.loads(out_json.read_text())
+    assert doc["metric"] == "macs" and [r["target"] for r in doc["rows"]] == [2, 0.3, 1.25]
+    for row, kept in zip(doc["rows"], [0.5, 0.3, 0.8], strict=True):
+        assert row["fraction"] == pytest.approx(kept)
+        assert row["macs"] <= kept + 1e-9 and row["met"]
+        assert row["speedup"] > 0 and 0 < row["cosine"] <= 1 and row["params"] < 1
+    code, out, err = run_cli(["sweep", model_path, "--metric", "macs", "--targets", "2,0.3",
+                              "--runs", 5], capsys)  # fmt: skip
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["target", "MAC", "fraction"]
+    assert [ln.split()[0] for ln in lines[2:4]] == ["2x", "0.3"]
+
+
+def test_sweep_by_measured_speedup_runs_the_search_per_target(model_path):
+    rows = sweep(model_path, [1.2, 1.5], base={"runs": 5})
+    assert [r.target for r in rows] == [1.2, 1.5]
+    for r in rows:
+        assert r.metric == "speedup" and r.speedup is not None and r.met is not None
+        assert r.error is None and 0 < r.macs < 1
+    assert "1.5x" in render_sweep(rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--targets", "1,2"], "must be numbers above 1"),
+        (["--targets", "abc"], "--targets must be numbers"),
+        (["--targets", "2", "--metric", "macs", "--structured", "0.3"], "No such option"),
+    ],
+)
+def test_bad_sweeps_are_one_error_line(model_path, capsys, run_cli, args, needle):
+    code, _, err = run_cli(["sweep", model_path, *args], capsys)
+    assert code == 2 and err.startswith("error:") and needle in err
+
+
+def test_parse_targets():
+    assert parse_targets("1.25,1.5,2,3", "speedup") == [1.25, 1.5, 2.0, 3.0]
+    assert parse_targets("0.5,4", "macs") == [0.5, 4.0]
+    with pytest.raises(UsageError):
+        parse_targets("0.5", "speedup")
