@@ -283,6 +283,10 @@ class PruneOptions(DataOptions):
     target_speedup: float | None = None
     """``--target-speedup S``: the MAC fraction whose pruned model runs S times faster,
     measured (``onnxprune.targets.search``); replaces ``structured``."""
+    hooks: dict | None = None
+    """API only, set by ``targets.search`` for its candidates: ``losses_for`` (measured
+    sensitivities) and ``allowed_for`` (a measured latency staircase) handed to the target
+    allocation (``targets.allocate.TargetHook``)."""
 
     def __post_init__(self) -> None:
         from onnxprune.structured.importance import CRITERIA

@@ -139,12 +139,19 @@ def test_a_gate_alone_finds_the_fewest_macs_that_pass():
     t = result.report.structured.target
     assert t["metric"] == "quality" and t["gates"] == {"min_cosine": 0.95} and t["met"]
     assert result.report.validation.passed and result.report.validation.cosine >= 0.95
-    passed = [i["fraction"] for i in t["iterations"] if i["passed"]]
-    failed = [i["fraction"] for i in t["iterations"] if not i["passed"]]
-    assert t["fraction"] == min(passed) and failed
-    assert all(i["cosine"] < 0.95 for i in t["iterations"] if not i["passed"])
-    assert max(f for f in failed if f < t["fraction"]) > t["fraction"] - 0.1
-    assert result.report.macs_after / result.report.macs_before <= t["fraction"] + 1e-9
+    its = t["iterations"]
+    assert {i["allocation"] for i in its} == {"targeted", "uniform"}
+    passed = [i for i in its if i["passed"]]
+    best = min(passed, key=lambda i: i["macs"])
+    assert (t["allocation"], t["fraction"]) == (best["allocation"], best["fraction"])
+    macs = result.report.macs_after / result.report.macs_before
+    assert macs == pytest.approx(best["macs"]) and t["reached"] == pytest.approx(macs)
+    assert all(i["cosine"] < 0.95 for i in its if not i["passed"])
+    same = [i for i in its if i["allocation"] == best["allocation"] and not i["passed"]]
+    assert max(i["fraction"] for i in same if i["fraction"] < best["fraction"]) > (
+        best["fraction"] - 0.1
+    )  # the bisection closed in from below
+    assert "the fewest MACs keeping min-cosine 0.95" in result.report.render()
 
 
 def test_a_gate_nothing_passes_fails_with_the_search_in_the_report():
@@ -152,7 +159,7 @@ def test_a_gate_nothing_passes_fails_with_the_search_in_the_report():
         prune(residual_block(), min_cosine=1.0, runs=5)
     t = exc.value.report.structured.target
     assert t["metric"] == "quality" and t["fraction"] is None and not t["met"]
-    assert len(t["iterations"]) == 6
+    assert len(t["iterations"]) == 12
 
 
 @pytest.mark.parametrize(

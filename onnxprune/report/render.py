@@ -149,13 +149,15 @@ def search_lines(t: dict) -> list[str]:
                 f"({verdict}) at MAC fraction {t['fraction']:.3g}, {n} candidates:")
     else:
         gates = ", ".join(f"{k.replace('_', '-')} {v:g}" for k, v in t.get("gates", {}).items())
-        head = (f"  target: the fewest MACs keeping {gates}: MAC fraction {t['fraction']:.3g} "
-                f"(MACs {t['reached']:.3g}), {n} candidates:")
+        head = (f"  target: the fewest MACs keeping {gates}: {t.get('allocation')} fraction "
+                f"{t['fraction']:.3g} (MACs {t['reached']:.3g}), {n} candidates:")
     out = [head]
     for c in t.get("iterations", []):
         speed = "-" if c.get("speedup") is None else f"{c['speedup']:.2f}x"
         cos = "-" if c.get("cosine") is None else f"{c['cosine']:.4f}"
-        line = f"    fraction {c['fraction']:.3g}: MACs {c['macs']:.3g}, speed-up {speed}, cosine {cos}"
+        kind = f"{c['allocation']} " if c.get("allocation") else ""
+        line = (f"    {kind}fraction {c['fraction']:.3g}: MACs {c['macs']:.3g}, speed-up {speed}, "
+                f"cosine {cos}")  # fmt: skip
         if c.get("accuracy_after") is not None:
             line += f", accuracy {c['accuracy_before']:.2%} -> {c['accuracy_after']:.2%}"
         if "passed" in c:

@@ -51,7 +51,7 @@ def prune_structured_run(
         hook = TargetHook(
             original, metric, fraction, exclude=opts.exclude, heads=opts.heads,
             max_group_ratio=opts.max_group_ratio, round_to=opts.round_to,
-            input_shapes=input_shapes,
+            input_shapes=input_shapes, **(getattr(opts, "hooks", None) or {}),
         )  # fmt: skip
     pruned, result = prune_structured(
         original, sopts, progress=progress, stats_for=stats_for, allocate=hook

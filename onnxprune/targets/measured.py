@@ -1,0 +1,80 @@
+"""Measured inputs for a search's allocation: ``onnxprune analyze``'s quality losses.
+
+Without measurements the allocation prices a cut by the criterion's score mass removed
+(``targets.allocate.score_mass``). With ``--calib`` a search can do better: the analysis
+masks each group alone at a few fractions and measures what the outputs lose (``1 -
+cosine``, ``targets.sensitivity``), and those curves replace the score mass for the
+candidates. The analysis costs one masked run of ``samples`` samples per (group, fraction),
+so it is used only when there are at most ``MAX_CANDIDATES`` of them (a small CNN, MLP or
+a transformer's FFN groups; not ResNet-50's 111, which took 158 s); it is cached on disk
+(``targets.cache``), so a sweep or a second run pays once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+
+from onnxprune.targets import GroupCurve
+
+__all__ = ["MAX_CANDIDATES", "losses_hook", "measured_curve"]
+
+MAX_CANDIDATES = 64
+"""Masked candidates (groups x fractions) at most for measured losses in a search."""
+
+
+def measured_curve(g, scores, loss: Mapping[str, float]) -> GroupCurve:
+    """A group's loss at kept counts from its measured loss per fraction removed: 0 kept
+    whole, each fraction at the count its cut keeps, extended in a line to one slot kept
+    (the analysis stops at its largest fraction; deeper cuts lose at least as much)."""
+    from onnxprune.targets.masking import removed_slots
+
+    pts: dict[int, float] = {g.slots: 0.0}
+    for key, value in loss.items():
+        n = len(removed_slots(g, scores, float(key)))
+        if n:
+            pts[g.slots - n] = float(value)
+    keeps = sorted(pts)
+    if keeps[0] > 1 and len(keeps) >= 2:
+        (k2, v2), (k1, v1) = (keeps[0], pts[keeps[0]]), (keeps[1], pts[keeps[1]])
+        slope = max(0.0, (v2 - v1) / (k1 - k2))
+        pts[1] = v2 + slope * (k2 - 1)
+    return GroupCurve(g.id, g.slots, list(pts), list(pts.values()))
+
+
+def losses_hook(model, opts) -> tuple[Callable | None, str]:
+    """(``TargetHook``'s ``losses_for`` from a cached analysis, or None) and what the
+    allocation prices by, for the report: ``measured`` or ``score mass (why)``."""
+    if opts.calib is None:
+        return None, "score mass (no --calib)"
+    if not isinstance(model, str | os.PathLike):
+        return None, "score mass (an in-memory model: the analysis reads a file)"
+    from onnxprune.graph import modelfile as io
+    from onnxprune.structured.dependency import analyze
+    from onnxprune.targets.sensitivity import DEFAULT_FRACTIONS, prunable_groups
+
+    groups, _ = prunable_groups(analyze(io.load_model(model).model), opts.exclude)
+    candidates = sum(1 for g in groups if not g.heads) * len(DEFAULT_FRACTIONS)
+    if candidates > MAX_CANDIDATES:
+        return None, f"score mass ({candidates} candidates to measure, over {MAX_CANDIDATES})"
+    from onnxprune.targets.allocate import score_mass
+    from onnxprune.targets.analyzer import analyze_path
+
+    analysis = analyze_path(
+        model, calib=opts.calib, calib_preprocess=opts.calib_preprocess,
+        input_shapes=opts.input_shapes, providers=opts.providers, threads=opts.threads,
+        criterion=opts.criterion, exclude=opts.exclude, seed=opts.seed,
+    )  # fmt: skip
+    rows = {r.id: r for r in analysis.groups}
+
+    def losses_for(free, scores, view) -> list[GroupCurve]:
+        out = []
+        for g in free:
+            row = rows.get(g.id)
+            if row is None or row.slots != g.slots or not row.loss:
+                out.append(score_mass(g, scores[g.id]))
+            else:
+                out.append(measured_curve(g, scores[g.id], row.loss))
+        return out
+
+    return losses_for, f"measured (analyze: {analysis.candidates} candidates)"
