@@ -221,3 +221,33 @@ def test_target_speedup_on_the_command_line(tmp_path, capsys, run_cli):
     assert t["metric"] == "speedup" and t["iterations"]
     code, _, err = run_cli([src, "--target-speedup", 1.0], capsys)
     assert code == 2 and err.startswith("error:")
+
+
+def test_measured_losses_price_the_allocation_with_calib(tmp_path):
+    from onnxprune.targets.measured import losses_hook
+
+    path = tmp_path / "m.onnx"
+    onnx.save(small_cnn(), path)
+    calib = _calib(tmp_path)
+    hook, priced = losses_hook(path, PruneOptions(target_speedup=2, calib=calib))
+    assert hook is not None and priced.startswith("measured")
+    assert losses_hook(path, PruneOptions(target_speedup=2))[0] is None
+    in_memory, why = losses_hook(small_cnn(), PruneOptions(target_speedup=2, calib=calib))
+    assert in_memory is None and "in-memory" in why
+    opts = PruneOptions(target_speedup=1.5, calib=calib, runs=5, lstsq=False)
+    result = prune_searched(path, opts, prune_with, measure=_fake_measure)
+    assert result.report.structured.target["losses"].startswith("measured")
+
+
+def test_a_measured_curve_is_zero_whole_and_grows_to_one_slot():
+    from onnxprune.structured.dependency import analyze
+    from onnxprune.targets.measured import measured_curve
+    from onnxprune.targets.sensitivity import prunable_groups
+
+    g = prunable_groups(analyze(small_cnn()), ())[0][0]
+    scores = np.arange(g.slots, dtype=float)
+    curve = measured_curve(g, scores, {"0.25": 0.1, "0.5": 0.3, "0.75": 0.6})
+    assert curve.at(g.slots) == 0.0 and curve.keep[0] == 1
+    table = curve.table()
+    assert np.all(np.diff(table) <= 1e-12)  # fewer kept, more lost
+    assert curve.at(1) >= 0.6
