@@ -170,6 +170,13 @@ def _global_removals(
     return {g.id: removed[i] for i, g in enumerate(groups)}
 
 
+def _kept_count(g: Group, removed: int, round_to: int, keep: Mapping[str, int] | None) -> int:
+    """Slots ``g`` keeps: exact when ``keep`` lists it, else ratio-removed and rounded."""
+    if keep is not None and g.id in keep:
+        return min(g.slots, max(1, int(keep[g.id])))
+    return round_keep(max(1, g.slots - removed), g.slots, g.width, round_to)
+
+
 def make_plan(
     groups: Sequence[Group],
     scores: Mapping[str, np.ndarray],
@@ -180,11 +187,13 @@ def make_plan(
     max_group_ratio: float = 0.9,
     exclude: Sequence[str] = (),
     heads: float | None = None,
+    keep: Mapping[str, int] | None = None,
 ) -> Plan:
     """Choose the kept slots of every prunable group and derive every cut (see module doc).
 
     ``ratio`` applies to neurons and channels; head groups (``Group.heads``) lose ``heads``
     of their slots instead, always per attention layer, and none when ``heads`` is None.
+    ``keep``: exact kept slot counts per group id (no ratio, no rounding for those groups).
     """
     check_plan_options(ratio, scope, round_to, max_group_ratio, heads)
     round_to = int(round_to)
@@ -215,11 +224,10 @@ def make_plan(
     removed_slots: dict[str, np.ndarray] = {}
     for g in prunable:
         s = scores[g.id]
-        keep = max(1, g.slots - removals[g.id])
-        keep = round_keep(keep, g.slots, g.width, round_to)
+        n_keep = _kept_count(g, removals[g.id], round_to, keep)
         order = np.lexsort((np.arange(g.slots), -s))  # best first, ties by position
         kept = np.zeros(g.slots, dtype=bool)
-        kept[order[:keep]] = True
+        kept[order[:n_keep]] = True
         for subset in g.subsets:  # every tensor that sees part of the group keeps a channel
             if not kept[subset].any():
                 kept[subset[np.argmax(s[subset])]] = True
