@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import math
 
@@ -124,3 +126,23 @@ def test_bad_requests_are_usage_errors(spec):
         build_latency_table(spec, groups=["zz"])
     with pytest.raises(UsageError, match="budget"):
         build_latency_table(spec, time_budget_s=0)
+
+
+CALLS = itertools.count()
+
+
+def spiky_clock(run, group: str, keep: int) -> float:
+    """The known staircase plus a 50 ms spike on every third run (other work on the box)."""
+    run()
+    return fake_ms(group, keep) + (50.0 if next(CALLS) % 3 == 0 else 0.0)
+
+
+def test_min_estimate_sees_through_spikes_that_only_add_time(spec):
+    noisy = dataclasses.replace(spec, timer=spiky_clock, max_runs=6, estimate="min")
+    table = build_latency_table(noisy, time_budget_s=None, groups=["b"])
+    b = table.curves["b"]
+    assert b.delta_ms == [fake_ms("b", k) - fake_ms("b", 24) for k in b.keep]
+    assert b.best == [fake_ms("b", k) for k in b.keep]
+    assert max(b.p90) >= 50.0  # the spikes were there
+    with pytest.raises(UsageError, match="estimate"):
+        build_latency_table(dataclasses.replace(spec, estimate="mean"))

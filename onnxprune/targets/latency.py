@@ -72,7 +72,8 @@ def wall_clock(run: Callable[[], object], group_id: str, keep: int) -> float:
 class LatencyCurve:
     """One group's measured staircase. ``keep`` ascends and ends at ``slots`` (the original);
     ``value`` is the whole model's median ms at each count (the ``GroupCurve`` fields),
-    ``delta_ms`` the median per-round difference against the full width."""
+    ``delta_ms`` the difference against the full width by ``TableSpec.estimate``, ``best``
+    the fastest run at each count."""
 
     group_id: str
     slots: int
@@ -83,6 +84,7 @@ class LatencyCurve:
     p90: list[float]
     delta_ms: list[float]
     runs: int
+    best: list[float] = field(default_factory=list)
 
     def index_at(self, keep: int) -> int:
         """The first measured count at or above ``keep`` (the staircase step it lies on)."""
@@ -169,6 +171,11 @@ class TableSpec:
     min_runs: int = 3
     max_runs: int = 50
     timer: Timer = wall_clock
+    estimate: str = "paired"
+    """How a count's price is estimated: ``paired``, the median of per-round differences
+    against the full width (right on a quiet machine: drift cancels round by round), or
+    ``min``, the difference of the fastest runs (right on a shared, loaded machine, where
+    other work only ever adds time and a few runs' median still carries it)."""
 
 
 @dataclass(frozen=True)
@@ -237,9 +244,16 @@ def measure_group(job: GroupJob) -> LatencyCurve:
         value=[float(s[1]) for s in stats],
         p10=[float(s[0]) for s in stats],
         p90=[float(s[2]) for s in stats],
-        delta_ms=[float(np.median(np.asarray(t) - full)) for t in times],
+        delta_ms=[_delta(np.asarray(t), full, spec.estimate) for t in times],
         runs=len(full),
+        best=[float(np.min(t)) for t in times],
     )
+
+
+def _delta(times: np.ndarray, full: np.ndarray, estimate: str) -> float:
+    if estimate == "min":
+        return float(times.min() - full.min())
+    return float(np.median(times - full))
 
 
 def _interleaved(runs: list, keeps: list[int], job: GroupJob, start: float) -> list[list[float]]:
@@ -277,6 +291,8 @@ def build_latency_table(
     """
     if time_budget_s is not None and time_budget_s <= 0:
         raise UsageError(f"the latency table's time budget must be positive, got {time_budget_s}")
+    if spec.estimate not in ("paired", "min"):
+        raise UsageError(f"latency estimate must be 'paired' or 'min', got {spec.estimate!r}")
     if spec.min_runs < 1 or spec.max_runs < spec.min_runs:
         raise UsageError("latency runs: need 1 <= min_runs <= max_runs")
     _, _, found = _model_of(spec)
