@@ -116,6 +116,8 @@ def test_budget_is_spent_adaptively_but_never_under_min_runs(tmp_path):
     spec = TableSpec(str(path), dict(random_inputs(model)), threads=1, min_runs=2, max_runs=500)
     table = build_latency_table(spec, time_budget_s=1e-3)  # the real clock, a tiny budget
     assert all(c.runs == 2 for c in table.curves.values())
+    assert table.curves["a"].keep == [4, 8, 12, 16]  # the first group: no estimate yet
+    assert len(table.curves["b"].keep) == 2 and table.curves["b"].keep[-1] == 24  # coarsened
     assert all(v > 0 for c in table.curves.values() for v in c.value)
     roomy = build_latency_table(spec, time_budget_s=0.5, groups=["a"])
     assert roomy.curves["a"].runs > 2
@@ -126,6 +128,8 @@ def test_bad_requests_are_usage_errors(spec):
         build_latency_table(spec, groups=["zz"])
     with pytest.raises(UsageError, match="budget"):
         build_latency_table(spec, time_budget_s=0)
+    with pytest.raises(UsageError, match="2 points"):
+        build_latency_table(spec, max_points=1)
 
 
 CALLS = itertools.count()

@@ -16,7 +16,8 @@ get. An extracted layer has different borders (its own input and output reorders
 misses those effects, which are exactly the staircase this table is for (MobileNetV2's
 16/24/32-channel layers). Timing the whole model costs more runs, so the budget is spent
 adaptively: groups measured one after another share what is left of ``time_budget_s``
-(time a fast group did not use goes to the next), and every candidate gets at least
+(time a fast group did not use goes to the next; a group whose candidates cost more than
+its share makes the next one use fewer kept counts), and every candidate gets at least
 ``min_runs`` rounds.
 
 The clock is injectable: ``timer(run, group_id, keep) -> ms`` times one ``run()``; tests
@@ -283,11 +284,11 @@ def build_latency_table(
 ) -> LatencyTable:
     """Measure every prunable group (or those in ``groups``) of ``spec.model_path``.
 
-    With one worker (no ``executor``, or ``jobs=1``) groups run one after another and each
-    gets what is left of ``time_budget_s`` divided by the groups left; with more workers
-    each gets an equal share of ``time_budget_s x workers``. Building candidates and
-    opening sessions count against the budget; ``min_runs`` rounds are always measured, so
-    a tiny budget gives a rough table, not a missing one.
+    With one worker (no ``executor``, or ``jobs=1``) groups run one after another and
+    share the budget adaptively (``_one_by_one``); with more workers each gets an equal
+    share of ``time_budget_s x workers`` at ``max_points``. Building candidates and opening
+    sessions count against the budget; ``min_runs`` rounds are always measured, so a tiny
+    budget gives a rough table, not a missing one.
     """
     if time_budget_s is not None and time_budget_s <= 0:
         raise UsageError(f"the latency table's time budget must be positive, got {time_budget_s}")
@@ -295,21 +296,21 @@ def build_latency_table(
         raise UsageError(f"latency estimate must be 'paired' or 'min', got {spec.estimate!r}")
     if spec.min_runs < 1 or spec.max_runs < spec.min_runs:
         raise UsageError("latency runs: need 1 <= min_runs <= max_runs")
+    if max_points < 2:
+        raise UsageError(f"a latency curve needs at least 2 points, got {max_points}")
     _, _, found = _model_of(spec)
     chosen = _chosen(found, groups)
     start = time.perf_counter()
-    todo = [(g.id, tuple(keep_counts(g, step=step, max_points=max_points))) for g in chosen]
     workers = getattr(executor, "workers", 1) if executor is not None else 1
     if workers <= 1:
-        curves = []
-        for i, (gid, keeps) in enumerate(todo):
-            left = None if time_budget_s is None else time_budget_s - (time.perf_counter() - start)
-            share = None if left is None else max(0.0, left) / (len(todo) - i)
-            job = GroupJob(spec, gid, keeps, share)
-            curves.append(executor.map(measure_group, [job])[0] if executor else measure_group(job))
+        curves = _one_by_one(spec, chosen, step, max_points, time_budget_s, executor)
     else:
-        share = None if time_budget_s is None else time_budget_s * workers / max(1, len(todo))
-        curves = executor.map(measure_group, [GroupJob(spec, g, k, share) for g, k in todo])
+        share = None if time_budget_s is None else time_budget_s * workers / max(1, len(chosen))
+        jobs = [
+            GroupJob(spec, g.id, tuple(keep_counts(g, step=step, max_points=max_points)), share)
+            for g in chosen
+        ]
+        curves = executor.map(measure_group, jobs)
     full = [c.value[-1] for c in curves]
     settings = {
         "model": spec.model_path,
@@ -323,6 +324,34 @@ def build_latency_table(
     return LatencyTable(
         {c.group_id: c for c in curves}, float(np.median(full)) if full else 0.0, settings
     )
+
+
+def _one_by_one(
+    spec: TableSpec,
+    chosen: list[Group],
+    step: int | None,
+    max_points: int,
+    budget: float | None,
+    executor,
+) -> list[LatencyCurve]:
+    """Groups one after another: each gets what is left of ``budget`` over the groups left
+    (a fast group's unused time goes to the next), and when the last group's candidates
+    cost more each than the share allows, the next group is measured at fewer kept counts
+    (never under 2: one cut and the full width) rather than overrunning the budget."""
+    curves: list[LatencyCurve] = []
+    start = time.perf_counter()
+    per_candidate = 0.0  # seconds the last group spent per candidate (build, open, runs)
+    for i, g in enumerate(chosen):
+        share, points = None, max_points
+        if budget is not None:
+            share = max(0.0, budget - (time.perf_counter() - start)) / (len(chosen) - i)
+            if per_candidate > 0:
+                points = max(2, min(max_points, int(share / per_candidate)))
+        job = GroupJob(spec, g.id, tuple(keep_counts(g, step=step, max_points=points)), share)
+        t0 = time.perf_counter()
+        curves.append(executor.map(measure_group, [job])[0] if executor else measure_group(job))
+        per_candidate = (time.perf_counter() - t0) / len(job.keeps)
+    return curves
 
 
 def _chosen(found: dict[str, Group], groups: Sequence[str] | None) -> list[Group]:
