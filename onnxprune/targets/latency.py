@@ -147,16 +147,15 @@ def staircase(table: LatencyTable, group: str, keep: int, *, slack_ms: float = 0
 
 def keep_counts(group: Group, *, step: int | None = None, max_points: int = 8) -> list[int]:
     """Kept slot counts to measure: multiples of ``step`` channels (4 up to 64 channels,
-    else 8: onnxruntime's blocks), coarsened to at most ``max_points``, plus the full
-    width. Head groups step one head at a time."""
+    else 8: onnxruntime's blocks), the step doubled until at most ``max_points`` counts
+    remain, the full width included. Head groups start at one head."""
     channels = group.slots * group.width
     if step is None:
         step = 4 if channels <= 64 else 8
     per = 1 if group.heads else max(1, step // math.gcd(step, group.width))
+    while len(range(per, group.slots, per)) + 1 > max_points > 1:
+        per *= 2  # coarser, but still on multiples of the block: where the steps are
     counts = list(range(per, group.slots, per))
-    if len(counts) + 1 > max_points > 1:
-        stride = math.ceil(len(counts) / (max_points - 1))
-        counts = counts[stride - 1 :: stride]
     return [*counts, group.slots]
 
 
