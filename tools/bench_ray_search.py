@@ -13,7 +13,7 @@ the tables agree on their structure (groups and kept counts; the times themselve
 measurements and differ). On a machine with few cores, parallel jobs time each other's
 contention: the point here is the plumbing and its overhead, not faster honest timing.
 
-Measured 2026-12-01 (ray 2.x from the registry, 2 cores shared with other sessions, load
+Measured 2026-12-01 (ray 2.60.0 from the registry, 2 cores shared with other sessions, load
 average about 5), MobileNetV2, 25 groups, 10 rounds each: in-process 26.1 s; 2 spawned local
 processes 39.5 s (spawning and each worker loading and analyzing the model, and two
 timings fighting for 2 cores: the original's median rose from 8.5 to 22.4 ms); Ray head up
