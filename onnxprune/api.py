@@ -36,6 +36,7 @@ from onnxprune.report.results import Report
 from onnxprune.report.sections import UnstructuredSummary
 from onnxprune.runtime.shapes import random_validation_inputs, resolve_shapes
 from onnxprune.stages import Stages, layer_bar
+from onnxprune.targets.decide import read_run_plan, save_run_plan
 from onnxprune.unstructured.magnitude import find_prunable_weights, magnitude, prune_unstructured
 
 _CPU = ("CPUExecutionProvider",)
@@ -86,6 +87,10 @@ def prune(
     input_shapes: dict | Sequence[str] | str | None = None,
     samples: int = 16,
     threads: int = 0,
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    save_plan: str | os.PathLike | None = None,
+    plan: str | os.PathLike | None = None,
 ) -> PruneResult:
     """Prune an ONNX model and prove the result with onnxruntime.
 
@@ -125,6 +130,10 @@ def prune(
     Random validation draws ``samples`` samples; ``threads`` sets onnxruntime's intra-op
     threads for validation and latency (0: onnxruntime's own choice).
 
+    ``target_macs``/``target_params`` (instead of ``structured``) keep at most that fraction of
+    MACs/params, cut per group where it costs least; ``save_plan`` writes the decision with
+    the model's hash, ``plan`` re-applies it to the same model (another one is refused).
+
     Raises ``UsageError`` for bad options and ``OnnxPruneError`` for model problems, each with
     a message meant for a person.
 
@@ -138,8 +147,8 @@ def prune(
         calib_preprocess=calib_preprocess, labels=labels, bias_correction=bias_correction,
         lstsq=lstsq, obs=obs, min_cosine=min_cosine, max_drop=max_drop,
         max_rel_diff=max_rel_diff, val=val, val_labels=val_labels, holdout=holdout,
-        keep_failed=keep_failed,
-        input_shapes=input_shapes, samples=samples, threads=threads,
+        keep_failed=keep_failed, input_shapes=input_shapes, samples=samples, threads=threads,
+        target_macs=target_macs, target_params=target_params, save_plan=save_plan, plan=plan,
     )  # fmt: skip
     return prune_with(model, opts, output=output, progress=progress)
 
@@ -235,7 +244,7 @@ def _data(opts: PruneOptions, model: onnx.ModelProto) -> _Data:
     if calib is None:
         return _Data(None, None, None, "random")
     held, k = None, 0
-    if opts.holdout:
+    if opts.holdout and opts.validate:  # nothing validates on a holdout under --no-validate
         fit, held, k = split_holdout(calib, HOLDOUT_FRACTION, HOLDOUT_MIN)
     if held is None:
         if opts.gates.any:
@@ -260,12 +269,13 @@ def _failed_path(output_path: Path) -> Path:
 
 
 def _apply(
-    original: onnx.ModelProto, opts: PruneOptions, report: Report, progress: bool, inputs
+    original: onnx.ModelProto, opts: PruneOptions, report: Report, progress: bool, inputs,
+    **structured,
 ) -> onnx.ModelProto:
     """Structured pruning first, then unstructured, each followed by its recovery."""
     pruned = original
     if opts.wants_structured:
-        pruned = _structured(original, opts, report, progress, inputs)
+        pruned = _structured(original, opts, report, progress, inputs, **structured)
     if opts.wants_unstructured:
         pruned = _unstructured(pruned, opts, report, progress, inputs)
     quantized = find_prunable_weights(original).quantized_ops
@@ -275,18 +285,17 @@ def _apply(
     return pruned
 
 
-def _structured(original, opts: PruneOptions, report: Report, progress: bool, inputs):
+def _structured(original, opts: PruneOptions, report: Report, progress: bool, inputs, **kw):
     from onnxprune.calibration import stats as calibrate
     from onnxprune.recovery import recover
-    from onnxprune.structured.engine import StructuredOptions, prune_structured
+    from onnxprune.targets.decide import prune_structured_run
 
     def stats_for(targets: dict[str, int], view):
         return calibrate.channel_stats(original, inputs, targets, providers=_CPU, view=view)
 
-    pruned, result = prune_structured(
-        original, StructuredOptions.from_prune(opts), progress=progress,
-        stats_for=stats_for if inputs else None,
-    )  # fmt: skip
+    pruned, result = prune_structured_run(
+        original, opts, progress=progress, stats_for=stats_for if inputs else None, **kw
+    )
     report.structured = result
     steps = recover.RecoveryOptions(
         bias=opts.step("bias"), lstsq=opts.step("lstsq"), obs=False, seed=opts.seed
@@ -334,6 +343,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
         if output_path is not None:
             io.check_output_path(src.path or Path("<memory>"), output_path, opts.force)
         shapes = resolve_shapes(src.model, opts.input_shapes)  # a bad --input-shape fails now
+        saved = read_run_plan(src.model, src.path, opts)
     provider_list: list[str] = []
     if opts.validate:
         # Resolve providers before the long work so a missing CUDA fails fast.
@@ -350,7 +360,8 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
         if inputs is not None:  # the data's sizes, for MACs and the report
             shapes = _shapes_from_data(src.model, opts, inputs, shapes, before)
     with stages.stage("prune"):
-        pruned = _apply(src.model, opts, report, stages.progress, inputs)
+        pruned = _apply(src.model, opts, report, stages.progress, inputs,
+                        input_shapes=shapes.shapes, saved=saved)  # fmt: skip
     gzip_after = background.submit(compressed_size, pruned)
     with stages.stage("measure pruned"):
         after = compute_metrics(pruned, compressed=False, input_shapes=shapes.shapes)
@@ -388,6 +399,8 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
                 report.output_path = str(staged.commit())
             else:
                 staged.discard()
+            if gate_tail is None and opts.save_plan is not None:
+                save_run_plan(report.structured, src.model, src.path, opts)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

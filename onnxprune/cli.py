@@ -14,9 +14,16 @@ from pathlib import Path
 import click
 
 from onnxprune import __version__, signals
+from onnxprune.cli_options import (
+    INSPECT_EXAMPLES,
+    PRUNE_EXAMPLES,
+    VALIDATE_EXAMPLES,
+    data_options,
+    input_options,
+    prune_options,
+)
 from onnxprune.errors import OnnxPruneError, UsageError
-from onnxprune.options import PROVIDERS, SCOPES, default
-from onnxprune.structured.importance import CRITERIA
+from onnxprune.targets.command import analyze_cmd
 
 MAIN_HELP = """Prune an ONNX model and prove it still answers the same.
 
@@ -38,7 +45,10 @@ class _DefaultToPrune(click.Group):
     """Routes `onnxprune MODEL ...` to the prune command so the common case stays short."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+        if not args:  # bare `onnxprune`: the help, not an error that prints it
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        if args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["prune", *args]
         return super().parse_args(ctx, args)
 
@@ -49,22 +59,6 @@ class _DefaultToPrune(click.Group):
 @click.version_option(__version__, prog_name="onnxprune")
 def cli() -> None:
     pass
-
-
-def _ratio_option(name: str, help_text: str):
-    return click.option(
-        name,
-        type=click.FloatRange(0.0, 1.0, max_open=True),
-        default=None,
-        metavar="R",
-        help=help_text,
-    )
-
-
-CALIB_HELP = (
-    "Calibration/validation inputs: .npz keyed by input name, a folder of .npy files, or a "
-    "folder of images"
-)
 
 
 def _check_outputs(inputs: list[Path], outputs: list, force: bool = False) -> None:
@@ -85,277 +79,9 @@ def _write_side_output(path: Path, flag: str, write) -> None:
         raise OnnxPruneError(f"could not write {flag} {path}: {exc.strerror or exc}") from exc
 
 
-_calib_samples_option = click.option(
-    "--calib-samples",
-    type=click.IntRange(min=1),
-    default=None,
-    metavar="N",
-    help="Use only the first N calibration samples (first N files in sorted order).",
-)
-
-_calib_preprocess_option = click.option(
-    "--calib-preprocess",
-    default=None,
-    metavar="SPEC",
-    help="For an image folder: imagenet, none/raw (0..255), or a spec such as "
-    "'scale=1/255,mean=0.485,0.456,0.406,std=0.229,0.224,0.225' "
-    "[default: imagenet for 3 channels, scale=1/255 otherwise].",
-)
-
-
-_GATE_OPTIONS = [
-    click.option(
-        "--min-cosine",
-        type=float,
-        default=None,
-        metavar="X",
-        help="Gate: fail (exit 3, nothing written) unless the output cosine is at least X.",
-    ),
-    click.option(
-        "--max-drop",
-        type=float,
-        default=None,
-        metavar="P",
-        help="Gate: fail unless top-1 accuracy drops by at most P points (needs labels).",
-    ),
-    click.option(
-        "--max-rel-diff",
-        type=float,
-        default=None,
-        metavar="X",
-        help="Gate: fail unless max abs diff / max |original output| is at most X.",
-    ),
-]
-"""Quality gates, on prune and validate; an inconclusive validation fails every gate."""
-
-_HOLDOUT_OPTIONS = [
-    click.option(
-        "--val",
-        type=click.Path(path_type=Path),
-        default=None,
-        metavar="PATH",
-        help="Held-out validation inputs (same formats as --calib): validation and gates use "
-        "them [default: the last 20% of --calib when it has >= 5 samples, else random].",
-    ),
-    click.option(
-        "--val-labels",
-        type=click.Path(path_type=Path),
-        default=None,
-        metavar="PATH",
-        help="A .npy of integer class labels for the --val inputs.",
-    ),
-    click.option(
-        "--holdout/--no-holdout",
-        default=default("holdout"),
-        show_default=True,
-        help="With --calib and no --val: hold its last 20% out of scoring and recovery and "
-        "validate on it; --no-holdout validates on the fitted samples (no gates then).",
-    ),
-    click.option(
-        "--keep-failed",
-        is_flag=True,
-        help="When a gate fails, still write the pruned model, as <stem>.failed.onnx.",
-    ),
-]
-
-
-def _data_options(labels_effect: str, providers_help: str, seed_help: str):
-    """The ``DataOptions`` flags, defined once for prune and validate: --calib,
-    --calib-samples, --calib-preprocess, --labels, --providers and --seed."""
-    group = [
-        click.option(
-            "--calib",
-            type=click.Path(path_type=Path),
-            default=None,
-            help=CALIB_HELP + " [default: random inputs].",
-        ),
-        _calib_samples_option,
-        _calib_preprocess_option,
-        click.option(
-            "--labels",
-            type=click.Path(path_type=Path),
-            default=None,
-            metavar="PATH",
-            help=f"A .npy of integer class labels for the --calib inputs: {labels_effect}",
-        ),
-        *_GATE_OPTIONS,
-        click.option(
-            "--providers",
-            type=click.Choice(list(PROVIDERS)),
-            default=default("providers"),
-            show_default=True,
-            help=providers_help,
-        ),
-        click.option(
-            "--seed", type=int, default=default("seed"), show_default=True, help=seed_help
-        ),
-    ]
-
-    return _apply(group)
-
-
-def _apply(options: list):
-    """One decorator applying ``options`` in the order listed (the order of --help)."""
-
-    def apply(f):
-        for option in reversed(options):
-            f = option(f)
-        return f
-
-    return apply
-
-
-_input_options_list = [
-    click.option(
-        "--input-shape",
-        "input_shapes",
-        multiple=True,
-        metavar="NAME=1x3x640x640",
-        help="Fix an input's sizes for random validation inputs and MACs (repeatable; NAME= "
-        "may be left out for a one-input model) [default: from --calib, else the declared "
-        "shape, else 1 for the batch, 224 for image H/W, 128 for token sequences].",
-    ),
-    click.option(
-        "--samples",
-        type=click.IntRange(min=1),
-        default=default("samples"),
-        show_default=True,
-        metavar="N",
-        help="Random validation samples (without --calib), batched as the model allows.",
-    ),
-    click.option(
-        "--threads",
-        type=click.IntRange(min=0),
-        default=default("threads"),
-        show_default=True,
-        metavar="N",
-        help="onnxruntime intra-op threads for validation and latency (0: onnxruntime's own).",
-    ),
-]
-
-
-
-_input_options = _apply(_input_options_list)
-"""--input-shape, --samples and --threads, defined once for prune and validate."""
-
-
-_prune_options = _apply(
-    [
-        click.option(
-            "-o",
-            "--output",
-            type=click.Path(path_type=Path),
-            default=None,
-            help="Output path [default: <stem>.pruned.onnx beside the input].",
-        ),
-        _ratio_option(
-            "--structured",
-            "Remove fraction R of the channels/neurons of every prunable group (physically smaller, faster on dense hardware).",
-        ),
-        _ratio_option(
-            "--heads",
-            "Remove fraction R of the heads of each attention layer (whole key/value groups in GQA).",
-        ),
-        _ratio_option(
-            "--unstructured",
-            "Zero fraction R of the prunable weights by magnitude (no shape change).",
-        ),
-        click.option(
-            "--nm",
-            default=None,
-            metavar="N:M",
-            help="Zero weights to an N:M pattern along the reduction axis, e.g. 2:4.",
-        ),
-        click.option(
-            "--scope",
-            type=click.Choice(list(SCOPES)),
-            default=default("scope"),
-            show_default=True,
-            help="local: every tensor/group loses R. global: one ranking over the whole model.",
-        ),
-        click.option(
-            "--criterion",
-            type=click.Choice(list(CRITERIA)),
-            default=default("criterion"),
-            show_default=True,
-            help="Channel importance for --structured/--heads (activation, apoz, wanda read --calib "
-            "activations); for --unstructured/--nm: magnitude, or wanda (|W| x input norm).",
-        ),
-        click.option(
-            "--round-to",
-            type=click.IntRange(min=1),
-            default=None,
-            metavar="N",
-            help="Keep channel counts multiples of N [default: chosen for onnxruntime speed; 1 = exact].",
-        ),
-        click.option(
-            "--max-group-ratio",
-            type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
-            default=default("max_group_ratio"),
-            show_default=True,
-            help="With --scope global: most any one group may lose.",
-        ),
-        click.option(
-            "--exclude",
-            multiple=True,
-            metavar="GLOB",
-            help="Leave nodes/tensors whose name matches GLOB intact (repeatable).",
-        ),
-        click.option(
-            "--validate/--no-validate",
-            default=default("validate"),
-            show_default=True,
-            help="Compare outputs and latency of original and pruned in onnxruntime before writing.",
-        ),
-        _data_options(
-            "the report then shows accuracy before/after.",
-            "onnxruntime provider for validation; auto takes CUDA when present.",
-            "Seed for random inputs and the random criterion.",
-        ),
-        _apply(_HOLDOUT_OPTIONS),
-        click.option(
-            "--bias-correction/--no-bias-correction",
-            default=None,
-            help="Fold the mean contribution of removed channels/weights into the next layer's bias "
-            "[default: on with --calib].",
-        ),
-        click.option(
-            "--lstsq/--no-lstsq",
-            default=None,
-            help="Refit each layer that lost input channels by ridge least squares on calibration "
-            "data so its output matches the original [default: on with --calib].",
-        ),
-        click.option(
-            "--obs/--no-obs",
-            default=None,
-            help="For --unstructured/--nm: choose and compensate zeroed weights with a damped-Hessian "
-            "(SparseGPT-style) reconstruction [default: on with --calib].",
-        ),
-        click.option(
-            "--runs",
-            type=click.IntRange(min=5),
-            default=default("runs"),
-            show_default=True,
-            help="Latency runs per model (interleaved).",
-        ),
-        _input_options,
-        click.option(
-            "--report",
-            "report_path",
-            type=click.Path(path_type=Path),
-            default=None,
-            help="Also write the report as JSON to this path.",
-        ),
-        click.option("--force", is_flag=True, help="Allow the output to overwrite the input."),
-        click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
-    ]
-)
-"""The prune command's options, in --help order, kept apart so the command stays short."""
-
-
-@cli.command("prune")
+@cli.command("prune", epilog=PRUNE_EXAMPLES)
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
-@_prune_options
+@prune_options
 def prune_cmd(
     model: Path, output: Path | None, report_path: Path | None, quiet: bool, **kw
 ) -> None:
@@ -368,7 +94,8 @@ def prune_cmd(
 
     opts = PruneOptions(**kw)
     out = output if output is not None else default_output_path(model)
-    _check_outputs([model], [*model_outputs(out), ("--report", report_path)], opts.force)
+    sides = [("--report", report_path), ("--save-plan", opts.save_plan)]
+    _check_outputs([model, *([opts.plan] if opts.plan else [])], [*model_outputs(out), *sides], opts.force)
     try:
         result = prune_with(model, opts, output=out, progress=not quiet)
     except GateError as exc:  # the report says which gate failed by how much: write it first
@@ -383,7 +110,7 @@ def prune_cmd(
         click.echo(result.report.render())
 
 
-@cli.command("inspect")
+@cli.command("inspect", epilog=INSPECT_EXAMPLES)
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
     "--nm",
@@ -399,10 +126,10 @@ def inspect_cmd(model: Path, nm: str) -> None:
     click.echo(inspect_model(model, nm))
 
 
-@cli.command("validate")
+@cli.command("validate", epilog=VALIDATE_EXAMPLES)
 @click.argument("original", type=click.Path(path_type=Path))
 @click.argument("pruned", type=click.Path(path_type=Path))
-@_data_options(
+@data_options(
     "adds accuracy before/after.",
     "onnxruntime provider; auto takes CUDA when present.",
     "Seed for random inputs.",
@@ -422,7 +149,7 @@ def inspect_cmd(model: Path, nm: str) -> None:
     show_default=True,
     help="Latency runs per model (interleaved).",
 )
-@_input_options
+@input_options
 def validate_cmd(original: Path, pruned: Path, json_path: Path | None, **kw) -> None:
     """Compare PRUNED with ORIGINAL on the same inputs: agreement, drift, accuracy."""
     import json
@@ -494,4 +221,5 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+cli.add_command(analyze_cmd)  # defined in targets.command: this module stays under 500 lines
 __all__ = ["UsageError", "cli", "main"]

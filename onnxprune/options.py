@@ -130,6 +130,13 @@ def check_has_activations(criterion: str, has_data: bool) -> None:
         raise UsageError(f"--criterion {criterion} scores from activations: pass --calib PATH")
 
 
+def check_kept_fraction(value: object, flag: str) -> float:
+    """A fraction of the original to keep, in (0, 1]: the targets."""
+    if not (_is_real(value) and 0.0 < float(value) <= 1.0):
+        raise UsageError(f"{flag} must be a fraction in (0, 1], got {value!r}")
+    return float(value)
+
+
 def check_real(value: object, flag: str, low: float, high: float) -> float:
     """A number in [low, high]: the gate thresholds."""
     if not (_is_real(value) and low <= float(value) <= high):
@@ -262,14 +269,25 @@ class PruneOptions(DataOptions):
     and validate on them. False (``--no-holdout``): fit and validate on all of them."""
     keep_failed: bool = False
     """When a gate fails, still write the pruned model, as ``<stem>.failed.onnx``."""
+    target_macs: float | None = None
+    """``--target-macs R``: keep at most fraction R of the MACs, channels chosen per group
+    (``onnxprune.targets``); replaces ``structured``."""
+    target_params: float | None = None
+    """``--target-params R``: the same for the parameters."""
+    save_plan: str | os.PathLike | None = None
+    """``--save-plan PATH``: write the structured decision there (``targets.plans``)."""
+    plan: str | os.PathLike | None = None
+    """``--plan PATH``: re-apply a saved decision to the model it was made for."""
 
     def __post_init__(self) -> None:
         from onnxprune.structured.importance import CRITERIA
 
-        if all(x is None for x in (self.structured, self.heads, self.unstructured, self.nm)):
+        self._check_targets()
+        if all(x is None for x in (self.structured, self.heads, self.unstructured, self.nm,
+                                   self.target, self.plan)):  # fmt: skip
             raise UsageError(
-                "nothing to do: pass --structured RATIO, --heads RATIO, --unstructured RATIO "
-                "or --nm N:M"
+                "nothing to do: pass --structured RATIO, --heads RATIO, --unstructured RATIO, "
+                "--nm N:M, --target-macs R or --target-params R"
             )
         if self.unstructured is not None and self.nm is not None:
             raise UsageError("choose one of --unstructured and --nm")
@@ -320,13 +338,46 @@ class PruneOptions(DataOptions):
                 "--no-holdout pass held-out data with --val PATH (or drop --no-holdout)"
             )
 
+    def _check_targets(self) -> None:
+        """--target-macs, --target-params, --plan and --save-plan make sense together."""
+        self._set(
+            target_macs=_optional(check_kept_fraction, self.target_macs, "--target-macs"),
+            target_params=_optional(check_kept_fraction, self.target_params, "--target-params"),
+            save_plan=check_path(self.save_plan, "--save-plan"),
+            plan=check_path(self.plan, "--plan"),
+        )
+        if self.target_macs is not None and self.target_params is not None:
+            raise UsageError("choose one of --target-macs and --target-params")
+        flag = "--target-macs" if self.target_macs is not None else "--target-params"
+        if self.target is not None and self.structured is not None:
+            raise UsageError(f"choose one of --structured and {flag}: the target chooses "
+                             "how much each group loses")  # fmt: skip
+        if self.plan is not None:
+            given = [f for f, v in (("--structured", self.structured), ("--heads", self.heads),
+                                    (flag, self.target)) if v is not None]  # fmt: skip
+            if given:
+                raise UsageError(f"--plan re-applies a saved decision: drop {given[0]}")
+        if self.save_plan is not None and not (self.wants_structured or self.plan):
+            raise UsageError("--save-plan saves a structured decision: pass --structured, "
+                             "--heads, --target-macs or --target-params")  # fmt: skip
+
+    @property
+    def target(self) -> tuple[str, float] | None:
+        """(metric, fraction kept) of --target-macs / --target-params, or None."""
+        if self.target_macs is not None:
+            return "macs", self.target_macs
+        if self.target_params is not None:
+            return "params", self.target_params
+        return None
+
     def _needs_calib(self) -> dict[str, object]:
         return {"--bias-correction": self.bias_correction, "--lstsq": self.lstsq,
                 "--obs": self.obs, **super()._needs_calib()}  # fmt: skip
 
     @property
     def wants_structured(self) -> bool:
-        return self.structured is not None or self.heads is not None
+        return (self.structured is not None or self.heads is not None
+                or self.target is not None or self.plan is not None)  # fmt: skip
 
     @property
     def wants_unstructured(self) -> bool:

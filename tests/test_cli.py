@@ -140,8 +140,8 @@ def make_external_model(folder: Path, location: str) -> Path:
 @pytest.mark.parametrize(
     "case, expected_code, needle",
     [
-        ("not_a_file", 1, "not a file"),
-        ("directory", 1, "not a file"),
+        ("not_a_file", 1, "does not exist"),
+        ("directory", 1, "is a folder"),
         ("not_onnx", 1, "not a valid ONNX"),
         ("truncated", 1, "not a valid ONNX"),
         ("missing_external", 1, "ext.onnx.data"),

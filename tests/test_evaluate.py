@@ -171,7 +171,7 @@ def test_load_labels_reads_trims_and_checks_length(tmp_path):
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("missing", "is not a file"),
+        ("missing", "does not exist"),
         ("garbage", "not a numpy .npy file"),
         ("npz", "is an .npz archive"),
         ("float", "are float32, not integers"),
@@ -259,7 +259,7 @@ def test_main_help_shows_validate(capsys, run_cli):
 @pytest.mark.parametrize(
     ("case", "code", "needle"),
     [
-        ("missing_model", 1, "is not a file"),
+        ("missing_model", 1, "does not exist"),
         ("not_onnx", 1, "not a valid ONNX model"),
         ("different_models", 1, "both models must have the same inputs"),
         ("labels_without_calib", 2, "--labels needs --calib"),

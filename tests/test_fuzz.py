@@ -23,22 +23,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.cli import main
-from onnxprune.testing.graphs import Builder
+from onnxprune.testing.graphs import mixed_cnn
 
 CASES = int(os.environ.get("ONNXPRUNE_FUZZ_CASES", "480"))
 MODES = (["--structured", "0.5", "--round-to", "1"], ["--unstructured", "0.5"])
 
 
-def _base_model() -> onnx.ModelProto:
-    b = Builder(seed=3)
-    x = b.input([1, 3, 8, 8])
-    h = b.relu(b.bn(b.conv(x, 3, 8), 8))
-    h = b.relu(b.conv(h, 8, 8))
-    h = b.op("GlobalAveragePool", [h])
-    h = b.op("Flatten", [h], axis=1)
-    h = b.relu(b.matmul(h, 8, 16))
-    y = b.gemm(h, 16, 4)
-    return b.build([y])
 
 
 def _mutate(model: onnx.ModelProto, rng: random.Random) -> bytes:
@@ -127,18 +117,18 @@ def _finite_weights(path: Path) -> bool:
     return True
 
 
-def _run_cli(argv: list[str], capsys) -> tuple[int, str]:
+def _run_cli(argv: list[str], capfd) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exc:
         main(argv)
         raise SystemExit(0)
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     code = exc.value.code
     return (code if isinstance(code, int) else 1), err
 
 
 @pytest.mark.parametrize("shard", range(8))
-def test_mutations_never_crash(shard: int, tmp_path: Path, capsys) -> None:
-    base = _base_model()
+def test_mutations_never_crash(shard: int, tmp_path: Path, capfd) -> None:
+    base = mixed_cnn()
     failures = []
     codes: list[int] = []
     for case in range(shard, CASES, 8):
@@ -149,7 +139,7 @@ def test_mutations_never_crash(shard: int, tmp_path: Path, capsys) -> None:
         digest = hashlib.sha256(data).hexdigest()
         for mode in MODES:
             out = tmp_path / f"case{case}_out.onnx"
-            code, err = _run_cli([str(src), *mode, "-o", str(out), "-q", "--runs", "5"], capsys)
+            code, err = _run_cli([str(src), *mode, "-o", str(out), "-q", "--runs", "5"], capfd)
             codes.append(code)
             where = f"case {case} {' '.join(mode)}"
             if hashlib.sha256(src.read_bytes()).hexdigest() != digest:

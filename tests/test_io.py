@@ -128,13 +128,13 @@ def test_opset_outside_tested_range_is_noted_not_refused(tmp_path: Path) -> None
 # --- load_model: bad input --------------------------------------------------------------------
 
 
-def test_missing_file_is_not_a_file(tmp_path: Path) -> None:
-    with pytest.raises(OnnxPruneError, match=r"nope\.onnx is not a file"):
+def test_missing_file_is_named_as_missing(tmp_path: Path) -> None:
+    with pytest.raises(OnnxPruneError, match=r"nope\.onnx does not exist"):
         io.load_model(tmp_path / "nope.onnx")
 
 
-def test_directory_is_not_a_file(tmp_path: Path) -> None:
-    with pytest.raises(OnnxPruneError, match="is not a file"):
+def test_directory_is_named_as_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(OnnxPruneError, match="is a folder"):
         io.load_model(tmp_path)
 
 

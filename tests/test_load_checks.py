@@ -22,18 +22,7 @@ import onnxprune
 from onnxprune.cli import main
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.check import raw_data_length
-from onnxprune.testing.graphs import Builder
-
-
-def base_model() -> onnx.ModelProto:
-    b = Builder(seed=3)
-    x = b.input([1, 3, 8, 8])
-    h = b.relu(b.bn(b.conv(x, 3, 8), 8))
-    h = b.relu(b.conv(h, 8, 8))
-    h = b.op("GlobalAveragePool", [h])
-    h = b.op("Flatten", [h], axis=1)
-    h = b.relu(b.matmul(h, 8, 16))
-    return b.build([b.gemm(h, 16, 4)])
+from onnxprune.testing.graphs import mixed_cnn
 
 
 def init(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
@@ -200,7 +189,7 @@ def write(model: onnx.ModelProto, path: Path) -> Path:
 @pytest.mark.parametrize("mode", [["--structured", "0.5"], ["--unstructured", "0.5"]])
 @pytest.mark.parametrize(("mutate", "needle"), CASES, ids=[c[0].__name__ for c in CASES])
 def test_invalid_model_is_refused_as_what_it_is(mutate, needle, mode, tmp_path, capsys):
-    model = base_model()
+    model = mixed_cnn()
     mutate(model)
     src = write(model, tmp_path / "model.onnx")
     before, digest = sorted(os.listdir(tmp_path)), sha(src)
@@ -214,14 +203,14 @@ def test_invalid_model_is_refused_as_what_it_is(mutate, needle, mode, tmp_path, 
 
 
 def test_opset_1_message_names_the_range(tmp_path, capsys):
-    model = base_model()
+    model = mixed_cnn()
     opset_1(model)
     code, err = run([str(write(model, tmp_path / "m.onnx")), "--structured", "0.5"], capsys)
     assert code == 1 and "onnx.version_converter" in err, err
 
 
 def _external_model(tmp_path: Path, length_delta: int) -> Path:
-    model = base_model()
+    model = mixed_cnn()
     t = init(model, "conv4.weight")
     raw = t.raw_data
     (tmp_path / "w.bin").write_bytes(raw + b"\0" * max(length_delta, 0))
@@ -253,7 +242,7 @@ def test_external_data_of_the_right_length_loads(tmp_path, capsys):
 
 
 def test_unsorted_node_list_is_sorted_pruned_and_noted(tmp_path, capsys):
-    model = base_model()
+    model = mixed_cnn()
     nodes = list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(reversed(nodes))
@@ -273,7 +262,7 @@ def test_model_file_name_that_is_not_utf8_works(tmp_path, capsys):
     folder = os.fsencode(tmp_path)
     src = os.path.join(folder, b"mod\xff\xfe.onnx")
     with open(src, "wb") as fh:
-        fh.write(base_model().SerializeToString())
+        fh.write(mixed_cnn().SerializeToString())
     code, err = run([os.fsdecode(src), "--structured", "0.5"], capsys)
     assert code == 0, err
     assert os.path.exists(os.path.join(folder, b"mod\xff\xfe.pruned.onnx"))
@@ -281,7 +270,7 @@ def test_model_file_name_that_is_not_utf8_works(tmp_path, capsys):
 
 def test_250_character_file_name_is_a_clear_error(tmp_path, capsys):
     src = tmp_path / ("a" * 250 + ".onnx")
-    src.write_bytes(base_model().SerializeToString())
+    src.write_bytes(mixed_cnn().SerializeToString())
     before = sorted(os.listdir(tmp_path))
     code, err = run([str(src), "--structured", "0.5"], capsys)  # default output name too long
     assert code == 2, err  # the output's name is the problem: a usage error, checked first
@@ -299,7 +288,7 @@ def test_raw_data_length_reads_the_size_without_copying():
 # ------------------------------------------------------------------------ the API, in memory
 @pytest.mark.parametrize(("mutate", "needle"), CASES[:-1], ids=[c[0].__name__ for c in CASES[:-1]])
 def test_in_memory_invalid_model_raises_onnxprune_error(mutate, needle):
-    model = base_model()
+    model = mixed_cnn()
     mutate(model)
     before = model.SerializeToString()
     with pytest.raises(OnnxPruneError) as exc:
@@ -309,7 +298,7 @@ def test_in_memory_invalid_model_raises_onnxprune_error(mutate, needle):
 
 
 def test_in_memory_model_with_unloaded_external_data_is_named():
-    model = base_model()
+    model = mixed_cnn()
     t = init(model, "conv4.weight")
     t.ClearField("raw_data")
     t.data_location = TensorProto.EXTERNAL
@@ -320,7 +309,7 @@ def test_in_memory_model_with_unloaded_external_data_is_named():
 
 
 def test_in_memory_unsorted_model_is_sorted_on_a_copy():
-    model = base_model()
+    model = mixed_cnn()
     nodes = list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(reversed(nodes))
@@ -334,22 +323,28 @@ def test_in_memory_unsorted_model_is_sorted_on_a_copy():
 
 
 def test_stale_shape_hints_are_not_refused(tmp_path, capsys):
-    """onnxruntime merges a value_info or output shape that disagrees leniently: so does the
-    load. (--structured then trusts the stale hints and finds nothing to prune: reported in
-    issue 10's notes as outside the load checks.)"""
-    model = base_model()
+    """onnxruntime merges a value_info or output shape that disagrees leniently: so do the
+    load, the graph view (inference wins over a stale annotation) and the final check of a
+    structured prune (the original's stale output shape is not blamed on pruning)."""
+    model = mixed_cnn()
     model.graph.value_info.append(helper.make_tensor_value_info("relu3_out", 1, [9, 9]))
     dims = model.graph.output[0].type.tensor_type.shape.dim
     dims[-1].dim_value = 7
     src = write(model, tmp_path / "stale.onnx")
-    code, err = run([str(src), "--unstructured", "0.5", "-o", str(tmp_path / "o.onnx")], capsys)
+    for mode in (["--unstructured", "0.5"], ["--structured", "0.5", "--round-to", "1"]):
+        code, err = run([str(src), *mode, "-o", str(tmp_path / "o.onnx"), "--force"], capsys)
+        assert code == 0, err
+    batch = mixed_cnn()  # the input says batch 2, the declared output still batch 1
+    batch.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    src = write(batch, tmp_path / "batch.onnx")
+    code, err = run([str(src), "--structured", "0.5", "-o", str(tmp_path / "b.onnx")], capsys)
     assert code == 0, err
 
 
 def test_custom_domain_ops_pass_the_checks():
     from onnxprune.graph.check import check_graph
 
-    model = base_model()
+    model = mixed_cnn()
     relu = node(model, "relu5")
     relu.op_type, relu.domain = "MyRelu", "com.example"
     model.opset_import.append(helper.make_opsetid("com.example", 1))

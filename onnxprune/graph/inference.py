@@ -65,13 +65,34 @@ def skeleton(
 def infer_shapes(
     model: onnx.ModelProto, folds: dict[str, list[int] | int] | None = None
 ) -> onnx.ModelProto:
-    """Shape inference on the skeleton; returns the inferred skeleton (no big weights)."""
+    """Shape inference on the skeleton; returns the inferred skeleton (no big weights).
+
+    The model's own value_info are left out first: a stale one (an exporter's annotation
+    that disagrees with the graph, which onnxruntime merges leniently) would otherwise win
+    over what the graph computes. Only when inference then leaves an annotated tensor
+    without a shape (an op it cannot see through) is it run again with them.
+    """
+    light = skeleton(model, folds)
+    annotated = {vi.name for vi in light.graph.value_info}
+    if annotated:
+        bare = onnx.ModelProto()
+        bare.CopyFrom(light)
+        del bare.graph.value_info[:]
+        inferred = _infer(bare)
+        if annotated <= {vi.name for vi in inferred.graph.value_info if _has_shape(vi)}:
+            return inferred
+    return _infer(light)
+
+
+def _infer(light: onnx.ModelProto) -> onnx.ModelProto:
     try:
-        return onnx.shape_inference.infer_shapes(
-            skeleton(model, folds), strict_mode=False, data_prop=True
-        )
+        return onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except Exception as exc:  # onnx raises several types; all mean "the graph is inconsistent"
         raise OnnxPruneError(f"shape inference failed: {str(exc).splitlines()[0]}") from exc
+
+
+def _has_shape(vi: onnx.ValueInfoProto) -> bool:
+    return vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")
 
 
 def toposorted(graph: onnx.GraphProto) -> list[onnx.NodeProto]:

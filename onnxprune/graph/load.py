@@ -54,8 +54,11 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
     """
     shown = os.fspath(path)  # errors name the file as the user typed it
     model_path = Path(os.path.abspath(shown))
+    if not model_path.exists():
+        raise OnnxPruneError(f"{shown} does not exist")
     if not model_path.is_file():
-        raise OnnxPruneError(f"{shown} is not a file")
+        what = "a folder" if model_path.is_dir() else "not a regular file"
+        raise OnnxPruneError(f"{shown} is {what}: give the path of an .onnx file")
     try:
         file_size = model_path.stat().st_size
         if file_size > PROTOBUF_LIMIT:

@@ -114,6 +114,11 @@ def _structured(s: StructuredResult, max_rows: int) -> list[str]:
         f"round-to {s.round_to}): pruned {len(s.changed)} of {len(groups)} groups, "
         f"{len(s.blocked)} blocked",
     ]
+    if s.target:  # --target-macs / --target-params: what was asked and what was reached
+        t = s.target
+        out.append(f"  target: keep {t['target']:.4g} of the {t['metric']}; reached "
+                   f"{t['reached']:.4g} ({t['after']:,} of {t['before']:,}"
+                   f"{'' if t['met'] else ', not met: every group at its floor'})")  # fmt: skip
     if groups:
         rows = []
         for g in groups[:max_rows]:

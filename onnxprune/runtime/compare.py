@@ -26,6 +26,11 @@ __all__ = [
 ]
 
 CONCLUSIVE, INCONCLUSIVE = "conclusive", "inconclusive"
+INPUT_DEPENDENCE = 1e-3
+"""An output whose values move across samples by less than this fraction of its largest
+magnitude hardly depends on the input (a deep net at its initialization whose signal has
+died out, a head dominated by its bias): any model giving about that constant matches it, so
+the comparison is inconclusive."""
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -69,6 +74,15 @@ def _degenerate(name: str, r: np.ndarray) -> str | None:
     rows = r.reshape(r.shape[0], -1) if r.ndim >= 1 and r.shape[0] >= 2 else r.reshape(1, -1)
     if rows.shape[0] >= 2 and np.all(rows == rows[0]):
         return f"output {name!r} of the original is the same for every sample"
+    if rows.shape[0] >= 2:
+        wide = rows.astype(np.float64)
+        spread = float(np.max(np.abs(wide - wide[0])))
+        if spread <= INPUT_DEPENDENCE * float(np.max(np.abs(wide))):
+            return (
+                f"output {name!r} of the original hardly depends on the input (it varies "
+                f"across samples by {spread:.2g}, under {INPUT_DEPENDENCE:g} of its scale): a "
+                "model that ignored its input would agree with it"
+            )
     if rows.shape[0] == 1 and np.all(rows == rows.flat[0]) and rows.size > 1:
         return f"output {name!r} of the original is constant"
     if is_class_scores(r):

@@ -41,6 +41,8 @@ def load_labels(
     ``n``, when given, is the number of input samples the labels must match.
     """
     shown = os.fspath(path)
+    if not Path(path).exists():
+        raise OnnxPruneError(f"labels {shown} does not exist")
     if not Path(path).is_file():
         raise OnnxPruneError(f"labels {shown} is not a file")
     try:
@@ -215,6 +217,8 @@ def evaluate_files(
         raise UsageError("--labels needs --calib: labels describe real inputs, not random ones")
     chosen = resolve_providers(providers)
     for path in (original, pruned):
+        if not Path(path).exists():
+            raise OnnxPruneError(f"{os.fspath(path)} does not exist")
         if not Path(path).is_file():
             raise OnnxPruneError(f"{os.fspath(path)} is not a file")
     try:  # the graph's inputs only; onnxruntime reads the weights (external data included)

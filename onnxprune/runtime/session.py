@@ -72,36 +72,50 @@ def ort_message(exc: BaseException) -> str:
 
 
 def open_session(
-    model: str | os.PathLike | onnx.ModelProto,
+    model: str | os.PathLike | onnx.ModelProto | bytes,
     providers: Sequence[str],
     *,
     role: str,
     optimize_all: bool = True,
     spinning: bool = True,
     threads: int | None = None,
+    profile: str | None = None,
 ):
     """An onnxruntime session on a model file or an in-memory model; errors name ``role``.
 
-    Log level is always errors only (onnxruntime's warnings are not the user's problem).
+    Log level is fatal only: onnxruntime's warnings are not the user's problem, and its error
+    lines would repeat (outside our one `error:` line) what ``ort_message`` already says.
     ``optimize_all`` asks for full graph optimization explicitly, as a deployment opens the
     model (validation and latency); otherwise onnxruntime's default level applies.
     ``spinning=False`` stops idle intra-op threads from spinning after each run, so numpy
     BLAS work between runs (recovery's Gram matrices and solves) gets the cores.
     ``threads`` sets onnxruntime's intra-op thread count (None: its default, all cores).
+    ``profile`` (a file prefix) turns on onnxruntime's per-node profiling: ``end_profiling()``
+    then returns the JSON trace's path (``onnxprune.targets.profile`` reads it).
+    ``model`` may also be serialized bytes (many variants of one model, serialized once each).
 
     Models are best opened from their file path: external data and models over 2 GB work.
     """
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(4)  # session creation logs through the default logger
     options = ort.SessionOptions()
     if optimize_all:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: a failed run is reported once, as our error line
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    if profile is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile
+    if isinstance(model, bytes):
+        source: str | bytes = model
+    elif isinstance(model, onnx.ModelProto):
+        source = model.SerializeToString()
+    else:
+        source = os.fspath(model)
     if isinstance(source, str) and not _utf8(source):
         source = _read_for_session(source, options)
     try:

@@ -62,6 +62,9 @@ class StructuredOptions:
     heads: float | None = None
     """Fraction of the heads of each attention layer to remove, in [0, 1) (whole key/value
     groups in grouped-query attention); None: heads stay. ``ratio`` never removes heads."""
+    keep: Mapping[str, int] | None = None
+    """Kept slots per group id (``make_plan``'s ``keep``: exact, no rounding), as chosen by
+    ``onnxprune.targets``; groups not listed follow ``ratio``/``heads`` as usual."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,6 +91,8 @@ class StructuredOptions:
         if isinstance(self.exclude, str):
             raise UsageError(f"--exclude must be a list of patterns, got {self.exclude!r}")
         check_patterns(self.exclude, "--exclude")
+        if self.keep is not None and not isinstance(self.keep, Mapping):
+            raise UsageError(f"keep must map group ids to kept slot counts, got {self.keep!r}")
 
 
 @dataclass
@@ -104,6 +109,9 @@ class StructuredResult:
     ratio: float = 0.0
     heads: float | None = None
     plan: Plan | None = None
+    target: dict | None = None
+    """With ``--target-macs``/``--target-params``: what was asked and reached
+    (``onnxprune.targets.allocate.TargetOutcome.to_dict``)."""
 
     @classmethod
     def from_plan(cls, plan: Plan, criterion: str) -> StructuredResult:
@@ -150,6 +158,7 @@ class StructuredResult:
                 for g in self.groups
             ],
             "blocked": [dict(b) for b in self.blocked],
+            **({"target": dict(self.target)} if self.target is not None else {}),
         }
 
 
@@ -159,6 +168,8 @@ def prune_structured(
     *,
     progress: bool = False,
     stats_for: Callable[[dict[str, int], GraphView], Mapping] | None = None,
+    allocate: Callable[[list[Group], Mapping[str, np.ndarray], GraphView], Mapping[str, int]]
+    | None = None,
 ) -> tuple[onnx.ModelProto, StructuredResult]:
     """Remove whole channels; see issue #3 and the module docstrings of each stage.
 
@@ -181,6 +192,9 @@ def prune_structured(
         stats = stats_for(activation_targets(groups, view), view)  # the view's shapes, reused
     scores = score_groups(groups, view, options.criterion, stats, seed=options.seed)
     bar("plan")
+    keep = options.keep
+    if allocate is not None:
+        keep = {**(keep or {}), **allocate(groups, scores, view)}
     plan = make_plan(
         groups,
         scores,
@@ -190,6 +204,7 @@ def prune_structured(
         max_group_ratio=options.max_group_ratio,
         exclude=options.exclude,
         heads=options.heads,
+        keep=keep,
     )
     plan.settings["criterion"] = options.criterion
     if not plan.groups and not plan.blocked:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from onnxprune.errors import UsageError
 from onnxprune.options import (
     SCOPES,
     check_choice,
@@ -133,12 +134,62 @@ def check_plan_options(
     check_open_fraction(max_group_ratio, "--max-group-ratio")
 
 
+def check_keep(keep: Mapping[str, int] | None, groups: Sequence[Group]) -> dict[str, int]:
+    """``make_plan``'s ``keep``, checked: whole counts of at least 1 for groups that exist."""
+    if keep is None:
+        return {}
+    if not isinstance(keep, Mapping):
+        raise UsageError(f"keep must map group ids to kept slot counts, got {keep!r}")
+    known = {g.id for g in groups}
+    out: dict[str, int] = {}
+    for gid, count in keep.items():
+        if gid not in known:
+            raise UsageError(f"keep names group {gid!r}, which this model does not have")
+        out[str(gid)] = check_int(count, f"keep[{gid!r}]", 1)
+    return out
+
+
+def kept_slots(g: Group, scores: np.ndarray, count: int) -> np.ndarray:
+    """Which slots stay when ``count`` of them are kept: the best scored (ties by position),
+    plus the best of any ``Group.subsets`` left empty, so the result can hold more than
+    ``count`` slots; never fewer than one, never more than ``g.slots``."""
+    count = max(1, min(int(count), g.slots))
+    order = np.lexsort((np.arange(g.slots), -scores))  # best first, ties by position
+    kept = np.zeros(g.slots, dtype=bool)
+    kept[order[:count]] = True
+    for subset in g.subsets:  # every tensor that sees part of the group keeps a channel
+        if not kept[subset].any():
+            kept[subset[np.argmax(scores[subset])]] = True
+    return kept
+
+
 def _excluded(g: Group, patterns: Sequence[str]) -> str | None:
     for pat in patterns:
         for name in sorted(g.names):
             if name and fnmatch.fnmatchcase(name, pat):
                 return f"excluded by --exclude '{pat}' (matches '{name}')"
     return None
+
+
+def prunable_groups(
+    groups: Sequence[Group], exclude: Sequence[str]
+) -> tuple[list[Group], list[dict[str, str]]]:
+    """The groups a plan may cut (not blocked, not excluded), and why each other one that
+    has filters stays (the plan's ``blocked`` entries)."""
+    blocked: list[dict[str, str]] = []
+    prunable: list[Group] = []
+    for g in groups:
+        if g.blocked_reason is not None:
+            if any(m.role == "out" for m in g.members):
+                for where, reason in g.reasons:
+                    blocked.append({"where": f"{g.id} (at {where})", "reason": reason})
+            continue
+        why = _excluded(g, exclude)
+        if why is not None:
+            blocked.append({"where": g.id, "reason": why})
+            continue
+        prunable.append(g)
+    return prunable, blocked
 
 
 def _global_removals(
@@ -170,13 +221,6 @@ def _global_removals(
     return {g.id: removed[i] for i, g in enumerate(groups)}
 
 
-def _kept_count(g: Group, removed: int, round_to: int, keep: Mapping[str, int] | None) -> int:
-    """Slots ``g`` keeps: exact when ``keep`` lists it, else ratio-removed and rounded."""
-    if keep is not None and g.id in keep:
-        return min(g.slots, max(1, int(keep[g.id])))
-    return round_keep(max(1, g.slots - removed), g.slots, g.width, round_to)
-
-
 def make_plan(
     groups: Sequence[Group],
     scores: Mapping[str, np.ndarray],
@@ -193,23 +237,15 @@ def make_plan(
 
     ``ratio`` applies to neurons and channels; head groups (``Group.heads``) lose ``heads``
     of their slots instead, always per attention layer, and none when ``heads`` is None.
-    ``keep``: exact kept slot counts per group id (no ratio, no rounding for those groups).
+    ``keep`` (group id -> kept slots, from ``onnxprune.targets``) overrides both for the
+    groups it lists: exactly that many slots stay, the best scored, with no rounding; a
+    count of ``slots`` or more keeps the group whole, and at least one slot always stays.
+    Blocked and excluded groups it lists stay intact; an id no group has is refused.
     """
     check_plan_options(ratio, scope, round_to, max_group_ratio, heads)
+    keep = check_keep(keep, groups)
     round_to = int(round_to)
-    blocked: list[dict[str, str]] = []
-    prunable: list[Group] = []
-    for g in groups:
-        if g.blocked_reason is not None:
-            if any(m.role == "out" for m in g.members):
-                for where, reason in g.reasons:
-                    blocked.append({"where": f"{g.id} (at {where})", "reason": reason})
-            continue
-        why = _excluded(g, exclude)
-        if why is not None:
-            blocked.append({"where": g.id, "reason": why})
-            continue
-        prunable.append(g)
+    prunable, blocked = prunable_groups(groups, exclude)
 
     channels = [g for g in prunable if not g.heads]
     if scope == "global":
@@ -224,13 +260,11 @@ def make_plan(
     removed_slots: dict[str, np.ndarray] = {}
     for g in prunable:
         s = scores[g.id]
-        n_keep = _kept_count(g, removals[g.id], round_to, keep)
-        order = np.lexsort((np.arange(g.slots), -s))  # best first, ties by position
-        kept = np.zeros(g.slots, dtype=bool)
-        kept[order[:n_keep]] = True
-        for subset in g.subsets:  # every tensor that sees part of the group keeps a channel
-            if not kept[subset].any():
-                kept[subset[np.argmax(s[subset])]] = True
+        if g.id in keep:
+            count = keep[g.id]
+        else:
+            count = round_keep(max(1, g.slots - removals[g.id]), g.slots, g.width, round_to)
+        kept = kept_slots(g, s, count)
         plans.append(
             GroupPlan(
                 id=g.id,
@@ -256,6 +290,8 @@ def make_plan(
         "exclude": list(exclude),
         "heads": None if heads is None else float(heads),
     }
+    if keep:
+        settings["keep"] = dict(keep)
     return Plan(plans, params, tensors, blocked, settings)
 
 

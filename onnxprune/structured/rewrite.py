@@ -195,7 +195,7 @@ def apply_plan(
         if vi.name in annotated and vi.name not in outputs and vi.name not in inputs
     )
     if check:
-        check_model(new)
+        check_model(new, model)
     return new
 
 
@@ -227,13 +227,49 @@ def _drop_orphans(model: onnx.ModelProto, view: GraphView) -> None:
         model.graph.initializer.extend(kept)
 
 
-def check_model(model: onnx.ModelProto) -> None:
+def check_model(model: onnx.ModelProto, original: onnx.ModelProto | None = None) -> None:
     """``check_model(full_check=True)`` on the weight-free skeleton: the same graph and
     shape checks, without serializing the weights (tensors we sliced are consistent by
-    construction)."""
+    construction).
+
+    A model whose own shape annotations are stale (a declared output of batch 1 while the
+    input says 2: onnxruntime runs it, merging leniently) fails the strict check before any
+    pruning; when ``original`` fails it too, the pruned model is checked without those
+    annotations, so the message never blames pruning for what the export wrote.
+    """
     try:
-        onnx.checker.check_model(skeleton(model), full_check=True)
+        _strict_check(model)
     except Exception as exc:  # checker and inference raise several types
+        error = exc
+        if original is not None and not _passes(original):
+            try:
+                _strict_check(_without_annotations(model))
+                return
+            except Exception as lenient:  # the same types
+                error = lenient
         raise OnnxPruneError(
-            f"the pruned model does not check: {str(exc).splitlines()[0]}"
-        ) from exc
+            f"the pruned model does not check: {str(error).splitlines()[0]}"
+        ) from error
+
+
+def _strict_check(model: onnx.ModelProto) -> None:
+    onnx.checker.check_model(skeleton(model), full_check=True)
+
+
+def _passes(model: onnx.ModelProto) -> bool:
+    try:
+        _strict_check(model)
+    except Exception:  # any failure means: the original's annotations do not check either
+        return False
+    return True
+
+
+def _without_annotations(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A weight-free copy without value_info, its graph outputs' dims unknown (rank kept)."""
+    light = skeleton(model)
+    del light.graph.value_info[:]
+    for vi in light.graph.output:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            for d in vi.type.tensor_type.shape.dim:
+                d.Clear()
+    return light

@@ -245,3 +245,16 @@ def small_cnn(seed: int = 0) -> onnx.ModelProto:
         initializer=inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def mixed_cnn(seed: int = 3) -> onnx.ModelProto:
+    """Conv+BN+Relu, Conv+Relu, pooling, MatMul+Add+Relu, Gemm: every kind of weighted layer
+    and a BatchNorm in one small graph (the fuzz and load-check tests mutate it)."""
+    b = Builder(seed=seed)
+    x = b.input([1, 3, 8, 8])
+    h = b.relu(b.bn(b.conv(x, 3, 8), 8))
+    h = b.relu(b.conv(h, 8, 8))
+    h = b.op("GlobalAveragePool", [h])
+    h = b.op("Flatten", [h], axis=1)
+    h = b.relu(b.matmul(h, 8, 16))
+    return b.build([b.gemm(h, 16, 4)])

@@ -1,0 +1,46 @@
+"""The prune command's target and plan flags (click), kept here so ``cli.py`` stays short.
+
+``--target-macs R`` / ``--target-params R`` map onto ``PruneOptions.target_macs`` /
+``target_params``, ``--save-plan`` / ``--plan`` onto ``save_plan`` / ``plan``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+TARGET_OPTIONS = [
+    click.option(
+        "--target-macs",
+        type=click.FloatRange(0.0, 1.0, min_open=True),
+        default=None,
+        metavar="R",
+        help="Instead of --structured: keep at most fraction R of the MACs, removing channels "
+        "per group where they cost least (score lost per MAC saved; --scope does not apply); "
+        "exact counts unless --round-to is given.",
+    ),
+    click.option(
+        "--target-params",
+        type=click.FloatRange(0.0, 1.0, min_open=True),
+        default=None,
+        metavar="R",
+        help="The same for the parameters.",
+    ),
+    click.option(
+        "--save-plan",
+        type=click.Path(path_type=Path),
+        default=None,
+        metavar="PATH",
+        help="Write the structured decision (kept channels per group, settings, model hash) "
+        "as JSON.",
+    ),
+    click.option(
+        "--plan",
+        type=click.Path(path_type=Path),
+        default=None,
+        metavar="PATH",
+        help="Re-apply a --save-plan file to the model it was made for (another is refused).",
+    ),
+]
+"""In --help order, after the other pruning flags."""

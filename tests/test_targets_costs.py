@@ -1,0 +1,131 @@
+"""The analytic cost model against the metrics of the model really pruned."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxprune.graph.view import GraphView
+from onnxprune.metrics.macs import count_macs
+from onnxprune.metrics.params import count_params
+from onnxprune.structured.dependency import analyze
+from onnxprune.structured.engine import StructuredOptions, prune_structured
+from onnxprune.structured.importance import score_groups
+from onnxprune.targets.costs import CostModel, curve_keeps
+from onnxprune.testing.graphs import (
+    Builder,
+    concat_block,
+    decoder_block,
+    depthwise_block,
+    dynamic_batch,
+    encoder_block,
+    flatten_gemm,
+    grouped_block,
+    residual_block,
+    se_block,
+    small_cnn,
+    split_block,
+    unet_block,
+)
+
+BUILDS = [residual_block, small_cnn, concat_block, split_block, depthwise_block, se_block,
+          grouped_block, flatten_gemm, unet_block, encoder_block, decoder_block]  # fmt: skip
+
+
+def _model(build):
+    model = build()
+    view = GraphView(model)
+    groups = [g for g in analyze(model, view=view) if g.blocked_reason is None]
+    scores = score_groups(groups, view, "l1", None)
+    return model, groups, scores, CostModel(model, groups, scores, view=view)
+
+
+def _really(model, keep, shapes=None):
+    pruned, _ = prune_structured(model, StructuredOptions(ratio=0.0, round_to=1, keep=keep))
+    return count_macs(pruned, shapes)[0], count_params(pruned)[0]
+
+
+@pytest.mark.parametrize("build", BUILDS, ids=lambda b: b.__name__)
+def test_joint_costs_equal_the_pruned_models_metrics(build):
+    model, groups, _, cm = _model(build)
+    assert groups
+    assert cm.total("macs") == count_macs(model)[0]
+    assert cm.total("params") == count_params(model)[0]
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        keep = {g.id: int(rng.integers(1, g.slots + 1)) for g in groups}
+        assert (cm.total("macs", keep), cm.total("params", keep)) == _really(model, keep)
+
+
+def test_costs_at_fixed_input_sizes_match_count_macs():
+    model = dynamic_batch(residual_block())
+    groups = [g for g in analyze(model) if g.blocked_reason is None]
+    shapes = {"x": (4, 3, 8, 8)}
+    cm = CostModel(model, groups, input_shapes=shapes)
+    keep = {g.id: max(1, g.slots // 3) for g in groups}
+    assert cm.total("macs") == count_macs(model, shapes)[0]
+    assert cm.total("macs", keep) == _really(model, keep, shapes)[0]
+
+
+def test_one_group_alone_is_linear_in_its_kept_count():
+    """A Conv between two groups costs kept(A) * kept(B): alone, each group is linear."""
+    model, groups, _, cm = _model(residual_block)
+    for g in groups:
+        curve = cm.curve("macs", g.id)
+        assert curve.keep == list(range(1, g.slots + 1))
+        steps = np.diff(curve.value)
+        assert np.allclose(steps, steps[0]) and steps[0] > 0
+        assert curve.value[-1] == cm.total("macs")
+        for k in (1, g.slots // 2):
+            assert curve.at(k) == _really(model, {g.id: k})[0]
+
+
+def test_groups_interact_as_the_product_of_removed_counts():
+    model, _, _, cm = _model(small_cnn)
+    full = cm.total("macs")
+    a = full - cm.total("macs", {"c1": 8})
+    b = full - cm.total("macs", {"c2": 8})
+    both = full - cm.total("macs", {"c1": 8, "c2": 8})
+    # c2 (3x3 over 8x8, batch 1) is 16 x 16 x 9 x 64 MACs: the shared term is 8 x 8 x 9 x 64
+    assert a + b - both == 8 * 8 * 9 * 64
+    assert cm.total("macs", {"c1": 8, "c2": 8}) == _really(model, {"c1": 8, "c2": 8})[0]
+
+
+def test_a_residual_around_one_conv_is_quadratic():
+    """y = x + conv(x): the conv reads and writes the same group."""
+    b = Builder(0)
+    x = b.input([1, 3, 6, 6])
+    h = b.relu(b.conv(x, 3, 8, name="stem"))
+    y = b.op("Add", [h, b.conv(h, 8, 8, k=1, name="inner")])
+    model = b.build([b.conv(y, 8, 2, k=1, name="head")])
+    groups = [g for g in analyze(model) if g.blocked_reason is None]
+    cm = CostModel(model, groups)
+    (g,) = groups
+    values = cm.curve("macs", g.id).value
+    assert not np.allclose(np.diff(values), np.diff(values)[0])  # not linear
+    assert np.allclose(np.diff(values, 2), np.diff(values, 2)[0])  # quadratic
+    assert cm.total("macs", {g.id: 3}) == _really(model, {g.id: 3})[0]
+
+
+def test_curves_of_big_groups_are_sampled():
+    assert curve_keeps(10) == list(range(1, 11))
+    ks = curve_keeps(1000)
+    assert ks[0] == 1 and ks[-1] == 1000 and len(ks) == 64
+
+
+def test_slot_cost_is_one_slots_macs():
+    _, _, _, cm = _model(small_cnn)
+    assert cm.slot_cost("macs", "c1") == cm.total("macs") - cm.total("macs", {"c1": 15})
+
+
+@pytest.mark.parametrize("build", [residual_block, concat_block, split_block, encoder_block])
+def test_change_is_the_difference_of_totals(build):
+    _, groups, _, cm = _model(build)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        keep = {g.id: int(rng.integers(1, g.slots + 1)) for g in groups}
+        g = groups[int(rng.integers(len(groups)))]
+        k = int(rng.integers(1, g.slots + 1))
+        for metric in ("macs", "params"):
+            want = cm.total(metric, {**keep, g.id: k}) - cm.total(metric, keep)
+            assert cm.change(metric, keep, g.id, k) == want
