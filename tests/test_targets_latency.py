@@ -21,6 +21,7 @@ from onnxprune.targets.latency import (
     build_latency_table,
     keep_counts,
     staircase,
+    staircase_counts,
 )
 from onnxprune.testing import Builder
 
@@ -88,6 +89,9 @@ def test_staircase_keeps_more_where_it_is_free_and_never_slower(spec):
     assert staircase(table, "b", 16) == 16  # 24 is slower than 16
     assert staircase(table, "b", 3) == 8  # 3 costs what 4 costs, and 8 runs as fast
     assert staircase(table, "b", 24) == 24
+    assert staircase_counts(table) == {"b": [8, 16, 24]}  # the solver's allowed steps
+    curve = table.curves["b"].price_curve()
+    assert curve.keep == [4, 8, 12, 16, 20, 24] and curve.at(16) == -2.0
 
 
 def test_staircase_prefers_a_faster_step_above_over_a_slower_one():

@@ -44,6 +44,7 @@ from onnxprune.runtime.session import open_session, run_session, session_feeds
 from onnxprune.structured.dependency import Group, analyze
 from onnxprune.structured.plan import make_plan
 from onnxprune.structured.rewrite import apply_plan
+from onnxprune.targets import GroupCurve
 
 __all__ = [
     "GroupJob",
@@ -54,6 +55,7 @@ __all__ = [
     "keep_counts",
     "measure_group",
     "staircase",
+    "staircase_counts",
     "wall_clock",
 ]
 
@@ -99,6 +101,10 @@ class LatencyCurve:
         full width; unmeasured counts take the next measured step up (conservative)."""
         return self.delta_ms[self.index_at(keep)]
 
+    def price_curve(self) -> GroupCurve:
+        """The price (``delta_ms``) as the package's plain table, for the solver."""
+        return GroupCurve(self.group_id, self.slots, list(self.keep), list(self.delta_ms))
+
 
 @dataclass
 class LatencyTable:
@@ -143,6 +149,16 @@ def staircase(table: LatencyTable, group: str, keep: int, *, slack_ms: float = 0
         if curve.delta_ms[i] <= limit:
             best = i
     return curve.keep[best]
+
+
+def staircase_counts(table: LatencyTable, *, slack_ms: float = 0.0) -> dict[str, list[int]]:
+    """Per group, the measured counts worth keeping: those ``staircase`` leaves as they are
+    (no larger measured count runs as fast). This is ``targets.allocate.choose_keep``'s
+    ``allowed``: the solver then picks among steps, never between them."""
+    return {
+        gid: [k for k in c.keep if staircase(table, gid, k, slack_ms=slack_ms) == k]
+        for gid, c in table.curves.items()
+    }
 
 
 def keep_counts(group: Group, *, step: int | None = None, max_points: int = 8) -> list[int]:
