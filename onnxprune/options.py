@@ -283,6 +283,10 @@ class PruneOptions(DataOptions):
     target_speedup: float | None = None
     """``--target-speedup S``: the MAC fraction whose pruned model runs S times faster,
     measured (``onnxprune.targets.search``); replaces ``structured``."""
+    staircase: bool | None = None
+    """``--staircase/--no-staircase``: with --target-speedup, measure a latency table first
+    and keep each group's count on its measured staircase (``targets.latency``); None: on
+    with --target-speedup."""
     hooks: dict | None = None
     """API only, set by ``targets.search`` for its candidates: ``losses_for`` (measured
     sensitivities) and ``allowed_for`` (a measured latency staircase) handed to the target
@@ -377,7 +381,11 @@ class PruneOptions(DataOptions):
     def _check_speedup(self) -> None:
         """--target-speedup: a number above 1, alone among the targets, measured."""
         s = self.target_speedup
+        self._set(staircase=check_flag(self.staircase, "--staircase", optional=True))
         if s is None:
+            if self.staircase:
+                raise UsageError("--staircase prices the --target-speedup search: pass "
+                                 "--target-speedup S")  # fmt: skip
             return
         if not (_is_real(s) and 1.0 < float(s) <= 1000.0):
             raise UsageError(f"--target-speedup must be a number above 1, got {s!r}")
@@ -390,6 +398,11 @@ class PruneOptions(DataOptions):
                                  "chooses how much each group loses")  # fmt: skip
         if not self.validate:
             raise UsageError("--target-speedup is measured in onnxruntime: drop --no-validate")
+
+    @property
+    def uses_staircase(self) -> bool:
+        """Whether a --target-speedup search measures the latency staircase first."""
+        return self.target_speedup is not None and self.staircase is not False
 
     @property
     def search(self) -> str | None:

@@ -251,3 +251,39 @@ def test_a_measured_curve_is_zero_whole_and_grows_to_one_slot():
     table = curve.table()
     assert np.all(np.diff(table) <= 1e-12)  # fewer kept, more lost
     assert curve.at(1) >= 0.6
+
+
+def _block_clock(run, group: str, keep: int) -> float:
+    """A known staircase: every started block of 4 channels costs 1 ms."""
+    run()
+    return 10.0 + float(np.ceil(keep / 4))
+
+
+def test_target_speedup_keeps_counts_on_the_measured_staircase(tmp_path, monkeypatch):
+    from onnxprune.targets import measured
+
+    path = tmp_path / "m.onnx"
+    onnx.save(residual_block(), path)
+    hook, about = measured.staircase_hook(path, PruneOptions(target_speedup=2), timer=_block_clock)
+    assert hook is not None and about["used"] and about["groups"] >= 2
+    for steps in about["steps"].values():
+        assert all(k % 4 == 0 for k in steps[:-1])  # 5..7 run no faster than 8: never chosen
+    real = measured.staircase_hook
+    monkeypatch.setattr(measured, "staircase_hook",
+                        lambda m, o: real(m, o, timer=_block_clock, budget_s=None))  # fmt: skip
+    opts = PruneOptions(target_speedup=1.6, runs=5)
+    result = prune_searched(path, opts, prune_with, measure=_fake_measure)
+    t = result.report.structured.target
+    assert t["staircase"]["used"]
+    for g in result.report.structured.plan.groups:
+        assert len(g.kept) in t["staircase"]["steps"][g.id]
+    off = prune_searched(path, PruneOptions(target_speedup=1.6, runs=5, staircase=False),
+                         prune_with, measure=_fake_measure)  # fmt: skip
+    assert off.report.structured.target["staircase"] == {"used": False, "why": "--no-staircase"}
+
+
+def test_staircase_needs_a_speed_target():
+    with pytest.raises(UsageError, match="--staircase prices the --target-speedup search"):
+        PruneOptions(structured=0.3, staircase=True)
+    assert not PruneOptions(target_speedup=2, staircase=False).uses_staircase
+    assert PruneOptions(target_speedup=2).uses_staircase

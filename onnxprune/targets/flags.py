@@ -38,6 +38,12 @@ TARGET_OPTIONS = [
         "shapes), corrected until within 5% or 6 candidates; recovery once, on the result.",
     ),
     click.option(
+        "--staircase/--no-staircase",
+        default=None,
+        help="With --target-speedup: first measure each group's latency at a few widths "
+        "(up to 60 s) and keep only counts on that measured staircase [default: on].",
+    ),
+    click.option(
         "--save-plan",
         type=click.Path(path_type=Path),
         default=None,

@@ -78,3 +78,43 @@ def losses_hook(model, opts) -> tuple[Callable | None, str]:
         return out
 
     return losses_for, f"measured (analyze: {analysis.candidates} candidates)"
+
+
+STAIRCASE_BUDGET_S = 60.0
+"""Seconds of latency-table measurement a --target-speedup run spends before its search
+(``targets.latency``: MobileNetV2 at 1 thread needs about 46 s for its full table; larger
+models get coarser steps within the budget)."""
+
+
+def staircase_hook(model, opts, *, timer=None,
+                   budget_s: float | None = STAIRCASE_BUDGET_S) -> tuple[Callable | None, dict]:  # fmt: skip
+    """(``TargetHook``'s ``allowed_for`` from a latency table measured on the target, or
+    None) and what the report says about it. With the table the allocation picks, per
+    group, among the kept counts on its measured staircase (a count that runs no faster
+    than a larger one is never chosen), instead of any count."""
+    if not isinstance(model, str | os.PathLike):
+        return None, {"used": False, "why": "an in-memory model: the table times a file"}
+    from onnxprune.graph import modelfile as io
+    from onnxprune.runtime.session import resolve_providers
+    from onnxprune.runtime.shapes import random_validation_inputs, resolve_shapes
+    from onnxprune.targets.latency import TableSpec, build_latency_table, staircase_counts
+
+    loaded = io.load_model(model).model
+    resolved = resolve_shapes(loaded, opts.input_shapes)
+    inputs = random_validation_inputs(loaded, resolved, 1, opts.seed)
+    feed = {k: v[: resolved.shapes[k][0]] if resolved.shapes.get(k) else v
+            for k, v in inputs.items()}  # fmt: skip
+    spec = TableSpec(
+        os.fspath(model), feed, providers=tuple(resolve_providers(opts.providers)),
+        threads=opts.threads or None, estimate="min", **({"timer": timer} if timer else {}),
+    )  # fmt: skip
+    table = build_latency_table(spec, time_budget_s=budget_s)
+    counts = staircase_counts(table)
+
+    def allowed_for(free, scores, view) -> dict[str, list[int]]:
+        return {g.id: counts[g.id] for g in free if g.id in counts}
+
+    about = {"used": True, "groups": len(counts), "budget_s": budget_s,
+             "spent_s": table.settings.get("spent_s"),
+             "steps": {gid: list(ks) for gid, ks in counts.items()}}  # fmt: skip
+    return allowed_for, about

@@ -210,13 +210,20 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
     fraction run once more with everything asked (recovery, gates, the output); its report
     carries the search in ``structured.target`` and its time in ``timings_s["search"]``."""
     from onnxprune.progress import progress_bar
-    from onnxprune.targets.measured import losses_hook
+    from onnxprune.targets.measured import losses_hook, staircase_hook
 
     measure = measure or measured_speedup
     start = time.perf_counter()
     losses_for, priced = losses_hook(model, opts)
+    hooks = dict(opts.hooks or {})
     if losses_for is not None:
-        opts = replace(opts, hooks={**(opts.hooks or {}), "losses_for": losses_for})
+        hooks["losses_for"] = losses_for
+    stairs = {"used": False, "why": "--no-staircase"}
+    if opts.uses_staircase and "allowed_for" not in hooks:
+        allowed_for, stairs = staircase_hook(model, opts)
+        if allowed_for is not None:
+            hooks["allowed_for"] = allowed_for
+    opts = replace(opts, hooks=hooks or None)
     total = SPEEDUP_ITERATIONS if opts.search == "speedup" else 2 * QUALITY_ITERATIONS
     with progress_bar(total=total, desc="search", unit="candidate", enabled=progress) as bar:
         if opts.search == "speedup":
@@ -225,6 +232,8 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
             final_opts, summary = _quality(model, opts, prune_with, bar)
     searched = time.perf_counter() - start
     summary["losses"] = priced
+    if opts.search == "speedup":
+        summary["staircase"] = stairs
     try:
         result = prune_with(model, final_opts, output=output, progress=progress)
     except GateError as exc:
