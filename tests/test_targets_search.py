@@ -287,3 +287,16 @@ def test_staircase_needs_a_speed_target():
         PruneOptions(structured=0.3, staircase=True)
     assert not PruneOptions(target_speedup=2, staircase=False).uses_staircase
     assert PruneOptions(target_speedup=2).uses_staircase
+
+
+def test_the_loop_stops_when_a_fraction_gives_a_model_already_measured():
+    """On a staircase two fractions can give the same allocation: no third try between."""
+    calls: list[float] = []
+
+    def evaluate(f: float) -> Trial:
+        calls.append(f)
+        macs = 0.25 if f < 0.4 else 0.6  # two models only
+        return Trial(f, macs=macs, speedup=1 / macs)
+
+    best, _ = search_speedup(evaluate, 2.5)
+    assert len(calls) < SPEEDUP_ITERATIONS and best.macs == 0.25

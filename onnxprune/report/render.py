@@ -152,6 +152,13 @@ def search_lines(t: dict) -> list[str]:
         head = (f"  target: the fewest MACs keeping {gates}: {t.get('allocation')} fraction "
                 f"{t['fraction']:.3g} (MACs {t['reached']:.3g}), {n} candidates:")
     out = [head]
+    st = t.get("staircase")
+    if st:
+        out.append(f"    latency staircase: {st['groups']} groups measured in "
+                   f"{st.get('spent_s') or 0:.0f} s, counts kept on their steps" if st.get("used")
+                   else f"    latency staircase: off ({st.get('why')})")  # fmt: skip
+    if t.get("losses"):
+        out.append(f"    losses priced by {t['losses']}")
     for c in t.get("iterations", []):
         speed = "-" if c.get("speedup") is None else f"{c['speedup']:.2f}x"
         cos = "-" if c.get("cosine") is None else f"{c['cosine']:.4f}"

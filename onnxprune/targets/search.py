@@ -123,7 +123,8 @@ def search_speedup(
     floor: float = FLOOR,
 ) -> tuple[Trial, list[Trial]]:
     """Measured candidates until one is within ``tolerance`` of ``target`` (or the budget is
-    spent, or the allocation cannot cut further): the chosen candidate and all of them.
+    spent, the allocation cannot cut further, or a new fraction gives a model already
+    measured): the chosen candidate and all of them.
 
     The chosen one reached at least (1 - tolerance) x target with the most MACs kept;
     when none did, the fastest."""
@@ -137,6 +138,8 @@ def search_speedup(
             break
         if s < target and (trial.at_floor or fraction <= floor):
             break  # nothing left to cut: unreachable
+        if any(abs(t.macs - trial.macs) < 1e-9 for t in trials[:-1]):
+            break  # the same allocation again (a step of the staircase): nothing in between
         fraction = next_fraction(trials, target, floor)
         if any(abs(fraction / t.fraction - 1.0) < 0.01 for t in trials):
             break  # the search has closed in on a fraction it measured
