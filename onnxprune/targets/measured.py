@@ -86,6 +86,10 @@ STAIRCASE_BUDGET_S = 60.0
 models get coarser steps within the budget)."""
 
 
+_TABLES: dict[tuple, object] = {}
+"""The last table measured, by file, settings and shapes (the sweep asks once per target)."""
+
+
 def staircase_hook(model, opts, *, timer=None,
                    budget_s: float | None = STAIRCASE_BUDGET_S) -> tuple[Callable | None, dict]:  # fmt: skip
     """(``TargetHook``'s ``allowed_for`` from a latency table measured on the target, or
@@ -108,7 +112,12 @@ def staircase_hook(model, opts, *, timer=None,
         os.fspath(model), feed, providers=tuple(resolve_providers(opts.providers)),
         threads=opts.threads or None, estimate="min", **({"timer": timer} if timer else {}),
     )  # fmt: skip
-    table = build_latency_table(spec, time_budget_s=budget_s)
+    key = (os.path.realpath(model), os.stat(model).st_mtime_ns, spec.providers, spec.threads,
+           tuple(sorted((k, tuple(v.shape)) for k, v in feed.items())), budget_s, timer)  # fmt: skip
+    if key not in _TABLES:  # a sweep's targets share one table
+        _TABLES.clear()
+        _TABLES[key] = build_latency_table(spec, time_budget_s=budget_s)
+    table = _TABLES[key]
     counts = staircase_counts(table)
 
     def allowed_for(free, scores, view) -> dict[str, list[int]]:
