@@ -159,6 +159,7 @@ def test_a_gate_nothing_passes_fails_with_the_search_in_the_report():
         prune(residual_block(), min_cosine=1.0, runs=5)
     t = exc.value.report.structured.target
     assert t["metric"] == "quality" and t["fraction"] is None and not t["met"]
+    assert t["losses"].startswith("score mass")
     assert len(t["iterations"]) == 12
 
 

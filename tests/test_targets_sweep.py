@@ -67,3 +67,16 @@ def test_parse_targets():
     assert parse_targets("0.5,4", "macs") == [0.5, 4.0]
     with pytest.raises(UsageError):
         parse_targets("0.5", "speedup")
+
+
+def test_sweep_with_labels_shows_accuracy(tmp_path, capsys, run_cli):
+    from pathlib import Path
+
+    models = Path(__file__).resolve().parent.parent / "models"
+    code, out, err = run_cli(
+        ["sweep", models / "digits_cnn.onnx", "--metric", "macs", "--targets", "2",
+         "--calib", models / "digits_cnn_calib.npz", "--val", models / "digits_cnn_test.npz",
+         "--val-labels", models / "digits_test_labels.npy", "--runs", 5], capsys)  # fmt: skip
+    assert code == 0, err
+    row = out.splitlines()[2]
+    assert row.startswith("2x") and "100.00% ->" in row

@@ -144,7 +144,7 @@ def search_lines(t: dict) -> list[str]:
     if t["metric"] == "speedup":
         got = t.get("reached")
         shown = "-" if got is None else f"{got:.2f}x"
-        verdict = "met" if t.get("met") else f"not met (within {t['tolerance']:.0%} asked)"
+        verdict = "met" if t.get("met") else f"not met: below {1 - t['tolerance']:.2f} x the target"
         head = (f"  target: speed-up {t['target']:.3g}x measured; the result measured {shown} "
                 f"({verdict}) at MAC fraction {t['fraction']:.3g}, {n} candidates:")
     else:

@@ -229,10 +229,16 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
     opts = replace(opts, hooks=hooks or None)
     total = SPEEDUP_ITERATIONS if opts.search == "speedup" else 2 * QUALITY_ITERATIONS
     with progress_bar(total=total, desc="search", unit="candidate", enabled=progress) as bar:
-        if opts.search == "speedup":
-            final_opts, summary = _speedup(model, opts, prune_with, measure, bar)
-        else:
-            final_opts, summary = _quality(model, opts, prune_with, bar)
+        try:
+            if opts.search == "speedup":
+                final_opts, summary = _speedup(model, opts, prune_with, measure, bar)
+            else:
+                final_opts, summary = _quality(model, opts, prune_with, bar)
+        except GateError as exc:  # nothing passed: the report says what priced the search
+            target = getattr(getattr(exc.report, "structured", None), "target", None)
+            if isinstance(target, dict):
+                target["losses"] = priced
+            raise
     searched = time.perf_counter() - start
     summary["losses"] = priced
     if opts.search == "speedup":
