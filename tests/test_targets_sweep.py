@@ -80,3 +80,8 @@ def test_sweep_with_labels_shows_accuracy(tmp_path, capsys, run_cli):
     assert code == 0, err
     row = out.splitlines()[2]
     assert row.startswith("2x") and "100.00% ->" in row
+
+
+def test_a_missing_model_is_one_error_not_a_row_per_target(tmp_path, capsys, run_cli):
+    code, out, err = run_cli(["sweep", tmp_path / "nope.onnx", "--targets", "1.5,2"], capsys)
+    assert code == 1 and err.startswith("error:") and "does not exist" in err and out == ""

@@ -90,6 +90,10 @@ def sweep(
         from onnxprune.api import prune_with
     base = dict(base or {})
     runs = [(t, _options(base, metric, t)) for t in targets]
+    if isinstance(model, str | os.PathLike):  # a missing or broken model: one error, now
+        from onnxprune.graph import modelfile as io
+
+        io.load_model(model)
     rows = []
     for target, opts in runs:
         row = SweepRow(target, metric)
