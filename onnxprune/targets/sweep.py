@@ -2,7 +2,8 @@
 
 Each target is a full ``prune`` run (nothing written): ``--metric speedup`` runs
 ``--target-speedup T`` (measured), ``--metric macs`` runs ``--target-macs`` (a target T > 1
-keeps 1/T of the MACs; one in (0, 1) is the fraction kept). A row holds what that run
+keeps 1/T of the MACs; one in (0, 1) is the fraction kept), priced by measured losses with
+``--calib`` as the searches are (``targets.measured``). A row holds what that run
 measured: speed-up (interleaved, as validation reports it), MACs and params after/before,
 cosine and top-1 agreement, accuracy before/after with labels, and whether the target was met.
 A target that fails (a gate, nothing left to prune) is a row with its error, not the end of
@@ -94,6 +95,14 @@ def sweep(
         from onnxprune.graph import modelfile as io
 
         io.load_model(model)
+    if metric == "macs" and runs:  # measured losses with --calib, as the searches use them
+        from dataclasses import replace
+
+        from onnxprune.targets.measured import losses_hook
+
+        losses_for, _ = losses_hook(model, runs[0][1])
+        if losses_for is not None:
+            runs = [(t, replace(o, hooks={"losses_for": losses_for})) for t, o in runs]
     rows = []
     for target, opts in runs:
         row = SweepRow(target, metric)
