@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from onnx import numpy_helper
 
 from onnxprune.recovery.recover import RecoveryOptions, recover_structured, recover_unstructured
-from onnxprune.recovery.solvers import least_squares, mean_shift, obs_sparsify
+from onnxprune.recovery.solvers import least_squares, mean_shift, obs_factor, obs_sparsify
 from onnxprune.structured.engine import StructuredOptions, prune_structured
 from onnxprune.testing.graphs import (
     Builder,
@@ -291,6 +291,47 @@ def test_obs_zeroes_inputs_that_never_fire_first_and_for_free():
     assert _err(x, w, got) == pytest.approx(0, abs=1e-5)
 
 
+def _obs_unblocked(w: np.ndarray, u: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The textbook OBS sweep, one column at a time over the whole row, for a fixed mask:
+    the reference the lazy block updates must reproduce."""
+    w = w.astype(np.float32).copy()
+    for j in range(w.shape[1] - 1):
+        e = np.where(mask[:, j], w[:, j], 0.0) / u[j, j]
+        w[:, j:] -= np.outer(e, u[j, j:])
+        w[:, j] = np.where(mask[:, j], 0.0, w[:, j])
+    return w
+
+
+@pytest.mark.parametrize("block", [4, 8, 24, 128])
+def test_obs_blocked_updates_equal_the_unblocked_sweep_for_the_same_mask(block):
+    """One block over every column chooses the mask from the starting weights; the lazy
+    batches (any block size) then give the weights of the plain column-by-column sweep."""
+    x, w = _obs_case(3, 16, 48)
+    h = x.T @ x
+    u = obs_factor(h, 0.01)[0]
+    zeros = 16 * 20
+    one_block = obs_sparsify(w, h, zeros=zeros, block=48, factor=u)
+    mask = one_block[:, :48] == 0
+    ref = _obs_unblocked(w, u, np.pad(mask, ((0, 0), (0, 1))))
+    np.testing.assert_allclose(one_block, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    # N:M groups are chosen from fully updated weights, whatever the block: same weights
+    nm = obs_sparsify(w, h, nm=(2, 4), block=block, factor=u)
+    ref_nm = _obs_unblocked(w, u, np.pad(nm[:, :48] == 0, ((0, 0), (0, 1))))
+    np.testing.assert_allclose(nm, ref_nm, rtol=1e-4, atol=1e-4 * np.abs(ref_nm).max())
+    assert np.array_equal(obs_sparsify(w, h, nm=(2, 4), block=128, factor=u) == 0, nm == 0)
+
+
+def test_obs_with_a_group_axis_equals_one_group_at_a_time():
+    cases = [_obs_case(seed, 8, 16) for seed in range(3)]
+    w = np.stack([c[1] for c in cases])
+    h = np.stack([c[0].T @ c[0] for c in cases])
+    zeros = [40, 41, 39]
+    got = obs_sparsify(w, h, zeros=zeros, block=8)
+    for k in range(3):
+        np.testing.assert_array_equal(got[k], obs_sparsify(w[k], h[k], zeros=zeros[k], block=8))
+    assert [int((got[k, :, :16] == 0).sum()) for k in range(3)] == zeros
+
+
 # --------------------------------------------------------------------------------------------
 # recover_structured
 # --------------------------------------------------------------------------------------------
@@ -470,6 +511,17 @@ def test_unstructured_recovery_keeps_the_sparsity_and_lowers_held_out_error(buil
     before = mse(pruned, reference, held)
     after_bias, after_obs = mse(bias_only, reference, held), mse(obs, reference, held)
     assert after_obs < after_bias < before, (before, after_bias, after_obs)
+
+
+def test_recovery_says_where_its_seconds_went():
+    model = mlp_block()
+    pruned, res = prune_unstructured(model, ratio=0.5)
+    names = [t["tensor"] for t in res.tensors]
+    _, rec = recover_unstructured(model, pruned, names, feeds(model, 64, 0), FAST)
+    stages = rec.to_dict()["stage_seconds"]
+    assert set(stages) == {"taps", "gram", "factor", "solve"}
+    assert all(v >= 0 for v in stages.values()) and rec.stage_seconds["factor"] > 0
+    assert sum(rec.stage_seconds.values()) <= rec.seconds
 
 
 def test_digits_mlp_at_90_percent_global_sparsity_recovers_its_accuracy():

@@ -103,6 +103,17 @@ class RecoveryResult:
     samples: int = 0
     waves: int = 0
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Where ``seconds`` went: ``taps`` (onnxruntime runs of both models), ``gram`` (Gram
+    matrices from the sampled rows), ``factor`` (OBS: the inverse-Hessian factor and the
+    dense target), ``solve`` (the per-layer solvers: OBS sparsification, least squares,
+    bias shift, and the error measurements around them)."""
+
+    def timed(self, stage: str, t0: float) -> float:
+        """Add the time since ``t0`` to ``stage``; the new start time."""
+        now = time.perf_counter()
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + now - t0
+        return now
 
     def to_dict(self) -> dict:
         known = [x for x in self.layers if np.isfinite(x["err_before"])]
@@ -113,6 +124,7 @@ class RecoveryResult:
             "samples": self.samples,
             "waves": self.waves,
             "seconds": self.seconds,
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "layers_refit": len(self.layers),
             "mean_err_before": float(np.mean(errs_b)) if errs_b else None,
             "mean_err_after": float(np.mean(errs_a)) if errs_a else None,
@@ -238,7 +250,9 @@ def _run(
         stats = {id(t): LayerStats(t.lp, t.lo, t.group_map, t.method != "obs") for t in wave}
         feeds_o = run_taps(sess_o, inputs, xs, batch)
         feeds_p = run_taps(sess_p, inputs, xs, batch)
+        t0 = time.perf_counter()
         for (feed, vo), (_, vp) in zip(feeds_o, feeds_p, strict=True):
+            t0 = result.timed("taps", t0)
             for t in wave:
                 xo, xp = vo[t.lo.x], vp[t.lp.x]
                 rows = _live_rows(t.lo, xo.shape, feed)
@@ -246,9 +260,16 @@ def _run(
                 picks = np.sort(rng.choice(rows, size=take, replace=False)) if take < len(rows) else rows
                 if len(picks):
                     stats[id(t)].add(xp, xo, picks)
+            t0 = result.timed("gram", t0)
+        t0 = result.timed("taps", t0)  # the generators' last, empty step
         for t in wave:
             stats[id(t)].fold()
+            t0 = result.timed("gram", t0)
+            factor_s = result.stage_seconds.get("factor", 0.0)
             _refit(t, stats[id(t)], params_o, params_p, opts, result)
+            # the rest of the refit (solvers, error measurements, writing) is "solve"
+            result.stage_seconds["factor"] = result.stage_seconds.get("factor", 0.0)
+            t0 = result.timed("solve", t0 + result.stage_seconds["factor"] - factor_s)
         if progress is not None:
             progress(len(wave))
     return current
@@ -267,13 +288,16 @@ def _refit(
     if t.method == "obs":
         shares = _shares(t.zeros, target.shape[0])
         rows = []
+        t0 = time.perf_counter()
         for k in range(target.shape[0]):
             u, h = obs_factor(st.gpp[k], opts.damp)
             # The dense least-squares target, with the same damped H, toward the original.
             rhs = target[k] @ st.gop[k] + target[k] * (np.diagonal(h) - np.diagonal(st.gpp[k]))
             dense = (rhs.astype(np.float32) @ u.T) @ u  # rhs H^-1, H^-1 = U^T U
+            result.timed("factor", t0)
             rows.append(obs_sparsify(dense, st.gpp[k], zeros=shares[k], nm=t.nm,
                                      block=opts.block, factor=u))  # fmt: skip
+            t0 = time.perf_counter()
         new = np.stack(rows)
         if not opts.bias:
             new[..., -1] = w0[..., -1]

@@ -72,6 +72,8 @@ class RecoverySummary:
     """Per refit layer: name, op, method, rows, err_before, err_after (leaf records)."""
     skipped: list[dict] = field(default_factory=list)
     """Per layer left alone: layer, reason (leaf records)."""
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Where ``seconds`` went: taps, gram, factor, solve (``RecoveryResult.stage_seconds``)."""
 
     @classmethod
     def from_result(cls, result: Any) -> RecoverySummary:
@@ -82,7 +84,7 @@ class RecoverySummary:
             steps=list(d["steps"]), samples=d["samples"], waves=d["waves"],
             seconds=d["seconds"], layers_refit=d["layers_refit"],
             mean_err_before=d["mean_err_before"], mean_err_after=d["mean_err_after"],
-            layers=d["layers"], skipped=d["skipped"],
+            layers=d["layers"], skipped=d["skipped"], stage_seconds=d.get("stage_seconds", {}),
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,6 +93,7 @@ class RecoverySummary:
             "samples": self.samples,
             "waves": self.waves,
             "seconds": self.seconds,
+            "stage_seconds": dict(self.stage_seconds),
             "layers_refit": self.layers_refit,
             "mean_err_before": self.mean_err_before,
             "mean_err_after": self.mean_err_after,
