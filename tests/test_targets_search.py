@@ -301,3 +301,16 @@ def test_the_loop_stops_when_a_fraction_gives_a_model_already_measured():
 
     best, _ = search_speedup(evaluate, 2.5)
     assert len(calls) < SPEEDUP_ITERATIONS and best.macs == 0.25
+
+
+def test_a_search_saves_its_plan_and_the_plan_reapplies_exactly(tmp_path):
+    src = tmp_path / "m.onnx"
+    onnx.save(residual_block(), src)
+    plan = tmp_path / "plan.json"
+    opts = PruneOptions(target_speedup=1.5, runs=5, save_plan=plan, staircase=False)
+    out = tmp_path / "out.onnx"
+    result = prune_searched(src, opts, prune_with, output=out, measure=_fake_measure)
+    assert out.exists() and plan.exists()
+    again = prune(src, plan=plan, validate=False)
+    assert again.report.macs_after == result.report.macs_after
+    assert again.report.params_after == result.report.params_after
