@@ -41,7 +41,7 @@ def test_sweep_prints_one_row_per_target_and_valid_json(model_path, tmp_path, ca
 
 
 def test_sweep_by_measured_speedup_runs_the_search_per_target(model_path):
-    rows = sweep(model_path, [1.2, 1.5], base={"runs": 5})
+    rows = sweep(model_path, [1.2, 1.5], base={"runs": 5, "staircase": None})
     assert [r.target for r in rows] == [1.2, 1.5]
     for r in rows:
         assert r.metric == "speedup" and r.speedup is not None and r.met is not None
@@ -55,6 +55,7 @@ def test_sweep_by_measured_speedup_runs_the_search_per_target(model_path):
         (["--targets", "1,2"], "must be numbers above 1"),
         (["--targets", "abc"], "--targets must be numbers"),
         (["--targets", "2", "--metric", "macs", "--structured", "0.3"], "No such option"),
+        (["--targets", "2", "--metric", "macs", "--staircase"], "use it with --metric speedup"),
     ],
 )
 def test_bad_sweeps_are_one_error_line(model_path, capsys, run_cli, args, needle):

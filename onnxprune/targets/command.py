@@ -122,6 +122,9 @@ def _sweep_options(f):
                      help="Leave nodes/tensors whose name matches GLOB intact (repeatable)."),
         click.option("--runs", type=click.IntRange(min=5), default=default("runs"),
                      show_default=True, help="Latency runs per model per measurement."),
+        click.option("--staircase/--no-staircase", default=None,
+                     help="--metric speedup: measure the latency staircase once, first "
+                     "[default: on]."),
         click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
     ]  # fmt: skip
     return apply_options(own)(f)

@@ -90,6 +90,8 @@ def sweep(
     if prune_with is None:
         from onnxprune.api import prune_with
     base = dict(base or {})
+    if metric == "macs" and base.get("staircase"):
+        raise UsageError("--staircase prices speed-up targets: use it with --metric speedup")
     runs = [(t, _options(base, metric, t)) for t in targets]
     if isinstance(model, str | os.PathLike):  # a missing or broken model: one error, now
         from onnxprune.graph import modelfile as io
