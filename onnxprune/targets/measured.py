@@ -86,6 +86,36 @@ STAIRCASE_BUDGET_S = 60.0
 models get coarser steps within the budget)."""
 
 
+def _validation_data(model, opts):
+    """The data validation will time (so the table is measured at its batch and shapes):
+    ``--val``, else the held-out part of ``--calib``, else None (random inputs)."""
+    if opts.calib is None:
+        return None
+    from onnxprune.calibration.data import make_inputs, split_holdout
+    from onnxprune.options import HOLDOUT_FRACTION, HOLDOUT_MIN
+
+    extra = {"preprocess": opts.calib_preprocess} if opts.calib_preprocess else {}
+    if opts.val is not None:
+        return make_inputs(model, calib=opts.val, **extra)
+    data = make_inputs(model, calib=opts.calib, max_samples=opts.calib_samples, **extra)
+    if opts.holdout:
+        _, held, _ = split_holdout(data, HOLDOUT_FRACTION, HOLDOUT_MIN)
+        return data if held is None else held
+    return data
+
+
+def _first_run(model, inputs) -> dict:
+    """What validation times: the first run of its inputs, at the batch the model fixes,
+    else the data's run batch, else all of them (``runtime.feeds.chunked``)."""
+    from onnxprune.runtime.feeds import chunked
+
+    init = {i.name for i in model.graph.initializer}
+    dims = {d.dim[0].dim_value for vi in model.graph.input if vi.name not in init
+            for d in [vi.type.tensor_type.shape] if d.dim and d.dim[0].dim_value > 0}  # fmt: skip
+    fixed = dims.pop() if len(dims) == 1 else getattr(inputs, "run_batch", None)
+    return chunked(dict(inputs), fixed, [])[0]
+
+
 _TABLES: dict[tuple, object] = {}
 """The last table measured, by file, settings and shapes (the sweep asks once per target)."""
 
@@ -104,10 +134,11 @@ def staircase_hook(model, opts, *, timer=None,
     from onnxprune.targets.latency import TableSpec, build_latency_table, staircase_counts
 
     loaded = io.load_model(model).model
-    resolved = resolve_shapes(loaded, opts.input_shapes)
-    inputs = random_validation_inputs(loaded, resolved, 1, opts.seed)
-    feed = {k: v[: resolved.shapes[k][0]] if resolved.shapes.get(k) else v
-            for k, v in inputs.items()}  # fmt: skip
+    inputs = _validation_data(loaded, opts)
+    resolved = resolve_shapes(loaded, opts.input_shapes, inputs)
+    if inputs is None:
+        inputs = random_validation_inputs(loaded, resolved, opts.samples, opts.seed)
+    feed = _first_run(loaded, inputs)
     spec = TableSpec(
         os.fspath(model), feed, providers=tuple(resolve_providers(opts.providers)),
         threads=opts.threads or None, estimate="min", **({"timer": timer} if timer else {}),
