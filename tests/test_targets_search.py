@@ -314,3 +314,18 @@ def test_a_search_saves_its_plan_and_the_plan_reapplies_exactly(tmp_path):
     again = prune(src, plan=plan, validate=False)
     assert again.report.macs_after == result.report.macs_after
     assert again.report.params_after == result.report.params_after
+
+
+def test_the_staircase_is_timed_on_the_batch_validation_times(tmp_path):
+    from pathlib import Path
+
+    from onnxprune.targets.measured import staircase_hook
+
+    models = Path(__file__).resolve().parent.parent / "models"
+    cnn, calib = models / "digits_cnn.onnx", models / "digits_cnn_calib.npz"
+    opts = PruneOptions(target_speedup=2, calib=calib)  # 256 samples: the last 51 held out
+    _, about = staircase_hook(cnn, opts, timer=_block_clock, budget_s=None)
+    assert about["shapes"] == {"input": [51, 1, 8, 8]}
+    _, about = staircase_hook(cnn, PruneOptions(target_speedup=2, samples=7), timer=_block_clock,
+                              budget_s=None)  # fmt: skip
+    assert about["shapes"] == {"input": [7, 1, 8, 8]}  # dynamic batch: all random samples

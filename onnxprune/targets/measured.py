@@ -155,6 +155,6 @@ def staircase_hook(model, opts, *, timer=None,
         return {g.id: counts[g.id] for g in free if g.id in counts}
 
     about = {"used": True, "groups": len(counts), "budget_s": budget_s,
-             "spent_s": table.settings.get("spent_s"),
+             "spent_s": table.settings.get("spent_s"), "shapes": table.settings.get("shapes"),
              "steps": {gid: list(ks) for gid, ks in counts.items()}}  # fmt: skip
     return allowed_for, about
