@@ -134,21 +134,24 @@ def test_an_intermediate_read_elsewhere_is_kept_for_that_reader():
     prune_exact(out, 0.5)
 
 
-def test_weight_only_int8_and_fp16_chains_are_not_widened():
-    """Folding would store float32 in place of int8 (4x) or fp16 (2x): left as they are."""
-    b = Builder()
+@pytest.mark.parametrize("opset", [17, 19])  # the reference evaluator has DQ from 19 only
+def test_weight_only_int8_and_fp16_chains_are_not_widened(opset):
+    """Folding would store float32 in place of int8 (4x) or fp16 (2x): the int8 weight and
+    its DequantizeLinear stay, the fp16 chain is folded only up to its Cast, in fp16."""
+    b = Builder(opset=opset)
     x = b.input([2, 4])
     q = b.const(np.arange(-32, 32, dtype=np.int8).reshape(4, 16), "wq")
     w = b.op("DequantizeLinear", [q, b.const(np.float32(0.1)), b.const(np.int8(0))])
-    h = b.const(np.ones((16, 3), np.float16), "w16")
-    w2 = b.op("Reshape", [h, b.ints([16, 3])])
+    h = b.const(np.ones((3, 16), np.float16), "w16")
+    w2 = b.op("Transpose", [b.op("Reshape", [h, b.ints([3, 16])], name="r16")], perm=[1, 0])
     w2 = b.op("Cast", [w2], to=TensorProto.FLOAT)
     model = b.build([b.op("MatMul", [b.op("MatMul", [x, w]), w2])])
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    notes = normalize_model(out)
-    assert not any("computed from constants" in n for n in notes)
-    assert [n.op_type for n in out.graph.node] == [n.op_type for n in model.graph.node]
+    out, notes = normalized(model)
+    assert any("1 weight computed" in n for n in notes), notes
+    assert [n.op_type for n in out.graph.node] == ["DequantizeLinear", "Cast", "MatMul", "MatMul"]
+    types = {t.name: t.data_type for t in out.graph.initializer if len(t.dims) == 2}
+    assert sorted(types.values()) == [TensorProto.INT8, TensorProto.FLOAT16]
+    assert out.ByteSize() <= model.ByteSize()
 
 
 # ---- 2. keras / tf2onnx NHWC Transpose sandwiches -----------------------------------------
@@ -263,6 +266,26 @@ def test_low_precision_weights_are_sliced_in_their_own_dtype(dtype, elem):
     assert dims == [[2, 4, 1, 1], [4], [4, 3, 3, 3]]
     assert [n.op_type for n in pruned.graph.node].count("Cast") == 3
     assert pruned.ByteSize() < model.ByteSize()
+
+
+def test_fp16_chain_before_a_cast_is_folded_in_fp16_and_the_cast_kept():
+    """tf2onnx with mixed precision: fp16 HWIO kernel -> Transpose -> Reshape -> Cast."""
+    b = Builder(seed=7)
+    x = b.input([1, 3, 6, 6])
+    k = (b.rng.standard_normal([3, 3, 3, C]) * 0.3).astype(np.float16)
+    t = b.op("Transpose", [b.const(k, "hwio16")], perm=[3, 2, 0, 1])
+    t = b.op("Reshape", [t, b.ints([C, 3, 3, 3])], name="w16")
+    w = b.op("Cast", [t], to=TensorProto.FLOAT, name="w32")
+    y = b.relu(b.op("Conv", [x, w], pads=[1, 1, 1, 1], name="producer"))
+    model = b.build([b.conv(y, C, 2, name="consumer")])
+    out, notes = normalized(model)
+    assert any("1 weight computed" in n for n in notes), notes
+    assert [n.op_type for n in out.graph.node][:2] == ["Cast", "Conv"]
+    assert initializer_names(out)["w16_out"].data_type == TensorProto.FLOAT16
+    pruned, plan = prune_exact(out, 0.5)
+    assert plan.groups[0].channels_after == 4
+    w16 = [t for t in pruned.graph.initializer if t.data_type == TensorProto.FLOAT16]
+    assert [list(t.dims) for t in w16] == [[4, 3, 3, 3]]
 
 
 def test_fp16_weights_through_the_api_keep_their_dtype():

@@ -12,9 +12,9 @@ What is folded: a float tensor computed only from constants by the ops in ``FOLD
 read by a node outside the chain, when the result is no larger than the largest constant it
 is computed from. That last condition keeps the model's size: a weight-only int8 weight
 (``DequantizeLinear`` or ``Cast`` of int8) would become float32, four times larger, and an
-fp16 weight read through ``Cast`` twice as large, so both are left as they are (fp16 weights
-are sliced in their own dtype through the Cast, see ``GraphView.aliases``; int8 ones are the
-quantized models' business). Chains of Identity and Transpose only are left too: the
+fp16 weight read through ``Cast`` twice as large, so neither is folded whole: an fp16 chain
+is folded up to its Cast, in fp16, and the weight is then sliced in its own dtype through the
+Cast (``GraphView.alias_dtype``); int8 ones are left to the quantized models' rules. Chains of Identity and Transpose only are left too: the
 analysis already follows them. A chain result that is also a graph output keeps its node.
 """
 
@@ -118,6 +118,10 @@ def fold_weight_chains(model: onnx.ModelProto) -> tuple[int, int]:
         return nodes, roots
 
     candidates: dict[str, tuple[set[int], set[str]]] = {}
+    # A result that would grow (fp16 -> Reshape -> Cast(to=float)) may still have its
+    # part before the Cast folded, in its own dtype: the Cast then reads an initializer
+    # and the analysis follows it as a view (``GraphView.alias_dtype``).
+    before_cast: dict[str, str] = {}
     for name in produced:
         if name not in outside_readers or name in graph_outputs:
             continue
@@ -125,15 +129,27 @@ def fold_weight_chains(model: onnx.ModelProto) -> tuple[int, int]:
         if all(graph.node[i].op_type in _VIEWS for i in nodes):
             continue
         candidates[name] = (nodes, roots)
+        node = graph.node[produced[name]]
+        if node.op_type == "Cast" and node.input[0] in produced:
+            nodes, roots = ancestry(node.input[0])
+            if not all(graph.node[i].op_type in _VIEWS for i in nodes):
+                candidates.setdefault(node.input[0], (nodes, roots))
+                before_cast[name] = node.input[0]
     if not candidates:
         return 0, 0
     values = _evaluate(model, candidates, order, inits)
+
+    def fits(name: str) -> bool:
+        value = values.get(name)
+        largest = max((tensor_nbytes(inits[r]) for r in candidates[name][1]), default=0)
+        return value is not None and value.nbytes <= largest
+
     folded: dict[str, np.ndarray] = {}
-    for name, value in values.items():
-        _, roots = candidates[name]
-        largest = max((tensor_nbytes(inits[r]) for r in roots), default=0)
-        if value is not None and value.nbytes <= largest:
-            folded[name] = value
+    for name in values:
+        if name in outside_readers and fits(name):
+            folded[name] = values[name]
+        elif before_cast.get(name) is not None and fits(before_cast[name]):
+            folded[before_cast[name]] = values[before_cast[name]]
     if not folded:
         return 0, 0
     for name, value in folded.items():
@@ -151,29 +167,22 @@ def _evaluate(
     order: list[int],
     inits: dict[str, onnx.TensorProto],
 ) -> dict[str, np.ndarray | None]:
-    """The float value of each candidate, from one run of the reference evaluator over the
-    constant nodes involved; None for a non-float result. Empty if the evaluator fails."""
-    from onnx.reference import ReferenceEvaluator
-
-    graph = model.graph
-    needed = set().union(*(nodes for nodes, _ in candidates.values()))
-    roots = set().union(*(r for _, r in candidates.values()))
+    """The float value of each candidate (None for a non-float result), from one run of the
+    reference evaluator over the constant nodes involved. When that run fails (the evaluator
+    has no kernel for some op at this opset: DequantizeLinear before 19), each chain is run
+    alone, and the ones that fail are left out."""
     names = list(candidates)
-    sub = onnx.helper.make_graph(
-        [graph.node[i] for i in order if i in needed],
-        "weight_chains",
-        [],
-        [onnx.helper.make_empty_tensor_value_info(n) for n in names],
-        [inits[r] for r in sorted(roots)],
-    )
-    sub_model = onnx.helper.make_model(sub, opset_imports=list(model.opset_import))
-    sub_model.ir_version = model.ir_version
-    try:
-        results = ReferenceEvaluator(sub_model).run(None, {})
-    except Exception:  # the evaluator raises many types on ops it cannot run
-        return {}
+    results = _run_chains(model, {n: candidates[n] for n in names}, order, inits)
+    if results is None:
+        found = {}
+        for name in names:
+            one = _run_chains(model, {name: candidates[name]}, order, inits)
+            if one is not None:
+                found[name] = one[0]
+    else:
+        found = dict(zip(names, results, strict=True))
     out: dict[str, np.ndarray | None] = {}
-    for name, value in zip(names, results, strict=True):
+    for name, value in found.items():
         arr = np.asarray(value)
         try:
             elem = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
@@ -181,6 +190,33 @@ def _evaluate(
             elem = None
         out[name] = arr if elem in _FLOATS else None
     return out
+
+
+def _run_chains(
+    model: onnx.ModelProto,
+    chains: dict[str, tuple[set[int], set[str]]],
+    order: list[int],
+    inits: dict[str, onnx.TensorProto],
+) -> list | None:
+    """The values of ``chains`` (name: its nodes and roots) in order, or None on failure."""
+    from onnx.reference import ReferenceEvaluator
+
+    graph = model.graph
+    needed = set().union(*(nodes for nodes, _ in chains.values()))
+    roots = set().union(*(r for _, r in chains.values()))
+    sub = onnx.helper.make_graph(
+        [graph.node[i] for i in order if i in needed],
+        "weight_chains",
+        [],
+        [onnx.helper.make_empty_tensor_value_info(n) for n in chains],
+        [inits[r] for r in sorted(roots)],
+    )
+    sub_model = onnx.helper.make_model(sub, opset_imports=list(model.opset_import))
+    sub_model.ir_version = model.ir_version
+    try:
+        return list(ReferenceEvaluator(sub_model).run(None, {}))
+    except Exception:  # the evaluator raises many types on ops it cannot run
+        return None
 
 
 def _drop_dead_chain(
