@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune import prune
-from onnxprune.graph.load import needs_normalization, normalize_model
+from onnxprune.graph.load import load_model, needs_normalization, normalize_model
 from onnxprune.testing.graphs import Builder, small_cnn
 from onnxprune.testing.oracles import (
     assert_close,
@@ -91,6 +91,20 @@ def test_jax2tf_weights_prune_through_the_api_with_the_fold_noted():
     result = prune(jax2tf_model(), structured=0.5, round_to=1, runs=3)  # validated in ort
     assert any("folded into initializers" in n for n in result.report.notes)
     assert result.report.structured.prunable
+
+
+def test_an_unsorted_jax2tf_file_loads_folded_and_sorted(tmp_path):
+    model = jax2tf_model()
+    nodes = list(model.graph.node)[::-1]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    path = tmp_path / "jax2tf.onnx"
+    onnx.save(model, path)
+    loaded = load_model(path)
+    assert any("folded into initializers" in n for n in loaded.notes), loaded.notes
+    assert any("sorted" in n for n in loaded.notes), loaded.notes
+    assert loaded.model.graph.node[0].op_type == "Conv"
+    prune_exact(loaded.model, 0.5)
 
 
 def test_a_chain_read_inside_an_if_branch_stays_readable():
@@ -180,6 +194,19 @@ def test_nhwc_sandwich_prunes_exactly_with_last_axis_constants_sliced():
     assert list(inits["bias_add"].dims) == [4] and list(inits["scale"].dims) == [4]
     assert list(inits["consumer.weight"].dims) == [2, 4, 1, 1]
     assert_planted_dead(nhwc_block())
+
+
+def test_nhwc_global_pool_into_dense_prunes_exactly():
+    """keras GlobalAveragePooling2D in NHWC (ReduceMean over H, W) then a Dense MatMul."""
+    b = Builder(seed=8)
+    x = b.input([1, 6, 6, 3], "x_nhwc")
+    y = b.op("Transpose", [x], perm=[0, 3, 1, 2])
+    y = b.conv(y, 3, C, name="producer")
+    y = b.relu(b.op("Transpose", [y], perm=[0, 2, 3, 1]))
+    y = b.op("ReduceMean", [y], axes=[1, 2], keepdims=0)
+    model = b.build([b.matmul(y, C, 3, name="dense")])
+    pruned, _ = prune_exact(model, 0.5)
+    assert list(initializer_names(pruned)["dense.weight"].dims) == [4, 3]
 
 
 # ---- 3. PRelu / LeakyRelu / Max / Min, channel-wise --------------------------------------
