@@ -83,7 +83,8 @@ def _write_side_output(path: Path, flag: str, write) -> None:
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
 @prune_options
 def prune_cmd(
-    model: Path, output: Path | None, report_path: Path | None, quiet: bool, **kw
+    model: Path, output: Path | None, report_path: Path | None, quiet: bool, verbose: bool,
+    **kw,
 ) -> None:
     """Prune MODEL and write the validated result."""
     from onnxprune.api import prune_with
@@ -100,14 +101,35 @@ def prune_cmd(
         result = prune_with(model, opts, output=out, progress=not quiet)
     except GateError as exc:  # the report says which gate failed by how much: write it first
         if report_path is not None and exc.report is not None:
-            _write_side_output(report_path, "--report", exc.report.write_json)
+            _write_report(report_path, exc.report, model, None, {**kw, "output": output})
         if not quiet and exc.report is not None:
-            click.echo(exc.report.render())
+            click.echo(exc.report.render(verbose=verbose))
         raise
     if report_path is not None:
-        _write_side_output(report_path, "--report", result.report.write_json)
+        _write_report(report_path, result.report, model, result.model, {**kw, "output": output})
     if not quiet:
-        click.echo(result.report.render())
+        click.echo(result.report.render(verbose=verbose))
+
+
+def is_html(path: Path) -> bool:
+    """``--report`` writes HTML for a path ending .html or .htm, JSON for any other."""
+    return path.suffix.lower() in (".html", ".htm")
+
+
+def _write_report(path: Path, report, model: Path, pruned, settings: dict) -> None:
+    """The report at ``path``: JSON, or the HTML page (with a per-op profile of both models
+    when the pruned one is at hand)."""
+    if not is_html(path):
+        _write_side_output(path, "--report", report.write_json)
+        return
+    from onnxprune.graph.modelfile import load_model
+    from onnxprune.report.html import prune_page, write_page
+    from onnxprune.report.page_facts import gather_facts
+
+    original = load_model(model).model
+    facts = gather_facts(original, pruned, report, settings, seed=settings.get("seed", 0))
+    text = prune_page(report.to_dict(), facts)
+    _write_side_output(path, "--report", lambda p: write_page(p, text))
 
 
 @cli.command("inspect", epilog=INSPECT_EXAMPLES)

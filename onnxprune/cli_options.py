@@ -310,10 +310,17 @@ prune_options = apply_options(
             "report_path",
             type=click.Path(path_type=Path),
             default=None,
-            help="Also write the report as JSON to this path.",
+            metavar="PATH",
+            help="Also write the report to PATH: a self-contained HTML page with plots when "
+            "PATH ends in .html (profiles both models per op type: a few seconds more), "
+            "else JSON.",
         ),
         click.option("--force", is_flag=True, help="Allow the output to overwrite the input."),
         click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
+        click.option(
+            "-v", "--verbose", is_flag=True,
+            help="List every group in the table (default: the first 25 and a summary line).",
+        ),
         *TARGET_OPTIONS,
     ]
 )
