@@ -124,3 +124,17 @@ def test_analysis_page_has_a_sensitivity_plot():
     assert 'data-key="loss@0.5" data-value="0.1"' in page
 
 
+
+
+def test_analyze_report_html_is_the_same_page(tmp_path: Path):
+    model = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn(), model)
+    out = tmp_path / "a.html"
+    args = ["analyze", str(model), "--fractions", "0.5", "--samples", "2", "--no-cache", "-q"]
+    r = CliRunner().invoke(cli, [*args, "--report", str(out), "--json", str(tmp_path / "a.json")])
+    assert r.exit_code == 0, r.output
+    page = out.read_text(encoding="utf-8")
+    _assert_self_contained(page)
+    assert page.count("<svg") == 1
+    saved = json.loads((tmp_path / "a.json").read_text())
+    assert _data(page)["analysis"]["groups"] == saved["groups"]
