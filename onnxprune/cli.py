@@ -20,6 +20,7 @@ from onnxprune.cli_options import (
     VALIDATE_EXAMPLES,
     data_options,
     input_options,
+    inspect_options,
     prune_options,
 )
 from onnxprune.errors import OnnxPruneError, UsageError
@@ -134,18 +135,20 @@ def _write_report(path: Path, report, model: Path, pruned, settings: dict) -> No
 
 @cli.command("inspect", epilog=INSPECT_EXAMPLES)
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "--nm",
-    default="2:4",
-    show_default=True,
-    metavar="N:M",
-    help="Pattern to check each weight against.",
-)
-def inspect_cmd(model: Path, nm: str) -> None:
-    """Print each weight tensor's shape, sparsity and N:M status, and model totals."""
-    from onnxprune.report.inspection import inspect_model
+@inspect_options
+def inspect_cmd(model: Path, nm: str, input_shapes: tuple, json_path: Path | None) -> None:
+    """Per layer: op, weight shape, params and MACs; the groups --structured could prune and
+    why the others cannot; each weight's sparsity and N:M status. Writes nothing but --json."""
+    import json
 
-    click.echo(inspect_model(model, nm))
+    from onnxprune.report.inspection import inspect_data, render_inspection
+
+    _check_outputs([model], [("--json", json_path)])
+    data = inspect_data(model, nm, list(input_shapes) or None)
+    if json_path is not None:
+        text = json.dumps(data, indent=2) + "\n"
+        _write_side_output(json_path, "--json", lambda p: p.write_text(text))
+    click.echo(render_inspection(data))
 
 
 @cli.command("validate", epilog=VALIDATE_EXAMPLES)
