@@ -55,7 +55,7 @@ def test_prune_html_is_self_contained_with_one_svg_per_plot(pruned_page):
     data = _data(page)
     plots = re.findall(r'<figure class="plot" data-plot="(\w+)">', page)
     assert page.count("<svg") == len(plots) == data["plots"]
-    assert {"channels", "per_sample_cosine", "op_latency"} <= set(plots)
+    assert {"channels", "per_sample_cosine", "op_latency", "layer_latency"} <= set(plots)
 
 
 def test_prune_html_numbers_equal_the_json(pruned_page):

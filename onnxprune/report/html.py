@@ -192,6 +192,9 @@ def _structured(s: Mapping | None, facts: PageFacts) -> tuple[str, list[str]]:
             "(first producer)</th><th>op</th><th>before</th><th>after</th><th>why kept more</th>"
             f"</tr>{rows}</table></details>"
         )
+        if any(len(g.get("nodes") or []) > 1 for g in groups):
+            parts.append("<p class='muted'>(+N tied): N more layers whose outputs are added to "
+                         "this one's (a residual sum) lose the same channels.</p>")  # fmt: skip
     parts.append(_blocked_section(s.get("blocked", []), "Groups"))
     return "\n".join(parts), svgs
 
@@ -239,7 +242,19 @@ def _profile(p: Mapping | None) -> tuple[str, list[str]]:
     svg = plots.bar_pairs(ops, [before.get(o, 0.0) for o in ops], [after.get(o, 0.0) for o in ops],
                           "ms per run (sum of kernel medians)", "Time per op type", horizontal=True)  # fmt: skip
     note = f"<p class='muted'>{_e(p.get('note', ''))}</p>" if p.get("note") else ""
-    return f'<figure class="plot" data-plot="op_latency">{svg}</figure>{note}', [svg]
+    parts, svgs = [f'<figure class="plot" data-plot="op_latency">{svg}</figure>'], [svg]
+    lb, la = p.get("layers_before") or {}, p.get("layers_after") or {}
+    if lb and la:
+        saved = sorted(lb, key=lambda n: -(lb[n] - la.get(n, 0.0)))[:LAYERS_SHOWN]
+        svg2 = plots.bar_pairs(saved, [lb[n] for n in saved], [la.get(n, 0.0) for n in saved],
+                               "ms per run", f"Time per layer: the {len(saved)} that saved most",
+                               horizontal=True)  # fmt: skip
+        parts.append(f'<figure class="plot" data-plot="layer_latency">{svg2}</figure>')
+        svgs.append(svg2)
+    return "".join(parts) + note, svgs
+
+
+LAYERS_SHOWN = 20
 
 
 def _reproduce(facts: PageFacts) -> str:

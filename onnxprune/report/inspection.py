@@ -143,6 +143,8 @@ def render_inspection(d: Mapping) -> str:
     out += ["", f"prunable groups (what --structured cuts): {len(groups)}"]
     if groups:
         out.append(table(groups, ["group (first producer)", "channels", "members", "first members"]))
+        out.append("  members: name[out] the filters a layer makes, name[in] the input slices a "
+                   "layer reads, plain names per-channel parameters (bias, BatchNorm)")  # fmt: skip
     out += blocked_lines(d["blocked"], "groups that cannot be pruned")
     label = d["nm"]
     weights = [[r["tensor"], r["op"], "x".join(map(str, r["shape"])), f"{r['sparsity']:.1%}",

@@ -17,7 +17,7 @@ import onnx
 from onnxprune.graph.view import node_label
 from onnxprune.report.html import PageFacts
 
-__all__ = ["command_line", "gather_facts", "op_type_times", "versions"]
+__all__ = ["command_line", "gather_facts", "kernel_times", "versions"]
 
 PROFILE_RUNS = 10
 
@@ -39,24 +39,32 @@ def versions() -> dict[str, str]:
             "onnx": onnx.__version__, "python": platform.python_version()}  # fmt: skip
 
 
-def op_type_times(
+def kernel_times(
     model: onnx.ModelProto, providers: Sequence[str], feed: Mapping, threads: int | None
-) -> dict[str, float]:
-    """Milliseconds per op type of one run (sum of kernel medians); kernels that stand for
-    no node of ``model`` (layout reorders, copies) under ``(runtime)``; a fused kernel counts
-    for its weighted op (Conv+Relu is Conv time)."""
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Milliseconds of one run (sum of kernel medians) per op type and per layer. A fused
+    kernel counts for its weighted op (Conv+Relu is Conv time, under the Conv's node name);
+    kernels that stand for no node of ``model`` (layout reorders, copies) go under
+    ``(runtime)``."""
     from onnxprune.targets.profile import attribute, named_copy, profile_model
 
     named = named_copy(model)
     times = profile_model(named, providers, feed, threads=threads or None, runs=PROFILE_RUNS)
     ops = {node_label(n, i): n.op_type for i, n in enumerate(named.graph.node)}
     where = attribute(times.kernels, named)
-    out: dict[str, float] = {}
+    by_op: dict[str, float] = {}
+    by_node: dict[str, float] = {}
     for kernel, ms in times.kernels.items():
         labels = where.get(kernel)
-        op = ops.get(labels[-1], "(runtime)") if labels else "(runtime)"
-        out[op] = out.get(op, 0.0) + ms
-    return {k: round(v, 4) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+        node = labels[-1] if labels else "(runtime)"
+        op = ops.get(node, "(runtime)")
+        by_op[op] = by_op.get(op, 0.0) + ms
+        by_node[node] = by_node.get(node, 0.0) + ms
+    return _rounded(by_op), _rounded(by_node)
+
+
+def _rounded(d: Mapping[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in sorted(d.items(), key=lambda kv: -kv[1])}
 
 
 def _profile(original, pruned, validation, seed: int) -> dict | None:
@@ -72,11 +80,12 @@ def _profile(original, pruned, validation, seed: int) -> dict | None:
         resolved = resolve_shapes(original, given or None)
         feed = dict(random_validation_inputs(original, resolved, 1, seed))
         providers = resolve_providers("cuda" if "CUDA" in validation.provider else "cpu")
-        before = op_type_times(original, providers, feed, validation.threads)
-        after = op_type_times(pruned, providers, feed, validation.threads)
+        before, nodes_before = kernel_times(original, providers, feed, validation.threads)
+        after, nodes_after = kernel_times(pruned, providers, feed, validation.threads)
     except Exception as exc:  # a page without the profile beats no page
         return {"before": {}, "after": {}, "note": f"profiling failed: {exc}"}
     return {"before": before, "after": after, "runs": PROFILE_RUNS,
+            "layers_before": nodes_before, "layers_after": nodes_after,
             "note": f"onnxruntime profiler on {validation.provider}, one random batch at "
                     f"{shown or 'the default shapes'}, median of {PROFILE_RUNS} runs"}  # fmt: skip
 
