@@ -32,7 +32,7 @@ MAIN_HELP = """Prune an ONNX model and prove it still answers the same.
   onnxprune model.onnx --structured 0.3      remove 30% of channels/neurons (smaller, faster)
   onnxprune model.onnx --unstructured 0.5    zero 50% of weights by magnitude (smaller zipped)
   onnxprune model.onnx --nm 2:4              keep 2 of every 4 weights (sparse tensor cores)
-  onnxprune inspect model.onnx               per-tensor shapes, sparsity, 2:4 status, MACs
+  onnxprune inspect model.onnx               per-layer params and MACs, what can be pruned
   onnxprune validate model.onnx model.pruned.onnx --calib data.npz --labels labels.npy
                                              agreement, drift and accuracy before/after
 
