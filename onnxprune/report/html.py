@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from onnxprune.report.render import blocked_by_reason, group_label
+from onnxprune.report.render import TIED_LEGEND, blocked_by_reason, group_label
 from onnxprune.report.text import human_bytes, human_count, ratio
 
 __all__ = ["PageFacts", "analysis_page", "blocked_by_reason", "group_label", "prune_page",
@@ -193,8 +193,7 @@ def _structured(s: Mapping | None, facts: PageFacts) -> tuple[str, list[str]]:
             f"</tr>{rows}</table></details>"
         )
         if any(len(g.get("nodes") or []) > 1 for g in groups):
-            parts.append("<p class='muted'>(+N tied): N more layers whose outputs are added to "
-                         "this one's (a residual sum) lose the same channels.</p>")  # fmt: skip
+            parts.append(f"<p class='muted'>{_e(TIED_LEGEND)}</p>")
     parts.append(_blocked_section(s.get("blocked", []), "Groups"))
     return "\n".join(parts), svgs
 

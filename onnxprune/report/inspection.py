@@ -49,8 +49,9 @@ def inspect_rows(model, nm: tuple[int, int]) -> list[dict]:
 
 
 def layer_rows(model, macs: Mapping[int, int]) -> list[dict]:
-    """Per node holding weights or doing MACs: node, op, weight (its largest constant
-    input), weight_shape, params (each shared initializer counted at its first user), macs."""
+    """Per node doing MACs or holding more than a scalar of constants: node, op, weight (its
+    largest constant input), weight_shape, params (each shared initializer counted at its
+    first user), macs."""
     dims = {t.name: [int(d) for d in t.dims] for t in model.graph.initializer}
     seen: set[str] = set()
     rows = []
@@ -64,7 +65,7 @@ def layer_rows(model, macs: Mapping[int, int]) -> list[dict]:
                 for d in dims[t]:
                     size *= d
                 params += size
-        if not params and i not in macs:
+        if params < 2 and i not in macs:  # a scalar constant (x / 2) is no layer
             continue
         weight = max(consts, key=lambda t: (len(dims[t]), _size(dims[t])), default="")
         rows.append({"node": node_label(node, i), "op": node.op_type, "weight": weight,

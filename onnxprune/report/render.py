@@ -126,8 +126,7 @@ def _structured(s: StructuredResult, max_rows: int | None) -> list[str]:
         header = ["layer (first producer)", "before", "after", "score min/mean/max", "why kept more"]
         out.append(table(rows, header))
         if any(len(g.nodes) > 1 for g in shown):
-            out.append("  (+N tied): N more layers whose outputs are added to this one's "
-                       "(a residual sum) lose the same channels")  # fmt: skip
+            out.append(f"  {TIED_LEGEND}")
         rest = groups[len(shown) :]
         if rest:
             cut = sum(1 for g in rest if g.channels_after != g.channels_before)
@@ -146,6 +145,12 @@ def blocked_lines(blocked: Sequence[Mapping], what: str, examples: int = 3) -> l
         more = f", +{len(wheres) - examples} more" if len(wheres) > examples else ""
         out.append(f"    {len(wheres)} x {reason} ({', '.join(wheres[:examples])}{more})")
     return out
+
+
+TIED_LEGEND = (
+    "(+N tied): N more layers lose the same channels with it (their outputs are added in a "
+    "residual sum, or they are the keys and values of the same heads)"
+)
 
 
 def group_label(g: Mapping) -> str:
