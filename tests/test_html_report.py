@@ -139,3 +139,22 @@ def test_analyze_report_html_is_the_same_page(tmp_path: Path):
     assert page.count("<svg") == 1
     saved = json.loads((tmp_path / "a.json").read_text())
     assert _data(page)["analysis"]["groups"] == saved["groups"]
+
+
+def test_sweep_page_draws_the_tradeoff_curve():
+    from onnxprune.report.html import sweep_page
+
+    sweep = {"model": "m.onnx", "points": [{"target": "1.5x", "speedup": 1.4, "cosine": 0.99},
+                                           {"target": "2x", "speedup": 1.9, "cosine": 0.95}]}  # fmt: skip
+    page = sweep_page(sweep, PageFacts())
+    _assert_self_contained(page)
+    assert page.count("<svg") == 1 == _data(page)["plots"]
+    assert 'data-key="cosine" data-value="0.95"' in page
+
+
+def test_groups_are_drawn_in_the_order_of_the_network(pruned_page):
+    page, _ = pruned_page
+    order = _data(page)["facts"]["node_order"]
+    rows = re.findall(r"<tr><td><code>([^<]+)</code></td>", page)
+    nodes = [r.split(" (+")[0] for r in rows if r.split(" (+")[0] in order]
+    assert nodes and [order[n] for n in nodes] == sorted(order[n] for n in nodes)

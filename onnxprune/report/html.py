@@ -22,7 +22,7 @@ from onnxprune.report.render import TIED_LEGEND, blocked_by_reason, group_label
 from onnxprune.report.text import human_bytes, human_count, ratio
 
 __all__ = ["PageFacts", "analysis_page", "blocked_by_reason", "group_label", "prune_page",
-           "write_page"]  # fmt: skip
+           "sweep_page", "write_page"]  # fmt: skip
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1a202c;background:#f7fafc}
@@ -339,6 +339,32 @@ def analysis_page(analysis: Mapping, facts: PageFacts) -> str:
     data = {"analysis": dict(analysis), "facts": asdict(facts), "plots": 1 if svg else 0}
     sub = f"{_e(analysis.get('model', '-'))} on {_e(analysis.get('provider', '-'))}"
     return _page("onnxprune analysis", sub, sections, data)
+
+
+def sweep_page(
+    sweep: Mapping, facts: PageFacts, *, x: str = "speedup", y: str = "cosine",
+    label: str = "target",
+) -> str:  # fmt: skip
+    """The page of a sweep: its trade-off curve (``y`` against ``x`` of every point of
+    ``sweep["points"]`` that has both) and a table of every point's figures."""
+    from onnxprune.report import plots
+
+    points = list(sweep.get("points", []))
+    drawn = [p for p in points if p.get(x) is not None and p.get(y) is not None]
+    svg = plots.tradeoff([float(p[x]) for p in drawn], [float(p[y]) for p in drawn],
+                         [str(p.get(label, i)) for i, p in enumerate(drawn)], x, y,
+                         f"Trade-off: {y} against {x}") if drawn else ""  # fmt: skip
+    keys = [k for k in dict.fromkeys(k for p in points for k in p) if isinstance(points[0].get(k), (int, float, str, type(None)))] if points else []
+    head = "".join(f"<th>{_e(k)}</th>" for k in keys)
+    rows = "".join(
+        "<tr>" + "".join(_cell(k, p.get(k), "-" if p.get(k) is None else (f"{p[k]:.4g}" if isinstance(p[k], float) else str(p[k]))) for k in keys) + "</tr>"
+        for p in points
+    )
+    figure = f'<figure class="plot" data-plot="tradeoff">{svg}</figure>' if svg else ""
+    sections = [("Trade-off", figure + f"<table><tr>{head}</tr>{rows}</table>"),
+                ("Reproduce", _reproduce(facts))]  # fmt: skip
+    data = {"sweep": dict(sweep), "facts": asdict(facts), "plots": 1 if svg else 0}
+    return _page("onnxprune sweep", _e(sweep.get("model", "-")), sections, data)
 
 
 def write_page(path: str | os.PathLike, text: str) -> None:

@@ -13,7 +13,7 @@ import io
 import re
 from collections.abc import Mapping, Sequence
 
-__all__ = ["bar_pairs", "histogram", "lines", "sparsity_bars"]
+__all__ = ["bar_pairs", "histogram", "lines", "sparsity_bars", "tradeoff"]
 
 BEFORE, AFTER = "#c9d3df", "#2b6cb0"
 """Before: a pale bar behind; after: the strong bar in front (what is left)."""
@@ -132,4 +132,21 @@ def lines(
     ax.set_title(title, loc="left", fontsize=10)
     if curves:
         ax.legend(frameon=False, fontsize=7, loc="upper left")
+    return _svg(fig)
+
+
+def tradeoff(
+    xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], xlabel: str, ylabel: str,
+    title: str,
+) -> str:  # fmt: skip
+    """A sweep's trade-off curve: one point per run, joined in ``xs`` order, each labelled."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ax.plot([xs[i] for i in order], [ys[i] for i in order], marker="o", color=AFTER)
+    for x, y, label in zip(xs, ys, labels, strict=True):
+        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, loc="left", fontsize=10)
     return _svg(fig)
