@@ -20,6 +20,7 @@ from onnxprune.cli_options import (
     VALIDATE_EXAMPLES,
     data_options,
     input_options,
+    inspect_options,
     prune_options,
 )
 from onnxprune.errors import OnnxPruneError, UsageError
@@ -31,7 +32,7 @@ MAIN_HELP = """Prune an ONNX model and prove it still answers the same.
   onnxprune model.onnx --structured 0.3      remove 30% of channels/neurons (smaller, faster)
   onnxprune model.onnx --unstructured 0.5    zero 50% of weights by magnitude (smaller zipped)
   onnxprune model.onnx --nm 2:4              keep 2 of every 4 weights (sparse tensor cores)
-  onnxprune inspect model.onnx               per-tensor shapes, sparsity, 2:4 status, MACs
+  onnxprune inspect model.onnx               per-layer params and MACs, what can be pruned
   onnxprune sweep model.onnx --targets 1.5,2 measured speed-up, MACs, quality per target
   onnxprune validate model.onnx model.pruned.onnx --calib data.npz --labels labels.npy
                                              agreement, drift and accuracy before/after
@@ -84,7 +85,8 @@ def _write_side_output(path: Path, flag: str, write) -> None:
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
 @prune_options
 def prune_cmd(
-    model: Path, output: Path | None, report_path: Path | None, quiet: bool, **kw
+    model: Path, output: Path | None, report_path: Path | None, quiet: bool, verbose: bool,
+    **kw,
 ) -> None:
     """Prune MODEL and write the validated result."""
     from onnxprune.api import prune_with
@@ -101,30 +103,53 @@ def prune_cmd(
         result = prune_with(model, opts, output=out, progress=not quiet)
     except GateError as exc:  # the report says which gate failed by how much: write it first
         if report_path is not None and exc.report is not None:
-            _write_side_output(report_path, "--report", exc.report.write_json)
+            _write_report(report_path, exc.report, model, None, {**kw, "output": output})
         if not quiet and exc.report is not None:
-            click.echo(exc.report.render())
+            click.echo(exc.report.render(verbose=verbose))
         raise
     if report_path is not None:
-        _write_side_output(report_path, "--report", result.report.write_json)
+        _write_report(report_path, result.report, model, result.model, {**kw, "output": output})
     if not quiet:
-        click.echo(result.report.render())
+        click.echo(result.report.render(verbose=verbose))
+
+
+def is_html(path: Path) -> bool:
+    """``--report`` writes HTML for a path ending .html or .htm, JSON for any other."""
+    return path.suffix.lower() in (".html", ".htm")
+
+
+def _write_report(path: Path, report, model: Path, pruned, settings: dict) -> None:
+    """The report at ``path``: JSON, or the HTML page (with a per-op profile of both models
+    when the pruned one is at hand)."""
+    if not is_html(path):
+        _write_side_output(path, "--report", report.write_json)
+        return
+    from onnxprune.graph.modelfile import load_model
+    from onnxprune.report.html import prune_page, write_page
+    from onnxprune.report.page_facts import gather_facts
+
+    original = load_model(model).model
+    facts = gather_facts(original, pruned, report, settings, seed=settings.get("seed", 0))
+    text = prune_page(report.to_dict(), facts)
+    _write_side_output(path, "--report", lambda p: write_page(p, text))
 
 
 @cli.command("inspect", epilog=INSPECT_EXAMPLES)
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "--nm",
-    default="2:4",
-    show_default=True,
-    metavar="N:M",
-    help="Pattern to check each weight against.",
-)
-def inspect_cmd(model: Path, nm: str) -> None:
-    """Print each weight tensor's shape, sparsity and N:M status, and model totals."""
-    from onnxprune.report.inspection import inspect_model
+@inspect_options
+def inspect_cmd(model: Path, nm: str, input_shapes: tuple, json_path: Path | None) -> None:
+    """Per layer: op, weight shape, params and MACs; the groups --structured could prune and
+    why the others cannot; each weight's sparsity and N:M status. Writes nothing but --json."""
+    import json
 
-    click.echo(inspect_model(model, nm))
+    from onnxprune.report.inspection import inspect_data, render_inspection
+
+    _check_outputs([model], [("--json", json_path)])
+    data = inspect_data(model, nm, list(input_shapes) or None)
+    if json_path is not None:
+        text = json.dumps(data, indent=2) + "\n"
+        _write_side_output(json_path, "--json", lambda p: p.write_text(text))
+    click.echo(render_inspection(data))
 
 
 @cli.command("validate", epilog=VALIDATE_EXAMPLES)

@@ -25,6 +25,7 @@ Examples:
 INSPECT_EXAMPLES = """\b
 Examples:
   onnxprune inspect model.onnx
+  onnxprune inspect det.onnx --input-shape images=1x3x640x640 --json layers.json
   onnxprune inspect model.pruned.onnx --nm 2:4
 """
 
@@ -314,11 +315,35 @@ prune_options = apply_options(
             "report_path",
             type=click.Path(path_type=Path),
             default=None,
-            help="Also write the report as JSON to this path.",
+            metavar="PATH",
+            help="Also write the report to PATH: a self-contained HTML page with plots when "
+            "PATH ends in .html (profiles both models per op type: a few seconds more), "
+            "else JSON.",
         ),
         click.option("--force", is_flag=True, help="Allow the output to overwrite the input."),
         click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
+        click.option(
+            "-v", "--verbose", is_flag=True,
+            help="List every group in the table (default: the first 25 and a summary line).",
+        ),
         *TARGET_OPTIONS,
     ]
 )
 """The prune command's options, in --help order, kept apart so the command stays short."""
+
+
+inspect_options = apply_options(
+    [
+        click.option("--nm", default="2:4", show_default=True, metavar="N:M",
+                     help="Pattern to check each weight against."),
+        click.option(
+            "--input-shape", "input_shapes", multiple=True, metavar="NAME=1x3x640x640",
+            help="Fix an input's sizes for the MACs (repeatable; NAME= may be left out for a "
+            "one-input model) [default: the declared shape, else 1 for the batch, 224 for "
+            "image H/W, 128 for token sequences].",
+        ),
+        click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+                     metavar="PATH", help="Also write everything shown as JSON to PATH."),
+    ]
+)
+"""The inspect command's options."""

@@ -106,7 +106,10 @@ def untrack(path: Path) -> None:
 def cleanup() -> None:
     """Remove every tracked folder (the CLI calls this when it exits on a signal)."""
     for path in list(_tracked):
-        shutil.rmtree(path, ignore_errors=True)
+        for _ in range(3):  # a file still being closed can make one pass miss it
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                break
         _tracked.discard(path)
 
 

@@ -151,6 +151,8 @@ def test_to_dict_schema():
     assert set(g) == {
         "id",
         "members",
+        "nodes",
+        "note",
         "channels_before",
         "channels_after",
         "score_min",
@@ -158,6 +160,7 @@ def test_to_dict_schema():
         "score_max",
     }
     assert "reduce.weight[out]" in g["members"] and "grouped.weight[out]" in g["members"]
+    assert g["nodes"] and all(isinstance(n, str) for n in g["nodes"])
     assert g["score_min"] <= g["score_mean"] <= g["score_max"]
     assert all(set(b) == {"where", "reason"} for b in d["blocked"])
     json.dumps(d)

@@ -21,6 +21,7 @@ import onnx
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.check import check_graph, check_payloads
 from onnxprune.graph.external import PROTOBUF_LIMIT, load_external_data
+from onnxprune.graph.fold import fold_weight_chains, has_weight_chains
 from onnxprune.graph.proto import constant_node_tensor, is_external, tensor_nbytes
 
 # Opsets the project's tests cover; others load with a note, not an error.
@@ -182,13 +183,54 @@ def _identities_to_initializers(graph: onnx.GraphProto) -> int:
     return _nodes_to_initializers(graph, "Identity", source)
 
 
+def _initializer_inputs_removed(model: onnx.ModelProto) -> int:
+    """Drop from the graph inputs the names that are initializers; returns how many.
+
+    ``keep_initializers_as_inputs=True`` exports (and IR 3, where it was required) list every
+    initializer as an input too (only then are they removed: a model that lists a few has
+    defaults meant to be overridable), which makes it overridable at run time: the analysis must treat
+    such a tensor as computed, so nothing was prunable. After pruning a weight has a new
+    shape and could not be fed at its declared one anyway. IR 3 is raised to 4, the first IR
+    in which an initializer need not be an input (the ops are unchanged: they follow the
+    opset, not the IR).
+    """
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    listed = {vi.name for vi in graph.input} & inits
+    if not inits or listed != inits:
+        # Some initializers only: those are defaults the user may mean to override.
+        return 0
+    kept = [vi for vi in graph.input if vi.name not in inits]
+    removed = len(graph.input) - len(kept)
+    if removed:
+        del graph.input[:]
+        graph.input.extend(kept)
+        model.ir_version = max(model.ir_version, 4)
+    return removed
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
 def normalize_model(model: onnx.ModelProto) -> list[str]:
     """Make weights visible as initializers, in place; returns notes for the report.
 
-    Constant-node weights (Paddle and older exports) become initializers, and small
-    initializers that exporters deduplicated behind Identity nodes get their own copy.
+    Initializers also listed as graph inputs stop being inputs, Constant-node weights (Paddle
+    and older exports) become initializers, weights computed from constants by a chain of
+    layout and scaling nodes (jax2tf, tf2onnx) are folded (``onnxprune.graph.fold``), and
+    small initializers that exporters deduplicated behind Identity nodes get their own copy.
     """
     notes: list[str] = []
+    ir = model.ir_version
+    as_inputs = _initializer_inputs_removed(model)
+    if as_inputs:
+        raised = f"; IR version {ir} raised to 4" if ir < 4 else ""
+        notes.append(
+            f"{_plural(as_inputs, 'initializer')} also listed as graph inputs "
+            f"(keep_initializers_as_inputs) removed from the inputs, so that they are weights "
+            f"that can be pruned{raised}"
+        )
     if model.ir_version < 4:
         notes.append(
             f"IR version {model.ir_version} predates separate initializers; "
@@ -197,25 +239,30 @@ def normalize_model(model: onnx.ModelProto) -> list[str]:
         return notes
     converted = _constants_to_initializers(model.graph)
     if converted:
+        notes.append(f"{_plural(converted, 'Constant-node weight')} converted to initializers")
+    chains, chain_nodes = fold_weight_chains(model)
+    if chains:
         notes.append(
-            f"{converted} Constant-node weight{'s' if converted != 1 else ''} "
-            "converted to initializers"
+            f"{_plural(chains, 'weight')} computed from constants (a chain of "
+            f"{_plural(chain_nodes, 'constant-only node')}: Transpose, Reshape, Mul, ...) "
+            "folded into initializers"
         )
     folded = _identities_to_initializers(model.graph)
     if folded:
         notes.append(
-            f"{folded} deduplicated initializer{'s' if folded != 1 else ''} "
+            f"{_plural(folded, 'deduplicated initializer')} "
             "(read through Identity nodes) given their own copy"
         )
     return notes
 
 
 def needs_normalization(model: onnx.ModelProto) -> bool:
-    """Whether ``normalize_model`` would change anything (cheap: looks at node types only)."""
-    return any(
-        n.op_type in ("Constant", "Identity") and n.domain in _DEFAULT_DOMAINS
-        for n in model.graph.node
-    )
+    """Whether ``normalize_model`` would change anything (cheap: no evaluation)."""
+    g = model.graph
+    if any(n.op_type in ("Constant", "Identity") and n.domain in _DEFAULT_DOMAINS for n in g.node):
+        return True
+    inits = {t.name for t in g.initializer}
+    return (bool(inits) and inits <= {i.name for i in g.input}) or has_weight_chains(g)
 
 
 def _opset_note(model: onnx.ModelProto) -> str | None:

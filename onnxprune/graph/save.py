@@ -127,8 +127,7 @@ class StagedModel:
                 f"could not move the output into place at {folder}: {exc.strerror or exc}"
             ) from exc
         self._committed = True
-        shutil.rmtree(self._temp_dir, ignore_errors=True)
-        signals.untrack(self._temp_dir)
+        _remove(self._temp_dir)
         return self._final_path
 
     def _rollback(self, undo: list[tuple[Path, Path | None]]) -> None:
@@ -146,8 +145,7 @@ class StagedModel:
         if self._committed or self._discarded:
             return
         self._discarded = True
-        shutil.rmtree(self._temp_dir, ignore_errors=True)
-        signals.untrack(self._temp_dir)
+        _remove(self._temp_dir)
 
     def __enter__(self) -> StagedModel:
         return self
@@ -200,9 +198,12 @@ def stage_model(
 
 
 def _remove(temp_dir: Path | None) -> None:
+    """Remove a staging folder; it stays tracked until it is really gone, so the exit on a
+    signal (``signals.cleanup``) tries again whatever interrupted this removal."""
     if temp_dir is not None:
         shutil.rmtree(temp_dir, ignore_errors=True)
-        signals.untrack(temp_dir)
+        if not os.path.lexists(temp_dir):
+            signals.untrack(temp_dir)
 
 
 def save_model(

@@ -46,6 +46,11 @@ __all__ = [
     "skeleton",
 ]
 
+_FLOAT_TYPES = (
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+)  # fmt: skip
+
 PROBES = ((13, 17, 19, 23, 29, 31, 37, 41), (24, 30, 36, 42, 48, 54, 60, 66))
 """Sizes given to the symbolic input dimensions (in order of appearance) when probing which
 inferred dimensions are really constant (``GraphView._refine``): two sets that differ in every
@@ -122,19 +127,27 @@ class GraphView:
         # Identity(one_bias)), and without constant folding a Linear weight reaches MatMul
         # through Transpose(weight). Such an output is a constant of its own, ``aliases``
         # maps it to (root initializer, permutation); the rewrite gives it a private copy.
+        # An fp16/bf16 weight read through Cast(to=float) is a view too (``alias_dtype``):
+        # sliced in its own dtype, the Cast kept, the model keeps its size.
         self.aliases: dict[str, tuple[str, tuple[int, ...] | None]] = {}
+        self.alias_dtype: dict[str, int] = {}
         self.alias_nodes: set[int] = set()
         for i, node in enumerate(self.nodes):
             if (
                 node.domain
-                or node.op_type not in ("Identity", "Transpose")
+                or node.op_type not in ("Identity", "Transpose", "Cast")
                 or not self.is_constant(node.input[0])
+                or (node.op_type == "Cast" and not self._float_cast(node))
             ):
                 continue
             root, perm = self.aliases.get(node.input[0], (node.input[0], None))
             shape = self._const_shapes.get(root)
             if shape is None:
                 continue
+            if node.op_type == "Cast":
+                self.alias_dtype[node.output[0]] = int(attr(node, "to", 0))
+            elif node.input[0] in self.alias_dtype:
+                self.alias_dtype[node.output[0]] = self.alias_dtype[node.input[0]]
             if node.op_type == "Transpose":
                 own = attr(node, "perm", None) or list(range(len(shape)))[::-1]
                 base = perm or tuple(range(len(shape)))
@@ -235,6 +248,17 @@ class GraphView:
             return None
 
     # ------------------------------------------------------------------ constants
+    def _float_cast(self, node: onnx.NodeProto) -> bool:
+        """A Cast between float types of a float initializer (or of a view of one): exact
+        to undo on the values it produced, so the rewrite can slice the source instead."""
+        name = node.input[0]
+        root = self.aliases.get(name, (name, None))[0]
+        source = self.alias_dtype.get(name)
+        if source is None:
+            t = self.initializers.get(root)
+            source = t.data_type if t is not None else None
+        return source in _FLOAT_TYPES and int(attr(node, "to", 0)) in _FLOAT_TYPES
+
     def is_constant(self, name: str) -> bool:
         """True for an initializer (not overridable), a Constant node's output, or an
         Identity of either."""
@@ -247,7 +271,12 @@ class GraphView:
         if name in self.aliases:
             root, perm = self.aliases[name]
             v = self.constant(root)
-            return v if perm is None or v is None else np.transpose(v, perm)
+            if v is not None and perm is not None:
+                v = np.transpose(v, perm)
+            to = self.alias_dtype.get(name)
+            if v is not None and to is not None:
+                v = v.astype(onnx.helper.tensor_dtype_to_np_dtype(to))
+            return v
         v = self._values.get(name)
         if v is None and name in self.initializers:
             v = numpy_helper.to_array(self.initializers[name])

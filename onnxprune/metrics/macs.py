@@ -111,7 +111,16 @@ def at_input_shapes(
 def count_macs(
     model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None
 ) -> tuple[int, list[str]]:
-    """Multiply-accumulates of one inference, and notes on what was assumed or left out.
+    """The total of ``macs_per_node`` and its notes (see there)."""
+    per_node, notes = macs_per_node(model, input_shapes)
+    return sum(per_node.values()), notes
+
+
+def macs_per_node(
+    model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> tuple[dict[int, int], list[str]]:
+    """Multiply-accumulates of one inference per node index of the main graph (nodes with a
+    MAC formula only), and notes on what was assumed or left out.
 
     Counted: every node of the main graph whose op spec has a MAC formula (built in: Conv,
     ConvTranspose, Gemm, MatMul and their integer/QLinear forms). ``input_shapes`` (one run's
@@ -125,7 +134,7 @@ def count_macs(
         model = at_input_shapes(model, input_shapes)
     shapes = _inferred_shapes(model, notes)
     dims = Dims()
-    total = 0
+    per_node: dict[int, int] = {}
     failed: list[str] = []
     opsets = opsets_of(model)
     for i, node in enumerate(model.graph.node):
@@ -139,7 +148,7 @@ def count_macs(
             continue
         dims.symbols.update(probe.symbols)
         dims.unknown.update(probe.unknown)
-        total += max(0, macs)
+        per_node[i] = max(0, macs)
     notes.extend(dims.notes())
     if failed:
         shown = ", ".join(failed[:10]) + (
@@ -157,4 +166,4 @@ def count_macs(
     calls = sum(1 for n in model.graph.node if (n.domain, n.op_type) in local)
     if calls:
         notes.append(f"MACs inside {calls} call(s) of model-local functions are not counted")
-    return total, notes
+    return per_node, notes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from onnxprune.report.text import gate_row, human_bytes, human_count, ratio, table
@@ -13,7 +14,8 @@ if TYPE_CHECKING:
     from onnxprune.structured.engine import StructuredResult
 
 
-def render_report(r: Report, max_rows: int = 25) -> str:
+def render_report(r: Report, max_rows: int | None = 25) -> str:
+    """The table; ``max_rows`` groups at most (None: all), the rest counted on one line."""
     out: list[str] = []
     if r.input_path:
         out.append(f"model   {r.input_path}")
@@ -85,13 +87,7 @@ def inputs_line(samples, input_shapes: dict, shape_source: dict) -> str:
     return f"{samples if samples is not None else '-'} samples; inputs {shapes or '-'}"
 
 
-def _more(items: list, max_rows: int, what: str) -> list[str]:
-    if len(items) > max_rows:
-        return [f"{what.format(len(items) - max_rows)}"]
-    return []
-
-
-def _unstructured(u: UnstructuredSummary, max_rows: int) -> list[str]:
+def _unstructured(u: UnstructuredSummary, max_rows: int | None) -> list[str]:
     r, sel = u.result, u.result.selected
     frac = u.zeroed / sel if sel else 0.0
     out = [
@@ -99,20 +95,19 @@ def _unstructured(u: UnstructuredSummary, max_rows: int) -> list[str]:
         f"unstructured ({r.mode} {r.target}, scope {r.scope}): zeroed {human_count(u.zeroed)} "
         f"of {human_count(sel)} selected weights ({frac:.1%}) in {len(u.tensors)} tensors",
     ]
-    if u.skipped:
-        out.append(f"  left alone: {len(u.skipped)} tensors")
-        out += [f"    {s['tensor']}: {s['reason']}" for s in u.skipped[:max_rows]]
-        out += _more(u.skipped, max_rows, "    ... and {} more (see --report)")
+    out += blocked_lines(u.skipped, "tensors left alone")
     return out
 
 
-def _structured(s: StructuredResult, max_rows: int) -> list[str]:
+def _structured(s: StructuredResult, max_rows: int | None) -> list[str]:
+    """Every group accounted for: the first ``max_rows`` (all with None), one line counting
+    the rest, and the groups left alone grouped by reason."""
     groups = s.groups
     out = [
         "",
         f"structured (ratio {s.ratio}, scope {s.scope}, criterion {s.criterion}, "
         f"round-to {s.round_to}): pruned {len(s.changed)} of {len(groups)} groups, "
-        f"{len(s.blocked)} blocked",
+        f"{len(s.blocked)} left alone",
     ]
     if s.target and s.target.get("metric") in ("speedup", "quality"):  # a search
         out += search_lines(s.target)
@@ -121,19 +116,25 @@ def _structured(s: StructuredResult, max_rows: int) -> list[str]:
         out.append(f"  target: keep {t['target']:.4g} of the {t['metric']}; reached "
                    f"{t['reached']:.4g} ({t['after']:,} of {t['before']:,}"
                    f"{'' if t['met'] else ', not met: every group at its floor'})")  # fmt: skip
-    if groups:
+    shown = groups if max_rows is None else groups[:max_rows]
+    if shown:
         rows = []
-        for g in groups[:max_rows]:
-            first = g.members[0] if g.members else g.id
-            more = f" +{len(g.members) - 1}" if len(g.members) > 1 else ""
+        for g in shown:
+            label = group_label({"nodes": g.nodes, "members": g.members, "id": g.id})
             if g.heads:
-                more += f" (heads {g.heads}->{g.heads_after})"
+                label += f" (heads {g.heads}->{g.heads_after})"
             scores = f"{g.score_min:.3g}/{g.score_mean:.3g}/{g.score_max:.3g}"
-            rows.append([f"{first}{more}", str(g.channels_before), str(g.channels_after), scores])
-        out.append(table(rows, ["group (first member)", "before", "after", "score min/mean/max"]))
-        out += _more(groups, max_rows, "... and {} more groups (see --report)")
-    out += [f"  blocked {b['where']}: {b['reason']}" for b in s.blocked[:max_rows]]
-    out += _more(s.blocked, max_rows, "  ... and {} more blocked (see --report)")
+            rows.append([label, str(g.channels_before), str(g.channels_after), scores, g.note])
+        header = ["layer (first producer)", "before", "after", "score min/mean/max", "why kept more"]
+        out.append(table(rows, header))
+        if any(len(g.nodes) > 1 for g in shown):
+            out.append(f"  {TIED_LEGEND}")
+        rest = groups[len(shown) :]
+        if rest:
+            cut = sum(1 for g in rest if g.channels_after != g.channels_before)
+            out.append(f"  ... and {len(rest)} more groups: {cut} cut, {len(rest) - cut} "
+                       "kept whole (--verbose lists every group)")  # fmt: skip
+    out += blocked_lines(s.blocked, "groups left alone")
     return out
 
 
@@ -173,7 +174,48 @@ def search_lines(t: dict) -> list[str]:
     return out
 
 
-def _recovery(recovery: Recoveries, max_rows: int) -> list[str]:
+def blocked_lines(blocked: Sequence[Mapping], what: str, examples: int = 3) -> list[str]:
+    """One line per distinct reason, with its count and the first ``examples`` places."""
+    if not blocked:
+        return []
+    out = [f"  {what}: {len(blocked)}"]
+    for reason, wheres in blocked_by_reason(blocked):
+        more = f", +{len(wheres) - examples} more" if len(wheres) > examples else ""
+        out.append(f"    {len(wheres)} x {reason} ({', '.join(wheres[:examples])}{more})")
+    return out
+
+
+TIED_LEGEND = (
+    "(+N tied): N more layers lose the same channels with it (their outputs are added in a "
+    "residual sum, or they are the keys and values of the same heads)"
+)
+
+
+def group_label(g: Mapping) -> str:
+    """A group as people know it: its first producer node, with ``(+N tied)`` for N more
+    producers that share its channels (a residual sum ties them); without node names, its
+    first member's tensor."""
+    nodes = list(g.get("nodes") or [])
+    if not nodes:
+        members = list(g.get("members") or [g.get("id", "?")])
+        return str(members[0]).removesuffix("[out]")
+    more = f" (+{len(nodes) - 1} tied)" if len(nodes) > 1 else ""
+    return nodes[0] + more
+
+
+def blocked_by_reason(blocked: Sequence[Mapping]) -> list[tuple[str, list[str]]]:
+    """(reason, places) per distinct reason, the most frequent first; a place is a group
+    (``where``) or a tensor (``tensor``), each listed once."""
+    by: dict[str, list[str]] = {}
+    for b in blocked:
+        wheres = by.setdefault(str(b.get("reason", "?")), [])
+        where = str(b.get("where", b.get("tensor", "?")))
+        if where not in wheres:
+            wheres.append(where)
+    return sorted(by.items(), key=lambda kv: -len(kv[1]))
+
+
+def _recovery(recovery: Recoveries, max_rows: int | None) -> list[str]:
     out: list[str] = []
     for kind, rec in recovery.items():
         out.append("")

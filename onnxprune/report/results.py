@@ -90,5 +90,5 @@ class Report:
     def write_json(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
-    def render(self) -> str:
-        return render_report(self)
+    def render(self, verbose: bool = False) -> str:
+        return render_report(self, max_rows=None if verbose else 25)

@@ -23,6 +23,7 @@ __all__ = [
     "compare_outputs",
     "inconclusive_reasons",
     "is_class_scores",
+    "per_sample_cosine",
 ]
 
 CONCLUSIVE, INCONCLUSIVE = "conclusive", "inconclusive"
@@ -197,6 +198,29 @@ def compare_outputs(
         "inconclusive_reasons": reasons,
         "nonfinite_outputs": nonfinite,
     }
+
+
+def per_sample_cosine(reference: list[np.ndarray], candidate: list[np.ndarray]) -> list[float]:
+    """One cosine per sample, so one bad input shows (an overall cosine of 0.999 can hide a
+    sample at 0.6): each sample's rows of every float output whose first axis is the batch
+    (the first axis of the first float output of rank >= 1), flattened and concatenated.
+    Empty when no float output has a batch axis or the batch is a single sample."""
+    pairs = [
+        (np.asarray(r), np.asarray(c))
+        for r, c in zip(reference, candidate, strict=False)
+        if np.asarray(r).dtype.kind == "f" and np.asarray(r).ndim >= 1
+    ]
+    if not pairs or pairs[0][0].shape[0] < 2:
+        return []
+    n = pairs[0][0].shape[0]
+    pairs = [(r, c) for r, c in pairs if r.shape[0] == n and c.shape == r.shape]
+    ref = np.concatenate([r.reshape(n, -1).astype(np.float64) for r, _ in pairs], axis=1)
+    cand = np.concatenate([c.reshape(n, -1).astype(np.float64) for _, c in pairs], axis=1)
+    out = []
+    for a, b in zip(ref, cand, strict=True):
+        both = np.isfinite(a) & np.isfinite(b)
+        out.append(_cosine(a[both], b[both]))
+    return out
 
 
 def check_labels(labels: np.ndarray, inputs: dict) -> int:

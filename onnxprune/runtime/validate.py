@@ -23,7 +23,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxprune.errors import UsageError
-from onnxprune.runtime.compare import accuracy, check_labels, compare_outputs
+from onnxprune.runtime.compare import (
+    accuracy,
+    check_labels,
+    compare_outputs,
+    per_sample_cosine,
+)
 from onnxprune.runtime.feeds import (
     chunked,
     guess_hint,
@@ -53,6 +58,9 @@ LATENCY_BUDGET_S = 10.0  # seconds of latency measurement in validate()
 #: Random inputs of ``onnxprune validate`` (no --calib) get this many samples when the batch
 #: is dynamic: one row would make top-1 agreement all or nothing.
 RANDOM_SAMPLES = 16
+PER_SAMPLE_IN_JSON = 64
+"""``per_sample_cosine`` is written to the JSON report only up to this many samples (a
+distribution of thousands belongs in the HTML report's histogram, not in every JSON)."""
 
 
 def chunked_outputs(session, inputs: dict, role: str, hint: str):
@@ -133,6 +141,9 @@ class ValidationResult:
     """One run's shape per input, {name: [dims]}."""
     shape_source: dict = field(default_factory=dict)
     """Where each input's shape came from: "calib", "val", "--input-shape", "declared", "default"."""
+    per_sample_cosine: list[float] = field(default_factory=list)
+    """One cosine per sample (``compare.per_sample_cosine``); in ``to_dict`` only up to
+    ``PER_SAMPLE_IN_JSON`` samples."""
 
     def to_dict(self) -> dict:
         scored = (
@@ -169,6 +180,11 @@ class ValidationResult:
             "threads": self.threads,
             "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
             "shape_source": dict(self.shape_source),
+            **(
+                {"per_sample_cosine": list(self.per_sample_cosine)}
+                if 0 < len(self.per_sample_cosine) <= PER_SAMPLE_IN_JSON
+                else {}
+            ),
         }
 
 
@@ -243,4 +259,5 @@ def validate(
         inconclusive_reasons=list(compared["inconclusive_reasons"]),
         nonfinite_outputs=list(compared["nonfinite_outputs"]),
         passed=not compared["nonfinite_outputs"],
+        per_sample_cosine=per_sample_cosine(outputs[0], outputs[1]),
     )

@@ -148,6 +148,8 @@ class StructuredResult:
                 {
                     "id": g.id,
                     "members": list(g.members),
+                    "nodes": list(g.nodes),
+                    "note": g.note,
                     "channels_before": g.channels_before,
                     "channels_after": g.channels_after,
                     "score_min": g.score_min,

@@ -51,6 +51,12 @@ class GroupPlan:
     score_max: float
     heads: int = 0
     """Attention heads before pruning (0 for neurons and channels); see ``Group.heads``."""
+    nodes: list[str] = field(default_factory=list)
+    """The nodes that create the group's channels (``out`` members), in member order: the
+    names people know a layer by (``/layer1/0/conv1/Conv``), for reports."""
+    note: str = ""
+    """Why the group kept more than the ratio asked (rounding, the global cap, a Split that
+    needs a channel on each side); empty when it kept what was asked."""
 
     @property
     def channels_before(self) -> int:
@@ -265,6 +271,8 @@ def make_plan(
         else:
             count = round_keep(max(1, g.slots - removals[g.id]), g.slots, g.width, round_to)
         kept = kept_slots(g, s, count)
+        note = "" if g.id in keep else _kept_note(g, removals[g.id], count, int(kept.sum()),
+                                                   scope, round_to, max_group_ratio)
         plans.append(
             GroupPlan(
                 id=g.id,
@@ -276,6 +284,8 @@ def make_plan(
                 score_mean=float(s.mean()),
                 score_max=float(s.max()),
                 heads=g.heads,
+                nodes=_producers(g),
+                note=note,
             )
         )
         if not kept.all():
@@ -293,6 +303,31 @@ def make_plan(
     if keep:
         settings["keep"] = dict(keep)
     return Plan(plans, params, tensors, blocked, settings)
+
+
+def _producers(g: Group) -> list[str]:
+    out: list[str] = []
+    for m in g.members:
+        if m.role == "out" and m.node and m.node not in out:
+            out.append(m.node)
+    return out
+
+
+def _kept_note(
+    g: Group, removed: int, count: int, kept: int, scope: str, round_to: int, cap: float
+) -> str:
+    """Why ``g`` keeps ``kept`` slots where the ratio asked for ``g.slots - removed``."""
+    asked = max(1, g.slots - removed)
+    if kept > count:
+        return "a Split needs a channel on each side"
+    if count > asked:
+        return f"rounded up (round-to {round_to})"
+    limit = min(int(cap * g.slots + 1e-9), g.slots - 1)
+    if scope == "global" and removed >= limit and removed < g.slots - 1:
+        return f"capped by --max-group-ratio {cap:g}"
+    if removed == 0 and asked == g.slots and not g.heads:
+        return "the ratio removes less than one slot" if scope == "local" else ""
+    return ""
 
 
 def _cuts(

@@ -128,7 +128,10 @@ def _slice_params(model: onnx.ModelProto, view: GraphView, plan: Plan) -> None:
         node.input[0] = name
 
     def as_input(node: onnx.NodeProto, output: np.ndarray) -> np.ndarray:
-        """The input an alias node needs to produce ``output`` (undo its Transpose)."""
+        """The input an alias node needs to produce ``output`` (undo its Transpose, or its
+        Cast: back to the source's dtype, exact on values the Cast produced)."""
+        if node.op_type == "Cast":
+            return output.astype(view.constant(node.input[0]).dtype)
         if node.op_type != "Transpose":
             return output
         perm = attr(node, "perm", None) or list(range(output.ndim))[::-1]

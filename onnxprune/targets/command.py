@@ -59,10 +59,16 @@ Examples:
               help="Seed for random inputs and the random criterion.")  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               metavar="PATH", help="Also write the analysis as JSON to this path.")  # fmt: skip
+@click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
+              metavar="PATH", help="Also write the analysis to PATH: a self-contained HTML "
+              "page with the sensitivity curves when PATH ends in .html, else JSON.")  # fmt: skip
 @click.option("--no-cache", is_flag=True,
               help="Neither read nor write the cache ($XDG_CACHE_HOME/onnxprune).")  # fmt: skip
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def analyze_cmd(model: Path, json_path: Path | None, no_cache: bool, quiet: bool, **kw) -> None:
+def analyze_cmd(
+    model: Path, json_path: Path | None, report_path: Path | None, no_cache: bool, quiet: bool,
+    **kw,
+) -> None:
     """Per prunable group: share of MACs, params and measured latency, and the output loss
     when that group alone loses each fraction of its channels."""
     import json
@@ -71,16 +77,18 @@ def analyze_cmd(model: Path, json_path: Path | None, no_cache: bool, quiet: bool
     from onnxprune.report.analysis import render_analysis
     from onnxprune.targets.analyzer import analyze_path
 
-    check_side_outputs([model], [Output("--json", json_path)] if json_path else [])
+    sides = [Output(flag, p) for flag, p in (("--json", json_path), ("--report", report_path)) if p]
+    check_side_outputs([model], sides)
     result = analyze_path(model, use_cache=not no_cache, progress=not quiet, **kw).to_dict()
+    text = json.dumps(result, indent=2) + "\n"
     if json_path is not None:
-        text = json.dumps(result, indent=2) + "\n"
-        try:
-            json_path.write_text(text)
-        except OSError as exc:
-            raise OnnxPruneError(
-                f"could not write --json {json_path}: {exc.strerror or exc}"
-            ) from exc
+        _write(json_path, "--json", lambda p: p.write_text(text))
+    if report_path is not None:
+        if report_path.suffix.lower() in (".html", ".htm"):
+            page = _page(model, result, kw)
+            _write(report_path, "--report", lambda p: _write_page(p, page))
+        else:
+            _write(report_path, "--report", lambda p: p.write_text(text))
     if not quiet:
         click.echo(render_analysis(result))
 
@@ -147,11 +155,30 @@ def sweep_cmd(model: Path, targets: str, metric: str, json_path: Path | None, qu
     rows = sweep(model, values, metric=metric, base=kw, progress=not quiet)
     if json_path is not None:
         doc = {"model": str(model), "metric": metric, "rows": [r.to_dict() for r in rows]}
-        try:
-            json_path.write_text(json.dumps(doc, indent=2) + "\n")
-        except OSError as exc:
-            raise OnnxPruneError(
-                f"could not write --json {json_path}: {exc.strerror or exc}"
-            ) from exc
+        _write(json_path, "--json", lambda p: p.write_text(json.dumps(doc, indent=2) + "\n"))
     if not quiet:
         click.echo(render_sweep(rows))
+
+
+def _write(path: Path, flag: str, write) -> None:
+    try:
+        write(path)
+    except OSError as exc:
+        raise OnnxPruneError(f"could not write {flag} {path}: {exc.strerror or exc}") from exc
+
+
+def _write_page(path: Path, page: str) -> None:
+    from onnxprune.report.html import write_page
+
+    write_page(path, page)
+
+
+def _page(model: Path, result: dict, settings: dict) -> str:
+    """The analysis as the HTML report's page (``report.html.analysis_page``)."""
+    from onnxprune.graph.modelfile import load_model
+    from onnxprune.report.html import analysis_page
+    from onnxprune.report.page_facts import gather_facts
+
+    original = load_model(model).model
+    facts = gather_facts(original, None, None, settings, profile=False)
+    return analysis_page(result, facts)

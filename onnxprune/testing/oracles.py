@@ -115,7 +115,12 @@ def set_constant(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
         del node.attribute[:]
         node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))
         return
-    _check(node.op_type in ("Identity", "Transpose"), f"{name}: not a constant ({node.op_type})")
+    _check(
+        node.op_type in ("Identity", "Transpose", "Cast"),
+        f"{name}: not a constant ({node.op_type})",
+    )
+    if node.op_type == "Cast":  # an fp16 weight read as float: set it in its own dtype
+        value = value.astype(GraphView(model, shapes=False).constant(node.input[0]).dtype)
     if node.op_type == "Transpose":
         perm = next(
             (list(a.ints) for a in node.attribute if a.name == "perm"),
