@@ -91,7 +91,7 @@ def prune(
     target_params: float | None = None,
     save_plan: str | os.PathLike | None = None,
     plan: str | os.PathLike | None = None,
-    target_speedup: float | None = None,
+    target_speedup: float | None = None, staircase: bool | None = None,
 ) -> PruneResult:
     """Prune an ONNX model and prove the result with onnxruntime.
 
@@ -132,9 +132,9 @@ def prune(
     threads for validation and latency (0: onnxruntime's own choice).
 
     ``target_macs``/``target_params`` (instead of ``structured``) keep at most that fraction of
-    MACs/params, cut per group where it costs least, ``target_speedup`` runs that much faster
-    (measured), ``max_drop``/``min_cosine`` alone find the fewest MACs passing them; ``save_plan``
-    writes the decision with the model's hash, ``plan`` re-applies it to that model only.
+    MACs/params, cut where it costs least; ``target_speedup``: that much faster, measured (on the
+    latency staircase unless ``staircase=False``); a gate alone: the fewest MACs passing it;
+    ``save_plan`` writes the decision with the model's hash, ``plan`` re-applies it to that model.
 
     Raises ``UsageError`` for bad options and ``OnnxPruneError`` for model problems, each with
     a message meant for a person.
@@ -151,7 +151,7 @@ def prune(
         max_rel_diff=max_rel_diff, val=val, val_labels=val_labels, holdout=holdout,
         keep_failed=keep_failed, input_shapes=input_shapes, samples=samples, threads=threads,
         target_macs=target_macs, target_params=target_params, save_plan=save_plan, plan=plan,
-        target_speedup=target_speedup)  # fmt: skip
+        target_speedup=target_speedup, staircase=staircase)  # fmt: skip
     return prune_with(model, opts, output=output, progress=progress)
 
 
