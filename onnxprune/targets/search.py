@@ -53,7 +53,8 @@ class Trial:
     """One candidate of a search: the fraction asked and what its run measured."""
 
     fraction: float
-    """MAC fraction asked (``--target-macs``)."""
+    """MAC fraction asked (``--target-macs``); in the quality search's uniform family, the
+    fraction of channels kept (``--structured 1 - fraction``)."""
     macs: float = 1.0
     """MACs after / before reached."""
     params: float = 1.0
