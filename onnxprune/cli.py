@@ -17,6 +17,7 @@ from onnxprune import __version__, signals
 from onnxprune.cli_options import (
     INSPECT_EXAMPLES,
     PRUNE_EXAMPLES,
+    TYPED,
     VALIDATE_EXAMPLES,
     data_options,
     input_options,
@@ -47,6 +48,7 @@ class _DefaultToPrune(click.Group):
     """Routes `onnxprune MODEL ...` to the prune command so the common case stays short."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[TYPED] = ["onnxprune", *args]  # what the user typed, for the report's page
         if not args:  # bare `onnxprune`: the help, not an error that prints it
             click.echo(ctx.get_help())
             ctx.exit(0)
@@ -129,7 +131,10 @@ def _write_report(path: Path, report, model: Path, pruned, settings: dict) -> No
     from onnxprune.report.page_facts import gather_facts
 
     original = load_model(model).model
-    facts = gather_facts(original, pruned, report, settings, seed=settings.get("seed", 0))
+    typed = click.get_current_context().meta.get(TYPED)
+    facts = gather_facts(
+        original, pruned, report, settings, argv=typed, seed=settings.get("seed", 0)
+    )
     text = prune_page(report.to_dict(), facts)
     _write_side_output(path, "--report", lambda p: write_page(p, text))
 

@@ -12,6 +12,9 @@ from onnxprune.options import PROVIDERS, SCOPES, default
 from onnxprune.structured.importance import CRITERIA
 from onnxprune.targets.flags import TARGET_OPTIONS
 
+TYPED = "onnxprune.typed"
+"""``click.Context.meta`` key of the command line as typed (the HTML report repeats it)."""
+
 PRUNE_EXAMPLES = """\b
 Examples:
   onnxprune model.onnx --structured 0.3

@@ -175,10 +175,12 @@ def _write_page(path: Path, page: str) -> None:
 
 def _page(model: Path, result: dict, settings: dict) -> str:
     """The analysis as the HTML report's page (``report.html.analysis_page``)."""
+    from onnxprune.cli_options import TYPED
     from onnxprune.graph.modelfile import load_model
     from onnxprune.report.html import analysis_page
     from onnxprune.report.page_facts import gather_facts
 
     original = load_model(model).model
-    facts = gather_facts(original, None, None, settings, profile=False)
+    typed = click.get_current_context().meta.get(TYPED)
+    facts = gather_facts(original, None, None, settings, argv=typed, profile=False)
     return analysis_page(result, facts)
