@@ -57,7 +57,7 @@ ERR_NOTE = (
     "(held out of the fit where the layer sees several rows per sample), before → after, "
     "averaged; a layer's 'before' already includes the refits of earlier waves."
 )
-CLI_DEFAULTS = {"criterion": "l1", "scope": "local"}
+CLI_DEFAULTS = {"criterion": "l1", "scope": "global"}  # with --calib, --unstructured is global
 # Recovery switches: (label, keyword arguments of prune)
 STRUCT_STEPS = [
     ("none", {"bias_correction": False, "lstsq": False}),
