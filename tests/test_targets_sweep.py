@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import onnx
 import pytest
@@ -86,3 +87,16 @@ def test_sweep_with_labels_shows_accuracy(tmp_path, capsys, run_cli):
 def test_a_missing_model_is_one_error_not_a_row_per_target(tmp_path, capsys, run_cli):
     code, out, err = run_cli(["sweep", tmp_path / "nope.onnx", "--targets", "1.5,2"], capsys)
     assert code == 1 and err.startswith("error:") and "does not exist" in err and out == ""
+
+
+def test_sweep_report_html_draws_the_tradeoff_curve(model_path, tmp_path, capsys, run_cli):
+    page = tmp_path / "sweep.html"
+    code, _, err = run_cli(["sweep", model_path, "--metric", "macs", "--targets", "0.8,0.5,0.3",
+                            "--runs", "5", "--report", page, "-q"], capsys)  # fmt: skip
+    assert code == 0, err
+    text = page.read_text(encoding="utf-8")
+    assert text.count("<svg") == 1 and 'data-plot="tradeoff"' in text
+    assert "http" not in text.replace("http://www.w3.org", "")  # self-contained
+    data = json.loads(re.search(r'id="onnxprune-data">(.*?)</script>', text, re.S).group(1))
+    assert [p["target"] for p in data["sweep"]["points"]] == [0.8, 0.5, 0.3]
+    assert data["facts"]["command"].startswith("onnxprune sweep ")

@@ -113,6 +113,10 @@ def _sweep_options(f):
                      show_default=True, help="What a target is: measured speed-up, or MACs."),
         click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
                      metavar="PATH", help="Also write the rows as JSON to this path."),
+        click.option("--report", "report_path", type=click.Path(path_type=Path), default=None,
+                     metavar="PATH", help="Also write the sweep as a page: PATH.html draws the "
+                     "trade-off curve (cosine against measured speed-up or MACs kept); any "
+                     "other name gets the JSON."),
         data_options("the rows then show accuracy before/after.",
                      "onnxruntime provider to measure on; auto takes CUDA when present.",
                      "Seed for random inputs and the random criterion."),
@@ -141,8 +145,8 @@ def _sweep_options(f):
 @click.command("sweep", epilog=SWEEP_EXAMPLES)
 @click.argument("model", type=click.Path(path_type=Path))
 @_sweep_options
-def sweep_cmd(model: Path, targets: str, metric: str, json_path: Path | None, quiet: bool,
-              **kw) -> None:  # fmt: skip
+def sweep_cmd(model: Path, targets: str, metric: str, json_path: Path | None,
+              report_path: Path | None, quiet: bool, **kw) -> None:  # fmt: skip
     """Prune MODEL at each target and print measured speed-up, MACs, params and quality per
     target (nothing is written but --json): the trade-off curve."""
     import json
@@ -151,11 +155,18 @@ def sweep_cmd(model: Path, targets: str, metric: str, json_path: Path | None, qu
     from onnxprune.targets.sweep import parse_targets, render_sweep, sweep
 
     values = parse_targets(targets, metric)
-    check_side_outputs([model], [Output("--json", json_path)] if json_path else [])
+    outs = [Output(flag, path) for flag, path in (("--json", json_path), ("--report", report_path))]
+    check_side_outputs([model], [o for o in outs if o.path is not None])
     rows = sweep(model, values, metric=metric, base=kw, progress=not quiet)
+    doc = {"model": str(model), "metric": metric, "rows": [r.to_dict() for r in rows]}
+    text = json.dumps(doc, indent=2) + "\n"
     if json_path is not None:
-        doc = {"model": str(model), "metric": metric, "rows": [r.to_dict() for r in rows]}
-        _write(json_path, "--json", lambda p: p.write_text(json.dumps(doc, indent=2) + "\n"))
+        _write(json_path, "--json", lambda p: p.write_text(text))
+    if report_path is not None and report_path.suffix.lower() in (".html", ".htm"):
+        page = _sweep_page(model, doc, "speedup" if metric == "speedup" else "fraction", kw)
+        _write(report_path, "--report", lambda p: _write_page(p, page))
+    elif report_path is not None:
+        _write(report_path, "--report", lambda p: p.write_text(text))
     if not quiet:
         click.echo(render_sweep(rows))
 
@@ -171,6 +182,19 @@ def _write_page(path: Path, page: str) -> None:
     from onnxprune.report.html import write_page
 
     write_page(path, page)
+
+
+def _sweep_page(model: Path, doc: dict, x: str, settings: dict) -> str:
+    """The sweep as the HTML report's page (``report.html.sweep_page``)."""
+    from onnxprune.cli_options import TYPED
+    from onnxprune.graph.modelfile import load_model
+    from onnxprune.report.html import sweep_page
+    from onnxprune.report.page_facts import gather_facts
+
+    original = load_model(model).model
+    typed = click.get_current_context().meta.get(TYPED)
+    facts = gather_facts(original, None, None, settings, argv=typed, profile=False)
+    return sweep_page({"model": doc["model"], "points": doc["rows"]}, facts, x=x, y="cosine")
 
 
 def _page(model: Path, result: dict, settings: dict) -> str:
