@@ -167,12 +167,17 @@ def _structured(s: Mapping | None, facts: PageFacts) -> tuple[str, list[str]]:
 
     groups = sorted(s.get("groups", []), key=lambda g: _depth(g, facts.node_order))
     svgs: list[str] = []
+    from onnxprune.report.render import asked_for, search_lines
+
+    target = s.get("target")
     parts = [
-        f"<p>ratio {_e(s.get('ratio'))}, scope {_e(s.get('scope'))}, criterion "
+        f"<p>{_e(asked_for(s.get('ratio'), target))}, scope {_e(s.get('scope'))}, criterion "
         f"{_e(s.get('criterion'))}, round-to {_e(s.get('round_to'))}: "
         f"{sum(g['channels_after'] != g['channels_before'] for g in groups)} of {len(groups)} "
         f"groups cut, {len(s.get('blocked', []))} left alone.</p>"
     ]
+    if target and target.get("metric") in ("speedup", "quality"):  # the search, candidate by candidate
+        parts.append("<pre>" + _e("\n".join(line.strip() for line in search_lines(target))) + "</pre>")
     if groups:
         labels = [group_label(g) for g in groups]
         svg = plots.bar_pairs(labels, [g["channels_before"] for g in groups],

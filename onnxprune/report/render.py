@@ -105,7 +105,7 @@ def _structured(s: StructuredResult, max_rows: int | None) -> list[str]:
     groups = s.groups
     out = [
         "",
-        f"structured (ratio {s.ratio}, scope {s.scope}, criterion {s.criterion}, "
+        f"structured ({asked_for(s.ratio, s.target)}, scope {s.scope}, criterion {s.criterion}, "
         f"round-to {s.round_to}): pruned {len(s.changed)} of {len(groups)} groups, "
         f"{len(s.blocked)} left alone",
     ]
@@ -136,6 +136,18 @@ def _structured(s: StructuredResult, max_rows: int | None) -> list[str]:
                        "kept whole (--verbose lists every group)")  # fmt: skip
     out += blocked_lines(s.blocked, "groups left alone")
     return out
+
+
+def asked_for(ratio: float | None, target: dict | None) -> str:
+    """What the user asked for: a uniform ratio, or a target (the ratio is then moot)."""
+    if not target:
+        return f"ratio {ratio}"
+    metric = target.get("metric")
+    if metric == "speedup":
+        return f"target speed-up {target['target']:g}x"
+    if metric == "quality":
+        return "target: the fewest MACs that pass the gates"
+    return f"target {metric} {target['target']:g} of the original"
 
 
 def search_lines(t: dict) -> list[str]:
