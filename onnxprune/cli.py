@@ -88,7 +88,7 @@ def _write_side_output(path: Path, flag: str, write) -> None:
 @prune_options
 def prune_cmd(
     model: Path, output: Path | None, report_path: Path | None, quiet: bool, verbose: bool,
-    **kw,
+    dry_run: bool, **kw,
 ) -> None:
     """Prune MODEL and write the validated result."""
     from onnxprune.api import prune_with
@@ -98,9 +98,10 @@ def prune_cmd(
     from onnxprune.options import PruneOptions
 
     opts = PruneOptions(**kw)
-    out = output if output is not None else default_output_path(model)
+    out = None if dry_run else (output if output is not None else default_output_path(model))
     sides = [("--report", report_path), ("--save-plan", opts.save_plan)]
-    _check_outputs([model, *([opts.plan] if opts.plan else [])], [*model_outputs(out), *sides], opts.force)
+    written = model_outputs(out) if out is not None else []
+    _check_outputs([model, *([opts.plan] if opts.plan else [])], [*written, *sides], opts.force)
     try:
         result = prune_with(model, opts, output=out, progress=not quiet)
     except GateError as exc:  # the report says which gate failed by how much: write it first

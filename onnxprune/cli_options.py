@@ -324,6 +324,8 @@ prune_options = apply_options(
             "else JSON.",
         ),
         click.option("--force", is_flag=True, help="Allow the output to overwrite the input."),
+        click.option("--dry-run", is_flag=True, help="Do everything (prune, recover, validate, "
+                     "report) but write no model: what --structured would do, before you commit."),
         click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
         click.option(
             "-v", "--verbose", is_flag=True,

@@ -350,3 +350,17 @@ def test_bad_calibration_options_for_prune(cnn_path, tmp_path, capsys, run_cli, 
     got, out, err = run_cli([cnn_path, "--unstructured", 0.5, *calib, *args, "--runs", 5], capsys)
     _assert_clean_failure(got, out, err, code, tmp_path, before, [(cnn_path, digest(cnn_path))])
     assert needle in err, err
+
+
+def test_dry_run_prunes_validates_and_reports_but_writes_no_model(tmp_path, capsys, run_cli):
+    model = tmp_path / "m.onnx"
+    onnx.save(small_cnn(), model)
+    report = tmp_path / "r.json"
+    code, out, err = run_cli([model, "--structured", "0.5", "--round-to", "1", "--runs", "5", "--dry-run",
+                              "--report", report], capsys)  # fmt: skip
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "r.json"]
+    data = json.loads(report.read_text())
+    assert data["output_path"] is None and data["macs_after"] < data["macs_before"]
+    assert data["validation"]["verdict"] in ("conclusive", "inconclusive")
+    assert "validation on" in out
