@@ -17,6 +17,7 @@ from onnxprune import __version__, signals
 from onnxprune.cli_options import (
     INSPECT_EXAMPLES,
     PRUNE_EXAMPLES,
+    RUNS_OPTION,
     TYPED,
     VALIDATE_EXAMPLES,
     data_options,
@@ -25,6 +26,7 @@ from onnxprune.cli_options import (
     prune_options,
 )
 from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.graph.outputs import write_side_output
 from onnxprune.targets.command import analyze_cmd, sweep_cmd
 
 MAIN_HELP = """Prune an ONNX model and prove it still answers the same.
@@ -75,14 +77,6 @@ def _check_outputs(inputs: list[Path], outputs: list, force: bool = False) -> No
     check_side_outputs(inputs, [o for o in files if o.path is not None], force=force)
 
 
-def _write_side_output(path: Path, flag: str, write) -> None:
-    """``write(path)``, a failure of the disk (full, gone) named as one error line."""
-    try:
-        write(path)
-    except OSError as exc:
-        raise OnnxPruneError(f"could not write {flag} {path}: {exc.strerror or exc}") from exc
-
-
 @cli.command("prune", epilog=PRUNE_EXAMPLES)
 @click.argument("model", type=click.Path(path_type=Path, dir_okay=True))
 @prune_options
@@ -125,7 +119,7 @@ def _write_report(path: Path, report, model: Path, pruned, settings: dict) -> No
     """The report at ``path``: JSON, or the HTML page (with a per-op profile of both models
     when the pruned one is at hand)."""
     if not is_html(path):
-        _write_side_output(path, "--report", report.write_json)
+        write_side_output(path, "--report", report.write_json)
         return
     from onnxprune.graph.modelfile import load_model
     from onnxprune.report.html import prune_page, write_page
@@ -137,7 +131,7 @@ def _write_report(path: Path, report, model: Path, pruned, settings: dict) -> No
         original, pruned, report, settings, argv=typed, seed=settings.get("seed", 0)
     )
     text = prune_page(report.to_dict(), facts)
-    _write_side_output(path, "--report", lambda p: write_page(p, text))
+    write_side_output(path, "--report", lambda p: write_page(p, text))
 
 
 @cli.command("inspect", epilog=INSPECT_EXAMPLES)
@@ -154,7 +148,7 @@ def inspect_cmd(model: Path, nm: str, input_shapes: tuple, json_path: Path | Non
     data = inspect_data(model, nm, list(input_shapes) or None)
     if json_path is not None:
         text = json.dumps(data, indent=2) + "\n"
-        _write_side_output(json_path, "--json", lambda p: p.write_text(text))
+        write_side_output(json_path, "--json", lambda p: p.write_text(text))
     click.echo(render_inspection(data))
 
 
@@ -174,13 +168,7 @@ def inspect_cmd(model: Path, nm: str, input_shapes: tuple, json_path: Path | Non
     metavar="PATH",
     help="Also write the results as JSON to this path.",
 )
-@click.option(
-    "--runs",
-    type=click.IntRange(min=5),
-    default=30,
-    show_default=True,
-    help="Latency runs per model (interleaved).",
-)
+@RUNS_OPTION
 @input_options
 def validate_cmd(original: Path, pruned: Path, json_path: Path | None, **kw) -> None:
     """Compare PRUNED with ORIGINAL on the same inputs: agreement, drift, accuracy."""
@@ -198,13 +186,13 @@ def validate_cmd(original: Path, pruned: Path, json_path: Path | None, **kw) -> 
     except GateError as exc:  # write and show the figures before exiting 3
         if json_path is not None and isinstance(exc.report, dict):
             text = json.dumps(exc.report, indent=2) + "\n"
-            _write_side_output(json_path, "--json", lambda p: p.write_text(text))
+            write_side_output(json_path, "--json", lambda p: p.write_text(text))
         if isinstance(exc.report, dict):
             click.echo(render_evaluation(exc.report))
         raise
     if json_path is not None:
         text = json.dumps(result, indent=2) + "\n"
-        _write_side_output(json_path, "--json", lambda p: p.write_text(text))
+        write_side_output(json_path, "--json", lambda p: p.write_text(text))
     click.echo(render_evaluation(result))
 
 

@@ -40,6 +40,38 @@ Examples:
 """
 
 
+CRITERION_OPTION = click.option(
+    "--criterion",
+    type=click.Choice(list(CRITERIA)),
+    default=default("criterion"),
+    show_default=True,
+    help="Channel importance for --structured/--heads (activation, apoz and wanda read "
+    "--calib activations). --unstructured/--nm rank weights by |W| for every criterion "
+    "but wanda, which scores |W| x the input's norm.",
+)
+MAX_GROUP_RATIO_OPTION = click.option(
+    "--max-group-ratio",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    default=default("max_group_ratio"),
+    show_default=True,
+    help="With --scope global: most any one group may lose.",
+)
+EXCLUDE_OPTION = click.option(
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Leave nodes/tensors whose name matches GLOB intact (repeatable).",
+)
+RUNS_OPTION = click.option(
+    "--runs",
+    type=click.IntRange(min=5),
+    default=default("runs"),
+    show_default=True,
+    help="Latency runs per model (interleaved).",
+)
+"""Options several commands take (prune, validate, analyze, sweep), defined once."""
+
+
 def ratio_option(name: str, help_text: str):
     return click.option(
         name,
@@ -244,15 +276,7 @@ prune_options = apply_options(
             "[default: local; global for --unstructured with --calib, where OBS recovers it "
             "best (README 'Targets')].",
         ),
-        click.option(
-            "--criterion",
-            type=click.Choice(list(CRITERIA)),
-            default=default("criterion"),
-            show_default=True,
-            help="Channel importance for --structured/--heads (activation, apoz and wanda read "
-            "--calib activations). --unstructured/--nm rank weights by |W| for every criterion "
-            "but wanda, which scores |W| x the input's norm.",
-        ),
+        CRITERION_OPTION,
         click.option(
             "--round-to",
             type=click.IntRange(min=1),
@@ -262,19 +286,8 @@ prune_options = apply_options(
             "[default: 16, measured fastest in onnxruntime (README, 'Why round-to 16'); "
             "1 = exact counts].",
         ),
-        click.option(
-            "--max-group-ratio",
-            type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
-            default=default("max_group_ratio"),
-            show_default=True,
-            help="With --scope global: most any one group may lose.",
-        ),
-        click.option(
-            "--exclude",
-            multiple=True,
-            metavar="GLOB",
-            help="Leave nodes/tensors whose name matches GLOB intact (repeatable).",
-        ),
+        MAX_GROUP_RATIO_OPTION,
+        EXCLUDE_OPTION,
         click.option(
             "--validate/--no-validate",
             default=default("validate"),
@@ -305,13 +318,7 @@ prune_options = apply_options(
             help="For --unstructured/--nm: choose and compensate zeroed weights with a damped-Hessian "
             "(SparseGPT-style) reconstruction [default: on with --calib].",
         ),
-        click.option(
-            "--runs",
-            type=click.IntRange(min=5),
-            default=default("runs"),
-            show_default=True,
-            help="Latency runs per model (interleaved).",
-        ),
+        RUNS_OPTION,
         input_options,
         click.option(
             "--report",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnx
 
-from onnxprune.errors import UsageError
+from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.graph.proto import external_info, is_external, walk_tensors
 
 
@@ -182,3 +182,11 @@ def check_side_outputs(
                         f"{out.flag} {out.path} would overwrite the external data file "
                         f"{data.name} of the input model {inp}; choose another output name"
                     )
+
+
+def write_side_output(path: Path, flag: str, write) -> None:
+    """``write(path)``, a failure of the disk (full, gone) named as one error line."""
+    try:
+        write(path)
+    except OSError as exc:
+        raise OnnxPruneError(f"could not write {flag} {path}: {exc.strerror or exc}") from exc

@@ -12,17 +12,22 @@ from pathlib import Path
 
 import click
 
-from onnxprune.errors import OnnxPruneError
+from onnxprune.cli_options import (
+    CALIB_HELP,
+    CRITERION_OPTION,
+    EXCLUDE_OPTION,
+    HOLDOUT_OPTIONS,
+    MAX_GROUP_RATIO_OPTION,
+    RUNS_OPTION,
+    TYPED,
+    apply_options,
+    data_options,
+    input_options,
+)
+from onnxprune.graph.outputs import write_side_output
 from onnxprune.options import PROVIDERS, default
-from onnxprune.structured.importance import CRITERIA
 
 __all__ = ["analyze_cmd", "sweep_cmd"]
-
-CALIB_HELP = (
-    "Calibration/validation inputs: .npz keyed by input name, a folder of .npy files, or a "
-    "folder of images"
-)
-
 
 ANALYZE_EXAMPLES = """\b
 Examples:
@@ -49,12 +54,10 @@ Examples:
               show_default=True, help="onnxruntime provider to profile and score on.")  # fmt: skip
 @click.option("--threads", type=click.IntRange(min=0), default=default("threads"),
               show_default=True, metavar="N", help="onnxruntime intra-op threads (0: its own).")  # fmt: skip
-@click.option("--criterion", type=click.Choice(list(CRITERIA)), default=default("criterion"),
-              show_default=True, help="Which channels a fraction removes first (lowest score).")  # fmt: skip
+@CRITERION_OPTION
 @click.option("--fractions", default="0.25,0.5,0.75", show_default=True, metavar="F,F,...",
               help="Fractions of each group's channels removed, one candidate each.")  # fmt: skip
-@click.option("--exclude", multiple=True, metavar="GLOB",
-              help="Leave groups touching nodes/tensors matching GLOB out (as prune does).")  # fmt: skip
+@EXCLUDE_OPTION
 @click.option("--seed", type=int, default=default("seed"), show_default=True,
               help="Seed for random inputs and the random criterion.")  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
@@ -82,13 +85,13 @@ def analyze_cmd(
     result = analyze_path(model, use_cache=not no_cache, progress=not quiet, **kw).to_dict()
     text = json.dumps(result, indent=2) + "\n"
     if json_path is not None:
-        _write(json_path, "--json", lambda p: p.write_text(text))
+        write_side_output(json_path, "--json", lambda p: p.write_text(text))
     if report_path is not None:
         if report_path.suffix.lower() in (".html", ".htm"):
             page = _page(model, result, kw)
-            _write(report_path, "--report", lambda p: _write_page(p, page))
+            write_side_output(report_path, "--report", lambda p: _write_page(p, page))
         else:
-            _write(report_path, "--report", lambda p: p.write_text(text))
+            write_side_output(report_path, "--report", lambda p: p.write_text(text))
     if not quiet:
         click.echo(render_analysis(result))
 
@@ -103,8 +106,6 @@ Examples:
 
 def _sweep_options(f):
     """The flags of ``sweep``: the targets, then prune's data, input and pruning flags."""
-    from onnxprune.cli_options import HOLDOUT_OPTIONS, apply_options, data_options, input_options
-
     own = [
         click.option("--targets", required=True, metavar="T,T,...",
                      help="Speed-ups (--metric speedup), or MAC reductions (2 = half the "
@@ -122,18 +123,12 @@ def _sweep_options(f):
                      "Seed for random inputs and the random criterion."),
         *HOLDOUT_OPTIONS[:2],
         input_options,
-        click.option("--criterion", type=click.Choice(list(CRITERIA)),
-                     default=default("criterion"), show_default=True,
-                     help="Channel importance (as for prune)."),
+        CRITERION_OPTION,
         click.option("--round-to", type=click.IntRange(min=1), default=None, metavar="N",
                      help="Keep channel counts multiples of N [default: exact counts]."),
-        click.option("--max-group-ratio", type=click.FloatRange(0.0, 1.0, min_open=True,
-                     max_open=True), default=default("max_group_ratio"), show_default=True,
-                     help="Most any one group may lose."),
-        click.option("--exclude", multiple=True, metavar="GLOB",
-                     help="Leave nodes/tensors whose name matches GLOB intact (repeatable)."),
-        click.option("--runs", type=click.IntRange(min=5), default=default("runs"),
-                     show_default=True, help="Latency runs per model per measurement."),
+        MAX_GROUP_RATIO_OPTION,
+        EXCLUDE_OPTION,
+        RUNS_OPTION,
         click.option("--staircase/--no-staircase", default=None,
                      help="--metric speedup: measure the latency staircase once, first "
                      "[default: on]."),
@@ -161,21 +156,14 @@ def sweep_cmd(model: Path, targets: str, metric: str, json_path: Path | None,
     doc = {"model": str(model), "metric": metric, "rows": [r.to_dict() for r in rows]}
     text = json.dumps(doc, indent=2) + "\n"
     if json_path is not None:
-        _write(json_path, "--json", lambda p: p.write_text(text))
+        write_side_output(json_path, "--json", lambda p: p.write_text(text))
     if report_path is not None and report_path.suffix.lower() in (".html", ".htm"):
         page = _sweep_page(model, doc, "speedup" if metric == "speedup" else "fraction", kw)
-        _write(report_path, "--report", lambda p: _write_page(p, page))
+        write_side_output(report_path, "--report", lambda p: _write_page(p, page))
     elif report_path is not None:
-        _write(report_path, "--report", lambda p: p.write_text(text))
+        write_side_output(report_path, "--report", lambda p: p.write_text(text))
     if not quiet:
         click.echo(render_sweep(rows))
-
-
-def _write(path: Path, flag: str, write) -> None:
-    try:
-        write(path)
-    except OSError as exc:
-        raise OnnxPruneError(f"could not write {flag} {path}: {exc.strerror or exc}") from exc
 
 
 def _write_page(path: Path, page: str) -> None:
@@ -186,7 +174,6 @@ def _write_page(path: Path, page: str) -> None:
 
 def _sweep_page(model: Path, doc: dict, x: str, settings: dict) -> str:
     """The sweep as the HTML report's page (``report.html.sweep_page``)."""
-    from onnxprune.cli_options import TYPED
     from onnxprune.graph.modelfile import load_model
     from onnxprune.report.html import sweep_page
     from onnxprune.report.page_facts import gather_facts
@@ -199,7 +186,6 @@ def _sweep_page(model: Path, doc: dict, x: str, settings: dict) -> str:
 
 def _page(model: Path, result: dict, settings: dict) -> str:
     """The analysis as the HTML report's page (``report.html.analysis_page``)."""
-    from onnxprune.cli_options import TYPED
     from onnxprune.graph.modelfile import load_model
     from onnxprune.report.html import analysis_page
     from onnxprune.report.page_facts import gather_facts
