@@ -55,7 +55,7 @@ def prune(
     *,
     output: str | os.PathLike | None = None,
     structured: float | None = None,
-    heads: float | None = None,
+    heads: float | None = None, hidden: float | None = None,
     unstructured: float | None = None,
     nm: str | tuple[int, int] | None = None,
     scope: str | None = None,
@@ -99,8 +99,8 @@ def prune(
     that fraction of channels/neurons physically (smaller dense model, real speed-up);
     ``unstructured`` zeroes that fraction of weights by magnitude and ``nm`` ("2:4") zeroes to
     an N:M pattern (smaller on disk once compressed; fast only with sparse kernels). ``heads``
-    removes that fraction of the heads of each attention layer (whole key/value groups in
-    grouped-query attention). Structured pruning runs first when combined with either.
+    removes that fraction of heads per attention layer (whole KV groups in GQA), ``hidden``
+    of each LayerNorm-normalized residual stream (approximate). Structured runs first.
 
     With ``output`` the result is written atomically, and only after validation passed; without
     it nothing is written (validation then uses a temporary folder). ``validate`` compares the
@@ -142,8 +142,8 @@ def prune(
     Long because every option is spelled out as a keyword, with its default, for the reader.
     """
     opts = PruneOptions(
-        structured=structured, heads=heads, unstructured=unstructured, nm=nm, scope=scope,
-        criterion=criterion, round_to=round_to, max_group_ratio=max_group_ratio,
+        structured=structured, heads=heads, hidden=hidden, unstructured=unstructured, nm=nm,
+        scope=scope, criterion=criterion, round_to=round_to, max_group_ratio=max_group_ratio,
         exclude=exclude, validate=validate, calib=calib, seed=seed, providers=providers,
         runs=runs, force=force, external_data=external_data, calib_samples=calib_samples,
         calib_preprocess=calib_preprocess, labels=labels, bias_correction=bias_correction,

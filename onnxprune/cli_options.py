@@ -259,6 +259,16 @@ prune_options = apply_options(
             "Remove fraction R of the heads of each attention layer (whole key/value groups in GQA).",
         ),
         ratio_option(
+            "--hidden",
+            "Remove fraction R of the channels of each residual stream normalized by LayerNorm/"
+            "RMSNorm (ConvNeXt/Swin stages, a transformer's hidden size): the stem or "
+            "embeddings, every projection into and out of the stream, the norms' scale and "
+            "bias, positional tables and the classifier input are cut together. Approximate, "
+            "not exact: each norm then normalizes over the kept channels (the report says so); "
+            "--calib repairs it by refitting the stream's consumers. Without --hidden those "
+            "streams are kept whole.",
+        ),
+        ratio_option(
             "--unstructured",
             "Zero fraction R of the prunable weights by magnitude (no shape change).",
         ),

@@ -244,6 +244,9 @@ class PruneOptions(DataOptions):
 
     structured: float | None = None
     heads: float | None = None
+    hidden: float | None = None
+    """``--hidden R``: remove fraction R of the channels of each LayerNorm/RMSNorm-normalized
+    residual stream (``onnxprune.structured.stream``); approximate, reported apart."""
     unstructured: float | None = None
     nm: tuple[int, int] | None = None
     """Given as ``"2:4"`` or ``(2, 4)``; stored as ``(2, 4)``."""
@@ -297,10 +300,11 @@ class PruneOptions(DataOptions):
 
         self._check_targets()
         if self.search is None and all(x is None for x in (
-                self.structured, self.heads, self.unstructured, self.nm, self.target,
-                self.plan)):  # fmt: skip
+                self.structured, self.heads, self.hidden, self.unstructured, self.nm,
+                self.target, self.plan)):  # fmt: skip
             raise UsageError(
-                "nothing to do: pass --structured RATIO, --heads RATIO, --unstructured RATIO, "
+                "nothing to do: pass --structured RATIO, --heads RATIO, --hidden RATIO, "
+                "--unstructured RATIO, "
                 "--nm N:M, --target-macs R, --target-params R, --target-speedup S, or a "
                 "quality gate (--max-drop P, --min-cosine X) alone for the fastest model "
                 "that keeps it"
@@ -310,6 +314,7 @@ class PruneOptions(DataOptions):
         self._set(
             structured=_optional(check_fraction, self.structured, "--structured"),
             heads=_optional(check_fraction, self.heads, "--heads"),
+            hidden=_optional(check_fraction, self.hidden, "--hidden"),
             unstructured=_optional(check_fraction, self.unstructured, "--unstructured"),
             nm=_optional(check_nm, self.nm, "--nm"),
             scope=_optional(check_choice, self.scope, "--scope", SCOPES),
@@ -371,6 +376,7 @@ class PruneOptions(DataOptions):
                              "how much each group loses")  # fmt: skip
         if self.plan is not None:
             given = [f for f, v in (("--structured", self.structured), ("--heads", self.heads),
+                                    ("--hidden", self.hidden),
                                     (flag, self.target)) if v is not None]  # fmt: skip
             if given:
                 raise UsageError(f"--plan re-applies a saved decision: drop {given[0]}")
@@ -411,8 +417,8 @@ class PruneOptions(DataOptions):
         do (the fewest MACs that keep that quality), None for a plain run."""
         if self.target_speedup is not None:
             return "speedup"
-        plain = (self.structured, self.heads, self.unstructured, self.nm, self.target_macs,
-                 self.target_params, self.plan)  # fmt: skip
+        plain = (self.structured, self.heads, self.hidden, self.unstructured, self.nm,
+                 self.target_macs, self.target_params, self.plan)  # fmt: skip
         if all(x is None for x in plain) and (self.max_drop is not None
                                               or self.min_cosine is not None):  # fmt: skip
             return "quality"
@@ -442,7 +448,7 @@ class PruneOptions(DataOptions):
     @property
     def wants_structured(self) -> bool:
         return (self.structured is not None or self.heads is not None
-                or self.target is not None or self.plan is not None
+                or self.hidden is not None or self.target is not None or self.plan is not None
                 or self.search is not None)  # fmt: skip
 
     @property

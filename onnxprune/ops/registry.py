@@ -41,6 +41,7 @@ def default_specs() -> list[OpSpec]:
         *specs(elementwise.BROADCAST, rule=elementwise.Broadcast()),
         *specs(("BatchNormalization", "InstanceNormalization"), rule=norm.PerChannelNorm()),
         *specs(("LayerNormalization", "MeanVarianceNormalization"), rule=norm.SpanNorm()),
+        OpSpec("RMSNormalization", rule=norm.SpanNorm(), since=23),
         *specs(("LRN", "GroupNormalization"), rule=norm.CrossChannelNorm()),
         *specs(pool.POOL, rule=pool.Pool()),
         *specs((*pool.REDUCE, "ArgMax", "ArgMin"), rule=pool.Reduce()),

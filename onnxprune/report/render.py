@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from onnxprune.report.text import gate_row, human_bytes, human_count, ratio, table
+from onnxprune.structured.stream import stream_lines
 
 if TYPE_CHECKING:
     from onnxprune.report.results import Report
@@ -117,12 +118,15 @@ def _structured(s: StructuredResult, max_rows: int | None) -> list[str]:
                    f"{t['reached']:.4g} ({t['after']:,} of {t['before']:,}"
                    f"{'' if t['met'] else ', not met: every group at its floor'})")  # fmt: skip
     shown = groups if max_rows is None else groups[:max_rows]
+    streams = {r["id"] for r in (s.hidden or {}).get("groups", [])}
     if shown:
         rows = []
         for g in shown:
             label = group_label({"nodes": g.nodes, "members": g.members, "id": g.id})
             if g.heads:
                 label += f" (heads {g.heads}->{g.heads_after})"
+            if g.id in streams:
+                label += " (hidden stream, approximate)"
             scores = f"{g.score_min:.3g}/{g.score_mean:.3g}/{g.score_max:.3g}"
             rows.append([label, str(g.channels_before), str(g.channels_after), scores, g.note])
         header = ["layer (first producer)", "before", "after", "score min/mean/max", "why kept more"]
@@ -134,6 +138,7 @@ def _structured(s: StructuredResult, max_rows: int | None) -> list[str]:
             cut = sum(1 for g in rest if g.channels_after != g.channels_before)
             out.append(f"  ... and {len(rest)} more groups: {cut} cut, {len(rest) - cut} "
                        "kept whole (--verbose lists every group)")  # fmt: skip
+    out += stream_lines(s.hidden or {})
     out += blocked_lines(s.blocked, "groups left alone")
     return out
 

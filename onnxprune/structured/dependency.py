@@ -72,9 +72,13 @@ class Context:
     :meth:`bind`, tie channels with :meth:`unify`, and refuse with :meth:`block`.
     """
 
-    def __init__(self, view: GraphView) -> None:
+    def __init__(self, view: GraphView, hidden: bool = False) -> None:
         self.view = view
         self.opset = view.opset
+        self.hidden = hidden
+        """Whether a normalization over the channel axis may join its stream (``--hidden``)
+        instead of blocking it: see :meth:`approximate`."""
+        self._approx: list[tuple[np.ndarray, str, str]] = []
         self._parent: list[int] = []
         self._sources: list[_Source] = []
         self._chans: dict[str, Chan] = {}
@@ -254,6 +258,17 @@ class Context:
         if ids is not None and len(ids):
             self._blocks.append((ids, reason, self.where))
 
+    def approximate(self, ids: np.ndarray, reason: str) -> bool:
+        """A normalization whose statistics span these channels: with ``hidden`` the group
+        becomes a hidden stream (cut only by ``--hidden``, not exact) and True is returned;
+        otherwise the channels are blocked with ``reason`` and False is returned."""
+        if not self.hidden:
+            self.block(ids, reason)
+            return False
+        if len(ids):
+            self._approx.append((ids, reason, self.where))
+        return True
+
     def block_inputs(self, reason: str) -> None:
         """Refuse the whole node: every tracked input keeps all of its channels."""
         for k in range(len(self.node.input)):
@@ -343,6 +358,10 @@ class Context:
             for c in np.unique(group_of_class[roots[ids]]).tolist():
                 if (where, reason) not in groups[c].reasons:
                     groups[c].reasons.append((where, reason))
+        for ids, _reason, where in self._approx:
+            for c in np.unique(group_of_class[roots[ids]]).tolist():
+                if where not in groups[c].stream:
+                    groups[c].stream.append(where)
         out = []
         for g in groups.values():
             if g.reasons:
@@ -428,10 +447,14 @@ class Context:
         return groups, slot_of_class
 
 
-def analyze(model: onnx.ModelProto, *, view: GraphView | None = None) -> list[Group]:
-    """Every coupling group of ``model``, prunable or blocked (with reasons)."""
+def analyze(
+    model: onnx.ModelProto, *, view: GraphView | None = None, hidden: bool = False
+) -> list[Group]:
+    """Every coupling group of ``model``, prunable or blocked (with reasons). ``hidden``:
+    normalizations over channels join their stream into a group (``Group.stream``) instead
+    of blocking it (``--hidden``; pruning such a group is approximate)."""
     view = view if view is not None else GraphView(model)
-    ctx = Context(view)
+    ctx = Context(view, hidden)
     opsets = opsets_of(model)
     for i, node in enumerate(view.nodes):
         ctx.visit(i, rule_for(node, opsets))

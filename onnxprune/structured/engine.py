@@ -15,7 +15,12 @@ import onnx
 
 from onnxprune.errors import UsageError
 from onnxprune.graph.view import GraphView
-from onnxprune.options import check_choice, check_has_activations, check_patterns
+from onnxprune.options import (
+    check_choice,
+    check_fraction,
+    check_has_activations,
+    check_patterns,
+)
 from onnxprune.structured.dependency import Group, analyze
 from onnxprune.structured.importance import CRITERIA, DATA_AWARE, activation_targets, score_groups
 from onnxprune.structured.plan import (
@@ -26,6 +31,7 @@ from onnxprune.structured.plan import (
     make_plan,
 )
 from onnxprune.structured.rewrite import apply_plan
+from onnxprune.structured.stream import stream_keep, stream_summary
 
 __all__ = [
     "Group",
@@ -65,6 +71,9 @@ class StructuredOptions:
     keep: Mapping[str, int] | None = None
     """Kept slots per group id (``make_plan``'s ``keep``: exact, no rounding), as chosen by
     ``onnxprune.targets``; groups not listed follow ``ratio``/``heads`` as usual."""
+    hidden: float | None = None
+    """Fraction of the channels of each LayerNorm/RMSNorm-normalized residual stream to
+    remove, in [0, 1) (``onnxprune.structured.stream``; approximate); None: streams stay."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -76,6 +85,7 @@ class StructuredOptions:
             ratio=opts.structured or 0.0, heads=opts.heads, scope=opts.scope or "local",
             criterion=opts.criterion, round_to=opts.round_to,
             max_group_ratio=opts.max_group_ratio, exclude=opts.exclude, seed=opts.seed,
+            hidden=getattr(opts, "hidden", None),
         )  # fmt: skip
 
     def validate(self) -> None:
@@ -87,6 +97,8 @@ class StructuredOptions:
         """
         round_to = DEFAULT_ROUND_TO if self.round_to is None else self.round_to
         check_plan_options(self.ratio, self.scope, round_to, self.max_group_ratio, self.heads)
+        if self.hidden is not None:
+            check_fraction(self.hidden, "--hidden")
         check_choice(self.criterion, "--criterion", tuple(CRITERIA))
         if isinstance(self.exclude, str):
             raise UsageError(f"--exclude must be a list of patterns, got {self.exclude!r}")
@@ -112,6 +124,9 @@ class StructuredResult:
     target: dict | None = None
     """With ``--target-macs``/``--target-params``: what was asked and reached
     (``onnxprune.targets.allocate.TargetOutcome.to_dict``)."""
+    hidden: dict | None = None
+    """With ``--hidden``: the hidden-stream section (``stream_summary``), apart from the
+    exact cuts because it is approximate."""
 
     @classmethod
     def from_plan(cls, plan: Plan, criterion: str) -> StructuredResult:
@@ -161,6 +176,7 @@ class StructuredResult:
             ],
             "blocked": [dict(b) for b in self.blocked],
             **({"target": dict(self.target)} if self.target is not None else {}),
+            **({"hidden": dict(self.hidden)} if self.hidden is not None else {}),
         }
 
 
@@ -187,7 +203,7 @@ def prune_structured(
     bar = _progress(progress)
     view = GraphView(model)
     bar("analyze")
-    groups = analyze(model, view=view)
+    groups = analyze(model, view=view, hidden=options.hidden is not None)
     bar("score")
     stats = options.stats
     if options.criterion in DATA_AWARE and stats is None:
@@ -195,6 +211,8 @@ def prune_structured(
     scores = score_groups(groups, view, options.criterion, stats, seed=options.seed)
     bar("plan")
     keep = options.keep
+    if options.hidden is not None:
+        keep = {**stream_keep(groups, options.hidden, round_to), **(keep or {})}
     if allocate is not None:
         keep = {**(keep or {}), **allocate(groups, scores, view)}
     plan = make_plan(
@@ -209,6 +227,8 @@ def prune_structured(
         keep=keep,
     )
     plan.settings["criterion"] = options.criterion
+    if options.hidden is not None:
+        plan.settings["hidden"] = float(options.hidden)
     if not plan.groups and not plan.blocked:
         plan.blocked.append(
             {
@@ -217,6 +237,8 @@ def prune_structured(
             }
         )
     result = StructuredResult.from_plan(plan, options.criterion)
+    if options.hidden is not None:
+        result.hidden = stream_summary(plan, groups, options.hidden)
     if plan.empty:
         bar(None)
         return model, result

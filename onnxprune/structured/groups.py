@@ -70,6 +70,10 @@ class Group:
     heads: int = 0
     """Attention heads the group holds (``onnxprune.structured.heads``); 0 for neurons and channels.
     Its slots are heads, or key/value groups of query heads in grouped-query attention."""
+    stream: list[str] = field(default_factory=list)
+    """The normalizations (node labels) whose statistics span the group's channels: a
+    hidden stream, found only with ``--hidden`` and cut only by it. Not exact: each one
+    then normalizes over the kept channels (``onnxprune.structured.stream``)."""
 
     @property
     def params(self) -> list[Slice]:

@@ -1,0 +1,161 @@
+"""The residual stream as its own kind (``--hidden``): analysis, stream oracle, options, report.
+
+Hidden-stream pruning is approximate by design (each LayerNorm/RMSNorm then normalizes over
+the kept channels), so these tests check it against that formula
+(``onnxprune.testing.stream_oracle``), not against the exactness oracle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxprune.errors import UsageError
+from onnxprune.structured.dependency import analyze
+from onnxprune.structured.engine import StructuredOptions, prune_structured
+from onnxprune.structured.stream import APPROXIMATE, stream_lines
+from onnxprune.testing import Builder, random_feeds, run
+from onnxprune.testing.graphs.transformer import encoder_block, layer_norm
+from onnxprune.testing.oracles import zeroed
+from onnxprune.testing.stream_oracle import assert_stream, prune_stream, stream_reference
+
+
+def _ln2d(b: Builder, x: str, c: int, name: str) -> str:
+    """torchvision's LayerNorm2d: Permute to NHWC, LayerNormalization, Permute back."""
+    h = b.op("Transpose", [x], perm=[0, 2, 3, 1])
+    return b.op("Transpose", [layer_norm(b, h, c, name)], perm=[0, 3, 1, 2])
+
+
+def convnext_tiny(c: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """A ConvNeXt in miniature: patchify stem + LayerNorm2d, two blocks (depthwise 3x3,
+    Permute, LayerNorm, MLP, layer scale, Permute, residual Add), a downsampling LayerNorm2d +
+    2x2 Conv, and the head (GlobalAveragePool, LayerNorm2d, Flatten, Gemm)."""
+    b = Builder(seed)
+    x = b.input([1, 3, 8, 8])
+    s = _ln2d(b, b.op("Conv", [x, b.rand([c, 3, 2, 2], "stem.weight"), b.rand([c], "stem.bias")],
+                      name="stem", kernel_shape=[2, 2], strides=[2, 2]), c, "stem.ln")  # fmt: skip
+    for i in range(2):
+        h = b.conv(s, c, c, k=3, group=c, name=f"b{i}.dw")
+        h = layer_norm(b, b.op("Transpose", [h], perm=[0, 2, 3, 1]), c, f"b{i}.ln")
+        h = b.matmul(b.relu(b.matmul(h, c, 2 * c, name=f"b{i}.fc1")), 2 * c, c, name=f"b{i}.fc2")
+        h = b.op("Mul", [h, b.rand([c], f"b{i}.gamma", 1.0, positive=True)])
+        s = b.op("Add", [s, b.op("Transpose", [h], perm=[0, 3, 1, 2])])
+    d = b.conv(_ln2d(b, s, c, "down.ln"), c, 2 * c, k=2, stride=2, name="down")
+    p = _ln2d(b, b.op("GlobalAveragePool", [d]), 2 * c, "head.ln")
+    return b.build([b.gemm(b.op("Flatten", [p]), 2 * c, 10, name="head")])
+
+
+def vit_tiny(dim: int = 16, tokens: int = 5, seed: int = 0, rms: bool = False) -> onnx.ModelProto:
+    """A pre-LN transformer stream: patch projection + positional table, two blocks of
+    x + fc2(relu(fc1(LN(x)))), a final norm and a classifier; ``rms``: opset-23
+    RMSNormalization instead of LayerNormalization."""
+    b = Builder(seed, opset=23 if rms else 17)
+
+    def norm(x: str, name: str) -> str:
+        if not rms:
+            return layer_norm(b, x, dim, name)
+        w = b.rand([dim], f"{name}.scale", 1.0, positive=True)
+        return b.op("RMSNormalization", [x, w], axis=-1, name=name)
+
+    x = b.input([1, tokens, 12])
+    s = b.op("Add", [b.matmul(x, 12, dim, name="embed"), b.rand([1, tokens, dim], "pos", 0.2)])
+    for i in range(2):
+        h = b.relu(b.matmul(norm(s, f"b{i}.ln"), dim, 2 * dim, name=f"b{i}.fc1"))
+        s = b.op("Add", [s, b.matmul(h, 2 * dim, dim, name=f"b{i}.fc2")])
+    return b.build([b.matmul(norm(s, "final.ln"), dim, 4, name="cls")])
+
+
+def test_without_hidden_the_stream_is_blocked_by_its_norm():
+    groups = analyze(convnext_tiny())
+    stem = next(g for g in groups if g.id == "stem")
+    assert stem.blocked_reason is not None and "normalizes over the channel axis" in stem.blocked_reason
+    assert not any(g.stream for g in groups)
+
+
+def test_with_hidden_the_stream_is_one_group_of_every_member():
+    groups = analyze(convnext_tiny(), hidden=True)
+    stem = next(g for g in groups if g.id == "stem")
+    assert stem.blocked_reason is None
+    assert stem.stream == ["stem.ln", "b0.ln", "b1.ln", "down.ln"]
+    labels = {m.label for m in stem.params}
+    for want in ("stem.weight[out]", "b0.dw.weight[out]", "b1.fc2.weight[out]", "b0.fc1.weight[in]",
+                 "b0.ln.scale", "b0.ln.bias", "b1.gamma", "down.weight[in]"):  # fmt: skip
+        assert want in labels, want
+    down = next(g for g in groups if g.id == "down")
+    assert down.stream == ["head.ln"] and "head.weight[in]" in {m.label for m in down.params}
+
+
+def test_convnext_stream_matches_the_norm_over_kept_channels():
+    model = convnext_tiny()
+    pruned, plan = prune_stream(model, hidden=0.5)
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert dims["stem.weight"][0] == 8 and dims["b0.ln.scale"] == [8] and dims["down.weight"][:2] == [16, 8]
+    assert dims["head.weight"] == [10, 16]
+    assert plan.settings["hidden"] == 0.5
+
+
+def test_stream_with_exact_groups_too():
+    model = convnext_tiny(seed=3)
+    pruned, _ = prune_stream(model, hidden=0.25, ratio=0.5)
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert dims["b0.fc1.weight"] == [12, 16]  # the stream (16 -> 12) and the MLP (32 -> 16)
+
+
+@pytest.mark.parametrize("rms", [False, True])
+def test_transformer_stream_with_positional_table(rms):
+    model = vit_tiny(rms=rms)
+    pruned, _ = prune_stream(model, hidden=0.5)
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert dims["pos"] == [1, 5, 8] and dims["embed.weight"] == [12, 8] and dims["cls.weight"] == [8, 4]
+
+
+def test_the_oracle_is_not_the_exactness_oracle():
+    """The cut is approximate: the exact reference (plain zeroing) differs, the norm over
+    kept channels agrees; and the oracle's norm formula agrees with numpy."""
+    model = vit_tiny(seed=2)
+    pruned, result = prune_structured(model, StructuredOptions(ratio=0.0, hidden=0.5, round_to=1))
+    feeds = random_feeds(model, 0)
+    got = run(pruned, feeds)[0]
+    plain = run(zeroed(model, result.plan), feeds)[0]
+    assert np.max(np.abs(plain - got)) > 1e-3
+    assert_stream(model, pruned, result.plan)
+
+
+def test_masked_norm_formula_matches_numpy():
+    b = Builder(1)
+    x = b.input([2, 3, 8])
+    model = b.build([layer_norm(b, x, 8, "ln")])
+    from onnxprune.structured.plan import Cut, Plan
+
+    kept = [0, 2, 3, 7]
+    plan = Plan([], [], [Cut("x", 2, 8, kept, "act")])
+    feeds = random_feeds(model, 0)
+    ref = run(stream_reference(model, plan), feeds)[0][..., kept]
+    v = feeds["x"][..., kept].astype(np.float64)
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    want = (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-5)
+    want = want * init["ln.scale"][kept] + init["ln.bias"][kept]
+    np.testing.assert_allclose(ref, want, rtol=1e-4, atol=1e-5)
+
+
+def test_stream_from_a_graph_input_stays_blocked():
+    model = encoder_block()  # post-LN: the stream is the graph input itself
+    pruned, result = prune_structured(model, StructuredOptions(ratio=0.0, hidden=0.5))
+    assert result.hidden is not None and result.hidden["groups"] == []
+    assert any("graph input" in b["reason"] or "graph output" in b["reason"] for b in result.blocked)
+    assert pruned is model
+
+
+def test_hidden_is_validated():
+    with pytest.raises(UsageError, match="--hidden"):
+        StructuredOptions(ratio=0.0, hidden=1.0)
+
+
+def test_report_section_says_approximate():
+    _, result = prune_structured(convnext_tiny(), StructuredOptions(ratio=0.0, hidden=0.5, round_to=1))
+    section = result.to_dict()["hidden"]
+    assert section["exact"] is False and section["note"] == APPROXIMATE
+    assert [r["channels_after"] for r in section["groups"]] == [8, 16]
+    lines = stream_lines(section)
+    assert lines[0] == f"hidden stream: {APPROXIMATE}" and "16 -> 8" in lines[2]
