@@ -159,3 +159,27 @@ def test_report_section_says_approximate():
     assert [r["channels_after"] for r in section["groups"]] == [8, 16]
     lines = stream_lines(section)
     assert lines[0] == f"hidden stream: {APPROXIMATE}" and "16 -> 8" in lines[2]
+
+
+def test_recovery_refits_the_stream_consumers_and_lowers_the_error():
+    """The stream's consumers lost input channels, so recovery refits them against the
+    original stream; on a low-rank stream (removed channels nearly linear in the kept ones)
+    that repairs most of the approximation."""
+    from onnxprune.recovery.recover import RecoveryOptions, recover_structured
+    from onnxprune.testing import set_constant
+
+    model = vit_tiny(seed=4)
+    rng = np.random.default_rng(0)
+    set_constant(model, "embed.weight", (rng.standard_normal((12, 5)) @ rng.standard_normal((5, 16)) / 4).astype(np.float32))
+    pruned, result = prune_structured(model, StructuredOptions(ratio=0.0, hidden=0.5, round_to=1))
+    data = {"x": rng.standard_normal((300, 1, 5, 12)).astype(np.float32)}
+    calib, held = {"x": data["x"][:200, 0]}, [{"x": v} for v in data["x"][200:]]
+    refit, rec = recover_structured(model, pruned, result.plan, calib, RecoveryOptions(max_rows=2048))
+    names = " ".join(x["layer"] for x in rec.layers)
+    assert "b0.fc1" in names and "b1.fc1" in names and "cls" in names
+
+    def err(m: onnx.ModelProto) -> float:
+        return float(np.mean([np.sum((run(m, f)[0] - run(model, f)[0]) ** 2) for f in held]))
+
+    before, after = err(pruned), err(refit)
+    assert after < 0.25 * before, (before, after)  # measured: 20.8 -> 2.57

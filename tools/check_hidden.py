@@ -66,6 +66,18 @@ def fold_static(src: Path, dst: Path) -> Path:
     return dst
 
 
+def fill_zeros(model: onnx.ModelProto) -> None:
+    """All-zero float initializers of rank >= 1 get N(0, 0.02) values (in place)."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    for t in model.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.dtype == np.float32 and a.ndim >= 1 and a.size > 1 and not a.any():
+            t.CopyFrom(numpy_helper.from_array(
+                (rng.standard_normal(a.shape) * 0.02).astype(np.float32), t.name))  # fmt: skip
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
@@ -76,20 +88,27 @@ def main() -> int:
     ap.add_argument("model", type=Path)
     ap.add_argument("--structured", type=float, default=0.3)
     ap.add_argument("--hidden", type=float, default=0.3)
+    ap.add_argument("--round-to", type=int, default=16)
     ap.add_argument("--fold", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("/tmp"))
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--fill-zeros", action="store_true",
+                    help="give all-zero float weights (ViT's zero-initialized head and class "
+                    "token) small random values, so the output is not identically zero")  # fmt: skip
     args = ap.parse_args()
     path = args.model
     if args.fold:
-        path = fold_static(path, args.out / f"{path.stem}.static.onnx")
+        static = args.out / f"{path.stem}.static.onnx"
+        path = static if static.exists() else fold_static(path, static)
     model = load_model(path).model
+    if args.fill_zeros:
+        fill_zeros(model)
     pruned, result = prune_structured(
-        model, StructuredOptions(ratio=args.structured, hidden=args.hidden)
+        model, StructuredOptions(ratio=args.structured, hidden=args.hidden, round_to=args.round_to)
     )
     macs = count_macs(pruned)[0] / count_macs(model)[0]
     print(f"{path.name}: --structured {args.structured} --hidden {args.hidden}: "
-          f"MACs {macs:.3f}x")  # fmt: skip
+          f"round-to {args.round_to}: MACs {macs:.3f}x")  # fmt: skip
     for r in result.hidden["groups"]:
         print(f"  stream {r['id']}: {r['channels_before']} -> {r['channels_after']}")
     ref = stream_reference(model, result.plan)
