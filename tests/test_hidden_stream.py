@@ -183,3 +183,23 @@ def test_recovery_refits_the_stream_consumers_and_lowers_the_error():
 
     before, after = err(pruned), err(refit)
     assert after < 0.25 * before, (before, after)  # measured: 20.8 -> 2.57
+
+
+def bert_like(dim: int = 16, tokens: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """A post-LN encoder stream that starts at an embedding lookup: Gather(word table, ids)
+    + a position table, LayerNorm, one MLP block with LayerNorm(h + MLP(h)), a pooler."""
+    b = Builder(seed)
+    ids = b.op("Cast", [b.input([1, tokens], "ids")], to=onnx.TensorProto.INT64)
+    e = b.op("Gather", [b.rand([20, dim], "word", 1.0), ids], axis=0)
+    h = layer_norm(b, b.op("Add", [e, b.rand([1, tokens, dim], "pos", 0.2)]), dim, "emb.ln")
+    f = b.matmul(b.relu(b.matmul(h, dim, 2 * dim, name="up")), 2 * dim, dim, name="down")
+    h = layer_norm(b, b.op("Add", [h, f]), dim, "ln2")
+    return b.build([b.matmul(h, dim, 3, name="pooler")])
+
+
+def test_an_embedding_table_starts_the_stream_only_with_hidden():
+    model = bert_like()
+    assert not any(g.id.startswith("gather") for g in analyze(model) if not g.blocked_reason)
+    pruned, _ = prune_stream(model, hidden=0.5)
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert dims["word"] == [20, 8] and dims["pos"] == [1, 5, 8] and dims["pooler.weight"] == [8, 3]
