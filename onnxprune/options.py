@@ -371,6 +371,9 @@ class PruneOptions(DataOptions):
             raise UsageError("choose one of --target-macs and --target-params")
         self._check_speedup()
         flag = "--target-macs" if self.target_macs is not None else "--target-params"
+        if self.hidden is not None and (self.target is not None or self.target_speedup is not None):
+            raise UsageError("--hidden takes a ratio of its own: combine it with --structured R, "
+                             "not with --target-macs, --target-params or --target-speedup")  # fmt: skip
         if self.target is not None and self.structured is not None:
             raise UsageError(f"choose one of --structured and {flag}: the target chooses "
                              "how much each group loses")  # fmt: skip

@@ -16,7 +16,7 @@ from onnxprune.structured.dependency import analyze
 from onnxprune.structured.engine import StructuredOptions, prune_structured
 from onnxprune.structured.stream import APPROXIMATE, stream_lines
 from onnxprune.testing import Builder, random_feeds, run
-from onnxprune.testing.graphs.transformer import encoder_block, layer_norm
+from onnxprune.testing.graphs.transformer import encoder_block, layer_norm, rms_norm
 from onnxprune.testing.oracles import zeroed
 from onnxprune.testing.stream_oracle import assert_stream, prune_stream, stream_reference
 
@@ -46,13 +46,16 @@ def convnext_tiny(c: int = 16, seed: int = 0) -> onnx.ModelProto:
     return b.build([b.gemm(b.op("Flatten", [p]), 2 * c, 10, name="head")])
 
 
-def vit_tiny(dim: int = 16, tokens: int = 5, seed: int = 0, rms: bool = False) -> onnx.ModelProto:
+def vit_tiny(dim: int = 16, tokens: int = 5, seed: int = 0, rms: bool | str = False) -> onnx.ModelProto:
     """A pre-LN transformer stream: patch projection + positional table, two blocks of
     x + fc2(relu(fc1(LN(x)))), a final norm and a classifier; ``rms``: opset-23
-    RMSNormalization instead of LayerNormalization."""
-    b = Builder(seed, opset=23 if rms else 17)
+    RMSNormalization instead of LayerNormalization, ``"decomposed"``: Llama's RMSNorm
+    spelled out (Pow, ReduceMean, Sqrt, Div, Mul)."""
+    b = Builder(seed, opset=23 if rms is True else 17)
 
     def norm(x: str, name: str) -> str:
+        if rms == "decomposed":
+            return rms_norm(b, x, dim, name)
         if not rms:
             return layer_norm(b, x, dim, name)
         w = b.rand([dim], f"{name}.scale", 1.0, positive=True)
@@ -102,7 +105,7 @@ def test_stream_with_exact_groups_too():
     assert dims["b0.fc1.weight"] == [12, 16]  # the stream (16 -> 12) and the MLP (32 -> 16)
 
 
-@pytest.mark.parametrize("rms", [False, True])
+@pytest.mark.parametrize("rms", [False, True, "decomposed"])
 def test_transformer_stream_with_positional_table(rms):
     model = vit_tiny(rms=rms)
     pruned, _ = prune_stream(model, hidden=0.5)
@@ -203,3 +206,63 @@ def test_an_embedding_table_starts_the_stream_only_with_hidden():
     pruned, _ = prune_stream(model, hidden=0.5)
     dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
     assert dims["word"] == [20, 8] and dims["pos"] == [1, 5, 8] and dims["pooler.weight"] == [8, 3]
+
+
+def test_cli_hidden_reports_the_stream_apart(tmp_path, capsys, run_cli):
+    import json
+
+    path = tmp_path / "cnx.onnx"
+    onnx.save(convnext_tiny(), path)
+    report = tmp_path / "r.json"
+    code, out, err = run_cli(
+        [path, "--hidden", "0.5", "--round-to", "1", "--report", report, "--runs", "5"], capsys
+    )
+    assert code == 0, err
+    assert f"hidden stream: {APPROXIMATE}" in out and "(hidden stream, approximate)" in out
+    section = json.loads(report.read_text())["structured"]["hidden"]
+    assert section["exact"] is False and section["ratio"] == 0.5
+    pruned = onnx.load(tmp_path / "cnx.pruned.onnx")
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert dims["stem.weight"][0] == 8
+
+
+@pytest.mark.parametrize("value", ["1.0", "-0.1"])
+def test_cli_hidden_out_of_range_is_one_error_line(tmp_path, capsys, run_cli, value):
+    path = tmp_path / "cnx.onnx"
+    onnx.save(convnext_tiny(), path)
+    code, _, err = run_cli([path, "--hidden", value], capsys)
+    assert code != 0 and "--hidden" in err and "Traceback" not in err
+    assert not (tmp_path / "cnx.pruned.onnx").exists()
+
+
+def test_prune_options_hidden():
+    from onnxprune.options import PruneOptions
+
+    assert PruneOptions(hidden=0.3).wants_structured
+    with pytest.raises(UsageError, match="--hidden"):
+        PruneOptions(hidden=1.5)
+    with pytest.raises(UsageError, match="--hidden takes a ratio of its own"):
+        PruneOptions(hidden=0.3, target_macs=0.5)
+
+
+def test_html_report_shows_the_stream_section(tmp_path, capsys, run_cli):
+    path = tmp_path / "cnx.onnx"
+    onnx.save(convnext_tiny(), path)
+    page = tmp_path / "r.html"
+    code, _, err = run_cli([path, "--hidden", "0.5", "--report", page, "--runs", "5"], capsys)
+    assert code == 0, err
+    assert "hidden stream: approximate (normalization statistics over kept channels)" in page.read_text()
+
+
+def test_the_stream_oracle_catches_a_wrong_slice():
+    """Reversing the kept entries of one norm's scale (a slice at the wrong positions) must
+    fail the oracle, or it would prove nothing."""
+    from onnxprune.testing import set_constant
+
+    model = vit_tiny(seed=5)
+    pruned, result = prune_structured(model, StructuredOptions(ratio=0.0, hidden=0.5, round_to=1))
+    assert_stream(model, pruned, result.plan)
+    scale = next(onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer if t.name == "b1.ln.scale")
+    set_constant(pruned, "b1.ln.scale", scale[::-1].copy())
+    with pytest.raises(AssertionError, match="max error"):
+        assert_stream(model, pruned, result.plan)

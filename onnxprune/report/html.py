@@ -178,6 +178,10 @@ def _structured(s: Mapping | None, facts: PageFacts) -> tuple[str, list[str]]:
     ]
     if target and target.get("metric") in ("speedup", "quality"):  # the search, candidate by candidate
         parts.append("<pre>" + _e("\n".join(line.strip() for line in search_lines(target))) + "</pre>")
+    if s.get("hidden"):  # --hidden: approximate, shown apart from the exact cuts
+        from onnxprune.structured.stream import stream_lines
+
+        parts.append("<pre>" + _e("\n".join(stream_lines(s["hidden"]))) + "</pre>")
     if groups:
         labels = [group_label(g) for g in groups]
         svg = plots.bar_pairs(labels, [g["channels_before"] for g in groups],

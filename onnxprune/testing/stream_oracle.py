@@ -8,7 +8,8 @@ reference is the *original* model with
   exactness oracle's reference), and
 * every LayerNormalization / RMSNormalization whose input lost channels replaced by the same
   formula computed over the kept channels only, spelled out in plain ONNX ops (a mask,
-  ReduceSum, a count, Sqrt), without reading any rewrite code:
+  ReduceSum, a count, Sqrt), without reading any rewrite code (and every ReduceMean over
+  the channels, a norm spelled out in elementary ops, by the mean over the kept ones):
 
       mean = sum(m x) / k,  var = sum(m (x - mean)^2) / k,  y = (x - mean) / sqrt(var + eps) * s + b
       RMSNorm: y = x / sqrt(sum(m x^2) / k + eps) * s
@@ -31,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxprune.graph.view import attr, normalize_axis
+from onnxprune.graph.view import GraphView, attr, normalize_axis
 from onnxprune.structured.engine import StructuredOptions, prune_structured
 from onnxprune.structured.plan import Plan
 from onnxprune.testing.oracles import assert_close, onnx_sort, random_feeds, run, zeroed
@@ -109,6 +110,36 @@ def masked_norm(
     model.graph.node.remove(node)
 
 
+def masked_mean(
+    model: onnx.ModelProto, node: onnx.NodeProto, rank: int, axis: int, kept: Sequence[int],
+    size: int,
+) -> bool:  # fmt: skip
+    """Replace a ReduceMean over the channel ``axis`` (a LayerNorm or RMSNorm spelled out in
+    elementary ops) by the mean over the ``kept`` channels; False when it does not reduce
+    that axis (then it is left alone)."""
+    if len(node.input) > 1 and node.input[1]:
+        value = GraphView(model, shapes=False).constant(node.input[1])
+        _check(value is not None, f"{node.name}: ReduceMean axes computed at run time")
+        axes = [int(a) for a in np.asarray(value).reshape(-1)]
+    else:
+        axes = [int(a) for a in attr(node, "axes", list(range(rank)))]
+    axes = sorted(normalize_axis(a, rank) for a in axes)
+    if axis not in axes:
+        return False
+    e = _Emit(model, node.output[0])
+    shape = [1] * rank
+    shape[axis] = size
+    mask = np.zeros(size, np.float32)
+    mask[list(kept)] = 1.0
+    m = e.const(mask.reshape(shape))
+    x = node.input[0]
+    ones = e.op("Add", [e.op("Mul", [x, e.const(np.float32(0.0))]), m])
+    mean = e.op("Div", [e.reduce_sum(e.op("Mul", [x, m]), axes), e.reduce_sum(ones, axes)])
+    model.graph.node.append(helper.make_node("Identity", [mean], [node.output[0]]))
+    model.graph.node.remove(node)
+    return True
+
+
 def stream_reference(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
     """The reference model (module doc): ``zeroed`` plus every norm that lost channels
     computed over its kept ones. Raises ``AssertionError`` when no norm lost channels."""
@@ -120,11 +151,15 @@ def stream_reference(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
     }
     cuts = {c.name: c for c in plan.tensors}
     replaced = 0
-    for node in [n for n in ref.graph.node if n.op_type in NORMS]:
+    for node in [n for n in ref.graph.node if n.op_type in (*NORMS, "ReduceMean")]:
         cut = cuts.get(node.input[0])
         if cut is None:
             continue
-        masked_norm(ref, node, ranks[node.input[0]], cut.axis, cut.kept, cut.size)
+        rank = ranks[node.input[0]]
+        if node.op_type == "ReduceMean":
+            replaced += masked_mean(ref, node, rank, cut.axis, cut.kept, cut.size)
+            continue
+        masked_norm(ref, node, rank, cut.axis, cut.kept, cut.size)
         replaced += 1
     _check(replaced > 0, "no normalization lost channels: this is not a hidden-stream cut")
     onnx_sort(ref)
