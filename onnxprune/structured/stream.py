@@ -69,7 +69,8 @@ def stream_lines(section: dict) -> list[str]:
     after = sum(r["channels_after"] for r in rows)
     head = f"hidden stream: {section.get('note', APPROXIMATE)}"
     if not rows:
-        return [head, "  no hidden stream could be cut (each is blocked; see blocked)"]
+        return [head, "  no stream was cut: none is normalized over its channels, or each is "
+                      "kept whole for a reason listed under the groups left alone"]
     lines = [head, f"  --hidden {section['ratio']:g}: {before} -> {after} stream channels in "
                    f"{len(rows)} stream(s)"]  # fmt: skip
     for r in rows:
