@@ -32,6 +32,7 @@ import onnx
 
 from onnxprune.graph.shape_values import Opaque, Term, exprs, private, refs, set_origin
 from onnxprune.graph.view import GraphView, attr
+from onnxprune.ops.attention_packed import replaceable, reshape_packed, rewrite_piece
 from onnxprune.ops.base import Rule, claim_constants
 
 if TYPE_CHECKING:
@@ -127,6 +128,8 @@ def head_segment(
 def reshape_heads(node: onnx.NodeProto, ctx: Context, x: Chan) -> bool:
     """Follow a head split or merge (see the module docstring); False leaves the Reshape to
     the general rule."""
+    if reshape_packed(node, ctx, x):
+        return True
     seg = head_segment(ctx.view, node, x.axis)
     if seg is None:
         return False
@@ -141,7 +144,7 @@ def reshape_heads(node: onnx.NodeProto, ctx: Context, x: Chan) -> bool:
         if h != len(x.ids):
             return False
         out_ids = np.repeat(x.ids, d)
-    if check_target(ctx, node, x, out_axis, out_ids):
+    if check_target(ctx, node, x, out_axis, out_ids, own_only=True):
         rank = len(concrete_shapes(ctx.view, node.output[0])[0])
         ctx.set_out(0, out_axis, out_ids, rank)
     return True
@@ -158,7 +161,7 @@ def _block_live(ctx: Context, found: frozenset, x: Chan | None, reason: str) -> 
         ch = _live(ctx, ref)
         if ch is not None:
             ctx.block(ch.ids, reason.format(tensor=ref[0]))
-    if x is not None:
+    if x is not None and len(x.ids):
         ctx.block(x.ids, reason.format(tensor=next(iter(found))[0] if found else "?"))
 
 
@@ -186,13 +189,17 @@ def check_target(
     x: Chan | None,
     out_axis: int | None,
     out_ids: np.ndarray | None,
+    *,
+    own_only: bool = False,
 ) -> bool:
     """Verify a Reshape target against the pruning; block and return False when it fails.
 
     The element at ``out_axis`` (the channels ``out_ids``) must follow the kept count
-    (``_follows``); no other element may depend on a count that can be pruned. Called for
-    every Reshape (``x`` None when its data carries no channels): the Shape rule lets
-    run-time counts flow into Reshape targets because this check sees them.
+    (``_follows``) or be rewritable as ``-1`` (``attention_packed.replaceable``); no other
+    element may depend on a count that can be pruned. Called for every Reshape (``x`` None
+    when its data carries no channels): the Shape rule lets run-time counts flow into
+    Reshape targets because this check sees them. ``own_only``: another count that sizes an
+    axis (``d = D / 12`` read from the residual stream) blocks that count, not ``x``.
     """
     view = ctx.view
     index = view.producer[node.output[0]][0]
@@ -215,7 +222,7 @@ def check_target(
         return True
     for i, e in enumerate(expr):
         if out_axis is not None and i == out_axis:
-            if _follows(ctx, e, out_ids):
+            if _follows(ctx, e, out_ids) or (own_only and replaceable(view, node, i)):
                 continue
             if isinstance(e, Term) and e.const == 0 and not allowzero and x is not None:
                 same = i == x.axis and Counter(x.ids.tolist()) == Counter(out_ids.tolist())
@@ -234,7 +241,17 @@ def check_target(
             ctx.block(x.ids, "Reshape copies the channel count (0) to another axis")
             return False
         found = frozenset(r for r in refs(e) if _live(ctx, r) is not None)
-        if found:
+        if found and own_only:
+            mine = x is not None and any(np.isin(_live(ctx, r).ids, x.ids).any() for r in found)
+            _block_live(
+                ctx,
+                found,
+                x if mine else None,
+                "the channel count of '{tensor}' sizes another axis of a Reshape target",
+            )
+            if mine:
+                return False
+        elif found:
             _block_live(
                 ctx,
                 found,
@@ -257,8 +274,12 @@ def rewrite_reshape(node: onnx.NodeProto, rw: RewriteContext) -> bool:
     if isinstance(expr, Opaque) or cut.axis >= len(expr):
         return False
     e = expr[cut.axis]
+    if isinstance(e, Term) and e.const == -1:
+        return True
     if not isinstance(e, Term) or e.origin is None or (e.const or 0) <= 0:
-        return False
+        if isinstance(e, Term) and any((c := rw.cut(t)) and c.axis == a for t, a in e.refs):
+            return False  # a run-time count of a cut tensor: it follows by itself
+        return rewrite_piece(node, rw, cut.axis)
     set_origin(e.origin, len(cut.kept), rw.view, rw.model, rw.set_input)
     return True
 
