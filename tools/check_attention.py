@@ -49,7 +49,10 @@ def _feeds(model: onnx.ModelProto, batch: int, seed: int) -> dict[str, np.ndarra
         if vi.name in inits:
             continue
         t = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else batch for d in t.shape.dim]
+        shape = [  # the batch first, then 7 tokens (or other symbolic sizes)
+            d.dim_value if d.HasField("dim_value") else (batch if i == 0 else 7)
+            for i, d in enumerate(t.shape.dim)
+        ]
         if t.elem_type == onnx.TensorProto.INT64:
             out[vi.name] = (
                 np.ones(shape, np.int64) if "mask" in vi.name else rng.integers(0, 100, shape)

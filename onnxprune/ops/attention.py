@@ -17,9 +17,9 @@ is ``-1``, a constant that feeds only this target (rewritten to the kept count),
 run-time count that follows the pruning (``Shape(k)[1] * 4`` for the repeated keys); any
 other element that depends on a pruned count blocks, in every Reshape and Expand.
 
-The fused ``Attention``/``MultiHeadAttention``/``GroupQueryAttention`` operators (com.microsoft)
-and ONNX's ``Attention`` (opset 23) hold the head count in an attribute and pack Q/K/V; they
-block with that reason.
+Packed Q/K/V and heads folded into the batch (``nn.MultiheadAttention``, Swin) are in
+``onnxprune.ops.attention_packed``; fused ``Attention``/``MultiHeadAttention`` and ONNX's
+``Attention`` in ``onnxprune.ops.fused``; the other fused attention ops (``FUSED``) block.
 """
 
 from __future__ import annotations
@@ -32,59 +32,19 @@ import onnx
 
 from onnxprune.graph.shape_values import Opaque, Term, exprs, private, refs, set_origin
 from onnxprune.graph.view import GraphView, attr
-from onnxprune.ops.attention_packed import replaceable, reshape_packed, rewrite_piece
+from onnxprune.ops.attention_packed import concrete_shapes as concrete_shapes  # re-exported
+from onnxprune.ops.attention_packed import (
+    probe_segments,
+    replaceable,
+    reshape_packed,
+    rewrite_piece,
+)
+from onnxprune.ops.attention_packed import reshape_segments as reshape_segments  # re-exported
 from onnxprune.ops.base import Rule, claim_constants
 
 if TYPE_CHECKING:
     from onnxprune.structured.dependency import Chan, Context
     from onnxprune.structured.rewrite import RewriteContext
-
-
-def concrete_shapes(view: GraphView, name: str) -> list[tuple[int, ...]]:
-    """The shape of ``name`` as numbers: once when inference knows it, else once per probe
-    (``GraphView.probe_shapes``); empty when neither is known."""
-    s = view.shape(name)
-    if s is not None and all(isinstance(d, int) for d in s):
-        return [tuple(s)]
-    out = []
-    for probe in view.probe_shapes:
-        p = probe.get(name)
-        if p is None or not all(isinstance(d, int) and d > 0 for d in p):
-            return []
-        out.append(tuple(p))
-    return out
-
-
-def reshape_segments(ins: tuple, outs: tuple) -> list[tuple[range, range]] | None:
-    """Align the dims of a reshape into segments of equal size; None if they do not align."""
-    segs: list[tuple[range, range]] = []
-    i = j = 0
-    while i < len(ins) and j < len(outs):
-        if not isinstance(ins[i], int) or not isinstance(outs[j], int):
-            if ins[i] is None or ins[i] != outs[j]:
-                return None
-            segs.append((range(i, i + 1), range(j, j + 1)))
-            i, j = i + 1, j + 1
-            continue
-        i0, j0, pi, pj = i, j, ins[i], outs[j]
-        i, j = i + 1, j + 1
-        while pi != pj:
-            if pi < pj:
-                if i >= len(ins) or not isinstance(ins[i], int):
-                    return None
-                pi, i = pi * ins[i], i + 1
-            else:
-                if j >= len(outs) or not isinstance(outs[j], int):
-                    return None
-                pj, j = pj * outs[j], j + 1
-        segs.append((range(i0, i), range(j0, j)))
-    rest_in, rest_out = ins[i:], outs[j:]
-    if any(d != 1 for d in (*rest_in, *rest_out)):
-        return None
-    if segs and (rest_in or rest_out):
-        a, b = segs[-1]
-        segs[-1] = (range(a.start, len(ins)), range(b.start, len(outs)))
-    return segs
 
 
 def head_segment(
@@ -97,27 +57,12 @@ def head_segment(
     The shapes are aligned on concrete numbers (the probes when dims are symbolic); the
     segment must come out the same for every probe, so it cannot depend on batch or sequence.
     """
-    ins, outs = concrete_shapes(view, node.input[0]), concrete_shapes(view, node.output[0])
-    if not ins or not outs:
+    segs = probe_segments(view, node, axis)
+    if not segs or len({(f[0], f[1], f[2], f[3]) for f in segs}) != 1:
         return None
-    if len(ins) != len(outs):
-        ins, outs = (
-            ins * len(outs) if len(ins) == 1 else ins,
-            outs * len(ins) if len(outs) == 1 else outs,
-        )
-    found = None
-    for i, o in zip(ins, outs, strict=False):
-        segs = reshape_segments(i, o) if axis < len(i) else None
-        if segs is None:
-            return None
-        seg_in, seg_out = next(s for s in segs if axis in s[0])
-        key = (seg_in, seg_out, tuple(i[a] for a in seg_in), tuple(o[a] for a in seg_out))
-        if found is None:
-            found = key
-        elif key != found:
-            return None
+    found = segs[0][:4]
+    rank_out = segs[0][4]
     seg_in, seg_out, din, dout = found
-    rank_out = len(outs[0])
     if len(seg_in) == 1 and len(seg_out) == 2 and seg_out.stop == rank_out and min(dout) > 1:
         return "split", seg_out.start, dout
     if len(seg_in) == 2 and len(seg_out) == 1 and axis == seg_in.start and min(din) > 1:
@@ -128,7 +73,7 @@ def head_segment(
 def reshape_heads(node: onnx.NodeProto, ctx: Context, x: Chan) -> bool:
     """Follow a head split or merge (see the module docstring); False leaves the Reshape to
     the general rule."""
-    if reshape_packed(node, ctx, x):
+    if reshape_packed(node, ctx, x, check_target):
         return True
     seg = head_segment(ctx.view, node, x.axis)
     if seg is None:
@@ -145,7 +90,7 @@ def reshape_heads(node: onnx.NodeProto, ctx: Context, x: Chan) -> bool:
             return False
         out_ids = np.repeat(x.ids, d)
     if check_target(ctx, node, x, out_axis, out_ids, own_only=True):
-        rank = len(concrete_shapes(ctx.view, node.output[0])[0])
+        rank = ctx.view.rank(node.output[0])
         ctx.set_out(0, out_axis, out_ids, rank)
     return True
 
@@ -338,15 +283,14 @@ def block_live_sizes(ctx: Context, node: onnx.NodeProto, k: int, what: str) -> N
 
 
 FUSED = (
-    "com.microsoft.Attention",
-    "com.microsoft.MultiHeadAttention",
     "com.microsoft.GroupQueryAttention",
     "com.microsoft.PackedAttention",
     "com.microsoft.PackedMultiHeadAttention",
     "com.microsoft.DecoderMaskedMultiHeadAttention",
     "com.microsoft.SparseAttention",
-    "Attention",
 )
+"""Fused attention that still blocks; ``onnxprune.ops.fused`` follows Attention and
+MultiHeadAttention (com.microsoft) and ONNX's Attention."""
 
 
 class FusedAttentionRule(Rule):

@@ -22,6 +22,8 @@ whenever it is the only ``-1`` and every other element is a dimension or a posit
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,14 +40,66 @@ if TYPE_CHECKING:
 _PACKS = (2, 3)  # K and V, or Q, K and V
 
 
+def concrete_shapes(view: GraphView, name: str) -> list[tuple[int, ...]]:
+    """The shape of ``name`` as numbers: once when inference knows it, else once per probe
+    (``GraphView.probe_shapes``); empty when neither is known."""
+    s = view.shape(name)
+    if s is not None and all(isinstance(d, int) for d in s):
+        return [tuple(s)]
+    out = []
+    for probe in view.probe_shapes:
+        p = probe.get(name)
+        if p is None or not all(isinstance(d, int) and d > 0 for d in p):
+            return []
+        out.append(tuple(p))
+    return out
+
+
+def reshape_segments(ins: tuple, outs: tuple) -> list[tuple[range, range]] | None:
+    """Align the dims of a reshape into segments of equal size; None if they do not align."""
+    segs: list[tuple[range, range]] = []
+    i = j = 0
+    while i < len(ins) and j < len(outs):
+        if not isinstance(ins[i], int) or not isinstance(outs[j], int):
+            if ins[i] is None or ins[i] != outs[j]:
+                return None
+            segs.append((range(i, i + 1), range(j, j + 1)))
+            i, j = i + 1, j + 1
+            continue
+        i0, j0, pi, pj = i, j, ins[i], outs[j]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            if pi < pj:
+                if i >= len(ins) or not isinstance(ins[i], int):
+                    return None
+                pi, i = pi * ins[i], i + 1
+            else:
+                if j >= len(outs) or not isinstance(outs[j], int):
+                    return None
+                pj, j = pj * outs[j], j + 1
+        segs.append((range(i0, i), range(j0, j)))
+    rest_in, rest_out = ins[i:], outs[j:]
+    if any(d != 1 for d in (*rest_in, *rest_out)):
+        return None
+    if segs and (rest_in or rest_out):
+        a, b = segs[-1]
+        segs[-1] = (range(a.start, len(ins)), range(b.start, len(outs)))
+    return segs
+
+
 def probe_segments(view: GraphView, node: onnx.NodeProto, axis: int) -> list[tuple] | None:
     """Per probe (or once, when shapes are numbers): ``(seg_in, seg_out, din, dout, rank)``
     of the Reshape segment that holds input ``axis``; None when a probe does not align."""
-    from onnxprune.ops.attention import concrete_shapes, reshape_segments
-
     ins, outs = concrete_shapes(view, node.input[0]), concrete_shapes(view, node.output[0])
+    if not ins or not outs:  # the probes that ran this far (a size may not fit the windows)
+        pairs = [(p.get(node.input[0]), p.get(node.output[0])) for p in view.probe_shapes]
+        pairs = [(i, o) for i, o in pairs if _numbers(i) and _numbers(o)]
+        ins, outs = [i for i, _ in pairs], [o for _, o in pairs]
     if not ins or not outs:
-        return None
+        pair = symbolic_pair(view, node)
+        if pair is None:
+            return None
+        ins, outs = [pair[0]], [pair[1]]
     if len(ins) != len(outs):
         if len(ins) == 1:
             ins = ins * len(outs)
@@ -62,6 +116,58 @@ def probe_segments(view: GraphView, node: onnx.NodeProto, axis: int) -> list[tup
         din, dout = tuple(i[a] for a in seg_in), tuple(o[a] for a in seg_out)
         found.append((seg_in, seg_out, din, dout, len(o), len(i)))
     return found
+
+
+def _numbers(shape: tuple | None) -> bool:
+    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
+
+
+_PLACEHOLDER = 1_000_003  # a prime: stands for a symbolic dimension shared by both sides
+_SOLVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _resolve(view: GraphView, shape: tuple) -> list:
+    solved = _SOLVED.setdefault(view, {})
+    return [solved.get(d, d) if isinstance(d, str) else d for d in shape]
+
+
+def symbolic_pair(view: GraphView, node: onnx.NodeProto) -> tuple[tuple, tuple] | None:
+    """The Reshape's input and output shapes as numbers when inference left symbols: a
+    symbol on both sides (the batch of windows) stands for a placeholder prime, and the one
+    symbol only the output has (``d`` of a target computed at run time) is solved from the
+    element count, then remembered for this view (a symbol is one value in the whole graph)."""
+    si, so = view.shape(node.input[0]), view.shape(node.output[0])
+    if si is None or so is None:
+        return None
+    si, so = _resolve(view, si), _resolve(view, so)
+    syms_in = [d for d in si if not isinstance(d, int)]
+    syms_out = [d for d in so if not isinstance(d, int)]
+    ints_in = int(np.prod([d for d in si if isinstance(d, int)], dtype=object))
+    ints_out = int(np.prod([d for d in so if isinstance(d, int)], dtype=object))
+    if len(syms_in) == len(syms_out) == 1 and syms_in != syms_out and ints_in == ints_out:
+        so = [syms_in[0] if d == syms_out[0] else d for d in so]  # the same count: one value
+        syms_out = syms_in
+    if any(d is None for d in (*syms_in, *syms_out)) or sorted(syms_in) != sorted(
+        d for d in syms_out if d in syms_in
+    ):
+        return None
+    free = [d for d in syms_out if d not in syms_in]
+    place = {d: _PLACEHOLDER + 2 * k for k, d in enumerate(dict.fromkeys(syms_in))}
+    ins = tuple(place.get(d, d) for d in si)
+    if len(free) > 1 or (free and free.count(free[0]) > 1):
+        return None
+    if len(syms_out) - len(free) != len(syms_in):
+        return None
+    known = int(np.prod([place.get(d, d) for d in so if d not in free], dtype=object))
+    total = int(np.prod(ins, dtype=object))
+    if free:
+        if known == 0 or total % known:
+            return None
+        value = total // known
+        _SOLVED[view][free[0]] = value
+        so = [value if d == free[0] else d for d in so]
+    outs = tuple(place.get(d, d) for d in so)
+    return ins, outs
 
 
 def _uses_select(view: GraphView, tensor: str, axis: int, depth: int = 0) -> bool:
@@ -197,13 +303,11 @@ def _tie_heads(ctx: Context, ids: np.ndarray, h: int, d: int) -> np.ndarray:
     return np.ascontiguousarray(grid[:, 0])
 
 
-def reshape_packed(node: onnx.NodeProto, ctx: Context, x: Chan) -> bool:
+def reshape_packed(node: onnx.NodeProto, ctx: Context, x: Chan, check_target: Callable) -> bool:
     """Follow a packed split, a batch fold or its unfold (module docstring); False leaves
-    the Reshape to the other rules."""
-    from onnxprune.ops.attention import check_target
-
+    the Reshape to the other rules. ``check_target``: ``attention.check_target``."""
     view = ctx.view
-    rank = len(concrete_shapes_first(view, node.output[0]))
+    rank = view.rank(node.output[0])
     packed = packed_layout(view, node, x.axis)
     if packed is not None:
         pack_axis, dout = packed
@@ -236,6 +340,11 @@ def reshape_packed(node: onnx.NodeProto, ctx: Context, x: Chan) -> bool:
             ctx.set_out(0, out_axis, out_ids, rank)
         return True
     size = view.dim(node.input[0], x.axis)
+    suffix = suffix_axis(view, node, x.axis)
+    if suffix is not None and size == len(x.ids):
+        if check_target(ctx, node, x, suffix, x.ids, own_only=True):
+            ctx.set_out(0, suffix, x.ids, rank)
+        return True
     if size is not None and size == len(x.ids) and not _is_tiled(x.ids):
         return False
     unfold = unfold_layout(view, node, x.axis, len(x.ids))
@@ -250,19 +359,27 @@ def reshape_packed(node: onnx.NodeProto, ctx: Context, x: Chan) -> bool:
     return True
 
 
+def suffix_axis(view: GraphView, node: onnx.NodeProto, axis: int) -> int | None:
+    """The output axis of channel ``axis`` when the Reshape only regroups the axes before it
+    (Swin's ``[B*nW, H, N, N] <-> [B, nW, H, N, N]``): the dims from ``axis`` on are known
+    numbers, equal on both sides, so every element keeps its place in that block."""
+    si, so = view.shape(node.input[0]), view.shape(node.output[0])
+    if si is None or so is None or axis == 0:
+        return None
+    tail = tuple(si[axis:])
+    if not all(isinstance(d, int) for d in tail) or len(tail) > len(so):
+        return None
+    if tuple(so[len(so) - len(tail) :]) != tail or len(so) - len(tail) == 0:
+        return None
+    return len(so) - len(tail)
+
+
 def _is_tiled(ids: np.ndarray) -> bool:
     """Whether ``ids`` repeats a shorter block (the heads of a static batch above 1)."""
     n = len(ids)
     return any(
         n % h == 0 and np.array_equal(ids, np.tile(ids[:h], n // h)) for h in range(2, n // 2 + 1)
     )
-
-
-def concrete_shapes_first(view: GraphView, name: str) -> tuple[int, ...]:
-    from onnxprune.ops.attention import concrete_shapes
-
-    shapes = concrete_shapes(view, name)
-    return shapes[0] if shapes else ()
 
 
 def packed_heads(view: GraphView, node: onnx.NodeProto, src_axis: int, out_axis: int) -> int:

@@ -18,6 +18,7 @@ from onnxprune.ops import (
     attention,
     conv,
     elementwise,
+    fused,
     layout,
     linear,
     norm,
@@ -60,6 +61,7 @@ def default_specs() -> list[OpSpec]:
         OpSpec("Shape", rule=shape.ShapeRule()),
         OpSpec("Size", rule=shape.SizeRule()),
         *specs(attention.FUSED, rule=attention.FusedAttentionRule()),
+        *fused.SPECS,
         *quantized.SPECS,
     ]
 

@@ -7,7 +7,8 @@ head group when one of its activations is the output of a Reshape that splits th
 axis of another of its activations into heads; its head count is the largest such axis (the
 query heads of grouped-query attention, whose slots are the key/value groups). Packed
 projections split into ``[.., 3, H, d]`` and heads folded into the batch
-(``onnxprune.ops.attention_packed``) count as head splits too.
+(``onnxprune.ops.attention_packed``) count as head splits too, and the output of a fused
+attention node (``onnxprune.ops.fused``) has the heads of its attribute.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from onnxprune.graph.view import GraphView
 from onnxprune.ops.attention import head_segment
 from onnxprune.ops.attention_packed import packed_heads
+from onnxprune.ops.fused import fused_heads
 from onnxprune.structured.groups import Group
 
 
@@ -25,6 +27,9 @@ def mark_heads(view: GraphView, groups: list[Group]) -> None:
         for m in acts.values():
             prod = view.producer.get(m.target)
             node = view.nodes[prod[0]] if prod else None
+            if node is not None and prod[1] == 0 and fused_heads(node):
+                g.heads = max(g.heads, fused_heads(node))  # fused attention: its attribute
+                continue
             if node is None or node.op_type != "Reshape" or node.domain:
                 continue
             src = acts.get(node.input[0])
