@@ -341,7 +341,7 @@ def reshape_packed(node: onnx.NodeProto, ctx: Context, x: Chan, check_target: Ca
         return True
     size = view.dim(node.input[0], x.axis)
     suffix = suffix_axis(view, node, x.axis)
-    if suffix is not None and size == len(x.ids):
+    if suffix is not None and size == len(x.ids) and not _generic(view, node):
         if check_target(ctx, node, x, suffix, x.ids, own_only=True):
             ctx.set_out(0, suffix, x.ids, rank)
         return True
@@ -362,7 +362,8 @@ def reshape_packed(node: onnx.NodeProto, ctx: Context, x: Chan, check_target: Ca
 def suffix_axis(view: GraphView, node: onnx.NodeProto, axis: int) -> int | None:
     """The output axis of channel ``axis`` when the Reshape only regroups the axes before it
     (Swin's ``[B*nW, H, N, N] <-> [B, nW, H, N, N]``): the dims from ``axis`` on are known
-    numbers, equal on both sides, so every element keeps its place in that block."""
+    numbers, equal on both sides, so every element keeps its place in that block. Not used
+    where the Reshape rule aligns the shapes itself (``_generic``)."""
     si, so = view.shape(node.input[0]), view.shape(node.output[0])
     if si is None or so is None or axis == 0:
         return None
@@ -372,6 +373,14 @@ def suffix_axis(view: GraphView, node: onnx.NodeProto, axis: int) -> int | None:
     if tuple(so[len(so) - len(tail) :]) != tail or len(so) - len(tail) == 0:
         return None
     return len(so) - len(tail)
+
+
+def _generic(view: GraphView, node: onnx.NodeProto) -> bool:
+    """Whether the Reshape rule handles this Reshape itself: a constant target between
+    shapes known as numbers."""
+    shapes = (view.shape(node.input[0]), view.shape(node.output[0]))
+    known = all(s is not None and all(isinstance(d, int) for d in s) for s in shapes)
+    return known and view.known_value(node.input[1]) is not None
 
 
 def _is_tiled(ids: np.ndarray) -> bool:
