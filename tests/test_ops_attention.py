@@ -29,7 +29,7 @@ from onnxprune.testing.graphs import (
     repeat_kv,
     size_of,
 )
-from onnxprune.testing.oracles import assert_close, assert_exact, random_feeds, run
+from onnxprune.testing.oracles import assert_close, assert_exact, prune_exact, random_feeds, run
 
 
 def _dims(b: Builder, x: str, axes: list[int]) -> list[str]:
@@ -164,8 +164,10 @@ def test_gqa_heads_ratio_rounds_down_to_whole_groups():
     assert gp.heads_after == 4  # a quarter of 4 query heads is less than one KV group of 2
 
 
-def test_head_count_from_another_tensor_blocks():
-    """The target takes its head count from a graph input: it would not follow the cut."""
+def test_head_count_from_another_tensor_is_rewritten():
+    """The target takes its head count from a graph input, which does not follow the cut:
+    that element becomes -1 in the Concat that assembles the target (issue 12: run-time
+    targets of packed attention are rewritten), and the cut is exact."""
     b = Builder()
     x = b.input([1, 5, 8])
     other = b.input([1, 5, 2, 4], name="other")
@@ -174,7 +176,8 @@ def test_head_count_from_another_tensor_blocks():
     r = b.op("ReduceSum", [b.op("Reshape", [q, target]), b.ints([3])], keepdims=0)
     model = b.build([b.matmul(r, 2, 3, name="head")])
     (g,) = [g for g in analyze(model) if g.id == "q"]
-    assert "fixes the head or channel count" in g.blocked_reason
+    assert (g.blocked_reason, g.heads) == (None, 2)
+    prune_exact(model, 0.0, heads=0.5)
 
 
 def test_shared_head_count_constant_blocks():
@@ -191,8 +194,9 @@ def test_shared_head_count_constant_blocks():
     assert "fixes the head or channel count" in g.blocked_reason
 
 
-def test_head_count_computed_by_division_blocks():
-    """``view(B, S, C // D, D)`` with C read at run time: not followed, blocks (no guess)."""
+def test_head_count_computed_by_division_is_rewritten():
+    """``view(B, S, C // D, D)`` with C read at run time: the arithmetic is not followed,
+    the element becomes -1 in its Concat instead (issue 12), exact."""
     b = Builder()
     x = b.input(["batch", 5, 8])
     q = b.matmul(x, 8, 8, name="q")
@@ -202,7 +206,8 @@ def test_head_count_computed_by_division_blocks():
     r = b.op("ReduceSum", [b.op("Reshape", [q, target]), b.ints([3])], keepdims=0)
     model = b.build([b.matmul(r, 2, 3, name="head")])
     (g,) = [g for g in analyze(model) if g.id == "q"]
-    assert "fixes the head or channel count" in g.blocked_reason
+    assert (g.blocked_reason, g.heads) == (None, 2)
+    prune_exact(model, 0.0, heads=0.5)
 
 
 def test_keys_from_elsewhere_block_their_heads():
@@ -220,7 +225,9 @@ def test_keys_from_elsewhere_block_their_heads():
 
 
 @pytest.mark.parametrize("op", ["Attention", "MultiHeadAttention"])
-def test_fused_microsoft_attention_blocks_with_reason(op):
+def test_fused_microsoft_attention_is_followed(op):
+    """Issue 12 changed this: ``onnxprune.ops.fused`` follows both (it blocked before); the
+    layer before them prunes exactly (tests/test_fused_ops.py has the head cases)."""
     b = Builder()
     x = b.input([1, 5, 8])
     h = b.matmul(x, 8, 8, name="pre")
@@ -238,9 +245,30 @@ def test_fused_microsoft_attention_blocks_with_reason(op):
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     )
     groups = {g.id: g for g in analyze(model)}
-    assert f"fused com.microsoft.{op}" in groups["pre"].blocked_reason
+    assert groups["pre"].blocked_reason is None
     onnx.checker.check_model(model)
     run(model, random_feeds(model))  # onnxruntime runs the fused op: the test graph is real
+    prune_exact(model, 0.5, heads=0.5)
+
+
+def test_fused_group_query_attention_blocks_with_reason():
+    b = Builder()
+    x = b.input([1, 5, 8])
+    h = b.matmul(x, 8, 8, name="pre")
+    node = helper.make_node(
+        "GroupQueryAttention", [h, h, h], ["att"], domain="com.microsoft", num_heads=2,
+        kv_num_heads=2, name="fused",
+    )  # fmt: skip
+    b.nodes.append(node)
+    out = b.matmul("att", 8, 3, name="post")
+    graph = helper.make_graph(
+        b.nodes, "fused", b.inputs, [helper.make_tensor_value_info(out, 1, [1, 5, 3])], b.inits
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    groups = {g.id: g for g in analyze(model)}
+    assert "fused com.microsoft.GroupQueryAttention" in groups["pre"].blocked_reason
 
 
 def test_head_scores_read_q_k_v_and_o_slices():

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph import contrib_shapes
 from onnxprune.graph.proto import add_initializer
 
 SHAPE_SLOTS: dict[str, tuple[int, ...]] = {
@@ -73,6 +74,7 @@ def infer_shapes(
     without a shape (an op it cannot see through) is it run again with them.
     """
     light = skeleton(model, folds)
+    contrib_shapes.annotate(light, _infer)  # fused com.microsoft ops: ONNX cannot see them
     annotated = {vi.name for vi in light.graph.value_info}
     if annotated:
         bare = onnx.ModelProto()

@@ -72,7 +72,8 @@ def int_fill(node: onnx.NodeProto) -> int | None:
 
 def slice_bounds(view: GraphView, node: onnx.NodeProto) -> slice | None:
     """A ``Slice`` of a 1-D value with constant starts/ends (and steps), as a Python slice."""
-    bounds = [view.constant(n) if n else None for n in node.input[1:5]]
+    # known_value: torch's unflatten computes a bound from constants (Reshape(Mod(2, 3)))
+    bounds = [view.known_value(n) if n else None for n in node.input[1:5]]
     if len(bounds) < 2 or bounds[0] is None or bounds[1] is None:
         return None
     step = int(bounds[3][0]) if len(bounds) > 3 and bounds[3] is not None else 1
@@ -162,6 +163,9 @@ def arith(op: str, a: Elem, b: Elem) -> Elem:
         return Term(quotient, tuple(sorted(rest.elements())))
     if op in ("Max", "Min") and a.const is not None and b.const is not None:
         return const(max(a.const, b.const) if op == "Max" else min(a.const, b.const))
+    # torch's unflatten computes an index as Mod(2, 3); fmod or not, the same for a >= 0
+    if op == "Mod" and a.const is not None and b.const is not None and a.const >= 0 < b.const:
+        return const(a.const % b.const)
     return Opaque(refs(a) | refs(b))
 
 
@@ -196,5 +200,6 @@ ARITH: dict[str, Callable[[int, int], int | None]] = {
     "Sub": lambda a, b: a - b,
     "Mul": lambda a, b: a * b,
     "Div": int_div,
+    "Mod": lambda a, b: a % b if a >= 0 < b else None,  # fmod or not: the same here
 }
 """The arithmetic the view does on resolved numbers."""

@@ -103,7 +103,7 @@ class Value:
 
 
 _PASS = ("Identity", "Cast", "Squeeze", "Unsqueeze", "Flatten", "Reshape")
-_COMBINE = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Where")
+_COMBINE = ("Add", "Sub", "Mul", "Div", "Mod", "Max", "Min", "Equal", "Where")
 
 
 def _merge(expr: Expr, seen: Seen) -> Value:

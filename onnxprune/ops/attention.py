@@ -17,9 +17,9 @@ is ``-1``, a constant that feeds only this target (rewritten to the kept count),
 run-time count that follows the pruning (``Shape(k)[1] * 4`` for the repeated keys); any
 other element that depends on a pruned count blocks, in every Reshape and Expand.
 
-The fused ``Attention``/``MultiHeadAttention``/``GroupQueryAttention`` operators (com.microsoft)
-and ONNX's ``Attention`` (opset 23) hold the head count in an attribute and pack Q/K/V; they
-block with that reason.
+Packed Q/K/V and heads folded into the batch (``nn.MultiheadAttention``, Swin) are in
+``onnxprune.ops.attention_packed``; fused ``Attention``/``MultiHeadAttention`` and ONNX's
+``Attention`` in ``onnxprune.ops.fused``; the other fused attention ops (``FUSED``) block.
 """
 
 from __future__ import annotations
@@ -32,58 +32,19 @@ import onnx
 
 from onnxprune.graph.shape_values import Opaque, Term, exprs, private, refs, set_origin
 from onnxprune.graph.view import GraphView, attr
+from onnxprune.ops.attention_packed import concrete_shapes as concrete_shapes  # re-exported
+from onnxprune.ops.attention_packed import (
+    probe_segments,
+    replaceable,
+    reshape_packed,
+    rewrite_piece,
+)
+from onnxprune.ops.attention_packed import reshape_segments as reshape_segments  # re-exported
 from onnxprune.ops.base import Rule, claim_constants
 
 if TYPE_CHECKING:
     from onnxprune.structured.dependency import Chan, Context
     from onnxprune.structured.rewrite import RewriteContext
-
-
-def concrete_shapes(view: GraphView, name: str) -> list[tuple[int, ...]]:
-    """The shape of ``name`` as numbers: once when inference knows it, else once per probe
-    (``GraphView.probe_shapes``); empty when neither is known."""
-    s = view.shape(name)
-    if s is not None and all(isinstance(d, int) for d in s):
-        return [tuple(s)]
-    out = []
-    for probe in view.probe_shapes:
-        p = probe.get(name)
-        if p is None or not all(isinstance(d, int) and d > 0 for d in p):
-            return []
-        out.append(tuple(p))
-    return out
-
-
-def reshape_segments(ins: tuple, outs: tuple) -> list[tuple[range, range]] | None:
-    """Align the dims of a reshape into segments of equal size; None if they do not align."""
-    segs: list[tuple[range, range]] = []
-    i = j = 0
-    while i < len(ins) and j < len(outs):
-        if not isinstance(ins[i], int) or not isinstance(outs[j], int):
-            if ins[i] is None or ins[i] != outs[j]:
-                return None
-            segs.append((range(i, i + 1), range(j, j + 1)))
-            i, j = i + 1, j + 1
-            continue
-        i0, j0, pi, pj = i, j, ins[i], outs[j]
-        i, j = i + 1, j + 1
-        while pi != pj:
-            if pi < pj:
-                if i >= len(ins) or not isinstance(ins[i], int):
-                    return None
-                pi, i = pi * ins[i], i + 1
-            else:
-                if j >= len(outs) or not isinstance(outs[j], int):
-                    return None
-                pj, j = pj * outs[j], j + 1
-        segs.append((range(i0, i), range(j0, j)))
-    rest_in, rest_out = ins[i:], outs[j:]
-    if any(d != 1 for d in (*rest_in, *rest_out)):
-        return None
-    if segs and (rest_in or rest_out):
-        a, b = segs[-1]
-        segs[-1] = (range(a.start, len(ins)), range(b.start, len(outs)))
-    return segs
 
 
 def head_segment(
@@ -96,27 +57,12 @@ def head_segment(
     The shapes are aligned on concrete numbers (the probes when dims are symbolic); the
     segment must come out the same for every probe, so it cannot depend on batch or sequence.
     """
-    ins, outs = concrete_shapes(view, node.input[0]), concrete_shapes(view, node.output[0])
-    if not ins or not outs:
+    segs = probe_segments(view, node, axis)
+    if not segs or len({(f[0], f[1], f[2], f[3]) for f in segs}) != 1:
         return None
-    if len(ins) != len(outs):
-        ins, outs = (
-            ins * len(outs) if len(ins) == 1 else ins,
-            outs * len(ins) if len(outs) == 1 else outs,
-        )
-    found = None
-    for i, o in zip(ins, outs, strict=False):
-        segs = reshape_segments(i, o) if axis < len(i) else None
-        if segs is None:
-            return None
-        seg_in, seg_out = next(s for s in segs if axis in s[0])
-        key = (seg_in, seg_out, tuple(i[a] for a in seg_in), tuple(o[a] for a in seg_out))
-        if found is None:
-            found = key
-        elif key != found:
-            return None
+    found = segs[0][:4]
+    rank_out = segs[0][4]
     seg_in, seg_out, din, dout = found
-    rank_out = len(outs[0])
     if len(seg_in) == 1 and len(seg_out) == 2 and seg_out.stop == rank_out and min(dout) > 1:
         return "split", seg_out.start, dout
     if len(seg_in) == 2 and len(seg_out) == 1 and axis == seg_in.start and min(din) > 1:
@@ -127,6 +73,8 @@ def head_segment(
 def reshape_heads(node: onnx.NodeProto, ctx: Context, x: Chan) -> bool:
     """Follow a head split or merge (see the module docstring); False leaves the Reshape to
     the general rule."""
+    if reshape_packed(node, ctx, x, check_target):
+        return True
     seg = head_segment(ctx.view, node, x.axis)
     if seg is None:
         return False
@@ -141,8 +89,8 @@ def reshape_heads(node: onnx.NodeProto, ctx: Context, x: Chan) -> bool:
         if h != len(x.ids):
             return False
         out_ids = np.repeat(x.ids, d)
-    if check_target(ctx, node, x, out_axis, out_ids):
-        rank = len(concrete_shapes(ctx.view, node.output[0])[0])
+    if check_target(ctx, node, x, out_axis, out_ids, own_only=True):
+        rank = ctx.view.rank(node.output[0])
         ctx.set_out(0, out_axis, out_ids, rank)
     return True
 
@@ -158,7 +106,7 @@ def _block_live(ctx: Context, found: frozenset, x: Chan | None, reason: str) -> 
         ch = _live(ctx, ref)
         if ch is not None:
             ctx.block(ch.ids, reason.format(tensor=ref[0]))
-    if x is not None:
+    if x is not None and len(x.ids):
         ctx.block(x.ids, reason.format(tensor=next(iter(found))[0] if found else "?"))
 
 
@@ -186,13 +134,17 @@ def check_target(
     x: Chan | None,
     out_axis: int | None,
     out_ids: np.ndarray | None,
+    *,
+    own_only: bool = False,
 ) -> bool:
     """Verify a Reshape target against the pruning; block and return False when it fails.
 
     The element at ``out_axis`` (the channels ``out_ids``) must follow the kept count
-    (``_follows``); no other element may depend on a count that can be pruned. Called for
-    every Reshape (``x`` None when its data carries no channels): the Shape rule lets
-    run-time counts flow into Reshape targets because this check sees them.
+    (``_follows``) or be rewritable as ``-1`` (``attention_packed.replaceable``); no other
+    element may depend on a count that can be pruned. Called for every Reshape (``x`` None
+    when its data carries no channels): the Shape rule lets run-time counts flow into
+    Reshape targets because this check sees them. ``own_only``: another count that sizes an
+    axis (``d = D / 12`` read from the residual stream) blocks that count, not ``x``.
     """
     view = ctx.view
     index = view.producer[node.output[0]][0]
@@ -215,7 +167,7 @@ def check_target(
         return True
     for i, e in enumerate(expr):
         if out_axis is not None and i == out_axis:
-            if _follows(ctx, e, out_ids):
+            if _follows(ctx, e, out_ids) or (own_only and replaceable(view, node, i)):
                 continue
             if isinstance(e, Term) and e.const == 0 and not allowzero and x is not None:
                 same = i == x.axis and Counter(x.ids.tolist()) == Counter(out_ids.tolist())
@@ -234,7 +186,17 @@ def check_target(
             ctx.block(x.ids, "Reshape copies the channel count (0) to another axis")
             return False
         found = frozenset(r for r in refs(e) if _live(ctx, r) is not None)
-        if found:
+        if found and own_only:
+            mine = x is not None and any(np.isin(_live(ctx, r).ids, x.ids).any() for r in found)
+            _block_live(
+                ctx,
+                found,
+                x if mine else None,
+                "the channel count of '{tensor}' sizes another axis of a Reshape target",
+            )
+            if mine:
+                return False
+        elif found:
             _block_live(
                 ctx,
                 found,
@@ -257,8 +219,12 @@ def rewrite_reshape(node: onnx.NodeProto, rw: RewriteContext) -> bool:
     if isinstance(expr, Opaque) or cut.axis >= len(expr):
         return False
     e = expr[cut.axis]
+    if isinstance(e, Term) and e.const == -1:
+        return True
     if not isinstance(e, Term) or e.origin is None or (e.const or 0) <= 0:
-        return False
+        if isinstance(e, Term) and any((c := rw.cut(t)) and c.axis == a for t, a in e.refs):
+            return False  # a run-time count of a cut tensor: it follows by itself
+        return rewrite_piece(node, rw, cut.axis)
     set_origin(e.origin, len(cut.kept), rw.view, rw.model, rw.set_input)
     return True
 
@@ -317,15 +283,14 @@ def block_live_sizes(ctx: Context, node: onnx.NodeProto, k: int, what: str) -> N
 
 
 FUSED = (
-    "com.microsoft.Attention",
-    "com.microsoft.MultiHeadAttention",
     "com.microsoft.GroupQueryAttention",
     "com.microsoft.PackedAttention",
     "com.microsoft.PackedMultiHeadAttention",
     "com.microsoft.DecoderMaskedMultiHeadAttention",
     "com.microsoft.SparseAttention",
-    "Attention",
 )
+"""Fused attention that still blocks; ``onnxprune.ops.fused`` follows Attention and
+MultiHeadAttention (com.microsoft) and ONNX's Attention."""
 
 
 class FusedAttentionRule(Rule):

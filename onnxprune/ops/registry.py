@@ -19,6 +19,7 @@ from onnxprune.ops import (
     conv,
     elementwise,
     embedding,
+    fused,
     layout,
     linear,
     norm,
@@ -62,6 +63,7 @@ def default_specs() -> list[OpSpec]:
         OpSpec("Shape", rule=shape.ShapeRule()),
         OpSpec("Size", rule=shape.SizeRule()),
         *specs(attention.FUSED, rule=attention.FusedAttentionRule()),
+        *fused.SPECS,
         *quantized.SPECS,
     ]
 
