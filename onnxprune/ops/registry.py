@@ -16,6 +16,7 @@ import onnx
 
 from onnxprune.ops import (
     attention,
+    control,
     conv,
     elementwise,
     layout,
@@ -23,6 +24,7 @@ from onnxprune.ops import (
     norm,
     pool,
     quantized,
+    recurrent,
     routing,
     shape,
 )
@@ -61,6 +63,8 @@ def default_specs() -> list[OpSpec]:
         OpSpec("Size", rule=shape.SizeRule()),
         *specs(attention.FUSED, rule=attention.FusedAttentionRule()),
         *quantized.SPECS,
+        *recurrent.SPECS,
+        *specs(control.CONTROL, rule=control.ControlRule()),
     ]
 
 

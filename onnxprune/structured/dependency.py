@@ -29,6 +29,7 @@ import onnx
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.view import GraphView
 from onnxprune.ops import opsets_of, rule_for
+from onnxprune.ops.control import guard, has_subgraphs
 from onnxprune.structured.groups import ROLES, Group, Slice
 from onnxprune.structured.heads import mark_heads
 
@@ -84,6 +85,7 @@ class Context:
         self._source_of: dict[tuple[str, int], np.ndarray] = {}
         self._node_index = -1
         self._read: set[int] = set()
+        self._outside: dict[str, tuple[str, str]] = {}
         self.node: onnx.NodeProto = onnx.NodeProto()
 
     # ------------------------------------------------------------------ ids
@@ -193,6 +195,12 @@ class Context:
         self.bind(k, axis, ids, "out")
         return ids
 
+    def fresh(self, size: int) -> np.ndarray:
+        """Fresh producer channels of the current node that no single weight axis holds
+        (an LSTM's hidden units, tiled over the gate blocks of W, R and B): the rule binds
+        them to each parameter itself."""
+        return self._new_ids(size, f"{self.where}[units]", None)
+
     def pseudo(self, size: int, reason: str) -> np.ndarray:
         """Channels we cannot prune (from a graph input, an op we do not follow)."""
         return self._new_ids(size, reason, reason)
@@ -254,6 +262,12 @@ class Context:
         if ids is not None and len(ids):
             self._blocks.append((ids, reason, self.where))
 
+    def read_outside(self, name: str, reason: str) -> None:
+        """Tensor ``name`` is read where no rule sees it (inside an If/Loop body): its
+        channels and, if it is a weight, its cuts are blocked by ``finish`` with ``reason``,
+        whichever node is visited first."""
+        self._outside.setdefault(name, (self.where, reason))
+
     def block_inputs(self, reason: str) -> None:
         """Refuse the whole node: every tracked input keeps all of its channels."""
         for k in range(len(self.node.input)):
@@ -275,6 +289,8 @@ class Context:
             self.block_inputs(f"{op} is not supported by onnxprune's structured rules")
         else:
             rule.propagate(self.node, self)  # type: ignore[attr-defined]
+        if rule is None and has_subgraphs(self.node):
+            guard(self.node, self)
         for k, name in enumerate(self.node.input):
             if k not in self._read and name in self._chans:
                 self.block(
@@ -304,6 +320,16 @@ class Context:
                             f"'{name}' is also used by '{self.view.label(use.node)}' "
                             f"({self.view.nodes[use.node].op_type}), which would not be rewritten",
                         )
+        self._block_outside(by_name)
+
+    def _block_outside(self, by_name: dict[str, list[_Param]]) -> None:
+        """What subgraph bodies read by name keeps its channels (``read_outside``)."""
+        for name, (where, reason) in self._outside.items():
+            ch = self._chans.get(name)
+            if ch is not None:
+                self._blocks.append((ch.ids, reason, where))
+            for p in by_name.get(name, ()):
+                self._blocks.append((p.ids, reason, where))
 
     # ------------------------------------------------------------------ groups
     def groups(self) -> list[Group]:

@@ -1,0 +1,89 @@
+"""If and Loop (onnxprune.ops.control): channels that a body reads by name from the outer
+graph are kept whole, with a reason naming the node, before anything is rewritten."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import onnx
+import pytest
+
+from onnxprune.ops.control import outer_reads
+from onnxprune.structured.dependency import analyze
+from onnxprune.structured.engine import StructuredOptions, prune_structured
+from onnxprune.testing import prune_exact
+from onnxprune.testing.control_graphs import if_conv_model, loop_model
+
+
+def _group(model: onnx.ModelProto, gid: str):
+    return next(g for g in analyze(model) if g.id == gid)
+
+
+@pytest.mark.parametrize("outer_weights", [False, True])
+def test_an_if_reading_an_outer_activation_blocks_its_producer(outer_weights: bool) -> None:
+    model = if_conv_model(outer_weights=outer_weights)
+    reason = _group(model, "c1").blocked_reason
+    assert "If 'gate'" in reason and "'x1'" in reason
+    before = model.SerializeToString()
+    _, result = prune_structured(model, StructuredOptions(ratio=0.5, round_to=1))
+    assert result.plan.empty
+    assert model.SerializeToString() == before
+
+
+def test_a_weight_also_read_inside_a_branch_blocks() -> None:
+    """The then-branch adds ``c1.b`` (c1's bias) to its result: c1 loses nothing, whichever
+    of the two readers is visited first."""
+    model = if_conv_model(shared=True)
+    reasons = " ".join(r for _, r in _group(model, "c1").reasons)
+    assert "'c1.b'" in reasons and "If 'gate'" in reasons
+
+
+def test_what_the_body_does_not_read_is_still_pruned_exactly() -> None:
+    model = if_conv_model(front=True)
+    pruned, plan = prune_exact(model, 0.5)
+    assert {g.id for g in plan.groups if len(g.kept) < g.slots} == {"c0"}
+    if_node = next(n for n in pruned.graph.node if n.op_type == "If")
+    original = next(n for n in model.graph.node if n.op_type == "If")
+    assert if_node.SerializeToString() == original.SerializeToString()
+
+
+@pytest.mark.parametrize("nested_if", [False, True])
+def test_a_loop_body_reading_an_outer_activation_blocks(nested_if: bool) -> None:
+    model = loop_model(nested_if=nested_if)
+    loop = next(n for n in model.graph.node if n.op_type == "Loop")
+    assert "x1" in outer_reads(loop) and "body.w" in outer_reads(loop)
+    assert "s_in" not in outer_reads(loop)  # the body's own input
+    reason = _group(model, "c1").blocked_reason
+    assert "Loop 'loop'" in reason and "'x1'" in reason
+    _, result = prune_structured(model, StructuredOptions(ratio=0.5, round_to=1))
+    assert result.plan.empty
+
+
+def test_the_order_of_visits_does_not_matter() -> None:
+    """The If listed before the Conv that produces what it reads (onnxruntime accepts it,
+    the sort at load fixes it; the analysis must block either way)."""
+    model = if_conv_model()
+    nodes = list(model.graph.node)
+    if_node = next(n for n in nodes if n.op_type == "If")
+    nodes.remove(if_node)
+    nodes.insert(0, if_node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    assert "If 'gate'" in _group(model, "c1").blocked_reason
+
+
+def test_cli_refuses_up_front_input_untouched_no_output(tmp_path: Path, capsys, run_cli) -> None:
+    """Before the guard, this model was pruned, then rejected by onnxruntime ("Input channels
+    C is not equal to kernel channels") after the rewrite."""
+    path = tmp_path / "speech_if.onnx"
+    onnx.save(if_conv_model(), path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    out = tmp_path / "out.onnx"
+    code, _, err = run_cli([path, "--structured", "0.5", "--round-to", "1", "-o", out], capsys)
+    assert code != 0
+    lines = [ln for ln in err.strip().splitlines() if ln]
+    assert lines[-1].startswith("error: ") and "If 'gate' reads 'x1'" in lines[-1]
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
