@@ -20,15 +20,45 @@ def _group(model: onnx.ModelProto, gid: str):
     return next(g for g in analyze(model) if g.id == gid)
 
 
-@pytest.mark.parametrize("outer_weights", [False, True])
-def test_an_if_reading_an_outer_activation_blocks_its_producer(outer_weights: bool) -> None:
-    model = if_conv_model(outer_weights=outer_weights)
+def test_an_if_with_its_own_weights_blocks_its_producer_up_front() -> None:
+    """Branch initializers are not followed: what the branches read stays whole."""
+    model = if_conv_model(outer_weights=False)
     reason = _group(model, "c1").blocked_reason
     assert "If 'gate'" in reason and "'x1'" in reason
     before = model.SerializeToString()
     _, result = prune_structured(model, StructuredOptions(ratio=0.5, round_to=1))
     assert result.plan.empty
     assert model.SerializeToString() == before
+
+
+def test_an_if_whose_branches_are_understood_is_pruned_through_both() -> None:
+    """Both branches run a Conv on the outer ``x1`` with main-graph weights: c1's channels
+    leave both branch weights' inputs, and channel c of the If's result is filter c of
+    either branch, so both branch Convs lose the same filters and c2 its inputs."""
+    model = if_conv_model(outer_weights=True)
+    groups = {g.id: g for g in analyze(model)}
+    assert groups["c1"].blocked_reason is None and groups["then_conv"].blocked_reason is None
+    pruned, plan = prune_exact(model, 0.5)
+    cuts = {(c.name, c.axis): len(c.kept) for c in plan.params}
+    assert cuts[("then.w", 0)] == cuts[("else.w", 0)] == 4
+    assert cuts[("then.w", 1)] == cuts[("else.w", 1)] == 4
+    if_node = next(n for n in pruned.graph.node if n.op_type == "If")
+    bodies = [a.g for a in if_node.attribute]
+    assert [n.op_type for n in bodies[0].node] == ["Conv", "Relu"]
+    assert [n.op_type for n in pruned.graph.node] == ["Conv", "Relu", "If", "Conv"]
+    dims = [d.dim_value for d in bodies[0].output[0].type.tensor_type.shape.dim]
+    assert dims == [1, 4, 8, 8]  # the branch output's declared type follows the cut
+    again = {g.id: g for g in analyze(pruned)}  # and the pruned If is understood again
+    assert again["then_conv"].blocked_reason is None and again["then_conv"].slots == 4
+
+
+def test_an_if_with_an_unknown_op_in_a_branch_blocks() -> None:
+    model = if_conv_model(outer_weights=True)
+    if_node = next(n for n in model.graph.node if n.op_type == "If")
+    then = next(a.g for a in if_node.attribute if a.name == "then_branch")
+    then.node[1].op_type = "Trilu"  # no rule: the branch is not understood, the If guarded
+    reason = _group(model, "c1").blocked_reason
+    assert "If 'gate'" in reason and "'x1'" in reason
 
 
 def test_a_weight_also_read_inside_a_branch_blocks() -> None:

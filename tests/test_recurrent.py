@@ -224,3 +224,11 @@ def test_a_non_zero_computed_initial_state_blocks() -> None:
     _, yh = b.op("GRU", [x, w, r, "", "", h0], n_out=2, name="rnn", hidden_size=6)
     model = b.build([b.gemm(b.op("Squeeze", [yh, b.ints([0])]), 6, 3, name="cls")])
     assert "relu" in _group(model).blocked_reason.lower()
+
+
+def test_unstructured_zeroes_the_input_weights_only() -> None:
+    from onnxprune.unstructured.magnitude import find_prunable_weights
+
+    model = rnn_classifier("LSTM", project=False)
+    names = {w.name: w.reduction_axis for w in find_prunable_weights(model).weights}
+    assert names.get("rnn.W") == 2 and "rnn.R" not in names

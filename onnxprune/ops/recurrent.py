@@ -204,4 +204,14 @@ def recurrent_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape], d: Dims) -
     return steps * d.int(w[0], wn) * rows * (d.int(w[2], wn) + hidden)
 
 
-SPECS = [OpSpec(op, rule=RecurrentRule(), macs=recurrent_macs) for op in GATES]
+def recurrent_weight(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]):
+    """``W [dirs, G*H, input]`` reduces over its input axis (2): unstructured and N:M
+    pruning zero its entries; R stays dense (its dot products feed back every step)."""
+    if len(node.input) > 1 and node.input[1] in inits and len(inits[node.input[1]].dims) == 3:
+        return node.input[1], 2
+    return None
+
+
+SPECS = [
+    OpSpec(op, rule=RecurrentRule(), weight=recurrent_weight, macs=recurrent_macs) for op in GATES
+]

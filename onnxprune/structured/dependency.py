@@ -32,6 +32,7 @@ from onnxprune.ops import opsets_of, rule_for
 from onnxprune.ops.control import guard, has_subgraphs
 from onnxprune.structured.groups import ROLES, Group, Slice
 from onnxprune.structured.heads import mark_heads
+from onnxprune.structured.subgraphs import flatten, subgraph_free
 
 __all__ = ["ROLES", "Chan", "Context", "Group", "Slice", "analyze"]
 
@@ -456,6 +457,9 @@ class Context:
 
 def analyze(model: onnx.ModelProto, *, view: GraphView | None = None) -> list[Group]:
     """Every coupling group of ``model``, prunable or blocked (with reasons)."""
+    flat = None if subgraph_free(model) else flatten(model)
+    if flat is not None:  # understood If branches, analyzed in the main graph
+        model, view = flat.model, GraphView(flat.model)
     view = view if view is not None else GraphView(model)
     ctx = Context(view)
     opsets = opsets_of(model)
