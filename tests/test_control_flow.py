@@ -12,6 +12,7 @@ import pytest
 from onnxprune.ops.control import outer_reads
 from onnxprune.structured.dependency import analyze
 from onnxprune.structured.engine import StructuredOptions, prune_structured
+from onnxprune.structured.subgraphs import hoist_branch_weights
 from onnxprune.testing import prune_exact
 from onnxprune.testing.control_graphs import if_conv_model, loop_model
 
@@ -24,7 +25,7 @@ def test_an_if_with_its_own_weights_blocks_its_producer_up_front() -> None:
     """Branch initializers are not followed: what the branches read stays whole."""
     model = if_conv_model(outer_weights=False)
     reason = _group(model, "c1").blocked_reason
-    assert "If 'gate'" in reason and "'x1'" in reason
+    assert "If 'gate'" in reason and "'x1'" in reason and "initializers of their own" in reason
     before = model.SerializeToString()
     _, result = prune_structured(model, StructuredOptions(ratio=0.5, round_to=1))
     assert result.plan.empty
@@ -58,7 +59,7 @@ def test_an_if_with_an_unknown_op_in_a_branch_blocks() -> None:
     then = next(a.g for a in if_node.attribute if a.name == "then_branch")
     then.node[1].op_type = "Trilu"  # no rule: the branch is not understood, the If guarded
     reason = _group(model, "c1").blocked_reason
-    assert "If 'gate'" in reason and "'x1'" in reason
+    assert "If 'gate'" in reason and "'x1'" in reason and "without a rule" in reason
 
 
 def test_a_weight_also_read_inside_a_branch_blocks() -> None:
@@ -117,3 +118,22 @@ def test_cli_refuses_up_front_input_untouched_no_output(tmp_path: Path, capsys, 
     assert "Traceback" not in err
     assert not out.exists()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_branch_weights_hoisted_to_the_main_graph_are_pruned_through_both_branches() -> None:
+    model = if_conv_model(outer_weights=False)
+    hoisted, moved = hoist_branch_weights(model)
+    assert moved == 2 and {"then.w", "else.w"} <= {t.name for t in hoisted.graph.initializer}
+    _, plan = prune_exact(hoisted, 0.5)  # exact against the hoisted = original model
+    cuts = {(c.name, c.axis): len(c.kept) for c in plan.params}
+    assert cuts[("then.w", 0)] == cuts[("else.w", 0)] == 4
+
+
+def test_a_branch_weight_whose_name_is_taken_elsewhere_stays() -> None:
+    model = if_conv_model(outer_weights=False)
+    if_node = next(n for n in model.graph.node if n.op_type == "If")
+    other = next(a.g for a in if_node.attribute if a.name == "else_branch")
+    other.initializer[0].name = "c1"  # shadows the main graph's tensor 'c1' inside the branch
+    other.node[0].input[1] = "c1"
+    _, moved = hoist_branch_weights(model)
+    assert moved == 1

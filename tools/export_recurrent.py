@@ -14,6 +14,8 @@
   front-end: torch.jit.script would hide the weights in prim ops) whose two branches each run
   a Conv1d on the front-end's output (an offline and a streaming kernel) with weights of the
   main graph, then a classifier; the condition is a graph input ``streaming``.
+* ``speech_if_inner.onnx``: the same, the branch weights stored inside the branches (body
+  initializers): guarded as it is; measured also after ``hoist_branch_weights``.
 * ``speech_loop.onnx``: the front-end, then a Loop of 3 trips refining a state with a Conv1d
   on the outer front-end output.
 
@@ -132,6 +134,14 @@ def export(out: str) -> None:
     )
     classifier(m.graph, "mid")
     save(m, "speech_if.onnx")
+    inner = onnx.ModelProto()  # the same with the branch weights inside the branches
+    inner.CopyFrom(m)
+    for node in inner.graph.node:
+        for a in node.attribute if node.op_type == "If" else ():
+            w = next(t for t in inner.graph.initializer if t.name == a.g.node[0].input[1])
+            a.g.initializer.append(w)
+            inner.graph.initializer.remove(w)
+    save(inner, "speech_if_inner.onnx")
 
     m = onnx.ModelProto()
     m.CopyFrom(base)
@@ -178,14 +188,17 @@ def measure(out: str, ratio: float) -> None:
     from onnxprune.graph.load import load_model
     from onnxprune.metrics.macs import count_macs
     from onnxprune.structured.engine import StructuredOptions, prune_structured
-    from onnxprune.structured.subgraphs import flatten
+    from onnxprune.structured.subgraphs import flatten, hoist_branch_weights
     from onnxprune.testing.oracles import assert_close, run, zeroed
 
     print(f"| model | result at --structured {ratio} | MACs after/before | exact | valid |")
     print("|---|---|---|---|---|")
-    for name in ("speech_lstm", "speech_gru", "speech_if", "speech_loop"):
-        path = os.path.join(out, f"{name}.onnx")
+    runs = ["speech_lstm", "speech_gru", "speech_if", "speech_if_inner", "speech_if_inner+hoist"]
+    for name in [*runs, "speech_loop"]:
+        path = os.path.join(out, f"{name.split('+')[0]}.onnx")
         model = load_model(path).model
+        if name.endswith("+hoist"):
+            model, _ = hoist_branch_weights(model)
         shapes = {"mel": (1, MELS, FRAMES)}
         pruned, result = prune_structured(model, StructuredOptions(ratio=ratio))
         # Subgraph MACs are not counted by count_macs: count an If's two branches flattened
@@ -196,7 +209,7 @@ def measure(out: str, ratio: float) -> None:
         plan = result.plan
         cut = [g for g in plan.groups if len(g.kept) < g.slots]
         if plan.empty:
-            why = "; ".join(f"{b.get('group', '')}: {b.get('reason', b)}" for b in plan.blocked[:2])
+            why = "; ".join(f"{b['where']}: {b['reason']}" for b in plan.blocked[:2])
             print(f"| {name} | blocked: {why} | 1.00 | n/a | input untouched |")
             continue
         feeds = {
@@ -204,7 +217,7 @@ def measure(out: str, ratio: float) -> None:
         }
         try:  # the oracle of assert_exact, with the If's boolean input fed both ways
             ref = zeroed(model, plan)
-            for flag in (True, False) if name == "speech_if" else (None,):
+            for flag in (True, False) if name.startswith("speech_if") else (None,):
                 if flag is not None:
                     feeds["streaming"] = np.array(flag)
                 assert_close(run(ref, feeds), run(pruned, feeds))
@@ -214,8 +227,11 @@ def measure(out: str, ratio: float) -> None:
         onnx.checker.check_model(pruned, full_check=True)
         run(pruned, feeds)
         kept = ", ".join(f"{g.id} {len(g.kept)}/{g.slots}" for g in cut[:6])
+        left = [f"{b['where']}: {b['reason']}" for b in plan.blocked if "output" not in b["reason"]]
+        also = f"; blocked {left[0]}" if left else ""
+        ratio_text = f"{after / before:.3f}"
         print(
-            f"| {name} | pruned {len(cut)} groups ({kept}) | {after / before:.3f} | {exact} | yes |"
+            f"| {name} | pruned {len(cut)} groups ({kept}){also} | {ratio_text} | {exact} | yes |"
         )
 
 

@@ -63,14 +63,27 @@ def outer_reads(node: onnx.NodeProto) -> list[str]:
     return list(seen)
 
 
+def why_not_followed(node: onnx.NodeProto) -> str:
+    """Why the node's bodies are not followed, in words a user can act on."""
+    if node.op_type != "If":
+        return f"{node.op_type} bodies are not followed"
+    branches = list(node_graphs(node))
+    if any(g.initializer or g.sparse_initializer for g in branches):
+        return "its branches hold initializers of their own (hoist_branch_weights moves them out)"
+    if any(has_subgraphs(n) for g in branches for n in g.node):
+        return "its branches hold subgraphs of their own"
+    return "a branch has an op without a rule, a name used elsewhere, or outputs of other shapes"
+
+
 def guard(node: onnx.NodeProto, ctx: Context) -> None:
     """Keep whole every channel the node's bodies read from outside (see the module
     docstring); explicit inputs are the rule's business."""
-    op = node.op_type
+    op, why = node.op_type, why_not_followed(node)
     for name in outer_reads(node):
         ctx.read_outside(
             name,
-            f"{op} '{ctx.where}' reads '{name}' inside its body, which onnxprune does not follow",
+            f"{op} '{ctx.where}' reads '{name}' inside its body, which onnxprune does not "
+            f"follow: {why}",
         )
 
 

@@ -13,7 +13,8 @@ Understood means, for both branches: no initializers of their own (weights are m
 initializers read from outside, as exporters lift them), no nested subgraphs, only ops the
 registry has a rule for, names that clash with nothing else in the model, and outputs of
 the same declared shapes. Anything else stays an If, which ``onnxprune.ops.control`` guards
-(every channel it reads from outside is kept, with the reason).
+(every channel it reads from outside is kept, with the reason). Branches with weights of
+their own become understood once ``hoist_branch_weights`` has moved them out.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import onnx
 from onnx import helper
 
 from onnxprune.graph.inference import infer_shapes
-from onnxprune.graph.proto import node_graphs
+from onnxprune.graph.proto import node_graphs, subgraphs
 from onnxprune.ops import opsets_of, rule_for
 from onnxprune.ops.control import CONTROL, has_subgraphs
 
@@ -37,6 +38,12 @@ class Flattened:
     model: onnx.ModelProto
     ifs: dict[str, tuple[onnx.NodeProto, set[str], set[str]]]
     merges: set[str]
+
+
+_FLOATS = (
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+)  # fmt: skip
 
 
 def _names(model: onnx.ModelProto) -> list[str]:
@@ -74,6 +81,8 @@ def understood(node: onnx.NodeProto, model: onnx.ModelProto, taken: set[str]) ->
         produced = {o for n in g.node for o in n.output}
         if any(vi.name not in produced for vi in g.output):
             return False
+        if any(vi.type.tensor_type.elem_type not in _FLOATS for vi in g.output):
+            return False  # the Add that merges the branches while flattened needs numbers
         shapes.append([_shape(vi) for vi in g.output])
     return shapes[0] == shapes[1] and None not in shapes[0]
 
@@ -154,6 +163,41 @@ def _rebuild(
             else:
                 vi.type.tensor_type.ClearField("shape")
     return new
+
+
+def hoist_branch_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """A copy whose If branches read their initializers from the main graph, and how many
+    moved: the same model (a body reads outer names), now with branches this module can
+    follow. Only names defined nowhere else in the model move (no shadowing can change).
+
+    Meant for load time (a normalization like constant folding); ``analyze`` does not do it
+    itself because the callers' views of the original model would not know the weights.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    counts: dict[str, int] = {}
+    for g in (out.graph, *subgraphs(out.graph)):
+        for name in _defined_here(g):
+            counts[name] = counts.get(name, 0) + 1
+    moved = 0
+    for node in out.graph.node:
+        if node.op_type != "If" or node.domain not in ("", "ai.onnx"):
+            continue
+        for a in node.attribute:
+            if not a.HasField("g"):
+                continue
+            stay = [t for t in a.g.initializer if counts.get(t.name, 0) != 1]
+            go = [t for t in a.g.initializer if counts.get(t.name, 0) == 1]
+            out.graph.initializer.extend(go)
+            del a.g.initializer[:]
+            a.g.initializer.extend(stay)
+            moved += len(go)
+    return out, moved
+
+
+def _defined_here(g: onnx.GraphProto) -> list[str]:
+    names = [vi.name for vi in g.input] + [t.name for t in g.initializer]
+    return names + [o for n in g.node for o in n.output if o]
 
 
 def subgraph_free(model: onnx.ModelProto) -> bool:
