@@ -232,3 +232,30 @@ def test_unstructured_zeroes_the_input_weights_only() -> None:
     model = rnn_classifier("LSTM", project=False)
     names = {w.name: w.reduction_axis for w in find_prunable_weights(model).weights}
     assert names.get("rnn.W") == 2 and "rnn.R" not in names
+
+
+def test_activations_without_a_zero_fixed_point_are_still_exact() -> None:
+    """Affine with beta 0.5: a unit with zero weights does not stay 0, yet removing it is
+    exact, because only removed slices (R's columns, the classifier's rows) read it."""
+    model = rnn_classifier(
+        "RNN", activations=["Affine"], activation_alpha=[0.5], activation_beta=[0.5]
+    )
+    prune_exact(model, 0.5)
+
+
+def test_encoder_states_initialize_the_decoder() -> None:
+    """Y_h and Y_c of one LSTM are the initial states of the next: one group of units."""
+    b = Builder(seed=8)
+    x = b.input([SEQ, BATCH, 4])
+    h = 6
+    _, yh, yc = b.op(
+        "LSTM", [x, b.rand([1, 4 * h, 4], "enc.W"), b.rand([1, 4 * h, h], "enc.R")],
+        n_out=3, name="enc", hidden_size=h,
+    )  # fmt: skip
+    ins = [x, b.rand([1, 4 * h, 4], "dec.W"), b.rand([1, 4 * h, h], "dec.R"), "", "", yh, yc]
+    _, dh = b.op("LSTM", ins, n_out=2, name="dec", hidden_size=h)
+    model = b.build([b.gemm(b.op("Squeeze", [dh, b.ints([0])]), h, 3, name="cls")])
+    groups = [g for g in analyze(model) if g.blocked_reason is None]
+    assert [g.id for g in groups] == ["enc"]
+    pruned, _ = prune_exact(model, 0.5)
+    assert _hidden(pruned, "enc") == _hidden(pruned, "dec") == 3
