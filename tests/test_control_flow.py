@@ -14,7 +14,7 @@ from onnxprune.structured.dependency import analyze
 from onnxprune.structured.engine import StructuredOptions, prune_structured
 from onnxprune.structured.subgraphs import hoist_branch_weights
 from onnxprune.testing import prune_exact
-from onnxprune.testing.control_graphs import if_conv_model, loop_model
+from onnxprune.testing.control_graphs import if_conv_model, loop_model, loop_rnn_model
 
 
 def _group(model: onnx.ModelProto, gid: str):
@@ -79,16 +79,40 @@ def test_what_the_body_does_not_read_is_still_pruned_exactly() -> None:
     assert if_node.SerializeToString() == original.SerializeToString()
 
 
-@pytest.mark.parametrize("nested_if", [False, True])
-def test_a_loop_body_reading_an_outer_activation_blocks(nested_if: bool) -> None:
-    model = loop_model(nested_if=nested_if)
+def test_a_loop_body_with_an_if_inside_blocks() -> None:
+    model = loop_model(nested_if=True)
     loop = next(n for n in model.graph.node if n.op_type == "Loop")
     assert "x1" in outer_reads(loop) and "body.w" in outer_reads(loop)
     assert "s_in" not in outer_reads(loop)  # the body's own input
     reason = _group(model, "c1").blocked_reason
-    assert "Loop 'loop'" in reason and "'x1'" in reason
+    assert "Loop 'loop'" in reason and "'x1'" in reason and "subgraphs of their own" in reason
     _, result = prune_structured(model, StructuredOptions(ratio=0.5, round_to=1))
     assert result.plan.empty
+
+
+def test_a_loop_body_convolving_an_outer_activation_is_pruned_exactly() -> None:
+    """The body adds Conv(x1) to its carried [1, 8, 8, 8] state: c1's channels leave the
+    body Conv's inputs; the state's channels, the body Conv's filters and the initial state
+    are one group, cut together."""
+    pruned, plan = prune_exact(loop_model(), 0.5)
+    cuts = {(c.name, c.axis): len(c.kept) for c in plan.params}
+    assert cuts[("body.w", 1)] == 4 and cuts[("body.w", 0)] == 4 and cuts[("state0", 1)] == 4
+    assert [n.op_type for n in pruned.graph.node] == ["Conv", "Relu", "Loop", "Conv"]
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_a_recurrent_cell_written_as_a_loop_is_pruned_exactly(scan: bool) -> None:
+    """h = tanh(x_t Wx + h Wh + b) over 5 steps: the hidden units lose Wx's and Wh's
+    columns, Wh's rows, b, h0 and the classifier's (and the per-step MatMul's) rows."""
+    model = loop_rnn_model(scan=scan)
+    group = _group(model, "cell_loop: h_in (carried)")
+    assert group.blocked_reason is None and group.slots == 8
+    pruned, plan = prune_exact(model, 0.5)
+    cuts = {(c.name, c.axis): len(c.kept) for c in plan.params}
+    assert cuts[("cell.wh", 0)] == cuts[("cell.wh", 1)] == cuts[("h0", 1)] == 4
+    loop = next(n for n in pruned.graph.node if n.op_type == "Loop")
+    body = next(a.g for a in loop.attribute if a.name == "body")
+    assert [d.dim_value for d in body.input[2].type.tensor_type.shape.dim] == [2, 4]
 
 
 def test_the_order_of_visits_does_not_matter() -> None:

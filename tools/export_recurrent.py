@@ -18,11 +18,13 @@
   initializers): guarded as it is; measured also after ``hoist_branch_weights``.
 * ``speech_loop.onnx``: the front-end, then a Loop of 3 trips refining a state with a Conv1d
   on the outer front-end output.
+* ``speech_loop_cell.onnx``: the front-end, then a tanh RNN cell of 256 written as a Loop over
+  the 50 frames (``h = tanh(x_t Wx + h Wh + b)``), then a classifier on the last state.
 
 ``measure`` (no torch; the worktree's venv): for each model, ``prune_structured`` at
 ``--ratio`` with the CLI's defaults (local scope, L1, round-to 16), then MACs before/after
 (``count_macs`` at B=1, T=50; an If's two branches are counted, flattened into the main
-graph; a Loop body is not counted), exactness (``onnxprune.testing.assert_exact``: pruned ==
+graph; a Loop body once per trip), exactness (``onnxprune.testing.assert_exact``: pruned ==
 original with the removed channels' consumer slices zeroed, in onnxruntime), validity
 (``onnx.checker`` full check + an onnxruntime run), or the blocked reason. Prints one
 markdown row per model; the CLI equivalent is ``onnxprune MODEL --structured 0.3``.
@@ -177,6 +179,64 @@ def export(out: str) -> None:
     )  # Loop outputs get no shape from inference: annotate it as exporters do
     classifier(m.graph, "refined")
     save(m, "speech_loop.onnx")
+    save(_loop_cell(base, weight), "speech_loop_cell.onnx")
+
+
+def _loop_cell(base, weight):
+    """The front-end, then a tanh RNN cell of 256 written as a Loop over the frames (a
+    scripted ``for t in range(T)``, weights in the main graph), then a classifier on the
+    last state."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(base)
+    g, hidden = m.graph, 256
+    rng = np.random.default_rng(1)
+    for shape, name in (
+        ([128, hidden], "cell.wx"),
+        ([hidden, hidden], "cell.wh"),
+        ([hidden, CLASSES], "cls.w"),
+    ):
+        v = rng.standard_normal(shape).astype(np.float32) * shape[0] ** -0.5
+        g.initializer.append(numpy_helper.from_array(v, name))
+    g.initializer.extend([
+        numpy_helper.from_array(np.zeros([hidden], np.float32), "cell.b"),
+        numpy_helper.from_array(np.zeros([1, hidden], np.float32), "h0"),
+        numpy_helper.from_array(np.array(FRAMES, np.int64), "frames"),
+        numpy_helper.from_array(np.array(True), "go"),
+    ])  # fmt: skip
+    body = helper.make_graph(
+        [
+            helper.make_node("Gather", ["seq", "t"], ["x_t"], axis=0),
+            helper.make_node("MatMul", ["x_t", "cell.wx"], ["a"], name="cell_x"),
+            helper.make_node("MatMul", ["h_in", "cell.wh"], ["r"], name="cell_h"),
+            helper.make_node("Add", ["a", "r"], ["ar"]),
+            helper.make_node("Add", ["ar", "cell.b"], ["pre"]),
+            helper.make_node("Tanh", ["pre"], ["h_out"]),
+            helper.make_node("Identity", ["c_in"], ["c_out"]),
+        ],
+        "cell",
+        [
+            helper.make_tensor_value_info("t", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [1, hidden]),
+        ],
+        [
+            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [1, hidden]),
+        ],
+    )
+    g.node.extend([
+        helper.make_node("Transpose", ["feat"], ["seq"], perm=[2, 0, 1]),
+        helper.make_node("Loop", ["frames", "go", "h0"], ["h_last"], body=body, name="cell_loop"),
+        helper.make_node("MatMul", ["h_last", "cls.w"], ["logits"], name="cls"),
+    ])  # fmt: skip
+    g.value_info.append(helper.make_tensor_value_info("h_last", TensorProto.FLOAT, [1, hidden]))
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, CLASSES]))
+    return m
 
 
 def measure(out: str, ratio: float) -> None:
@@ -186,15 +246,14 @@ def measure(out: str, ratio: float) -> None:
     import onnx
 
     from onnxprune.graph.load import load_model
-    from onnxprune.metrics.macs import count_macs
     from onnxprune.structured.engine import StructuredOptions, prune_structured
-    from onnxprune.structured.subgraphs import flatten, hoist_branch_weights
+    from onnxprune.structured.subgraphs import hoist_branch_weights
     from onnxprune.testing.oracles import assert_close, run, zeroed
 
     print(f"| model | result at --structured {ratio} | MACs after/before | exact | valid |")
     print("|---|---|---|---|---|")
     runs = ["speech_lstm", "speech_gru", "speech_if", "speech_if_inner", "speech_if_inner+hoist"]
-    for name in [*runs, "speech_loop"]:
+    for name in [*runs, "speech_loop", "speech_loop_cell"]:
         path = os.path.join(out, f"{name.split('+')[0]}.onnx")
         model = load_model(path).model
         if name.endswith("+hoist"):
@@ -203,9 +262,7 @@ def measure(out: str, ratio: float) -> None:
         pruned, result = prune_structured(model, StructuredOptions(ratio=ratio))
         # Subgraph MACs are not counted by count_macs: count an If's two branches flattened
         # into the main graph (both of them, an upper bound on one run), a Loop's body not.
-        flat_before, flat_after = flatten(model), flatten(pruned)
-        before, _ = count_macs(flat_before.model if flat_before else model, shapes)
-        after, _ = count_macs(flat_after.model if flat_after else pruned, shapes)
+        before, after = run_macs(model, shapes), run_macs(pruned, shapes)
         plan = result.plan
         cut = [g for g in plan.groups if len(g.kept) < g.slots]
         if plan.empty:
@@ -233,6 +290,29 @@ def measure(out: str, ratio: float) -> None:
         print(
             f"| {name} | pruned {len(cut)} groups ({kept}){also} | {ratio_text} | {exact} | yes |"
         )
+
+
+def run_macs(model, shapes) -> int:
+    """MACs of one run: an If's two branches both counted (an upper bound), a Loop body
+    once per trip (its trip count is a constant here); the rest as ``count_macs``."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from onnxprune.metrics.macs import macs_per_node
+    from onnxprune.structured.subgraphs import flatten
+
+    flat = flatten(model)
+    if flat is None:
+        return sum(macs_per_node(model, shapes)[0].values())
+    inits = {t.name: t for t in model.graph.initializer}
+    trips = {}
+    for loop in flat.loops.values():
+        count = int(np.asarray(numpy_helper.to_array(inits[loop.input[0]])).reshape(-1)[0])
+        body = next(a.g for a in loop.attribute if a.name == "body")
+        trips.update({o: count for n in body.node for o in n.output})
+    per_node, _ = macs_per_node(flat.model, shapes)
+    nodes = flat.model.graph.node
+    return sum(m * trips.get(nodes[i].output[0], 1) for i, m in per_node.items())
 
 
 def main() -> None:

@@ -65,13 +65,16 @@ def outer_reads(node: onnx.NodeProto) -> list[str]:
 
 def why_not_followed(node: onnx.NodeProto) -> str:
     """Why the node's bodies are not followed, in words a user can act on."""
-    if node.op_type != "If":
+    if node.op_type not in ("If", "Loop"):
         return f"{node.op_type} bodies are not followed"
-    branches = list(node_graphs(node))
-    if any(g.initializer or g.sparse_initializer for g in branches):
-        return "its branches hold initializers of their own (hoist_branch_weights moves them out)"
-    if any(has_subgraphs(n) for g in branches for n in g.node):
-        return "its branches hold subgraphs of their own"
+    bodies = list(node_graphs(node))
+    if any(g.initializer or g.sparse_initializer for g in bodies):
+        hint = " (hoist_branch_weights moves them out)" if node.op_type == "If" else ""
+        return f"its bodies hold initializers of their own{hint}"
+    if any(has_subgraphs(n) for g in bodies for n in g.node):
+        return "its bodies hold subgraphs of their own"
+    if node.op_type == "Loop":
+        return "an op without a rule, a name used elsewhere, or a state that is not float"
     return "a branch has an op without a rule, a name used elsewhere, or outputs of other shapes"
 
 

@@ -458,8 +458,9 @@ class Context:
 def analyze(model: onnx.ModelProto, *, view: GraphView | None = None) -> list[Group]:
     """Every coupling group of ``model``, prunable or blocked (with reasons)."""
     flat = None if subgraph_free(model) else flatten(model)
-    if flat is not None:  # understood If branches, analyzed in the main graph
-        model, view = flat.model, GraphView(flat.model)
+    if flat is not None:  # understood If branches and Loop bodies, in the main graph
+        with flat.rules():
+            return analyze(flat.model)
     view = view if view is not None else GraphView(model)
     ctx = Context(view)
     opsets = opsets_of(model)

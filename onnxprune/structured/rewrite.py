@@ -178,7 +178,8 @@ def apply_plan(
         return new
     flat = None if subgraph_free(model) else flatten(model)
     if flat is not None:  # understood If branches: rewrite them flattened, fold them back
-        folded = fold_back(apply_plan(flat.model, plan, check=False), flat)
+        with flat.rules():
+            folded = fold_back(apply_plan(flat.model, plan, check=False), flat)
         if check:
             check_model(folded, model)
         return folded

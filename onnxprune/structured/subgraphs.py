@@ -19,15 +19,24 @@ their own become understood once ``hoist_branch_weights`` has moved them out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 
 import onnx
 from onnx import helper
 
 from onnxprune.graph.inference import infer_shapes
 from onnxprune.graph.proto import node_graphs, subgraphs
-from onnxprune.ops import opsets_of, rule_for
+from onnxprune.ops import opsets_of, registered, rule_for
 from onnxprune.ops.control import CONTROL, has_subgraphs
+from onnxprune.structured.loops import (
+    PROXY_SPECS,
+    body_of,
+    flatten_loop,
+    loop_understood,
+    proxy_names,
+    rebuild_loop,
+)
 
 
 @dataclass
@@ -38,6 +47,13 @@ class Flattened:
     model: onnx.ModelProto
     ifs: dict[str, tuple[onnx.NodeProto, set[str], set[str]]]
     merges: set[str]
+    loops: dict[str, onnx.NodeProto] = field(default_factory=dict)
+    """Flattened Loops by their first output (``onnxprune.structured.loops``)."""
+
+    def rules(self) -> AbstractContextManager:
+        """The registry to analyze and rewrite the flattened copy with: the default one, plus
+        the carried-state proxy of ``onnxprune.structured.loops`` when a Loop was flattened."""
+        return registered(*PROXY_SPECS, override=True) if self.loops else nullcontext()
 
 
 _FLOATS = (
@@ -92,8 +108,17 @@ def flatten(model: onnx.ModelProto) -> Flattened | None:
     taken = set(_names(model))
     ifs: dict[str, tuple[onnx.NodeProto, set[str], set[str]]] = {}
     merges: set[str] = set()
+    loops: dict[str, onnx.NodeProto] = {}
+    extra: list[onnx.TensorProto] = []
     nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
+        if loop_understood(node, model, taken):
+            proxies, inits = flatten_loop(node)
+            nodes.extend(proxies)
+            extra.extend(inits)
+            taken |= {o for n in proxies for o in n.output if o}
+            loops[node.output[0]] = node
+            continue
         if not understood(node, model, taken):
             nodes.append(node)
             continue
@@ -111,13 +136,14 @@ def flatten(model: onnx.ModelProto) -> Flattened | None:
             nodes.append(merge)
             merges.add(out)
         ifs[node.output[0]] = (node, sides[0], sides[1])
-    if not ifs:
+    if not ifs and not loops:
         return None
     flat = onnx.ModelProto()
     flat.CopyFrom(model)
     del flat.graph.node[:]
     flat.graph.node.extend(nodes)
-    return Flattened(flat, ifs, merges)
+    flat.graph.initializer.extend(extra)
+    return Flattened(flat, ifs, merges, loops)
 
 
 def fold_back(pruned: onnx.ModelProto, flat: Flattened) -> onnx.ModelProto:
@@ -128,10 +154,21 @@ def fold_back(pruned: onnx.ModelProto, flat: Flattened) -> onnx.ModelProto:
     inferred = infer_shapes(pruned).graph
     types = {vi.name: vi.type for vi in [*inferred.value_info, *inferred.output]}
     in_branch = set().union(*(t | e for _, t, e in flat.ifs.values()))
+    loop_of = {}
+    for loop in flat.loops.values():
+        for name in proxy_names(loop) | {o for n in body_of(loop).node for o in n.output}:
+            loop_of[name] = loop
     nodes: list[onnx.NodeProto] = []
+    rebuilt: set[str] = set()
     for n in out.graph.node:
         first = n.output[0] if n.output else ""
         if first in in_branch:
+            continue
+        if first in loop_of:
+            loop = loop_of[first]
+            if first in loop.output and loop.output[0] not in rebuilt:
+                nodes.append(rebuild_loop(loop, list(out.graph.node), types))
+                rebuilt.add(loop.output[0])
             continue
         if first in flat.merges:
             if first not in flat.ifs:
@@ -141,6 +178,14 @@ def fold_back(pruned: onnx.ModelProto, flat: Flattened) -> onnx.ModelProto:
         nodes.append(n)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
+    scans = {o for loop in flat.loops.values() for o in loop.output[len(loop.input) - 2 :]}
+    for vi in out.graph.value_info:  # a scan output's steps are not the proxy's one
+        if vi.name in scans and vi.type.tensor_type.shape.dim:
+            vi.type.tensor_type.shape.dim[0].Clear()
+    axes = {f"{first}__loop_axes" for first in flat.loops}
+    kept = [t for t in out.graph.initializer if t.name not in axes]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
     return out
 
 

@@ -119,3 +119,80 @@ def loop_model(*, nested_if: bool = False, seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Conv", ["s", "c2.w"], ["y"], name="c2"),
     ]
     return _finish(nodes, inits, ["y"], "loop")
+
+
+def loop_rnn_model(*, scan: bool = True, seed: int = 0) -> onnx.ModelProto:
+    """A recurrent cell written as a Loop (a scripted ``for t in range(T)``): ``x [T, B, 4]
+    -> proj (MatMul 4->6)``; the body reads step ``t`` of the outer projection and its
+    carried ``h [B, 8]``: ``h = tanh(x_t Wx + h Wh + b)``; ``h0`` is a zero initializer.
+    The final ``h`` feeds a Gemm classifier; ``scan``: the stacked ``h`` of every step
+    ``[T, B, 8]`` feeds a MatMul too (a second output)."""
+    rng = np.random.default_rng(seed)
+    steps, batch, hidden = 5, 2, 8
+    inits = [
+        _w(rng, [4, 6], "proj.w"),
+        _w(rng, [6, hidden], "cell.wx"),
+        _w(rng, [hidden, hidden], "cell.wh"),
+    ]
+    inits += [
+        _w(rng, [hidden], "cell.b"),
+        _w(rng, [3, hidden], "cls.w"),
+        _w(rng, [hidden, 3], "frame.w"),
+    ]
+    inits += [numpy_helper.from_array(np.array(steps, np.int64), "steps")]
+    inits += [numpy_helper.from_array(np.array(True), "go")]
+    inits += [numpy_helper.from_array(np.zeros([batch, hidden], np.float32), "h0")]
+    body_nodes = [
+        helper.make_node("Gather", ["p", "t"], ["x_t"], axis=0),
+        helper.make_node("MatMul", ["x_t", "cell.wx"], ["a"], name="cell_x"),
+        helper.make_node("MatMul", ["h_in", "cell.wh"], ["r"], name="cell_h"),
+        helper.make_node("Add", ["a", "r"], ["ar"]),
+        helper.make_node("Add", ["ar", "cell.b"], ["pre"]),
+        helper.make_node("Tanh", ["pre"], ["h_out"]),
+        helper.make_node("Identity", ["c_in"], ["c_out"]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+        helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [batch, hidden]),
+    ]
+    if scan:
+        body_nodes.append(helper.make_node("Identity", ["h_out"], ["h_step"]))
+        outputs.append(helper.make_tensor_value_info("h_step", TensorProto.FLOAT, [batch, hidden]))
+    body = helper.make_graph(
+        body_nodes,
+        "cell",
+        [
+            helper.make_tensor_value_info("t", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [batch, hidden]),
+        ],
+        outputs,
+    )
+    loop_out = ["h_last", "h_all"] if scan else ["h_last"]
+    nodes = [
+        helper.make_node("MatMul", ["x", "proj.w"], ["p"], name="proj"),
+        helper.make_node("Loop", ["steps", "go", "h0"], loop_out, body=body, name="cell_loop"),
+        helper.make_node("Gemm", ["h_last", "cls.w"], ["y"], transB=1, name="cls"),
+    ]
+    out_vis = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])]
+    if scan:
+        nodes.append(helper.make_node("MatMul", ["h_all", "frame.w"], ["frames"], name="frame"))
+        out_vis.append(
+            helper.make_tensor_value_info("frames", TensorProto.FLOAT, [steps, batch, 3])
+        )
+    graph = helper.make_graph(
+        nodes, "loop_rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, batch, 4])],
+        out_vis, inits,
+    )  # fmt: skip
+    graph.value_info.extend(
+        [helper.make_tensor_value_info("h_last", TensorProto.FLOAT, [batch, hidden])]
+        + (
+            [helper.make_tensor_value_info("h_all", TensorProto.FLOAT, [steps, batch, hidden])]
+            if scan
+            else []
+        )
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
