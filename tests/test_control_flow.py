@@ -161,3 +161,37 @@ def test_a_branch_weight_whose_name_is_taken_elsewhere_stays() -> None:
     other.node[0].input[1] = "c1"
     _, moved = hoist_branch_weights(model)
     assert moved == 1
+
+
+@pytest.mark.parametrize("criterion", ["activation", "wanda"])
+def test_data_aware_criteria_measure_main_graph_tensors_only(criterion: str) -> None:
+    """Tensors inside the Loop body cannot be tapped: the criteria read the main graph's."""
+    from onnxprune.calibration.stats import channel_stats
+    from onnxprune.testing.oracles import random_feeds
+
+    model = loop_rnn_model()
+    feeds = random_feeds(model)
+    asked: list[str] = []
+
+    def stats_for(targets: dict[str, int], view) -> dict:
+        asked.extend(targets)
+        return channel_stats(model, feeds, targets, view=view)
+
+    options = StructuredOptions(ratio=0.5, round_to=1, criterion=criterion)
+    _, result = prune_structured(model, options, stats_for=stats_for)
+    main = {o for n in model.graph.node for o in n.output} | {"x"}
+    assert asked and set(asked) <= main
+    assert not result.plan.empty
+
+
+def test_a_tapped_pass_keeps_what_a_body_reads_by_name() -> None:
+    """Calibration's reduced pass (only the nodes a tap needs) must keep the producer of
+    the outer tensor a Loop body reads, or onnxruntime refuses the model."""
+    from onnxprune.calibration.stats import tapped_model
+    from onnxprune.testing.oracles import random_feeds, run
+
+    model = loop_rnn_model()
+    tapped = tapped_model(model, ["h_last"], only=True)
+    assert "proj" in {n.name for n in tapped.graph.node}
+    (h_last,) = run(tapped, random_feeds(model))
+    assert h_last.shape == (2, 8)
