@@ -18,6 +18,7 @@ import onnx
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.view import GraphView
+from onnxprune.ops.control import outer_reads
 from onnxprune.recovery.layers import find_layers
 from onnxprune.runtime.feeds import batches, sample_count
 from onnxprune.runtime.session import fixed_batch, open_session, run_session
@@ -68,6 +69,7 @@ def tapped_model(
         if any(o in needed for o in nodes[i].output) or _has_subgraph(nodes[i]):
             keep[i] = True
             needed.update(x for x in nodes[i].input if x)
+            needed.update(outer_reads(nodes[i]))  # what its bodies read by name
     graph = onnx.helper.make_graph(
         [n for n, k in zip(nodes, keep, strict=True) if k],
         model.graph.name,

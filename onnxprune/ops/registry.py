@@ -16,6 +16,7 @@ import onnx
 
 from onnxprune.ops import (
     attention,
+    control,
     conv,
     elementwise,
     embedding,
@@ -25,6 +26,7 @@ from onnxprune.ops import (
     norm,
     pool,
     quantized,
+    recurrent,
     routing,
     shape,
 )
@@ -65,6 +67,8 @@ def default_specs() -> list[OpSpec]:
         *specs(attention.FUSED, rule=attention.FusedAttentionRule()),
         *fused.SPECS,
         *quantized.SPECS,
+        *recurrent.SPECS,
+        *specs(control.CONTROL, rule=control.ControlRule()),
     ]
 
 

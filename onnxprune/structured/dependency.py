@@ -29,8 +29,10 @@ import onnx
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.view import GraphView
 from onnxprune.ops import opsets_of, rule_for
+from onnxprune.ops.control import guard, has_subgraphs
 from onnxprune.structured.groups import ROLES, Group, Slice
 from onnxprune.structured.heads import mark_heads
+from onnxprune.structured.subgraphs import flatten, subgraph_free
 
 __all__ = ["ROLES", "Chan", "Context", "Group", "Slice", "analyze"]
 
@@ -88,6 +90,7 @@ class Context:
         self._source_of: dict[tuple[str, int], np.ndarray] = {}
         self._node_index = -1
         self._read: set[int] = set()
+        self._outside: dict[str, tuple[str, str]] = {}
         self.node: onnx.NodeProto = onnx.NodeProto()
 
     # ------------------------------------------------------------------ ids
@@ -197,6 +200,12 @@ class Context:
         self.bind(k, axis, ids, "out")
         return ids
 
+    def fresh(self, size: int) -> np.ndarray:
+        """Fresh producer channels of the current node that no single weight axis holds
+        (an LSTM's hidden units, tiled over the gate blocks of W, R and B): the rule binds
+        them to each parameter itself."""
+        return self._new_ids(size, f"{self.where}[units]", None)
+
     def pseudo(self, size: int, reason: str) -> np.ndarray:
         """Channels we cannot prune (from a graph input, an op we do not follow)."""
         return self._new_ids(size, reason, reason)
@@ -269,6 +278,12 @@ class Context:
             self._approx.append((ids, reason, self.where))
         return True
 
+    def read_outside(self, name: str, reason: str) -> None:
+        """Tensor ``name`` is read where no rule sees it (inside an If/Loop body): its
+        channels and, if it is a weight, its cuts are blocked by ``finish`` with ``reason``,
+        whichever node is visited first."""
+        self._outside.setdefault(name, (self.where, reason))
+
     def block_inputs(self, reason: str) -> None:
         """Refuse the whole node: every tracked input keeps all of its channels."""
         for k in range(len(self.node.input)):
@@ -290,6 +305,8 @@ class Context:
             self.block_inputs(f"{op} is not supported by onnxprune's structured rules")
         else:
             rule.propagate(self.node, self)  # type: ignore[attr-defined]
+        if rule is None and has_subgraphs(self.node):
+            guard(self.node, self)
         for k, name in enumerate(self.node.input):
             if k not in self._read and name in self._chans:
                 self.block(
@@ -319,6 +336,16 @@ class Context:
                             f"'{name}' is also used by '{self.view.label(use.node)}' "
                             f"({self.view.nodes[use.node].op_type}), which would not be rewritten",
                         )
+        self._block_outside(by_name)
+
+    def _block_outside(self, by_name: dict[str, list[_Param]]) -> None:
+        """What subgraph bodies read by name keeps its channels (``read_outside``)."""
+        for name, (where, reason) in self._outside.items():
+            ch = self._chans.get(name)
+            if ch is not None:
+                self._blocks.append((ch.ids, reason, where))
+            for p in by_name.get(name, ()):
+                self._blocks.append((p.ids, reason, where))
 
     # ------------------------------------------------------------------ groups
     def groups(self) -> list[Group]:
@@ -453,6 +480,10 @@ def analyze(
     """Every coupling group of ``model``, prunable or blocked (with reasons). ``hidden``:
     normalizations over channels join their stream into a group (``Group.stream``) instead
     of blocking it (``--hidden``; pruning such a group is approximate)."""
+    flat = None if subgraph_free(model) else flatten(model)
+    if flat is not None:  # understood If branches and Loop bodies, in the main graph
+        with flat.rules():
+            return analyze(flat.model, hidden=hidden)
     view = view if view is not None else GraphView(model)
     ctx = Context(view, hidden)
     opsets = opsets_of(model)

@@ -210,7 +210,12 @@ DATA_AWARE = ("activation", "apoz", "wanda")
 def consumer_activations(g: Group, view: GraphView) -> list[Slice]:
     """The group's activation tensors that a weighted layer reads: what the next layer sees
     (after ReLU, pooling...), not the pre-activation values. Every ``act`` member if none."""
-    acts = [m for m in g.members if m.role == "act"]
+    # only tensors of the main graph can be measured (not those inside an If/Loop body)
+    acts = [
+        m
+        for m in g.members
+        if m.role == "act" and (m.target in view.producer or m.target in view.graph_inputs)
+    ]
     opsets = opsets_of(view.model)
     fed = [
         m

@@ -29,6 +29,7 @@ from onnxprune.graph.proto import FreshNames, add_initializer, attr, set_tensor,
 from onnxprune.graph.view import GraphView
 from onnxprune.ops import opsets_of, rule_for
 from onnxprune.structured.plan import Plan
+from onnxprune.structured.subgraphs import flatten, fold_back, subgraph_free
 
 
 @dataclass
@@ -175,6 +176,13 @@ def apply_plan(
     new.CopyFrom(model)
     if plan.empty:
         return new
+    flat = None if subgraph_free(model) else flatten(model)
+    if flat is not None:  # understood If branches: rewrite them flattened, fold them back
+        with flat.rules():
+            folded = fold_back(apply_plan(flat.model, plan, check=False), flat)
+        if check:
+            check_model(folded, model)
+        return folded
     _slice_params(new, view, plan)
     rw = RewriteContext(new, view, plan)
     opsets = opsets_of(model)
