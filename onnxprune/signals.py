@@ -51,6 +51,19 @@ def _handler(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
+@contextmanager
+def deferred() -> Iterator[None]:
+    """SIGINT/SIGTERM wait (pending in the kernel) until the block ends, then fire: for two
+    statements that must not be split, such as creating a folder and tracking it."""
+    blockable = hasattr(signal, "pthread_sigmask")
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS) if blockable else None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def check() -> None:
     """Raise ``Interrupted`` if a signal arrived: the exception the handler raised can be
     lost when it fires inside a C extension that clears errors, so the points of no return

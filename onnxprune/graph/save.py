@@ -181,8 +181,9 @@ def stage_model(
         )
     temp_dir = None
     try:  # the folder is tracked from birth: a signal at any instant cannot leave it behind
-        temp_dir = Path(tempfile.mkdtemp(dir=final.parent, prefix=".onnxprune-"))
-        signals.track(temp_dir)
+        with signals.deferred():
+            temp_dir = Path(tempfile.mkdtemp(dir=final.parent, prefix=".onnxprune-"))
+            signals.track(temp_dir)
         names = _write_staged(model, temp_dir, final.name, use_external)
         return StagedModel(temp_dir, final, names)
     except OSError as exc:
