@@ -1,0 +1,152 @@
+"""Quantized constant weights seen as the float weights they stand for.
+
+A static QDQ model (onnxruntime's ``quantize_static``, QAT exports) stores a Conv or MatMul
+weight as an integer initializer read through ``DequantizeLinear(q, scale, zero_point)``;
+weight-only block quantization does the same with ``block_size``. For the channel analysis
+such a weight *is* a constant: :class:`QuantWeight` says which integer tensor holds it and
+how its scale and zero point are laid out, ``value`` dequantizes it (what importance scores
+and oracles read), and ``sliced_inputs`` gives the DequantizeLinear's new inputs after a cut:
+the integer tensor sliced, a per-axis (or per-block) scale and zero point sliced with it on
+that axis, per-tensor ones kept. Removing channels never re-quantizes: the kept integers and
+their scales are the original ones, so the kept channels dequantize to the same floats.
+
+``zeroed_integers`` is the integer-domain zeroing of unstructured pruning and of the
+exactness oracle: entries set to their zero point dequantize to exactly 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxprune.graph.proto import attr
+
+_INT_TYPES = frozenset(
+    (
+        onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
+        onnx.TensorProto.UINT16, onnx.TensorProto.INT32, onnx.TensorProto.INT4,
+        onnx.TensorProto.UINT4,
+    )
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class QuantWeight:
+    """``DequantizeLinear(root, scale, zero_point)`` with every input an initializer."""
+
+    root: str
+    scale: str
+    zero_point: str
+    axis: int
+    """The axis the scale runs along when it has more than one entry (normalized)."""
+    block: int
+    """``block_size`` (0: per-axis or per-tensor)."""
+    per_tensor: bool
+    factor: float = 1.0
+    """A constant the scale is multiplied by (a QOperator bias: the input's scale)."""
+
+    def unsliceable(self, axis: int, size: int) -> tuple[int, str | None]:
+        """(positions that must go together on ``axis``, or a reason the axis cannot be cut).
+
+        A per-block scale covers ``block`` consecutive entries of its axis: they go together,
+        and a last partial block would be cut mid-block, so such an axis is refused."""
+        if not self.block or axis != self.axis:
+            return 1, None
+        if size % self.block:
+            return 1, (
+                f"'{self.root}' is quantized in blocks of {self.block} on axis {axis}, "
+                f"which do not divide its {size} entries"
+            )
+        return self.block, None
+
+
+def weight_of(
+    node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]
+) -> QuantWeight | None:
+    """The quantized weight ``node`` dequantizes, or None (not a DequantizeLinear of
+    integer initializers)."""
+    if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
+        return None
+    names = list(node.input) + [""] * (3 - len(node.input))
+    root, scale, zp = names[:3]
+    if root not in inits or scale not in inits or (zp and zp not in inits):
+        return None
+    if inits[root].data_type not in _INT_TYPES:
+        return None
+    rank = len(inits[root].dims)
+    n_scale = int(np.prod(inits[scale].dims)) if inits[scale].dims else 1
+    axis = int(attr(node, "axis", 1))
+    axis = axis + rank if axis < 0 else axis
+    block = int(attr(node, "block_size", 0))
+    return QuantWeight(root, scale, zp, axis, block, per_tensor=n_scale == 1 and not block)
+
+
+def _layout(q: QuantWeight, param: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``param`` (a scale or zero point) broadcast to the weight's ``shape``."""
+    if q.per_tensor:
+        return param.reshape(())
+    if q.block:
+        full = np.repeat(param, q.block, axis=q.axis)
+        index = [slice(None)] * full.ndim
+        index[q.axis] = slice(0, shape[q.axis])
+        return full[tuple(index)]
+    view = [1] * len(shape)
+    view[q.axis] = -1
+    return param.reshape(view)
+
+
+def value(q: QuantWeight, read: Callable[[str], np.ndarray]) -> np.ndarray:
+    """The dequantized float weight, ``(root - zero_point) * scale`` in the scale's dtype."""
+    ints = read(q.root)
+    scale = read(q.scale) if q.scale else np.ones((), np.float32)  # a zero point alone
+    x = ints.astype(np.float64)
+    if q.zero_point:
+        x = x - _layout(q, read(q.zero_point).astype(np.float64), ints.shape)
+    scale64 = (_layout(q, scale.astype(np.float64), ints.shape) if q.scale else 1.0) * q.factor
+    return (x * scale64).astype(scale.dtype)
+
+
+def zeroed_integers(
+    q: QuantWeight, read: Callable[[str], np.ndarray], zero: np.ndarray
+) -> np.ndarray:
+    """The integer weight with the entries where ``zero`` is True set to their zero point,
+    so that they dequantize to exactly 0 (the rest stays as it is)."""
+    ints = read(q.root).copy()
+    zp = (
+        _layout(q, read(q.zero_point), ints.shape)
+        if q.zero_point
+        else np.zeros((), dtype=ints.dtype)
+    )
+    ints[zero] = np.broadcast_to(zp, ints.shape)[zero]
+    return ints
+
+
+def sliced_inputs(
+    q: QuantWeight, read: Callable[[str], np.ndarray], cuts: Sequence[tuple[int, np.ndarray]]
+) -> dict[int, np.ndarray]:
+    """New values for the DequantizeLinear's inputs (0: integers, 1: scale, 2: zero point)
+    after keeping ``kept`` positions on each ``axis`` of ``cuts``; only changed ones."""
+    ints = read(q.root)
+    params = {1: read(q.scale)}
+    if q.zero_point:
+        params[2] = read(q.zero_point)
+    out: dict[int, np.ndarray] = {}
+    for axis, kept in cuts:
+        kept = np.asarray(kept, dtype=np.int64)
+        ints = np.take(ints, kept, axis=axis)
+        out[0] = ints
+        if q.per_tensor:
+            continue
+        if q.block:
+            picks, on = (np.unique(kept // q.block), axis) if axis == q.axis else (kept, axis)
+        elif axis == q.axis:
+            picks, on = kept, 0
+        else:
+            continue
+        for k in params:
+            params[k] = np.take(params[k], picks, axis=on)
+            out[k] = params[k]
+    return out
