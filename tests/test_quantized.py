@@ -411,3 +411,58 @@ def test_still_blocked_quantized_ops_name_themselves():
     assert any(r.startswith("com.microsoft.DynamicQuantizeMatMul is not followed") for r in reasons)
     _, result = prune_structured(model, StructuredOptions(ratio=0.5, round_to=1))
     assert result.plan.empty
+
+
+# -------------------------------------------------------------------------- weight-only int8
+
+
+def cast_mul_graph() -> onnx.ModelProto:
+    """Weight-only int8: int8 initializer -> Cast(float) -> Mul(scale) -> Conv, and a MatMul
+    whose [K, N] weight has one scale per column."""
+    b = QGraph()
+
+    def weight(shape, scale_shape, tag):
+        q = b.init(f"{tag}_q", RNG.integers(-100, 100, shape, dtype=np.int8))
+        s = b.init(f"{tag}_s", RNG.uniform(0.005, 0.02, scale_shape).astype(np.float32))
+        return b.node("Mul", [b.node("Cast", [q], to=TensorProto.FLOAT), s])
+
+    h = b.node("Relu", [b.node("Conv", ["x", weight((8, 4, 3, 3), (8, 1, 1, 1), "c")])])
+    h = b.node("Flatten", [b.node("GlobalAveragePool", [h])])
+    h = b.node("Relu", [b.node("MatMul", [h, weight((8, 16), (16,), "m")])])
+    y = b.node("MatMul", [h, b.init("w2", RNG.standard_normal((16, 3)).astype(np.float32))])
+    return b.model([1, 4, 6, 6], y)
+
+
+def test_cast_mul_int8_weights_prune_exactly_and_stay_int8():
+    model = cast_mul_graph()
+    pruned, _ = prune_exact(model, 0.5)
+    dims = {t.name: (list(t.dims), t.data_type) for t in pruned.graph.initializer}
+    assert ([4, 4, 3, 3], TensorProto.INT8) in dims.values()
+    assert ([4, 1, 1, 1], TensorProto.FLOAT) in dims.values()  # per-filter scales sliced
+    assert ([4, 8], TensorProto.INT8) in dims.values() and ([8], TensorProto.FLOAT) in dims.values()
+    assert [n.op_type for n in pruned.graph.node].count("Cast") == 2
+
+
+def test_cast_mul_unstructured_zeroes_the_integers():
+    pruned, result = prune_unstructured(cast_mul_graph(), ratio=0.5)
+    ints = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    assert {t["tensor"] for t in result.tensors} == {"Mul_2_0", "Mul_8_0"}  # w2 is tiny
+    assert ints["c_q"].dtype == np.int8 and abs((ints["c_q"] == 0).mean() - 0.5) < 0.02
+
+
+# -------------------------------------------------------------------------- recovery
+
+
+def test_recovery_leaves_quantized_layers_and_says_why():
+    from onnxprune.graph.quant import NOT_REFIT
+    from onnxprune.recovery.recover import RecoveryOptions, recover_structured
+
+    model = qdq_chain()
+    pruned, result = prune_structured(model, StructuredOptions(ratio=0.5, round_to=1))
+    inputs = {"x": RNG.standard_normal((8, 4, 8, 8)).astype(np.float32)}
+    recovered, rec = recover_structured(model, pruned, result.plan, inputs,
+                                        RecoveryOptions(obs=False))  # fmt: skip
+    reasons = [s["reason"] for s in rec.skipped]
+    assert reasons.count(NOT_REFIT) == 2, rec.skipped
+    feeds = random_feeds(model)
+    np.testing.assert_array_equal(run(recovered, feeds)[0], run(pruned, feeds)[0])

@@ -47,6 +47,14 @@ class QuantWeight:
     per_tensor: bool
     factor: float = 1.0
     """A constant the scale is multiplied by (a QOperator bias: the input's scale)."""
+    slots: tuple[tuple[str, int], ...] = ()
+    """Where the integers, the scale and the zero point are read: (output of the reading
+    node, its input index) each; empty for a DequantizeLinear (its inputs 0, 1, 2)."""
+
+    def slot(self, name: str, k: int) -> tuple[str, int]:
+        """(output naming the node that reads logical input ``k``, its input index) for the
+        weight ``name`` (0: integers, 1: scale, 2: zero point)."""
+        return self.slots[k] if self.slots else (name, k)
 
     def unsliceable(self, axis: int, size: int) -> tuple[int, str | None]:
         """(positions that must go together on ``axis``, or a reason the axis cannot be cut).
@@ -84,6 +92,39 @@ def weight_of(
     return QuantWeight(root, scale, zp, axis, block, per_tensor=n_scale == 1 and not block)
 
 
+def cast_mul_weight(
+    node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto], casts: Mapping[str, str]
+) -> QuantWeight | None:
+    """Weight-only int8 written as ``Mul(Cast(int8 initializer), scale initializer)``
+    (``casts``: Cast outputs of integer initializers to float, by name). The scale must be
+    per-tensor or run along one axis of the weight."""
+    if node.op_type != "Mul" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+        return None
+    for k in (0, 1):
+        cast, scale = node.input[k], node.input[1 - k]
+        if cast not in casts or scale not in inits:
+            continue
+        root = casts[cast]
+        rank, dims = len(inits[root].dims), list(inits[scale].dims)
+        if len(dims) > rank:
+            return None
+        big = [j for j, d in enumerate(dims) if d != 1]
+        if not big:
+            return QuantWeight(root, scale, "", 0, 0, True, slots=((cast, 0), (node.output[0], 1 - k)))
+        if len(big) != 1 or (len(dims) != 1 and len(dims) != rank):
+            return None
+        axis = big[0] + rank - len(dims)
+        if dims[big[0]] != inits[root].dims[axis]:
+            return None
+        return QuantWeight(root, scale, "", axis, 0, False,
+                           slots=((cast, 0), (node.output[0], 1 - k)))  # fmt: skip
+    return None
+
+
+def is_integer(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_type in _INT_TYPES
+
+
 def _layout(q: QuantWeight, param: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """``param`` (a scale or zero point) broadcast to the weight's ``shape``."""
     if q.per_tensor:
@@ -96,6 +137,11 @@ def _layout(q: QuantWeight, param: np.ndarray, shape: Sequence[int]) -> np.ndarr
     view = [1] * len(shape)
     view[q.axis] = -1
     return param.reshape(view)
+
+
+def _on_axis(q: QuantWeight, param: np.ndarray) -> int:
+    """The axis of ``param`` that runs along the weight's ``q.axis`` (0 for a 1-D one)."""
+    return q.axis if param.ndim > 1 else 0
 
 
 def value(q: QuantWeight, read: Callable[[str], np.ndarray]) -> np.ndarray:
@@ -143,10 +189,29 @@ def sliced_inputs(
         if q.block:
             picks, on = (np.unique(kept // q.block), axis) if axis == q.axis else (kept, axis)
         elif axis == q.axis:
-            picks, on = kept, 0
+            picks, on = kept, -1
         else:
             continue
         for k in params:
-            params[k] = np.take(params[k], picks, axis=on)
+            params[k] = np.take(params[k], picks, axis=_on_axis(q, params[k]) if on < 0 else on)
             out[k] = params[k]
+    return out
+
+
+NOT_REFIT = (
+    "quantized weight: recovery refits float weights only (re-quantizing a refit with the "
+    "original scales is not done), so this layer keeps its sliced integers"
+)
+
+
+def quantized_inputs(
+    inits: Mapping[str, onnx.TensorProto], quantized: Mapping[str, QuantWeight], cuts: Sequence
+) -> list[str]:
+    """The cut consumer weights (``role == "in"``) that are quantized: read through
+    DequantizeLinear or Cast·Mul, or integer weights of QLinear* / *Integer ops."""
+    out = []
+    for c in cuts:
+        init = inits.get(c.name)
+        if c.role == "in" and (c.name in quantized or (init is not None and is_integer(init))):
+            out.append(c.name)
     return out

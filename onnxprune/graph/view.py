@@ -151,8 +151,17 @@ class GraphView:
         # An integer weight a QOperator op reads with its own scale and zero point
         # (QLinearConv's input 3): its rules register it so criteria score the floats.
         self.dequantized_reads: dict[str, quant.QuantWeight] = {}
+        casts: dict[str, str] = {}  # Cast(int initializer) outputs: weight-only int8
         for i, node in enumerate(self.nodes):
-            qw = quant.weight_of(node, self.initializers)
+            if (
+                node.op_type == "Cast" and not node.domain and node.input[0] in self.initializers
+                and quant.is_integer(self.initializers[node.input[0]])
+                and int(attr(node, "to", 0)) in _FLOAT_TYPES
+            ):  # fmt: skip
+                casts[node.output[0]] = node.input[0]
+            qw = quant.weight_of(node, self.initializers) or quant.cast_mul_weight(
+                node, self.initializers, casts
+            )
             if qw is not None:
                 self.quantized[node.output[0]] = qw
                 self.alias_nodes.add(i)

@@ -154,8 +154,10 @@ def _slice_params(model: onnx.ModelProto, view: GraphView, plan: Plan) -> None:
                 retarget(user, original)
         if name in view.quantized:  # integers and per-channel scales, never re-quantized
             cut_axes = [(c.axis, c.kept) for c in sorted(cuts, key=lambda c: c.axis)]
-            for k, v in quant.sliced_inputs(view.quantized[name], view.constant, cut_axes).items():
-                retarget(nodes[name], v, k)
+            q = view.quantized[name]
+            for k, v in quant.sliced_inputs(q, view.constant, cut_axes).items():
+                reader, index = q.slot(name, k)
+                retarget(nodes[reader], v, index)
         elif name in view.aliases:
             retarget(nodes[name], as_input(nodes[name], value))
         elif name in inits:

@@ -121,9 +121,11 @@ def set_constant(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
     node = next(n for n in model.graph.node if name in n.output)
     view = GraphView(model, shapes=False)
     if name in view.quantized:  # zero in the integer domain: dequantizes to exactly 0
-        ints = quant.zeroed_integers(view.quantized[name], view.constant, value == 0)
+        q = view.quantized[name]
+        ints = quant.zeroed_integers(q, view.constant, value == 0)
         model.graph.initializer.append(numpy_helper.from_array(ints, f"{name}__oracle"))
-        node.input[0] = f"{name}__oracle"
+        reader, index = q.slot(name, 0)
+        next(n for n in model.graph.node if reader in n.output).input[index] = f"{name}__oracle"
         return
     if node.op_type == "Constant":
         del node.attribute[:]

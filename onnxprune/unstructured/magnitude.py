@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from onnxprune.errors import UsageError
 from onnxprune.graph import quant
 from onnxprune.graph.proto import set_tensor
+from onnxprune.graph.view import GraphView
 from onnxprune.ops import opsets_of, spec_for
 from onnxprune.options import check_fraction, check_nm
 
@@ -118,21 +119,14 @@ def find_prunable_weights(
 
 
 def quantized_weights(model: onnx.ModelProto) -> dict[str, quant.QuantWeight]:
-    """DequantizeLinear outputs that are integer weights (``onnxprune.graph.quant``) and whose
-    integer tensor has no other reader (zeroing it must not change another node)."""
-    inits = {t.name: t for t in model.graph.initializer}
-    for vi in model.graph.input:
-        inits.pop(vi.name, None)
+    """Integer weights seen as floats (DequantizeLinear, Cast·Mul: ``onnxprune.graph.quant``)
+    whose integer tensor has no other reader (zeroing it must not change another node)."""
     readers: dict[str, int] = {}
     for node in model.graph.node:
         for x in node.input:
             readers[x] = readers.get(x, 0) + 1
-    out = {}
-    for node in model.graph.node:
-        q = quant.weight_of(node, inits)
-        if q is not None and readers.get(q.root) == 1:
-            out[node.output[0]] = q
-    return out
+    found = GraphView(model, shapes=False).quantized
+    return {name: q for name, q in found.items() if readers.get(q.root) == 1}
 
 
 def weight_arrays(model: onnx.ModelProto, refs: Sequence[WeightRef]) -> dict[str, np.ndarray]:
