@@ -247,13 +247,29 @@ def test_qoperator_chain_is_exact(residual):
         assert [kept, kept, 3, 3] in dims.values()
 
 
-def test_qlinear_conv_weight_must_be_an_initializer():
+def test_qlinear_conv_weight_behind_an_identity_is_sliced_through_it():
     model = qop_graph(False)
     conv = next(n for n in model.graph.node if n.op_type == "QLinearConv" and "c2_w" in n.input)
     model.graph.node.insert(0, helper.make_node("Identity", ["c2_w"], ["c2_w_id"]))
     conv.input[3] = "c2_w_id"
+    pruned, _ = prune_exact(model, 0.5)
+    assert TensorProto.INT8 in {t.data_type for t in pruned.graph.initializer if len(t.dims) == 4}
+
+
+def test_qlinear_matmul_of_two_activations_follows_the_contraction():
+    """q @ k^T as QLinearMatMul (both operands computed): the float MatMul rule ties the
+    contracted axes; nothing is refused for want of a weight."""
+    b = QGraph()
+    s, z = b.init("s", np.float32(0.05)), b.init("z", np.uint8(128))
+    wq = b.init("wq", RNG.standard_normal((4, 8)).astype(np.float32))
+    wk = b.init("wk", RNG.standard_normal((4, 8)).astype(np.float32))
+    q = b.node("QuantizeLinear", [b.node("MatMul", ["x", wq]), s, z])
+    k = b.node("QuantizeLinear", [b.node("Transpose", [b.node("MatMul", ["x", wk])],
+                                         perm=[1, 0]), s, z])  # fmt: skip
+    y = b.node("QLinearMatMul", [q, s, z, k, s, z, s, z])
+    model = b.model([3, 4], b.node("DequantizeLinear", [y, s, z]))
     reasons = [g.blocked_reason or "" for g in analyze(model)]
-    assert any("QLinearConv weight 'c2_w_id' is not an initializer" in r for r in reasons)
+    assert not any("QLinearMatMul" in r for r in reasons), reasons
 
 
 def test_qlinear_conv_scores_dequantized_weights():
@@ -466,3 +482,26 @@ def test_recovery_leaves_quantized_layers_and_says_why():
     assert reasons.count(NOT_REFIT) == 2, rec.skipped
     feeds = random_feeds(model)
     np.testing.assert_array_equal(run(recovered, feeds)[0], run(pruned, feeds)[0])
+
+
+def test_qat_float_weight_is_folded_to_integers_at_load_and_prunes():
+    """A QAT export's float weight -> QuantizeLinear -> DequantizeLinear: the load folds the
+    QuantizeLinear into an int8 initializer (the DequantizeLinear stays), then it prunes."""
+    from onnxprune.graph.load import normalize_model
+
+    b = QGraph()
+    wf = b.init("wf", RNG.standard_normal((8, 4, 3, 3)).astype(np.float32))
+    s = b.init("s", RNG.uniform(0.01, 0.02, 8).astype(np.float32))
+    z = b.init("z", np.zeros(8, np.int8))
+    w = b.node("DequantizeLinear", [b.node("QuantizeLinear", [wf, s, z], axis=0), s, z], axis=0)
+    h = b.node("Relu", [b.node("Conv", [b.qdq("x"), w], pads=[1, 1, 1, 1])])
+    model = b.model([1, 4, 6, 6], b.node("Conv", [h, b.qweight((3, 8, 1, 1))]))
+    before = run(model, random_feeds(model))[0]
+    normalize_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") == 1 and ops.count("DequantizeLinear") == 3
+    folded = next(t for t in model.graph.initializer if t.data_type == TensorProto.INT8
+                  and list(t.dims) == [8, 4, 3, 3])  # fmt: skip
+    assert folded is not None
+    np.testing.assert_array_equal(run(model, random_feeds(model))[0], before)
+    prune_exact(model, 0.5)

@@ -35,7 +35,7 @@ from onnxprune.ops.conv import ConvRule, conv_weight
 from onnxprune.ops.elementwise import Broadcast, Unary
 from onnxprune.ops.linear import GemmRule, MatMulRule, gemm_macs, gemm_weight, matmul_weight
 from onnxprune.ops.macs import Dims, Shape, UnknownShape, conv_macs, in_shape, matmul_macs
-from onnxprune.ops.pool import Pool
+from onnxprune.ops.pool import AlongAxis, Pool
 from onnxprune.ops.spec import OpSpec
 
 if TYPE_CHECKING:
@@ -202,8 +202,6 @@ class FloatTwin(Rule):
         self.rule.propagate(as_float(node, self.float_op), Remapped(ctx, self.inputs))  # type: ignore[arg-type]
         ids = _out_ids(ctx, node)
         w = self.inputs[1] if self.weighted else None
-        if w is not None and ids is not None and ctx.input_name(w) not in ctx.view.initializers:
-            ctx.block(ids, f"{node.op_type} weight '{ctx.input_name(w)}' is not an initializer")
         for k, what in self.per_channel.items():
             bind_per_channel(ctx, k, ids, what)
         claim_constants(ctx, 0)
@@ -386,6 +384,8 @@ def _specs() -> list[OpSpec]:
         out.append(OpSpec(op, MS, rule=FloatTwin(Broadcast(), op[7:], (0, 3), weighted=False)))
     for op in ("QLinearGlobalAveragePool", "QLinearAveragePool"):
         out.append(OpSpec(op, MS, rule=FloatTwin(Pool(), op[7:], (0,), weighted=False)))
+    out.append(OpSpec("QLinearSoftmax", MS, rule=FloatTwin(AlongAxis(), "Softmax", (0,),
+                                                        weighted=False)))  # fmt: skip
     for op in ("QLinearSigmoid", "QLinearLeakyRelu"):
         out.append(OpSpec(op, MS, rule=FloatTwin(Unary(), op[7:], (0,), weighted=False)))
     for (domain, op), why in BLOCKED.items():
