@@ -505,3 +505,40 @@ def test_qat_float_weight_is_folded_to_integers_at_load_and_prunes():
     assert folded is not None
     np.testing.assert_array_equal(run(model, random_feeds(model))[0], before)
     prune_exact(model, 0.5)
+
+
+# -------------------------------------------------------------------------- command line
+
+
+def test_cli_prunes_a_qdq_model_and_inspects_it(tmp_path, run_cli, capsys):
+    path, out = tmp_path / "q.onnx", tmp_path / "q.pruned.onnx"
+    onnx.save(qdq_chain(), path)
+    code, stdout, err = run_cli([path, "--structured", "0.5", "--round-to", "1", "-o", out,
+                                 "--runs", "5"], capsys)  # fmt: skip
+    assert code == 0, err
+    pruned = onnx.load(out)
+    ints = [t for t in pruned.graph.initializer if t.data_type == TensorProto.INT8
+            and len(t.dims) == 4]  # fmt: skip
+    assert len(ints) == 3 and any(t.dims[0] == 4 for t in ints)
+    assert "quantized weights left untouched" not in stdout
+    code, stdout, err = run_cli(["inspect", path], capsys)
+    assert code == 0, err
+    assert "DequantizeLinear" in stdout or "Conv" in stdout
+
+
+def test_unstructured_zeroes_qoperator_and_integer_weights_at_their_zero_points():
+    """QLinearConv/QGemm weights (zero point 0) and a MatMulInteger weight with per-column
+    zero points: the zeroed entries are set to the zero point of their column."""
+    for model, name, zp_name in ((qop_graph(False), "c1_w", "c1_wz"),
+                                 (dynamic_graph(True), "w1", "w1z")):  # fmt: skip
+        pruned, result = prune_unstructured(model, ratio=0.5, exclude=["fc_w"])
+        assert name in {t["tensor"] for t in result.tensors}
+        ints = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+        before = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        zp = ints[zp_name].reshape((-1,) + (1,) * (ints[name].ndim - 1)) if name == "c1_w" \
+            else ints[zp_name].reshape(1, -1)  # fmt: skip
+        changed = ints[name] != before[name]
+        assert changed.any() and (np.broadcast_to(zp, ints[name].shape)[changed]
+                                  == ints[name][changed]).all()  # fmt: skip
+        assert abs(float((ints[name] == np.broadcast_to(zp, ints[name].shape)).mean()) - 0.5) < 0.05
+        run(pruned, random_feeds(model))

@@ -102,7 +102,7 @@ def find_prunable_weights(
             sel.skipped.append((name, "excluded by --exclude"))
             seen[name] = WeightRef(name, node.name, node.op_type, shape, axis)
             continue
-        if tensor.data_type not in FLOAT_TYPES and name not in quantized:
+        if tensor.data_type not in FLOAT_TYPES and name not in quantized:  # no zero point known
             sel.skipped.append(
                 (name, f"not a float tensor ({onnx.TensorProto.DataType.Name(tensor.data_type)})")
             )
@@ -125,7 +125,18 @@ def quantized_weights(model: onnx.ModelProto) -> dict[str, quant.QuantWeight]:
     for node in model.graph.node:
         for x in node.input:
             readers[x] = readers.get(x, 0) + 1
-    found = GraphView(model, shapes=False).quantized
+    view = GraphView(model, shapes=False)
+    found = dict(view.quantized)
+    roots = {q.root for q in found.values()}
+    if any(
+        quant.is_integer(t) and len(t.dims) >= 2 and name not in roots
+        for name, t in view.initializers.items()
+    ):  # integer weights of QLinear*/…Integer ops: their rules name the zero points
+        from onnxprune.structured.dependency import analyze
+
+        view = GraphView(model)
+        analyze(model, view=view)
+        found.update(view.dequantized_reads)
     return {name: q for name, q in found.items() if readers.get(q.root) == 1}
 
 
