@@ -374,18 +374,55 @@ def test_matmul_nbits_outputs_prune_exactly():
     assert [8, 2, 8] in dims.values() and [16] in dims.values() and [8] in dims.values()
 
 
-def test_matmul_nbits_inputs_are_refused_with_the_reason():
+def nbits_mlp(k_blocks_ok: bool = True) -> onnx.ModelProto:
+    """x -> MatMul -> Relu -> MatMulNBits(K=32 in blocks of 16, N=16) -> Relu -> MatMul: the
+    first MatMul's 32 outputs are MatMulNBits' K inputs (two blocks)."""
     b = QGraph()
-    h = b.node("Relu", [b.node("MatMul", ["x", b.init("w0", RNG.standard_normal((4, 32))
+    k = 32 if k_blocks_ok else 24
+    h = b.node("Relu", [b.node("MatMul", ["x", b.init("w0", RNG.standard_normal((4, k))
                                                     .astype(np.float32))])])  # fmt: skip
-    nb = nbits_graph()
-    inits = {t.name: t for t in nb.graph.initializer}
-    for name in ("B", "scales", "zp"):
-        b.inits.append(inits[name])
-    y = b.node("MatMulNBits", [h, "B", "scales", "zp"], domain=MS, K=32, N=16, bits=4,
+    nb = -(-k // 16)
+    b.init("B", RNG.integers(0, 256, (16, nb, 8), dtype=np.uint8))
+    b.init("scales", RNG.uniform(0.01, 0.02, 16 * nb).astype(np.float32))
+    b.init("zp", RNG.integers(0, 256, 16 * ((nb + 1) // 2), dtype=np.uint8))
+    y = b.node("MatMulNBits", [h, "B", "scales", "zp"], domain=MS, K=k, N=16, bits=4,
                block_size=16)  # fmt: skip
-    reasons = [g.blocked_reason or "" for g in analyze(b.model([2, 4], y, ms=True))]
-    assert any("MatMulNBits packs its 32 input features in blocks of 16" in r for r in reasons)
+    w2 = b.init("w2", RNG.standard_normal((16, 3)).astype(np.float32))
+    return b.model([2, 4], b.node("MatMul", [b.node("Relu", [y]), w2]), ms=True)
+
+
+def test_matmul_nbits_inputs_prune_a_whole_block_at_a_time():
+    pruned, plan = prune_exact(nbits_mlp(), 0.5)
+    g = next(g for g in plan.groups if g.id == "MatMul_1")
+    assert g.width == 16 and len(g.kept) == 1
+    node = next(n for n in pruned.graph.node if n.op_type == "MatMulNBits")
+    attrs = {a.name: a.i for a in node.attribute}
+    assert attrs["K"] == 16 and attrs["N"] == 8
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert [8, 1, 8] in dims.values() and [8] in dims.values()
+
+
+def test_matmul_nbits_partial_block_is_refused_with_the_reason():
+    reasons = [g.blocked_reason or "" for g in analyze(nbits_mlp(k_blocks_ok=False))]
+    assert any("MatMulNBits packs its 24 input features in blocks of 16" in r for r in reasons)
+
+
+def test_matmul_nbits_scores_the_dequantized_rows():
+    """Row 5 holds the largest nibbles but a scale of 1e-7: the weakest output."""
+    model = nbits_mlp()
+    t = {t.name: t for t in model.graph.initializer}
+    s = numpy_helper.to_array(t["scales"]).copy().reshape(16, 2)
+    s[5] = 1e-7
+    t["scales"].CopyFrom(numpy_helper.from_array(s.reshape(-1), "scales"))
+    bq = numpy_helper.to_array(t["B"]).copy()
+    bq[5] = 0xFF
+    t["B"].CopyFrom(numpy_helper.from_array(bq, "B"))
+    w2 = numpy_helper.to_array(t["w2"]).copy()
+    w2[5] = 1e-3
+    t["w2"].CopyFrom(numpy_helper.from_array(w2, "w2"))
+    _, result = prune_structured(model, StructuredOptions(ratio=1 / 16, round_to=1))
+    g = next(g for g in result.plan.groups if g.id == "MatMulNBits_3")
+    assert 5 not in g.kept and len(g.kept) == 15
 
 
 # -------------------------------------------------------------------------- unstructured
@@ -469,18 +506,41 @@ def test_cast_mul_unstructured_zeroes_the_integers():
 # -------------------------------------------------------------------------- recovery
 
 
-def test_recovery_leaves_quantized_layers_and_says_why():
-    from onnxprune.graph.quant import NOT_REFIT
+def _recover(model):
     from onnxprune.recovery.recover import RecoveryOptions, recover_structured
 
-    model = qdq_chain()
     pruned, result = prune_structured(model, StructuredOptions(ratio=0.5, round_to=1))
-    inputs = {"x": RNG.standard_normal((8, 4, 8, 8)).astype(np.float32)}
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    inputs = {"x": RNG.standard_normal((16, *shape[1:])).astype(np.float32)}
     recovered, rec = recover_structured(model, pruned, result.plan, inputs,
                                         RecoveryOptions(obs=False))  # fmt: skip
-    reasons = [s["reason"] for s in rec.skipped]
-    assert reasons.count(NOT_REFIT) == 2, rec.skipped
-    feeds = random_feeds(model)
+    return pruned, recovered, rec, inputs
+
+
+def test_recovery_refits_qdq_layers_and_requantizes_with_the_original_scales():
+    model = qdq_chain()
+    pruned, recovered, rec, inputs = _recover(model)
+    assert rec.skipped == [] or all("integer weight" not in s["reason"] for s in rec.skipped)
+    before = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in recovered.graph.initializer}
+    assert {n: a.dtype for n, a in after.items()} == {n: a.dtype for n, a in before.items()}
+    assert all(np.array_equal(after[n], before[n]) for n in after if "_s" in n), "scales kept"
+    assert any(not np.array_equal(after[n], before[n]) for n in after if n.endswith("_q_pruned"))
+
+    def err(m):
+        xs = [{"x": x[None]} for x in inputs["x"]]
+        return float(np.mean([np.abs(run(m, f)[0] - run(model, f)[0]).mean() for f in xs]))
+
+    assert err(recovered) < err(pruned)
+
+
+def test_recovery_leaves_qoperator_layers_and_says_why():
+    from onnxprune.graph.quant import NOT_REFIT
+
+    model = qop_graph(False)
+    pruned, recovered, rec, inputs = _recover(model)
+    assert NOT_REFIT in [s["reason"] for s in rec.skipped], rec.skipped
+    feeds = {"x": inputs["x"][:1]}
     np.testing.assert_array_equal(run(recovered, feeds)[0], run(pruned, feeds)[0])
 
 

@@ -47,6 +47,10 @@ class QuantWeight:
     per_tensor: bool
     factor: float = 1.0
     """A constant the scale is multiplied by (a QOperator bias: the input's scale)."""
+    packed: int = 0
+    """Bits per integer when they are packed into uint8 along the last axis (low bits
+    first, MatMulNBits' B); 0: one integer per element. Scale and zero point then have the
+    weight's rank (one entry per block) and ``value`` has the unpacked last axis."""
     slots: tuple[tuple[str, int], ...] = ()
     """Where the integers, the scale and the zero point are read: (output of the reading
     node, its input index) each; empty for a DequantizeLinear (its inputs 0, 1, 2)."""
@@ -125,8 +129,31 @@ def is_integer(tensor: onnx.TensorProto) -> bool:
     return tensor.data_type in _INT_TYPES
 
 
+def unpack(ints: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 bytes holding ``8 // bits`` integers each, low bits first, along the last axis."""
+    if bits == 8:
+        return ints
+    per = 8 // bits
+    parts = [(ints >> (bits * j)) & ((1 << bits) - 1) for j in range(per)]
+    return np.stack(parts, axis=-1).reshape(*ints.shape[:-1], ints.shape[-1] * per)
+
+
+def pack(ints: np.ndarray, bits: int) -> np.ndarray:
+    """The inverse of ``unpack`` (the last axis a multiple of ``8 // bits``)."""
+    if bits == 8:
+        return ints.astype(np.uint8)
+    per = 8 // bits
+    parts = ints.astype(np.uint8).reshape(*ints.shape[:-1], ints.shape[-1] // per, per)
+    out = np.zeros(parts.shape[:-1], dtype=np.uint8)
+    for j in range(per):
+        out |= (parts[..., j] << (bits * j)).astype(np.uint8)
+    return out
+
+
 def _layout(q: QuantWeight, param: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """``param`` (a scale or zero point) broadcast to the weight's ``shape``."""
+    if q.packed:
+        return param  # full rank, one entry per block
     if q.per_tensor:
         return param.reshape(())
     if q.block:
@@ -146,7 +173,7 @@ def _on_axis(q: QuantWeight, param: np.ndarray) -> int:
 
 def value(q: QuantWeight, read: Callable[[str], np.ndarray]) -> np.ndarray:
     """The dequantized float weight, ``(root - zero_point) * scale`` in the scale's dtype."""
-    ints = read(q.root)
+    ints = unpack(read(q.root), q.packed) if q.packed else read(q.root)
     scale = read(q.scale) if q.scale else np.ones((), np.float32)  # a zero point alone
     x = ints.astype(np.float64)
     if q.zero_point:
@@ -160,14 +187,29 @@ def zeroed_integers(
 ) -> np.ndarray:
     """The integer weight with the entries where ``zero`` is True set to their zero point,
     so that they dequantize to exactly 0 (the rest stays as it is)."""
-    ints = read(q.root).copy()
+    ints = unpack(read(q.root), q.packed) if q.packed else read(q.root).copy()
     zp = (
         _layout(q, read(q.zero_point), ints.shape)
         if q.zero_point
         else np.zeros((), dtype=ints.dtype)
     )
-    ints[zero] = np.broadcast_to(zp, ints.shape)[zero]
-    return ints
+    ints[zero] = np.broadcast_to(zp, ints.shape)[zero].astype(ints.dtype)
+    return pack(ints, q.packed) if q.packed else ints
+
+
+def requantize(
+    q: QuantWeight, read: Callable[[str], np.ndarray], value: np.ndarray
+) -> np.ndarray:
+    """Float ``value`` as the weight's integers with its *original* scale and zero point:
+    ``round(value / scale) + zero_point``, clipped to the integer type (recovery's refit).
+    A value that came from ``value(q)`` comes back exactly."""
+    ints = read(q.root)
+    scale = _layout(q, read(q.scale).astype(np.float64), ints.shape) * q.factor if q.scale \
+        else q.factor  # fmt: skip
+    zp = _layout(q, read(q.zero_point).astype(np.float64), ints.shape) if q.zero_point else 0.0
+    info = np.iinfo(ints.dtype)
+    out = np.rint(np.asarray(value, dtype=np.float64) / scale) + zp
+    return np.clip(out, info.min, info.max).astype(ints.dtype)
 
 
 def sliced_inputs(
@@ -199,19 +241,21 @@ def sliced_inputs(
 
 
 NOT_REFIT = (
-    "quantized weight: recovery refits float weights only (re-quantizing a refit with the "
-    "original scales is not done), so this layer keeps its sliced integers"
+    "integer weight of a quantized operator (QLinear*, *Integer, MatMulNBits): recovery "
+    "refits weights read through DequantizeLinear or Cast·Mul only, so this layer keeps its "
+    "sliced integers"
 )
 
 
 def quantized_inputs(
     inits: Mapping[str, onnx.TensorProto], quantized: Mapping[str, QuantWeight], cuts: Sequence
 ) -> list[str]:
-    """The cut consumer weights (``role == "in"``) that are quantized: read through
-    DequantizeLinear or Cast·Mul, or integer weights of QLinear* / *Integer ops."""
+    """The cut consumer weights (``role == "in"``) that recovery cannot refit: integer
+    weights of QLinear* / *Integer / MatMulNBits ops (a weight read through DequantizeLinear
+    or Cast·Mul, in ``quantized``, is refit in float and re-quantized)."""
     out = []
     for c in cuts:
         init = inits.get(c.name)
-        if c.role == "in" and (c.name in quantized or (init is not None and is_integer(init))):
+        if c.role == "in" and c.name not in quantized and init is not None and is_integer(init):
             out.append(c.name)
     return out

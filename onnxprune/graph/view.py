@@ -317,6 +317,11 @@ class GraphView:
             self._values[name] = v
         return v
 
+    def derive(self, name: str, value: np.ndarray) -> None:
+        """Hold a constant a rule computed from the model's own (a MatMulNBits scale laid out
+        per block) under a name no tensor has; it is never written to the model."""
+        self._values[name] = value
+
     def value(self, name: str) -> np.ndarray | None:
         """The float a constant stands for (what criteria score): ``constant``, dequantized
         for an integer weight that a quantized op reads with its scale and zero point."""

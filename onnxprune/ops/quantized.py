@@ -13,9 +13,7 @@ quantized op's inputs renumbered as the float op's), plus what the float op does
   sliced; activation scales are per-tensor by the spec and stay.
 * **dynamic** (``DynamicQuantizeLinear`` + ``ConvInteger``/``MatMulInteger``): the integer
   weight and a per-channel weight zero point are sliced.
-* **weight-only 4-bit** ``com.microsoft.MatMulNBits``: its N outputs are sliced (rows of the
-  packed B, of the scales and of the packed zero points, the ``N`` attribute); its K inputs
-  are packed into blocks inside bytes and are refused.
+* **weight-only 4-bit** ``com.microsoft.MatMulNBits`` (``onnxprune.ops.quantized_nbits``).
 
 An op listed in ``BLOCKED`` keeps its channels with a reason naming it.
 """
@@ -34,8 +32,9 @@ from onnxprune.ops.base import Rule, claim_constants
 from onnxprune.ops.conv import ConvRule, conv_weight
 from onnxprune.ops.elementwise import Broadcast, Unary
 from onnxprune.ops.linear import GemmRule, MatMulRule, gemm_macs, gemm_weight, matmul_weight
-from onnxprune.ops.macs import Dims, Shape, UnknownShape, conv_macs, in_shape, matmul_macs
+from onnxprune.ops.macs import Dims, Shape, conv_macs, matmul_macs
 from onnxprune.ops.pool import AlongAxis, Pool
+from onnxprune.ops.quantized_nbits import MatMulNBitsRule, nbits_macs
 from onnxprune.ops.spec import OpSpec
 
 if TYPE_CHECKING:
@@ -250,48 +249,6 @@ class QLinearConcatRule(Rule):
         claim_constants(ctx, 0)
 
 
-class MatMulNBitsRule(Rule):
-    """com.microsoft MatMulNBits: Y = A @ dequant(B)^T with B packed ``[N, blocks, bytes]``.
-
-    The N outputs are rows of B, of the scales (``N * blocks`` long, row after row) and of
-    the packed zero points (whole bytes per row), and of the bias: they are sliced. The K
-    inputs are packed several to a byte and quantized in blocks along K: refused."""
-
-    def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
-        a = ctx.inp(0)
-        k_in, bs = int(attr(node, "K", 0)), int(attr(node, "block_size", 0))
-        if a is not None:
-            ctx.block(a.ids, f"MatMulNBits packs its {k_in} input features in blocks of {bs} "
-                             "inside bytes; its inputs are not pruned")  # fmt: skip
-        n_out = int(attr(node, "N", 0))
-        shape_b = ctx.in_shape(1)
-        consts = all(ctx.is_const(k) for k in range(1, ctx.n_inputs()) if ctx.input_name(k))
-        if not consts or shape_b is None or len(shape_b) != 3 or shape_b[0] != n_out:
-            claim_constants(ctx)
-            return
-        ids = ctx.source(1, 0)
-        if len(node.input) > 4 and node.input[4]:
-            ctx.block(ids, "MatMulNBits with g_idx (act-order) is not followed")
-        for k in (2, 3, 5):
-            if k >= ctx.n_inputs() or not ctx.input_name(k):
-                continue
-            n, shape = _size(ctx, k), ctx.in_shape(k)
-            if n is None or n % n_out or len(shape) not in (1, 2) or shape[0] % n_out:
-                ctx.block(ids, f"MatMulNBits input {k} does not hold whole rows per output")
-                ctx.claim(k)
-            else:
-                role = "chan" if k == 5 else "stat"  # the bias is scored, scales are not
-                ctx.bind(k, 0, np.repeat(ids, shape[0] // n_out), role)
-        rank = ctx.view.rank(node.output[0])
-        if rank is not None:
-            ctx.set_out(0, rank - 1, ids, rank)
-
-    def rewrite(self, node: onnx.NodeProto, rw: RewriteContext) -> None:
-        cut = rw.cut(node.output[0])
-        if cut is not None:
-            rw.set_attr(node, "N", len(cut.kept))
-
-
 class Refused(Rule):
     """A quantized op onnxprune does not follow: it keeps every channel, and says why."""
 
@@ -331,16 +288,6 @@ def twin_weight(fn: Any, inputs: tuple[int, ...]) -> Any:
     return weight
 
 
-def _nbits_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape], d: Dims) -> int:
-    a = in_shape(node, shapes, 0)
-    if a is None or not a:
-        raise UnknownShape
-    rows = 1
-    for s in a[:-1]:
-        rows *= d.int(s, node.input[0])
-    return rows * int(attr(node, "K", 0)) * int(attr(node, "N", 0))
-
-
 _QDQ = QDQRule()
 _CONV, _GEMM, _MATMUL = ConvRule(), GemmRule(), MatMulRule()
 _W_SCALE = {4: "weight scale", 5: "weight zero point"}
@@ -377,7 +324,7 @@ def _specs() -> list[OpSpec]:
         OpSpec("MatMulInteger", rule=FloatTwin(_MATMUL, "MatMul", (0, 1),
                                                {3: "weight zero point"}, dequant=(None, 3, 1)),
                macs=matmul_macs, weight=twin_weight(matmul_weight, (0, 1))),
-        OpSpec("MatMulNBits", MS, rule=MatMulNBitsRule(), macs=_nbits_macs),
+        OpSpec("MatMulNBits", MS, rule=MatMulNBitsRule(), macs=nbits_macs),
         OpSpec("QLinearConcat", MS, rule=QLinearConcatRule()),
     ]  # fmt: skip
     for op in ("QLinearAdd", "QLinearMul"):
