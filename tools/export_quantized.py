@@ -110,6 +110,9 @@ def nbits(model: onnx.ModelProto, dst: Path, block_size: int) -> bool:
         return False
     q = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=False)
     q.process()
+    if not any(n.op_type == "MatMulNBits" for n in q.model.model.graph.node):
+        print(f"skipped {dst.name}: no MatMul was quantized (Gemm is not)", file=sys.stderr)
+        return False
     q.model.save_model_to_file(str(dst), use_external_data_format=False)
     return True
 
