@@ -602,3 +602,33 @@ def test_unstructured_zeroes_qoperator_and_integer_weights_at_their_zero_points(
                                   == ints[name][changed]).all()  # fmt: skip
         assert abs(float((ints[name] == np.broadcast_to(zp, ints[name].shape)).mean()) - 0.5) < 0.05
         run(pruned, random_feeds(model))
+
+
+def test_qlinear_concat_and_sigmoid_pass_channels_exactly():
+    """Two QLinearConv branches -> com.microsoft QLinearConcat -> QLinearSigmoid ->
+    QLinearConv: each branch prunes on its own, the concat is cut where each says."""
+    b = QGraph()
+
+    def act(tag, scale=0.2):
+        return [b.init(f"{tag}_s", np.float32(scale)), b.init(f"{tag}_z", np.uint8(128))]
+
+    def conv(x, xq, cin, cout, tag):
+        w = b.init(f"{tag}_w", RNG.integers(-60, 60, (cout, cin, 1, 1), dtype=np.int8))
+        ws = b.init(f"{tag}_ws", RNG.uniform(0.005, 0.01, cout).astype(np.float32))
+        wz = b.init(f"{tag}_wz", np.zeros(cout, np.int8))
+        yq = act(tag)
+        return b.node("QLinearConv", [x, *xq, w, ws, wz, *yq]), yq
+
+    xq = act("x", 0.05)
+    x = b.node("QuantizeLinear", ["x", *xq])
+    h1, q1 = conv(x, xq, 4, 8, "a")
+    h2, q2 = conv(x, xq, 4, 8, "b")
+    cq = act("cat")
+    cat = b.node("QLinearConcat", [*cq, h1, *q1, h2, *q2], domain=MS, axis=1)
+    sq = act("sig", 0.004)
+    sig = b.node("QLinearSigmoid", [cat, *cq, *sq], domain=MS)
+    y, yq = conv(sig, sq, 16, 4, "c")
+    model = b.model([1, 4, 5, 5], b.node("DequantizeLinear", [y, *yq]), ms=True)
+    pruned, plan = prune_exact(model, 0.5)
+    assert {g.id for g in plan.groups} == {"QLinearConv_2", "QLinearConv_3"}
+    assert [4, 8, 1, 1] in [list(t.dims) for t in pruned.graph.initializer]
