@@ -165,7 +165,9 @@ def test_exclude_glob_on_node_or_tensor_name():
     assert {s["tensor"] for s in result.skipped} >= {"fc.w", "mm.w"}
 
 
-def test_quantized_weights_are_left_untouched_and_counted():
+def test_quantized_weights_are_zeroed_at_their_zero_point():
+    """Since issue 12 an int8 weight read through DequantizeLinear is selected and zeroed in
+    the integer domain (it used to be left untouched and counted as quantized)."""
     wq = numpy_helper.from_array(np.arange(-32, 32, dtype=np.int8).reshape(4, 16), "wq")
     nodes = [
         helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["w"], name="dq"),
@@ -174,7 +176,7 @@ def test_quantized_weights_are_left_untouched_and_counted():
     inits = [
         wq,
         numpy_helper.from_array(np.array(0.1, np.float32), "s"),
-        numpy_helper.from_array(np.array(0, np.int8), "z"),
+        numpy_helper.from_array(np.array(3, np.int8), "z"),
     ]
     model = _model(
         nodes,
@@ -183,8 +185,10 @@ def test_quantized_weights_are_left_untouched_and_counted():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16])],
     )
     sel = find_prunable_weights(model)
-    assert sel.weights == []
-    assert sel.quantized_ops == {"DequantizeLinear": 1}
+    assert [w.name for w in sel.weights] == ["w"] and sel.quantized_ops == {}
+    pruned, _ = prune_unstructured(model, ratio=0.5)
+    q = next(numpy_helper.to_array(t) for t in pruned.graph.initializer if t.name == "wq")
+    assert q.dtype == np.int8 and np.count_nonzero(q == 3) == 32
 
 
 def test_float16_weights_keep_their_dtype():

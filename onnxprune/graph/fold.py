@@ -14,7 +14,10 @@ is computed from. That last condition keeps the model's size: a weight-only int8
 (``DequantizeLinear`` or ``Cast`` of int8) would become float32, four times larger, and an
 fp16 weight read through ``Cast`` twice as large, so neither is folded whole: an fp16 chain
 is folded up to its Cast, in fp16, and the weight is then sliced in its own dtype through the
-Cast (``GraphView.alias_dtype``); int8 ones are left to the quantized models' rules. Chains of Identity and Transpose only are left too: the
+Cast (``GraphView.alias_dtype``); int8 ones are left to the quantized models' rules, which
+prune them through their DequantizeLinear. A ``QuantizeLinear`` of a constant float weight
+(QAT exports) is folded to its integer tensor, a quarter of the size. Chains of Identity and
+Transpose only are left too: the
 analysis already follows them. A chain result that is also a graph output keeps its node.
 """
 
@@ -29,9 +32,15 @@ from onnxprune.graph.proto import subgraphs, tensor_nbytes
 FOLDABLE = frozenset(
     (
         "Transpose", "Reshape", "Cast", "Squeeze", "Unsqueeze", "Identity", "Flatten",
-        "DequantizeLinear", "Mul", "Add", "Div", "Sub", "Neg",
+        "DequantizeLinear", "QuantizeLinear", "Mul", "Add", "Div", "Sub", "Neg",
     )
 )  # fmt: skip
+
+#: Integer results kept: a float weight quantized at run time (``QuantizeLinear`` of a
+#: constant, as QAT exports write it) becomes its integer initializer, which the quantized
+#: models' rules prune through the DequantizeLinear that reads it (``onnxprune.graph.quant``).
+_INTS = frozenset((onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
+                   onnx.TensorProto.UINT16))  # fmt: skip
 
 #: Chains the channel analysis already follows as views of one initializer.
 _VIEWS = frozenset(("Identity", "Transpose"))
@@ -91,7 +100,7 @@ def fold_weight_chains(model: onnx.ModelProto) -> tuple[int, int]:
     graph = model.graph
     inputs = {i.name for i in graph.input}
     inits = {t.name: t for t in graph.initializer if t.name not in inputs}
-    order = _constant_nodes(graph, set(inits))
+    order = _keep_dequantize(graph, _constant_nodes(graph, set(inits)))
     if not order:
         return 0, 0
     produced = {o: i for i in order for o in graph.node[i].output if o}
@@ -157,6 +166,18 @@ def fold_weight_chains(model: onnx.ModelProto) -> tuple[int, int]:
     return len(folded), _drop_dead_chain(graph, in_chain, set(folded), set(inits))
 
 
+def _keep_dequantize(graph: onnx.GraphProto, order: list[int]) -> list[int]:
+    """Leave a DequantizeLinear of a QuantizeLinear'd constant out of the chains: the weight
+    is folded to its integers and stays quantized (not to fake-quantized floats)."""
+    quantized = {
+        graph.node[i].output[0] for i in order if graph.node[i].op_type == "QuantizeLinear"
+    }
+    return [
+        i for i in order
+        if not (graph.node[i].op_type == "DequantizeLinear" and graph.node[i].input[0] in quantized)
+    ]  # fmt: skip
+
+
 def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
     return {x for sub in subgraphs(graph) for n in sub.node for x in n.input if x}
 
@@ -188,7 +209,7 @@ def _evaluate(
             elem = onnx.helper.np_dtype_to_tensor_dtype(arr.dtype)
         except (KeyError, TypeError, ValueError):
             elem = None
-        out[name] = arr if elem in _FLOATS else None
+        out[name] = arr if elem in _FLOATS or elem in _INTS else None
     return out
 
 

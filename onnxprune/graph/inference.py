@@ -13,6 +13,7 @@ import onnx
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph import contrib_shapes
 from onnxprune.graph.proto import add_initializer
+from onnxprune.graph.quant_shapes import with_twins
 
 SHAPE_SLOTS: dict[str, tuple[int, ...]] = {
     "Slice": (1, 2, 3, 4), "Split": (1,), "Reshape": (1,), "Resize": (1, 2, 3), "Upsample": (1,),
@@ -74,6 +75,7 @@ def infer_shapes(
     without a shape (an op it cannot see through) is it run again with them.
     """
     light = skeleton(model, folds)
+    with_twins(light)  # quantized contrib ops: ONNX ops of the same output shapes
     contrib_shapes.annotate(light, _infer)  # fused com.microsoft ops: ONNX cannot see them
     annotated = {vi.name for vi in light.graph.value_info}
     if annotated:

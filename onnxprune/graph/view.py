@@ -20,6 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph import quant
 from onnxprune.graph.inference import SHAPE_SLOTS, infer_shapes, skeleton, toposorted
 from onnxprune.graph.proto import (
     Dim,
@@ -121,7 +122,18 @@ class GraphView:
             if value is not None:
                 self._values[name] = value
                 self._const_shapes[name] = tuple(value.shape)
+        self._index_views()
         self.shapes.update(self._const_shapes)
+        self.probe_shapes: list[dict[str, tuple[Dim, ...]]] = []
+        """Shapes with the symbolic input sizes set to numbers (see ``_refine``); empty when
+        the inputs have no symbolic size."""
+        self.value_info: list[onnx.ValueInfoProto] = []
+        """Inferred types of computed tensors (with the folds), for tools that count MACs."""
+        if shapes:
+            self._infer()
+
+    def _index_views(self) -> None:
+        """Index the constants that are views of initializers (see the comments)."""
         # Exporters write some weights as views of others: torch deduplicates equal
         # initializers into Identity nodes (all-zero biases of several layers become
         # Identity(one_bias)), and without constant folding a Linear weight reaches MatMul
@@ -132,7 +144,29 @@ class GraphView:
         self.aliases: dict[str, tuple[str, tuple[int, ...] | None]] = {}
         self.alias_dtype: dict[str, int] = {}
         self.alias_nodes: set[int] = set()
+        # A quantized weight, DequantizeLinear of integer initializers, is a constant too:
+        # its value is the dequantized float one, the rewrite slices its integers and
+        # per-channel scales (``onnxprune.graph.quant``).
+        self.quantized: dict[str, quant.QuantWeight] = {}
+        # An integer weight a QOperator op reads with its own scale and zero point
+        # (QLinearConv's input 3): its rules register it so criteria score the floats.
+        self.dequantized_reads: dict[str, quant.QuantWeight] = {}
+        casts: dict[str, str] = {}  # Cast(int initializer) outputs: weight-only int8
         for i, node in enumerate(self.nodes):
+            if (
+                node.op_type == "Cast" and not node.domain and node.input[0] in self.initializers
+                and quant.is_integer(self.initializers[node.input[0]])
+                and int(attr(node, "to", 0)) in _FLOAT_TYPES
+            ):  # fmt: skip
+                casts[node.output[0]] = node.input[0]
+            qw = quant.weight_of(node, self.initializers) or quant.cast_mul_weight(
+                node, self.initializers, casts
+            )
+            if qw is not None:
+                self.quantized[node.output[0]] = qw
+                self.alias_nodes.add(i)
+                self._const_shapes[node.output[0]] = self._const_shapes[qw.root]
+                continue
             if (
                 node.domain
                 or node.op_type not in ("Identity", "Transpose", "Cast")
@@ -155,14 +189,6 @@ class GraphView:
             self.aliases[node.output[0]] = (root, perm)
             self.alias_nodes.add(i)
             self._const_shapes[node.output[0]] = tuple(shape[j] for j in perm) if perm else shape
-        self.shapes.update(self._const_shapes)
-        self.probe_shapes: list[dict[str, tuple[Dim, ...]]] = []
-        """Shapes with the symbolic input sizes set to numbers (see ``_refine``); empty when
-        the inputs have no symbolic size."""
-        self.value_info: list[onnx.ValueInfoProto] = []
-        """Inferred types of computed tensors (with the folds), for tools that count MACs."""
-        if shapes:
-            self._infer()
 
     def _infer(self) -> None:
         """Shapes from ONNX inference; where inference stops at shape arithmetic it cannot
@@ -262,7 +288,12 @@ class GraphView:
     def is_constant(self, name: str) -> bool:
         """True for an initializer (not overridable), a Constant node's output, or an
         Identity of either."""
-        return name in self.initializers or name in self._values or name in self.aliases
+        return (
+            name in self.initializers
+            or name in self._values
+            or name in self.aliases
+            or name in self.quantized
+        )
 
     def constant(self, name: str) -> np.ndarray | None:
         """The value of a constant tensor (cached), or None if ``name`` is computed."""
@@ -278,10 +309,24 @@ class GraphView:
                 v = v.astype(onnx.helper.tensor_dtype_to_np_dtype(to))
             return v
         v = self._values.get(name)
+        if v is None and name in self.quantized:
+            v = quant.value(self.quantized[name], self.constant)
+            self._values[name] = v
         if v is None and name in self.initializers:
             v = numpy_helper.to_array(self.initializers[name])
             self._values[name] = v
         return v
+
+    def derive(self, name: str, value: np.ndarray) -> None:
+        """Hold a constant a rule computed from the model's own (a MatMulNBits scale laid out
+        per block) under a name no tensor has; it is never written to the model."""
+        self._values[name] = value
+
+    def value(self, name: str) -> np.ndarray | None:
+        """The float a constant stands for (what criteria score): ``constant``, dequantized
+        for an integer weight that a quantized op reads with its scale and zero point."""
+        q = self.dequantized_reads.get(name)
+        return quant.value(q, self.constant) if q is not None else self.constant(name)
 
     def known_value(self, name: str) -> np.ndarray | None:
         """A constant, or a small value computed from constants only (``Concat`` of

@@ -111,6 +111,9 @@ def find_layers(model: onnx.ModelProto, view: GraphView | None = None) -> list[L
     """
     view = view if view is not None else GraphView(model, shapes=False)
     inits = {t.name: t for t in model.graph.initializer}
+    # quantized weights (DequantizeLinear, Cast·Mul) by their dequantized name: refit in
+    # float, written back re-quantized (``recovery.params.ModelParams``)
+    inits.update({name: inits[q.root] for name, q in view.quantized.items() if q.root in inits})
     opsets = opsets_of(model)
     layers = []
     for i, node in enumerate(view.nodes):

@@ -17,8 +17,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxprune.graph import quant
 from onnxprune.graph.edit import insert_after
 from onnxprune.graph.proto import FreshNames, add_initializer, set_tensor
+from onnxprune.graph.view import GraphView
 from onnxprune.recovery.layers import Layer
 
 __all__ = ["NONFINITE_REASON", "ModelParams", "augmented", "write"]
@@ -33,11 +35,22 @@ class ModelParams:
         self.model = model
         self.inits = {t.name: t for t in model.graph.initializer}
         self.names = FreshNames(model.graph)
+        # A quantized weight (DequantizeLinear, Cast·Mul) is read dequantized and written
+        # back re-quantized with its original scale and zero point.
+        self.quantized = GraphView(model, shapes=False).quantized
 
-    def get(self, name: str) -> np.ndarray:
+    def _read(self, name: str) -> np.ndarray:
         return numpy_helper.to_array(self.inits[name])
 
+    def get(self, name: str) -> np.ndarray:
+        q = self.quantized.get(name)
+        return quant.value(q, self._read) if q is not None else self._read(name)
+
     def set(self, name: str, value: np.ndarray) -> None:
+        q = self.quantized.get(name)
+        if q is not None:
+            set_tensor(self.inits[q.root], quant.requantize(q, self._read, value))
+            return
         set_tensor(self.inits[name], value, keep_dtype=True)
 
     def add_bias(self, layer: Layer, value: np.ndarray, dtype: np.dtype) -> None:

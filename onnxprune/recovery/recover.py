@@ -53,6 +53,7 @@ from onnxprune.calibration.stats import (
     session,
     tapped_model,
 )
+from onnxprune.graph import quant
 from onnxprune.graph.view import GraphView
 from onnxprune.recovery.gram import LayerStats, rel_err
 from onnxprune.recovery.layers import Layer, find_layers
@@ -413,7 +414,11 @@ def _structured_targets(
                 result.skipped.append({"layer": lp.label, "reason": "groups changed unevenly"})
                 continue
         targets.append(_Target(lp, lo, rows, group_map, method))
+    view = GraphView(original, shapes=False)  # quantized layers are not refit: said so
+    named = quant.quantized_inputs(view.initializers, view.quantized, plan.params)
+    result.skipped.extend({"layer": n, "reason": quant.NOT_REFIT} for n in named)
     return targets
+
 
 
 def _out_channels(model: onnx.ModelProto, conv_weight: str) -> int:

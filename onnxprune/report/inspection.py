@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from onnx import numpy_helper
-
 from onnxprune.graph.modelfile import load_model
 from onnxprune.graph.view import GraphView, node_label
 from onnxprune.metrics.macs import macs_per_node
@@ -23,7 +21,7 @@ from onnxprune.metrics.size import compressed_size, compression_note, is_compres
 from onnxprune.options import parse_nm
 from onnxprune.report.render import blocked_lines, group_label
 from onnxprune.report.text import human_bytes, human_count, table
-from onnxprune.unstructured.magnitude import find_prunable_weights, satisfies_nm
+from onnxprune.unstructured.magnitude import find_prunable_weights, satisfies_nm, weight_arrays
 
 __all__ = ["inspect_data", "inspect_model", "inspect_rows", "layer_rows", "render_inspection"]
 
@@ -31,11 +29,11 @@ __all__ = ["inspect_data", "inspect_model", "inspect_rows", "layer_rows", "rende
 def inspect_rows(model, nm: tuple[int, int]) -> list[dict]:
     """Per prunable weight tensor: tensor, op, shape, sparsity, nm_ok (None: n/a)."""
     n, m = nm
-    inits = {t.name: t for t in model.graph.initializer}
     sel = find_prunable_weights(model, min_elements=1)
+    values = weight_arrays(model, sel.weights)  # quantized weights dequantized
     rows = []
     for ref in sel.weights:
-        w = numpy_helper.to_array(inits[ref.name])
+        w = values[ref.name]
         rows.append(
             {
                 "tensor": ref.name,

@@ -249,6 +249,14 @@ class Context:
         if dims[axis] != len(ids):
             self.block(ids, f"'{name}' has {dims[axis]} entries on axis {axis}, not {len(ids)}")
             return
+        qw = self.view.quantized.get(name)
+        if qw is not None:  # per-block scales: a block's entries go together, or not at all
+            together, reason = qw.unsliceable(axis, len(ids))
+            if reason is not None:
+                self.block(ids, reason)
+            elif together > 1:
+                blocks = ids.reshape(-1, together)
+                self.unify(blocks[:, 1:].ravel(), np.repeat(blocks[:, 0], together - 1))
         self._claimed.add((self._node_index, k))
         self._read.add(k)
         key = (name, axis)

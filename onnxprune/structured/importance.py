@@ -53,7 +53,7 @@ class Weights:
         return self._scratch
 
     def array(self, name: str) -> np.ndarray:
-        v = self.view.constant(name)
+        v = self.view.value(name)
         if v is None:
             raise KeyError(name)
         return v if v.dtype in (np.float32, np.float64) else v.astype(np.float32)
@@ -66,7 +66,7 @@ class Weights:
         """``sum |w|^p`` over every axis but ``axis``: one value per position of ``axis``."""
         cached = self._norms.setdefault((name, p), {})
         if axis not in cached:
-            w = self.view.constant(name)
+            w = self.view.value(name)
             if w is None:
                 raise KeyError(name)
             w = w.reshape(1) if w.ndim == 0 else w

@@ -24,6 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph import quant
 from onnxprune.graph.inference import infer_shapes, skeleton
 from onnxprune.graph.proto import FreshNames, add_initializer, attr, set_tensor, write_tensor_data
 from onnxprune.graph.view import GraphView
@@ -122,11 +123,11 @@ def _slice_params(model: onnx.ModelProto, view: GraphView, plan: Plan) -> None:
         alias_users.setdefault(node.input[0], []).append(nodes[node.output[0]])
     names = FreshNames(model.graph)
 
-    def retarget(node: onnx.NodeProto, value: np.ndarray) -> None:
-        """Feed alias ``node`` from a private initializer holding ``value`` (its input)."""
-        name = names.new(f"{node.output[0]}_pruned")
+    def retarget(node: onnx.NodeProto, value: np.ndarray, k: int = 0) -> None:
+        """Feed alias ``node`` from a private initializer holding ``value`` (input ``k``)."""
+        name = names.new(f"{node.input[k] or node.output[0]}_pruned")
         add_initializer(model.graph, value, name)
-        node.input[0] = name
+        node.input[k] = name
 
     def as_input(node: onnx.NodeProto, output: np.ndarray) -> np.ndarray:
         """The input an alias node needs to produce ``output`` (undo its Transpose, or its
@@ -152,7 +153,13 @@ def _slice_params(model: onnx.ModelProto, view: GraphView, plan: Plan) -> None:
         for user in alias_users.get(name, []):
             if user.output[0] not in by_name:
                 retarget(user, original)
-        if name in view.aliases:
+        if name in view.quantized:  # integers and per-channel scales, never re-quantized
+            cut_axes = [(c.axis, c.kept) for c in sorted(cuts, key=lambda c: c.axis)]
+            q = view.quantized[name]
+            for k, v in quant.sliced_inputs(q, view.constant, cut_axes).items():
+                reader, index = q.slot(name, k)
+                retarget(nodes[reader], v, index)
+        elif name in view.aliases:
             retarget(nodes[name], as_input(nodes[name], value))
         elif name in inits:
             write_tensor_data(inits[name], value)

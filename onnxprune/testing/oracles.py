@@ -28,6 +28,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from onnxprune.calibration.stats import channel_stats
+from onnxprune.graph import quant
 from onnxprune.graph.proto import set_tensor
 from onnxprune.graph.view import GraphView
 from onnxprune.runtime.session import CPU, open_session
@@ -90,14 +91,21 @@ def zeroed(model: onnx.ModelProto, plan: Plan) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     view = GraphView(model, shapes=False)
+    if any(n.op_type not in ("Conv", "Gemm", "MatMul") for n in model.graph.node):
+        # quantized ops register the zero points of their integer weights in the analysis
+        view = GraphView(model)
+        analyze(model, view=view)
     for cut in plan.params:
         if cut.role != "in":
             continue
-        arr = view.constant(cut.name).copy()
+        arr = view.value(cut.name).copy()
         gone = np.setdiff1d(np.arange(cut.size), cut.kept)
         index = [slice(None)] * arr.ndim
         index[cut.axis] = gone
         arr[tuple(index)] = 0
+        q = view.dequantized_reads.get(cut.name)
+        if q is not None:  # an integer weight of a quantized op: to its zero point
+            arr = quant.zeroed_integers(q, view.constant, arr == 0)
         set_constant(out, cut.name, arr)
     _mask_contractions(out, plan)
     return out
@@ -111,6 +119,14 @@ def set_constant(model: onnx.ModelProto, name: str, value: np.ndarray) -> None:
             set_tensor(t, value)
             return
     node = next(n for n in model.graph.node if name in n.output)
+    view = GraphView(model, shapes=False)
+    if name in view.quantized:  # zero in the integer domain: dequantizes to exactly 0
+        q = view.quantized[name]
+        ints = quant.zeroed_integers(q, view.constant, value == 0)
+        model.graph.initializer.append(numpy_helper.from_array(ints, f"{name}__oracle"))
+        reader, index = q.slot(name, 0)
+        next(n for n in model.graph.node if reader in n.output).input[index] = f"{name}__oracle"
+        return
     if node.op_type == "Constant":
         del node.attribute[:]
         node.attribute.append(onnx.helper.make_attribute("value", numpy_helper.from_array(value)))

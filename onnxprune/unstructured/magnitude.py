@@ -17,7 +17,9 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import UsageError
+from onnxprune.graph import quant
 from onnxprune.graph.proto import set_tensor
+from onnxprune.graph.view import GraphView
 from onnxprune.ops import opsets_of, spec_for
 from onnxprune.options import check_fraction, check_nm
 
@@ -66,10 +68,16 @@ def find_prunable_weights(
     Conv, ConvTranspose, Gemm and MatMul built in).
 
     Biases and normalization parameters are never inputs we select, so they stay intact.
-    Weights computed at run time (e.g. from DequantizeLinear) are not initializers and so are
-    naturally left alone; quantized operators are counted so the report can say so.
+    An integer weight read through DequantizeLinear is selected by its dequantized name,
+    scored on its dequantized values and zeroed in the integer domain (its zero point); other
+    weights computed at run time are left alone, and quantized operators that block are
+    counted so the report can say so.
     """
     inits = {t.name: t for t in model.graph.initializer}
+    quantized = quantized_weights(model)
+    # A quantized weight is selected by the name its reader sees (the DequantizeLinear
+    # output) and read as its integer tensor's shape; it is zeroed in the integer domain.
+    readable = {**inits, **{name: inits[q.root] for name, q in quantized.items()}}
     sel = WeightSelection(weights=[])
     seen: dict[str, WeightRef] = {}
     opsets = opsets_of(model)
@@ -79,11 +87,11 @@ def find_prunable_weights(
             continue
         if spec.quantized:
             sel.quantized_ops[node.op_type] = sel.quantized_ops.get(node.op_type, 0) + 1
-        found = spec.weight(node, inits) if spec.weight is not None else None
+        found = spec.weight(node, readable) if spec.weight is not None else None
         if found is None:
             continue
         name, axis = found
-        tensor = inits[name]
+        tensor = readable[name]
         shape = tuple(int(d) for d in tensor.dims)
         if name in seen:
             if seen[name].reduction_axis != axis:
@@ -94,7 +102,7 @@ def find_prunable_weights(
             sel.skipped.append((name, "excluded by --exclude"))
             seen[name] = WeightRef(name, node.name, node.op_type, shape, axis)
             continue
-        if tensor.data_type not in FLOAT_TYPES:
+        if tensor.data_type not in FLOAT_TYPES and name not in quantized:  # no zero point known
             sel.skipped.append(
                 (name, f"not a float tensor ({onnx.TensorProto.DataType.Name(tensor.data_type)})")
             )
@@ -108,6 +116,42 @@ def find_prunable_weights(
         seen[name] = ref
         sel.weights.append(ref)
     return sel
+
+
+def quantized_weights(model: onnx.ModelProto) -> dict[str, quant.QuantWeight]:
+    """Integer weights seen as floats (DequantizeLinear, Cast·Mul: ``onnxprune.graph.quant``)
+    whose integer tensor has no other reader (zeroing it must not change another node)."""
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for x in node.input:
+            readers[x] = readers.get(x, 0) + 1
+    view = GraphView(model, shapes=False)
+    found = dict(view.quantized)
+    roots = {q.root for q in found.values()}
+    if any(
+        quant.is_integer(t) and len(t.dims) >= 2 and name not in roots
+        for name, t in view.initializers.items()
+    ):  # integer weights of QLinear*/…Integer ops: their rules name the zero points
+        from onnxprune.structured.dependency import analyze
+
+        view = GraphView(model)
+        analyze(model, view=view)
+        found.update(view.dequantized_reads)
+    return {name: q for name, q in found.items() if readers.get(q.root) == 1}
+
+
+def weight_arrays(model: onnx.ModelProto, refs: Sequence[WeightRef]) -> dict[str, np.ndarray]:
+    """The value of each selected weight: a quantized one dequantized (what it computes)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    quantized = quantized_weights(model)
+
+    def read(name: str) -> np.ndarray:
+        return numpy_helper.to_array(inits[name])
+
+    return {
+        r.name: quant.value(quantized[r.name], read) if r.name in quantized else read(r.name)
+        for r in refs
+    }
 
 
 #: A scoring function: weight array and its WeightRef -> importance of each element (same shape).
@@ -223,7 +267,12 @@ def prune_unstructured(
     pruned.CopyFrom(model)
     sel = find_prunable_weights(pruned, exclude)
     inits = {t.name: t for t in pruned.graph.initializer}
-    arrays = {r.name: numpy_helper.to_array(inits[r.name]) for r in sel.weights}
+    quantized = quantized_weights(pruned)
+
+    def read(name: str) -> np.ndarray:
+        return numpy_helper.to_array(inits[name])
+
+    arrays = weight_arrays(pruned, sel.weights)
     skipped = [{"tensor": name, "reason": why} for name, why in sel.skipped]
     if ratio is not None:
         ratio = check_fraction(ratio, "--unstructured")
@@ -251,7 +300,11 @@ def prune_unstructured(
         w = arrays[r.name]
         before_zero = int(np.count_nonzero(w == 0))
         new = np.where(masks[r.name], w, 0).astype(w.dtype, copy=False)
-        set_tensor(inits[r.name], new, keep_dtype=True)
+        if r.name in quantized:  # the zero point: dequantizes to exactly 0
+            q = quantized[r.name]
+            set_tensor(inits[q.root], quant.zeroed_integers(q, read, ~masks[r.name]))
+        else:
+            set_tensor(inits[r.name], new, keep_dtype=True)
         after_zero = int(new.size - np.count_nonzero(new))
         zeroed += after_zero - before_zero
         selected += w.size
