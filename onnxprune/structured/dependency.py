@@ -21,8 +21,6 @@ birth, so coupling them to a prunable channel blocks that channel too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 
@@ -32,38 +30,10 @@ from onnxprune.ops import opsets_of, rule_for
 from onnxprune.ops.control import guard, has_subgraphs
 from onnxprune.structured.groups import ROLES, Group, Slice
 from onnxprune.structured.heads import mark_heads
+from onnxprune.structured.records import Chan, Param, Source
 from onnxprune.structured.subgraphs import flatten, subgraph_free
 
 __all__ = ["ROLES", "Chan", "Context", "Group", "Slice", "analyze"]
-
-
-@dataclass
-class Chan:
-    """The channel axis of one activation tensor and the channel id at each position."""
-
-    axis: int
-    ids: np.ndarray
-    rank: int
-
-
-@dataclass
-class _Source:
-    start: int
-    size: int
-    label: str
-    node: str
-    reason: str | None  # set for pseudo sources: channels we cannot prune
-
-
-@dataclass
-class _Param:
-    name: str
-    axis: int
-    role: str
-    node: str
-    ids: np.ndarray
-    op: str
-    input: int
 
 
 class Context:
@@ -82,9 +52,9 @@ class Context:
         instead of blocking it: see :meth:`approximate`."""
         self._approx: list[tuple[np.ndarray, str, str]] = []
         self._parent: list[int] = []
-        self._sources: list[_Source] = []
+        self._sources: list[Source] = []
         self._chans: dict[str, Chan] = {}
-        self._params: dict[tuple[str, int], _Param] = {}
+        self._params: dict[tuple[str, int], Param] = {}
         self._claimed: set[tuple[int, int]] = set()
         self._blocks: list[tuple[np.ndarray, str, str]] = []
         self._source_of: dict[tuple[str, int], np.ndarray] = {}
@@ -97,7 +67,7 @@ class Context:
     def _new_ids(self, size: int, label: str, reason: str | None) -> np.ndarray:
         start = len(self._parent)
         self._parent.extend(range(start, start + size))
-        self._sources.append(_Source(start, size, label, self.where, reason))
+        self._sources.append(Source(start, size, label, self.where, reason))
         return np.arange(start, start + size, dtype=np.int64)
 
     def _find(self, x: int) -> int:
@@ -249,22 +219,25 @@ class Context:
         if dims[axis] != len(ids):
             self.block(ids, f"'{name}' has {dims[axis]} entries on axis {axis}, not {len(ids)}")
             return
-        qw = self.view.quantized.get(name)
-        if qw is not None:  # per-block scales: a block's entries go together, or not at all
-            together, reason = qw.unsliceable(axis, len(ids))
-            if reason is not None:
-                self.block(ids, reason)
-            elif together > 1:
-                blocks = ids.reshape(-1, together)
-                self.unify(blocks[:, 1:].ravel(), np.repeat(blocks[:, 0], together - 1))
+        self._tie_quant_blocks(name, axis, ids)
         self._claimed.add((self._node_index, k))
         self._read.add(k)
         key = (name, axis)
         prev = self._params.get(key)
         if prev is None:
-            self._params[key] = _Param(name, axis, role, self.where, ids, self.node.op_type, k)
+            self._params[key] = Param(name, axis, role, self.where, ids, self.node.op_type, k)
         else:
             self.unify(prev.ids, ids)
+
+    def _tie_quant_blocks(self, name: str, axis: int, ids: np.ndarray) -> None:
+        """Per-block scales: a block's entries go together, or not at all."""
+        qw = self.view.quantized.get(name)
+        together, reason = qw.unsliceable(axis, len(ids)) if qw is not None else (1, None)
+        if reason is not None:
+            self.block(ids, reason)
+        elif together > 1:
+            blocks = ids.reshape(-1, together)
+            self.unify(blocks[:, 1:].ravel(), np.repeat(blocks[:, 0], together - 1))
 
     def claim(self, k: int) -> None:
         """Constant input ``k`` is read but never sliced (a scalar, a kept axis). If the same
@@ -329,7 +302,7 @@ class Context:
             ch = self._chans.get(name)
             if ch is not None:
                 self.block(ch.ids, f"channels reach the graph output '{name}'")
-        by_name: dict[str, list[_Param]] = {}
+        by_name: dict[str, list[Param]] = {}
         for p in self._params.values():
             by_name.setdefault(p.name, []).append(p)
         for name, params in by_name.items():
@@ -346,7 +319,7 @@ class Context:
                         )
         self._block_outside(by_name)
 
-    def _block_outside(self, by_name: dict[str, list[_Param]]) -> None:
+    def _block_outside(self, by_name: dict[str, list[Param]]) -> None:
         """What subgraph bodies read by name keeps its channels (``read_outside``)."""
         for name, (where, reason) in self._outside.items():
             ch = self._chans.get(name)
