@@ -214,14 +214,13 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
     fraction run once more with everything asked (recovery, gates, the output); its report
     carries the search in ``structured.target`` and its time in ``timings_s["search"]``."""
     from onnxprune.progress import progress_bar
-    from onnxprune.targets.measured import losses_hook, staircase_hook
+    from onnxprune.targets.measured import staircase_hook, with_measured_losses
 
     measure = measure or measured_speedup
     start = time.perf_counter()
-    losses_for, priced = losses_hook(model, opts)
+    opts = with_measured_losses(model, opts)
     hooks = dict(opts.hooks or {})
-    if losses_for is not None:
-        hooks["losses_for"] = losses_for
+    priced = hooks.get("priced", "measured" if "losses_for" in hooks else "score mass")
     stairs = {"used": False, "why": "--no-staircase"}
     if opts.uses_staircase and "allowed_for" not in hooks:
         allowed_for, stairs = staircase_hook(model, opts)
