@@ -277,7 +277,7 @@ def test_target_speedup_keeps_counts_on_the_measured_staircase(tmp_path, monkeyp
         assert all(k % 4 == 0 for k in steps[:-1])  # 5..7 run no faster than 8: never chosen
     real = measured.staircase_hook
     monkeypatch.setattr(measured, "staircase_hook",
-                        lambda m, o: real(m, o, timer=_block_clock, budget_s=None))  # fmt: skip
+                        lambda m, o, **kw: real(m, o, timer=_block_clock, budget_s=None, **kw))  # fmt: skip
     opts = PruneOptions(target_speedup=1.6, runs=5)
     result = prune_searched(path, opts, prune_with, measure=_fake_measure)
     t = result.report.structured.target

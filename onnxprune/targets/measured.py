@@ -139,12 +139,13 @@ _TABLES: dict[tuple, object] = {}
 """The last table measured, by file, settings and shapes (the sweep asks once per target)."""
 
 
-def staircase_hook(model, opts, *, timer=None,
-                   budget_s: float | None = STAIRCASE_BUDGET_S) -> tuple[Callable | None, dict]:  # fmt: skip
+def staircase_hook(model, opts, *, timer=None, budget_s: float | None = STAIRCASE_BUDGET_S,
+                   executor=None) -> tuple[Callable | None, dict]:  # fmt: skip
     """(``TargetHook``'s ``allowed_for`` from a latency table measured on the target, or
     None) and what the report says about it. With the table the allocation picks, per
     group, among the kept counts on its measured staircase (a count that runs no faster
-    than a larger one is never chosen), instead of any count."""
+    than a larger one is never chosen), instead of any count. ``executor`` (``--jobs``,
+    ``--ray``) times the groups as parallel jobs (``targets.latency``)."""
     if not isinstance(model, str | os.PathLike):
         return None, {"used": False, "why": "an in-memory model: the table times a file"}
     from onnxprune.graph import modelfile as io
@@ -166,7 +167,7 @@ def staircase_hook(model, opts, *, timer=None,
            tuple(sorted((k, tuple(v.shape)) for k, v in feed.items())), budget_s, timer)  # fmt: skip
     if key not in _TABLES:  # a sweep's targets share one table
         _TABLES.clear()
-        _TABLES[key] = build_latency_table(spec, time_budget_s=budget_s)
+        _TABLES[key] = build_latency_table(spec, time_budget_s=budget_s, executor=executor)
     table = _TABLES[key]
     counts = staircase_counts(table)
 
