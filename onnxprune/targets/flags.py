@@ -19,8 +19,9 @@ TARGET_OPTIONS = [
         default=None,
         metavar="R",
         help="Instead of --structured: keep at most fraction R of the MACs, removing channels "
-        "per group where they cost least (score lost per MAC saved; --scope does not apply); "
-        "exact counts unless --round-to is given.",
+        "per group where they cost least (loss per MAC saved: with --calib each group's "
+        "output loss measured after recovery, else the score mass removed; --scope does not "
+        "apply); exact counts unless --round-to is given.",
     ),
     click.option(
         "--target-params",
