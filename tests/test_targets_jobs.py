@@ -63,3 +63,13 @@ def test_the_cli_refuses_jobs_without_a_search(tmp_path, capsys):
               "-o", str(tmp_path / "out.onnx")])  # fmt: skip
     assert exc.value.code in (0, None)
     assert (tmp_path / "out.onnx").exists()
+
+
+def test_sweep_takes_jobs_for_speedup_targets_only(tmp_path, capsys):
+    from onnxprune.cli import main
+
+    path, _ = _files(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", str(path), "--metric", "macs", "--targets", "2", "--jobs", "2", "-q"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --jobs and --ray")

@@ -123,3 +123,13 @@ def test_a_target_is_priced_as_its_run_recovers(tmp_path, bare):
     searched = PruneOptions(target_speedup=2, calib=_calib(tmp_path), **steps)
     how = losses_hook(path, searched)[1]  # a search on a file: analyze's cached masked losses
     assert how.startswith("measured (analyze" if bare else "measured after recovery")
+
+
+def test_a_fixed_batch_model_is_measured_in_runs_of_its_batch(tmp_path):
+    model = small_cnn()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2  # exported at batch 2
+    view, groups, scores = _groups(model)
+    fit = fit_data(model, PruneOptions(structured=0.5, calib=_calib(tmp_path, n=8)))
+    losses = recovered_losses(model, groups, scores, view, fit, RecoveryOptions(obs=False),
+                              (0.5,))  # fmt: skip
+    assert all(0.0 < v["0.5"] < 2.0 for v in losses.values())

@@ -12,6 +12,27 @@ from pathlib import Path
 
 import click
 
+JOB_OPTIONS = [
+    click.option(
+        "--jobs",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        metavar="N",
+        help="Run a search's independent candidates in N worker processes (the quality "
+        "search's two families; the latency table's groups, which then time with contention "
+        "unless N x --threads fits the cores).",
+    ),
+    click.option(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="Run them as tasks on the Ray cluster at ADDRESS (host:port, or auto; needs "
+        "pip install 'onnxprune[ray]' and the model at the same path on every node).",
+    ),
+]
+"""--jobs and --ray: where a search's candidates run (prune and sweep)."""
+
 TARGET_OPTIONS = [
     click.option(
         "--target-macs",
@@ -45,23 +66,7 @@ TARGET_OPTIONS = [
         help="With --target-speedup: first measure each group's latency at a few widths "
         "(up to 60 s) and keep only counts on that measured staircase [default: on].",
     ),
-    click.option(
-        "--jobs",
-        type=click.IntRange(min=1),
-        default=1,
-        show_default=True,
-        metavar="N",
-        help="Run a search's independent candidates in N worker processes (the quality "
-        "search's two families; the latency table's groups, which then time with contention "
-        "unless N x --threads fits the cores).",
-    ),
-    click.option(
-        "--ray",
-        default=None,
-        metavar="ADDRESS",
-        help="Run them as tasks on the Ray cluster at ADDRESS (host:port, or auto; needs "
-        "pip install 'onnxprune[ray]' and the model at the same path on every node).",
-    ),
+    *JOB_OPTIONS,
     click.option(
         "--save-plan",
         type=click.Path(path_type=Path),

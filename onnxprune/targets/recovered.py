@@ -69,12 +69,14 @@ def _head(inputs, n: int) -> dict[str, np.ndarray]:
 
 
 def _outputs(model: onnx.ModelProto, feed: Mapping[str, np.ndarray], role: str):
-    from onnxprune.runtime.session import open_session, run_session, session_feeds
+    """(outputs, output names) of ``model`` on ``feed``, in the runs a fixed batch allows."""
+    from onnxprune.runtime.feeds import chunked, join_chunks
+    from onnxprune.runtime.session import fixed_batch, open_session, run_session, session_feeds
 
     sess = open_session(model.SerializeToString(), ["CPUExecutionProvider"], role=role)
-    return run_session(sess, session_feeds(sess, dict(feed), role), role), [
-        o.name for o in sess.get_outputs()
-    ]
+    runs = chunked(session_feeds(sess, dict(feed), role), fixed_batch(sess), [])
+    got = join_chunks([run_session(sess, run, role) for run in runs])
+    return got, [o.name for o in sess.get_outputs()]
 
 
 def recovered_losses(
@@ -89,7 +91,8 @@ def recovered_losses(
     """Per group id: fraction removed (``sensitivity.fraction_key``) -> ``1 - cosine`` of
     the outputs after that group alone is cut and its consumers refitted with ``steps``
     (``recovery.recover.RecoveryOptions``) on ``fit``, compared on ``fit``'s first
-    ``SCORE_SAMPLES`` samples. A fraction that removes no slot loses 0 and is not run."""
+    ``SCORE_SAMPLES`` samples. A fraction that removes no slot loses 0 and is not run; a
+    candidate whose outputs are not finite loses 2 (the most ``1 - cosine`` can be)."""
     from onnxprune.recovery.recover import recover_structured
     from onnxprune.runtime.compare import compare_outputs
     from onnxprune.structured.plan import make_plan
@@ -113,7 +116,7 @@ def recovered_losses(
             pruned, _ = recover_structured(model, pruned, plan, fit, steps)
             got, _ = _outputs(pruned, feed, "pruned candidate")
             cosine = float(compare_outputs(reference, got, names)["cosine"])
-            loss[fraction_key(f)] = max(0.0, 1.0 - cosine)
+            loss[fraction_key(f)] = max(0.0, 1.0 - cosine) if np.isfinite(cosine) else 2.0
         out[g.id] = loss
     return out
 
