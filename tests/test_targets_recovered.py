@@ -133,3 +133,37 @@ def test_a_fixed_batch_model_is_measured_in_runs_of_its_batch(tmp_path):
     losses = recovered_losses(model, groups, scores, view, fit, RecoveryOptions(obs=False),
                               (0.5,))  # fmt: skip
     assert all(0.0 < v["0.5"] < 2.0 for v in losses.values())
+
+
+def test_over_its_time_budget_the_pricing_falls_back_and_says_so(tmp_path):
+    from onnxprune.targets.masking import measured_curve
+
+    model = small_cnn()
+    view, groups, scores = _groups(model)
+    opts = PruneOptions(structured=0.5, calib=_calib(tmp_path))
+    hook = recovered_losses_hook(opts, (0.5,), budget_s=0.0)  # nothing fits in 0 s
+    curves = hook(groups, scores, view)
+    assert hook.priced.startswith("score mass (pricing after recovery would take")
+    assert [c.value for c in curves] == [c.value for c in hook(groups, scores, view)]
+    calls = []
+
+    def fallback():
+        calls.append(1)
+        return (lambda fr, sc, _v: [measured_curve(g, sc[g.id], {"0.5": 0.25}) for g in fr],
+                "measured (analyze: 2 candidates)")
+
+    hook = recovered_losses_hook(opts, (0.5,), fallback=fallback, budget_s=0.0)
+    curves = hook(groups, scores, view)
+    assert calls == [1] and hook.priced.startswith("measured (analyze")
+    assert all(c.at(c.slots // 2) == pytest.approx(0.25) for c in curves)
+    roomy = recovered_losses_hook(opts, (0.5,), fallback=fallback, budget_s=None)
+    roomy(groups, scores, view)
+    assert roomy.priced is None and calls == [1]  # measured: no fallback
+
+
+def test_a_plain_target_over_budget_reports_its_fallback(tmp_path, monkeypatch):
+    import onnxprune.targets.recovered as rec
+
+    monkeypatch.setattr(rec, "projected_seconds", lambda *a: 10 * rec.BUDGET_S)  # a big model
+    result = prune(small_cnn(), target_macs=0.6, calib=_calib(tmp_path), validate=False)
+    assert result.report.structured.target["losses"].startswith("score mass (pricing after")

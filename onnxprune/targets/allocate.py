@@ -232,6 +232,6 @@ class TargetHook:
         )  # fmt: skip
         if self.losses_for is None:
             self.outcome.losses = "score mass" if self.priced is None else self.priced
-        else:
-            self.outcome.losses = self.priced or "measured"
+        else:  # a hook that changed its pricing (over its time budget) says so
+            self.outcome.losses = getattr(self.losses_for, "priced", None) or self.priced or "measured"
         return {**fixed, **keep}

@@ -49,16 +49,24 @@ def losses_hook(model, opts) -> tuple[Callable | None, str]:
     if candidates > MAX_CANDIDATES:
         return None, f"score mass ({candidates} candidates to measure, over {MAX_CANDIDATES})"
     recovers = opts.step("bias") or opts.step("lstsq")
-    if recovers or not isinstance(model, str | os.PathLike):
+    on_file = isinstance(model, str | os.PathLike)
+    if recovers or not on_file:
         from onnxprune.targets.recovered import fractions_for, recovered_losses_hook
 
         n = sum(1 for g in groups if not g.heads)
         fractions = fractions_for(n)
         how = "after recovery" if recovers else "without recovery"
-        return recovered_losses_hook(opts, fractions), (
+        fallback = (lambda: analysis_hook(model, opts)) if on_file else None
+        return recovered_losses_hook(opts, fractions, fallback=fallback), (
             f"measured {how} ({n * len(fractions)} candidates: each group cut alone"
             f"{', its consumers refitted' if recovers else ''})"
         )
+    return analysis_hook(model, opts)
+
+
+def analysis_hook(model, opts) -> tuple[Callable, str]:
+    """``losses_for`` from ``onnxprune analyze``'s masked losses of the file ``model``
+    (cached), and what the report says about it."""
     from onnxprune.targets.allocate import score_mass
     from onnxprune.targets.analyzer import analyze_path
 

@@ -16,6 +16,7 @@ the curves are measured once per run (a search's candidates share them).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -23,11 +24,14 @@ import onnx
 
 from onnxprune.targets import GroupCurve
 
-__all__ = ["FINE_FRACTIONS", "SCORE_SAMPLES", "fractions_for", "recovered_losses",
-           "recovered_losses_hook"]
+__all__ = ["BUDGET_S", "FINE_FRACTIONS", "SCORE_SAMPLES", "fractions_for", "projected_seconds",
+           "recovered_losses", "recovered_losses_hook"]
 
 SCORE_SAMPLES = 256
 """Fitting samples at most that a candidate's outputs are compared on."""
+BUDGET_S = 120.0
+"""Seconds the post-recovery pricing may take (projected before it starts); beyond, the
+masked analysis prices instead (a file), else the score mass."""
 FINE_FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 """Fractions of each group removed, one candidate each, when there are few groups: finer
 curves place the cuts better (digits CNN after recovery, cosine on the 360 test digits at
@@ -121,26 +125,52 @@ def recovered_losses(
     return out
 
 
-def recovered_losses_hook(opts, fractions: Sequence[float]) -> Callable:
+def projected_seconds(model: onnx.ModelProto, fit, candidates: int) -> float:
+    """What pricing ``candidates`` would take, from one timed run of ``model`` on ``fit``: a
+    candidate runs about three passes over the data (recovery's reference and pruned
+    passes, then the scoring run), the refits on top."""
+    t0 = time.perf_counter()
+    _outputs(model, fit, "original model")
+    return 3.0 * candidates * (time.perf_counter() - t0)
+
+
+def recovered_losses_hook(opts, fractions: Sequence[float], *, fallback=None,
+                          budget_s: float | None = BUDGET_S) -> Callable:  # fmt: skip
     """``TargetHook``'s ``losses_for``: post-recovery curves at ``fractions``, measured on
-    its first call (when the groups and scores are known) and reused by every later call."""
+    its first call (when the groups and scores are known) and reused by every later call.
+
+    When the measurement would take more than ``budget_s`` (``projected_seconds``), the
+    curves come from ``fallback()`` (a ``(losses_for, what)`` pair: the masked analysis of
+    a file) or, without one, the score mass; ``losses_for.priced`` then says so."""
     from onnxprune.recovery.recover import RecoveryOptions
+    from onnxprune.targets.allocate import score_mass
     from onnxprune.targets.masking import measured_curve
 
     steps = RecoveryOptions(bias=opts.step("bias"), lstsq=opts.step("lstsq"), obs=False,
                             seed=opts.seed)  # fmt: skip
     memo: dict[tuple[str, int], GroupCurve] = {}
     data: list = []
+    instead: list = []
 
     def losses_for(free, scores, view) -> list[GroupCurve]:
+        if instead:
+            return instead[0](free, scores, view)
         todo = [g for g in free if (g.id, g.slots) not in memo]
         if todo:
             if not data:
                 data.append(fit_data(view.model, opts))
+            need = projected_seconds(view.model, data[0], len(todo) * len(fractions))
+            if budget_s is not None and need > budget_s:
+                why = f"pricing after recovery would take ~{need:.0f} s, over {budget_s:.0f} s"
+                lf, what = fallback() if fallback is not None else (None, "score mass")
+                instead.append(lf or (lambda fr, sc, _v: [score_mass(g, sc[g.id]) for g in fr]))
+                losses_for.priced = f"{what} ({why})"
+                return instead[0](free, scores, view)
             measured = recovered_losses(view.model, todo, scores, view, data[0], steps,
                                         fractions)  # fmt: skip
             for g in todo:
                 memo[g.id, g.slots] = measured_curve(g, scores[g.id], measured[g.id])
         return [memo[g.id, g.slots] for g in free]
 
+    losses_for.priced = None
     return losses_for

@@ -242,7 +242,7 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
                 target["losses"] = priced
             raise
     searched = time.perf_counter() - start
-    summary["losses"] = priced
+    summary["losses"] = getattr(hooks.get("losses_for"), "priced", None) or priced
     if opts.search == "speedup":
         summary["staircase"] = stairs
     try:
