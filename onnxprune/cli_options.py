@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from onnxprune.options import PROVIDERS, SCOPES, default
+from onnxprune.options import PROVIDERS, UNSTRUCTURED_SCOPES, default
 from onnxprune.structured.importance import CRITERIA
 from onnxprune.targets.flags import TARGET_OPTIONS
 
@@ -280,11 +280,12 @@ prune_options = apply_options(
         ),
         click.option(
             "--scope",
-            type=click.Choice(list(SCOPES)),
+            type=click.Choice(list(UNSTRUCTURED_SCOPES)),
             default=None,
-            help="local: every tensor/group loses R. global: one ranking over the whole model "
-            "[default: local; global for --unstructured with --calib, where OBS recovers it "
-            "best (README 'Targets')].",
+            help="local: every tensor/group loses R. global: one ranking over the whole model. "
+            "owl (--unstructured --criterion wanda): per-layer ratios, fewer zeros where a "
+            "layer has more outliers (OWL) [default: local; global for --unstructured with "
+            "--calib, where OBS recovers it best (README 'Targets')].",
         ),
         CRITERION_OPTION,
         click.option(

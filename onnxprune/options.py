@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 from onnxprune.errors import UsageError
 
 SCOPES = ("local", "global")
+UNSTRUCTURED_SCOPES = (*SCOPES, "owl")  # owl: per-layer ratios (unstructured.allocation)
 HOLDOUT_FRACTION = 0.2
 """With only --calib, this last fraction of its samples is held out for validation."""
 HOLDOUT_MIN = 5
@@ -290,6 +291,11 @@ class PruneOptions(DataOptions):
     """``--staircase/--no-staircase``: with --target-speedup, measure a latency table first
     and keep each group's count on its measured staircase (``targets.latency``); None: on
     with --target-speedup."""
+    jobs: int = 1
+    """``--jobs N``: a search's independent candidates in N local worker processes
+    (``targets.executor``): the quality search's two families, the latency table's groups."""
+    ray: str | None = None
+    """``--ray ADDRESS``: the same jobs as tasks on that Ray cluster (``onnxprune[ray]``)."""
     hooks: dict | None = None
     """API only, set by ``targets.search`` for its candidates: ``losses_for`` (measured
     sensitivities) and ``allowed_for`` (a measured latency staircase) handed to the target
@@ -317,7 +323,7 @@ class PruneOptions(DataOptions):
             hidden=_optional(check_fraction, self.hidden, "--hidden"),
             unstructured=_optional(check_fraction, self.unstructured, "--unstructured"),
             nm=_optional(check_nm, self.nm, "--nm"),
-            scope=_optional(check_choice, self.scope, "--scope", SCOPES),
+            scope=_optional(check_choice, self.scope, "--scope", UNSTRUCTURED_SCOPES),
             criterion=check_choice(self.criterion, "--criterion", tuple(CRITERIA)),
             round_to=_optional(check_int, self.round_to, "--round-to", 1),
             max_group_ratio=check_open_fraction(self.max_group_ratio, "--max-group-ratio"),
@@ -332,7 +338,30 @@ class PruneOptions(DataOptions):
         )
         super().__post_init__()
         check_has_activations(self.criterion, self.calib is not None)
+        self._check_owl()
+        self._check_jobs()
         self._check_validation_data()
+
+    def _check_jobs(self) -> None:
+        """--jobs N and --ray ADDRESS: where a search's candidates run."""
+        self._set(jobs=check_int(self.jobs, "--jobs", 1))
+        if self.ray is not None and not (isinstance(self.ray, str) and self.ray.strip()):
+            raise UsageError(f"--ray must be a cluster address (host:port, auto), got {self.ray!r}")
+        if (self.jobs > 1 or self.ray is not None) and self.search is None:
+            raise UsageError("--jobs and --ray run a search's candidates: pass --target-speedup S, "
+                             "or a gate alone (--max-drop P, --min-cosine X)")  # fmt: skip
+
+    def _check_owl(self) -> None:
+        """--scope owl: per-layer sparsity for --unstructured, from Wanda's outliers."""
+        if self.scope != "owl":
+            return
+        if self.unstructured is None or self.wants_structured:
+            raise UsageError("--scope owl allocates --unstructured sparsity per layer: pass "
+                             "--unstructured RATIO alone (structured and --nm use local or "
+                             "global)")  # fmt: skip
+        if self.criterion != "wanda":
+            raise UsageError("--scope owl weighs each layer by its Wanda outliers (weights x "
+                             "activations): pass --criterion wanda with --calib")  # fmt: skip
 
     def _check_validation_data(self) -> None:
         """--val, --val-labels, --no-holdout and the gates make sense together."""

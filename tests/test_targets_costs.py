@@ -129,3 +129,25 @@ def test_change_is_the_difference_of_totals(build):
         for metric in ("macs", "params"):
             want = cm.total(metric, {**keep, g.id: k}) - cm.total(metric, keep)
             assert cm.change(metric, keep, g.id, k) == want
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_attributed_shares_add_up_to_at_most_the_total(build):
+    """analyze's MACs/params columns come from the same cost model as the solver's prices:
+    every group's share is non-negative and the shares sum to at most the exact total."""
+    _, groups, _, costs = _model(build)
+    for metric in ("macs", "params"):
+        shares = costs.attributed(metric)
+        assert set(shares) == {g.id for g in groups}
+        assert all(v >= 0 for v in shares.values())
+        assert sum(shares.values()) <= costs.total(metric) + 1e-6
+
+
+def test_a_conv_between_two_groups_is_split_evenly_and_a_blocked_consumer_goes_to_its_reader():
+    *_, costs = _model(small_cnn)
+    macs = costs.attributed("macs")
+    c1, c2 = 16 * 3 * 9 * 64, 16 * 16 * 9 * 64  # Conv 3->16 and 16->16, 3x3, 8x8 output
+    assert macs["c1"] == pytest.approx(c1 + c2 / 2)
+    assert macs["c2"] == pytest.approx(c2 / 2 + 16 * 10)  # fc (blocked: reaches the output)
+    with pytest.raises(ValueError):
+        costs.attributed("ms")

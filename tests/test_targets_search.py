@@ -231,10 +231,16 @@ def test_measured_losses_price_the_allocation_with_calib(tmp_path):
     onnx.save(small_cnn(), path)
     calib = _calib(tmp_path)
     hook, priced = losses_hook(path, PruneOptions(target_speedup=2, calib=calib))
-    assert hook is not None and priced.startswith("measured")
+    assert hook is not None and priced.startswith("measured after recovery")
     assert losses_hook(path, PruneOptions(target_speedup=2))[0] is None
+    bare = {"lstsq": False, "bias_correction": False}  # no recovery: analyze's masked losses
+    hook, priced = losses_hook(path, PruneOptions(target_speedup=2, calib=calib, **bare))
+    assert hook is not None and priced.startswith("measured (analyze")
+    in_memory, why = losses_hook(small_cnn(), PruneOptions(target_speedup=2, calib=calib, **bare))
+    assert in_memory is not None and why.startswith("measured without recovery")
+    # after recovery needs no file: an in-memory model is measured too
     in_memory, why = losses_hook(small_cnn(), PruneOptions(target_speedup=2, calib=calib))
-    assert in_memory is None and "in-memory" in why
+    assert in_memory is not None and why.startswith("measured after recovery")
     opts = PruneOptions(target_speedup=1.5, calib=calib, runs=5, lstsq=False)
     result = prune_searched(path, opts, prune_with, measure=_fake_measure)
     assert result.report.structured.target["losses"].startswith("measured")
@@ -271,7 +277,7 @@ def test_target_speedup_keeps_counts_on_the_measured_staircase(tmp_path, monkeyp
         assert all(k % 4 == 0 for k in steps[:-1])  # 5..7 run no faster than 8: never chosen
     real = measured.staircase_hook
     monkeypatch.setattr(measured, "staircase_hook",
-                        lambda m, o: real(m, o, timer=_block_clock, budget_s=None))  # fmt: skip
+                        lambda m, o, **kw: real(m, o, timer=_block_clock, budget_s=None, **kw))  # fmt: skip
     opts = PruneOptions(target_speedup=1.6, runs=5)
     result = prune_searched(path, opts, prune_with, measure=_fake_measure)
     t = result.report.structured.target

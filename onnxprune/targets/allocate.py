@@ -46,6 +46,8 @@ class TargetOutcome:
     met: bool
     slot: int
     """The most one slot step costs at the result: how close whole slots can get."""
+    losses: str | None = None
+    """What priced the cuts (``targets.measured.losses_hook``): measured or score mass."""
 
     @property
     def reached(self) -> float:
@@ -54,7 +56,7 @@ class TargetOutcome:
     def to_dict(self) -> dict:
         return {"metric": self.metric, "target": self.target, "before": self.before,
                 "after": self.after, "reached": self.reached, "met": self.met,
-                "slot": self.slot}  # fmt: skip
+                "slot": self.slot, **({"losses": self.losses} if self.losses else {})}  # fmt: skip
 
 
 def score_mass(g: Group, scores: np.ndarray, keeps: Sequence[int] | None = None) -> GroupCurve:
@@ -198,10 +200,12 @@ class TargetHook:
         input_shapes: Mapping[str, tuple[int, ...]] | None = None,
         losses_for=None,
         allowed_for=None,
+        priced: str | None = None,
     ) -> None:
         """``losses_for`` / ``allowed_for`` (``(groups, scores, view) -> ...``), when given,
-        supply ``choose_keep``'s ``losses`` and ``allowed`` for the prunable groups."""
-        self.losses_for, self.allowed_for = losses_for, allowed_for
+        supply ``choose_keep``'s ``losses`` and ``allowed`` for the prunable groups;
+        ``priced`` says what priced them (the outcome's ``losses``)."""
+        self.losses_for, self.allowed_for, self.priced = losses_for, allowed_for, priced
         self.model, self.metric, self.fraction = model, metric, fraction
         self.exclude, self.heads, self.round_to = tuple(exclude), heads, round_to
         self.max_group_ratio, self.input_shapes = max_group_ratio, input_shapes
@@ -226,4 +230,8 @@ class TargetHook:
             losses=self.losses_for(free, scores, view) if self.losses_for else None,
             allowed=self.allowed_for(free, scores, view) if self.allowed_for else None,
         )  # fmt: skip
+        if self.losses_for is None:
+            self.outcome.losses = "score mass" if self.priced is None else self.priced
+        else:  # a hook that changed its pricing (over its time budget) says so
+            self.outcome.losses = getattr(self.losses_for, "priced", None) or self.priced or "measured"
         return {**fixed, **keep}

@@ -26,6 +26,7 @@ from onnxprune.cli_options import (
 )
 from onnxprune.graph.outputs import write_side_output
 from onnxprune.options import PROVIDERS, default
+from onnxprune.targets.flags import JOB_OPTIONS
 
 __all__ = ["analyze_cmd", "sweep_cmd"]
 
@@ -132,6 +133,7 @@ def _sweep_options(f):
         click.option("--staircase/--no-staircase", default=None,
                      help="--metric speedup: measure the latency staircase once, first "
                      "[default: on]."),
+        *JOB_OPTIONS,
         click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors."),
     ]  # fmt: skip
     return apply_options(own)(f)

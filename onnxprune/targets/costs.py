@@ -207,6 +207,28 @@ class CostModel:
         """``curve`` of every group, in the order the groups were given."""
         return [self.curve(metric, gid) for gid in self.groups]
 
+    def attributed(self, metric: str) -> dict[str, float]:
+        """Per group id, its share of ``metric`` so that the shares add up (``onnxprune
+        analyze``'s columns): each node's MACs, each weight's params divided evenly among
+        the groups touching it. Even is exact where the cost is a product of the kept counts
+        (a Conv between two groups costs ``~ kept(A) * kept(B)``: each owns half of it).
+        Costs no group touches stay in ``total`` only."""
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        out = {gid: 0.0 for gid in self.groups}
+        if metric == "params":
+            items = [(name, float(np.prod(self._shapes[name], dtype=np.int64)), [name])
+                     for name in self._axes if name in self._float_params]  # fmt: skip
+        else:
+            items = [(i, float(macs), [*self._nodes[i].input, *self._nodes[i].output])
+                     for i, macs in self._base_macs.items()]  # fmt: skip
+        for _, cost, names in items:
+            owners = sorted({gid for n in names for members in self._axes.get(n, {}).values()
+                             for gid, _ in members})  # fmt: skip
+            for gid in owners:
+                out[gid] += cost / len(owners)
+        return out
+
     def slot_cost(self, metric: str, gid: str, keep: Mapping[str, int] | None = None) -> int:
         """The most one slot of group ``gid`` costs at ``keep`` (the others as given): how
         far a target can be missed because slots are whole."""

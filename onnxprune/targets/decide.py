@@ -46,7 +46,9 @@ def prune_structured_run(
     hook = None
     if opts.target is not None:
         from onnxprune.targets.allocate import TargetHook
+        from onnxprune.targets.measured import with_measured_losses
 
+        opts = with_measured_losses(original, opts)  # with --calib: measured, not score mass
         metric, fraction = opts.target
         hook = TargetHook(
             original, metric, fraction, exclude=opts.exclude, heads=opts.heads,

@@ -2,7 +2,8 @@
 
 ``--target-macs R`` / ``--target-params R`` map onto ``PruneOptions.target_macs`` /
 ``target_params``, ``--target-speedup S`` onto ``target_speedup`` (``targets.search``),
-``--save-plan`` / ``--plan`` onto ``save_plan`` / ``plan``.
+``--save-plan`` / ``--plan`` onto ``save_plan`` / ``plan``, ``--jobs`` / ``--ray`` onto
+``jobs`` / ``ray`` (where a search's candidates run).
 """
 
 from __future__ import annotations
@@ -11,6 +12,27 @@ from pathlib import Path
 
 import click
 
+JOB_OPTIONS = [
+    click.option(
+        "--jobs",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        metavar="N",
+        help="Run a search's independent candidates in N worker processes (the quality "
+        "search's two families; the latency table's groups, which then time with contention "
+        "unless N x --threads fits the cores).",
+    ),
+    click.option(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="Run them as tasks on the Ray cluster at ADDRESS (host:port, or auto; needs "
+        "pip install 'onnxprune[ray]' and the model at the same path on every node).",
+    ),
+]
+"""--jobs and --ray: where a search's candidates run (prune and sweep)."""
+
 TARGET_OPTIONS = [
     click.option(
         "--target-macs",
@@ -18,8 +40,9 @@ TARGET_OPTIONS = [
         default=None,
         metavar="R",
         help="Instead of --structured: keep at most fraction R of the MACs, removing channels "
-        "per group where they cost least (score lost per MAC saved; --scope does not apply); "
-        "exact counts unless --round-to is given.",
+        "per group where they cost least (loss per MAC saved: with --calib each group's "
+        "output loss measured after recovery, else the score mass removed; --scope does not "
+        "apply); exact counts unless --round-to is given.",
     ),
     click.option(
         "--target-params",
@@ -43,6 +66,7 @@ TARGET_OPTIONS = [
         help="With --target-speedup: first measure each group's latency at a few widths "
         "(up to 60 s) and keep only counts on that measured staircase [default: on].",
     ),
+    *JOB_OPTIONS,
     click.option(
         "--save-plan",
         type=click.Path(path_type=Path),

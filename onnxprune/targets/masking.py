@@ -28,6 +28,7 @@ import onnx
 
 from onnxprune.graph.view import GraphView, node_label
 from onnxprune.structured.dependency import Group
+from onnxprune.targets import GroupCurve
 
 __all__ = [
     "Blobs",
@@ -35,6 +36,7 @@ __all__ = [
     "contraction_masks",
     "mask_model",
     "masked_values",
+    "measured_curve",
     "removed_slots",
     "with_constants",
     "with_masks",
@@ -52,6 +54,23 @@ def removed_slots(g: Group, scores: np.ndarray, fraction: float) -> np.ndarray:
         if not kept[subset].any():
             kept[subset[np.argmax(scores[subset])]] = True
     return np.flatnonzero(~kept)
+
+
+def measured_curve(g, scores, loss: Mapping[str, float]) -> GroupCurve:
+    """A group's loss at kept counts from its measured loss per fraction removed: 0 kept
+    whole, each fraction at the count its cut keeps, extended in a line to one slot kept
+    (the analysis stops at its largest fraction; deeper cuts lose at least as much)."""
+    pts: dict[int, float] = {g.slots: 0.0}
+    for key, value in loss.items():
+        n = len(removed_slots(g, scores, float(key)))
+        if n:
+            pts[g.slots - n] = float(value)
+    keeps = sorted(pts)
+    if keeps[0] > 1 and len(keeps) >= 2:
+        (k2, v2), (k1, v1) = (keeps[0], pts[keeps[0]]), (keeps[1], pts[keeps[1]])
+        slope = max(0.0, (v2 - v1) / (k1 - k2))
+        pts[1] = v2 + slope * (k2 - 1)
+    return GroupCurve(g.id, g.slots, list(pts), list(pts.values()))
 
 
 def masked_values(g: Group, view: GraphView, removed: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,62 +1,72 @@
-"""Measured inputs for a search's allocation: ``onnxprune analyze``'s quality losses.
+"""Measured inputs for the allocation (``--target-macs``/``--target-params``, the searches,
+the sweep): quality losses, and the latency staircase.
 
 Without measurements the allocation prices a cut by the criterion's score mass removed
-(``targets.allocate.score_mass``). With ``--calib`` a search can do better: the analysis
-masks each group alone at a few fractions and measures what the outputs lose (``1 -
-cosine``, ``targets.sensitivity``), and those curves replace the score mass for the
-candidates. The analysis costs one masked run of ``samples`` samples per (group, fraction),
-so it is used only when there are at most ``MAX_CANDIDATES`` of them (a small CNN, MLP or
-a transformer's FFN groups; not ResNet-50's 111, which took 158 s); it is cached on disk
-(``targets.cache``), so a sweep or a second run pays once.
+(``targets.allocate.score_mass``). With ``--calib`` it does better: each group alone is cut
+at a few fractions and what the outputs lose (``1 - cosine``) is measured, and those curves
+replace the score mass. With recovery on (the default with data) the loss is measured after
+the run's recovery (``targets.recovered``: recovery repairs some cuts far better than
+others); with it off, on ``onnxprune analyze``'s masked copies (``targets.sensitivity``,
+cached on disk by ``targets.cache``, so a second run pays once). Either costs one run per
+(group, fraction), so it is used only when there are at most ``MAX_CANDIDATES`` of them (a
+small CNN, MLP or a transformer's FFN groups; not ResNet-50's 111, which took 158 s).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from onnxprune.targets import GroupCurve
+from onnxprune.targets.masking import measured_curve
 
-__all__ = ["MAX_CANDIDATES", "losses_hook", "measured_curve"]
+__all__ = ["MAX_CANDIDATES", "losses_hook", "measured_curve", "with_measured_losses"]
 
 MAX_CANDIDATES = 64
 """Masked candidates (groups x fractions) at most for measured losses in a search."""
 
 
-def measured_curve(g, scores, loss: Mapping[str, float]) -> GroupCurve:
-    """A group's loss at kept counts from its measured loss per fraction removed: 0 kept
-    whole, each fraction at the count its cut keeps, extended in a line to one slot kept
-    (the analysis stops at its largest fraction; deeper cuts lose at least as much)."""
-    from onnxprune.targets.masking import removed_slots
-
-    pts: dict[int, float] = {g.slots: 0.0}
-    for key, value in loss.items():
-        n = len(removed_slots(g, scores, float(key)))
-        if n:
-            pts[g.slots - n] = float(value)
-    keeps = sorted(pts)
-    if keeps[0] > 1 and len(keeps) >= 2:
-        (k2, v2), (k1, v1) = (keeps[0], pts[keeps[0]]), (keeps[1], pts[keeps[1]])
-        slope = max(0.0, (v2 - v1) / (k1 - k2))
-        pts[1] = v2 + slope * (k2 - 1)
-    return GroupCurve(g.id, g.slots, list(pts), list(pts.values()))
-
-
 def losses_hook(model, opts) -> tuple[Callable | None, str]:
-    """(``TargetHook``'s ``losses_for`` from a cached analysis, or None) and what the
-    allocation prices by, for the report: ``measured`` or ``score mass (why)``."""
+    """(``TargetHook``'s ``losses_for``, or None) and what the allocation prices by, for the
+    report: ``measured after recovery``, ``measured`` or ``score mass (why)``.
+
+    With ``--calib`` and recovery on (the default with data), each group's curve is its
+    loss *after* the run's recovery (``targets.recovered``): recovery repairs some cuts far
+    better than others, and pricing before it favoured the wrong groups. With recovery off,
+    the analysis's masked losses (``targets.analyzer``, cached) for a file, the same cuts
+    run without refitting for an in-memory model (the analysis reads a file)."""
     if opts.calib is None:
         return None, "score mass (no --calib)"
-    if not isinstance(model, str | os.PathLike):
-        return None, "score mass (an in-memory model: the analysis reads a file)"
+    import onnx
+
     from onnxprune.graph import modelfile as io
     from onnxprune.structured.dependency import analyze
     from onnxprune.targets.sensitivity import DEFAULT_FRACTIONS, prunable_groups
 
-    groups, _ = prunable_groups(analyze(io.load_model(model).model), opts.exclude)
+    loaded = model if isinstance(model, onnx.ModelProto) else io.load_model(model).model
+    groups, _ = prunable_groups(analyze(loaded), opts.exclude)
     candidates = sum(1 for g in groups if not g.heads) * len(DEFAULT_FRACTIONS)
     if candidates > MAX_CANDIDATES:
         return None, f"score mass ({candidates} candidates to measure, over {MAX_CANDIDATES})"
+    recovers = opts.step("bias") or opts.step("lstsq")
+    on_file = isinstance(model, str | os.PathLike)
+    if recovers or not on_file:
+        from onnxprune.targets.recovered import fractions_for, recovered_losses_hook
+
+        n = sum(1 for g in groups if not g.heads)
+        fractions = fractions_for(n)
+        how = "after recovery" if recovers else "without recovery"
+        fallback = (lambda: analysis_hook(model, opts)) if on_file else None
+        return recovered_losses_hook(opts, fractions, fallback=fallback), (
+            f"measured {how} ({n * len(fractions)} candidates: each group cut alone"
+            f"{', its consumers refitted' if recovers else ''})"
+        )
+    return analysis_hook(model, opts)
+
+
+def analysis_hook(model, opts) -> tuple[Callable, str]:
+    """``losses_for`` from ``onnxprune analyze``'s masked losses of the file ``model``
+    (cached), and what the report says about it."""
     from onnxprune.targets.allocate import score_mass
     from onnxprune.targets.analyzer import analyze_path
 
@@ -78,6 +88,23 @@ def losses_hook(model, opts) -> tuple[Callable | None, str]:
         return out
 
     return losses_for, f"measured (analyze: {analysis.candidates} candidates)"
+
+
+def with_measured_losses(model, opts):
+    """``opts`` with the allocation's pricing decided once (``hooks``: ``losses_for`` when
+    measured, and ``priced``, what the report says), so that a search's candidates, a
+    sweep's targets and a plain ``--target-macs``/``--target-params`` run price alike.
+    Options that already carry a decision are returned as they are."""
+    from dataclasses import replace
+
+    hooks = dict(opts.hooks or {})
+    if "priced" in hooks or "losses_for" in hooks:
+        return opts
+    losses_for, priced = losses_hook(model, opts)
+    hooks["priced"] = priced
+    if losses_for is not None:
+        hooks["losses_for"] = losses_for
+    return replace(opts, hooks=hooks)
 
 
 STAIRCASE_BUDGET_S = 60.0
@@ -120,12 +147,13 @@ _TABLES: dict[tuple, object] = {}
 """The last table measured, by file, settings and shapes (the sweep asks once per target)."""
 
 
-def staircase_hook(model, opts, *, timer=None,
-                   budget_s: float | None = STAIRCASE_BUDGET_S) -> tuple[Callable | None, dict]:  # fmt: skip
+def staircase_hook(model, opts, *, timer=None, budget_s: float | None = STAIRCASE_BUDGET_S,
+                   executor=None) -> tuple[Callable | None, dict]:  # fmt: skip
     """(``TargetHook``'s ``allowed_for`` from a latency table measured on the target, or
     None) and what the report says about it. With the table the allocation picks, per
     group, among the kept counts on its measured staircase (a count that runs no faster
-    than a larger one is never chosen), instead of any count."""
+    than a larger one is never chosen), instead of any count. ``executor`` (``--jobs``,
+    ``--ray``) times the groups as parallel jobs (``targets.latency``)."""
     if not isinstance(model, str | os.PathLike):
         return None, {"used": False, "why": "an in-memory model: the table times a file"}
     from onnxprune.graph import modelfile as io
@@ -147,7 +175,7 @@ def staircase_hook(model, opts, *, timer=None,
            tuple(sorted((k, tuple(v.shape)) for k, v in feed.items())), budget_s, timer)  # fmt: skip
     if key not in _TABLES:  # a sweep's targets share one table
         _TABLES.clear()
-        _TABLES[key] = build_latency_table(spec, time_budget_s=budget_s)
+        _TABLES[key] = build_latency_table(spec, time_budget_s=budget_s, executor=executor)
     table = _TABLES[key]
     counts = staircase_counts(table)
 

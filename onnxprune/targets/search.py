@@ -214,34 +214,35 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
     fraction run once more with everything asked (recovery, gates, the output); its report
     carries the search in ``structured.target`` and its time in ``timings_s["search"]``."""
     from onnxprune.progress import progress_bar
-    from onnxprune.targets.measured import losses_hook, staircase_hook
+    from onnxprune.targets.measured import staircase_hook, with_measured_losses
 
     measure = measure or measured_speedup
     start = time.perf_counter()
-    losses_for, priced = losses_hook(model, opts)
+    opts = with_measured_losses(model, opts)
     hooks = dict(opts.hooks or {})
-    if losses_for is not None:
-        hooks["losses_for"] = losses_for
+    priced = hooks.get("priced", "measured" if "losses_for" in hooks else "score mass")
     stairs = {"used": False, "why": "--no-staircase"}
-    if opts.uses_staircase and "allowed_for" not in hooks:
-        allowed_for, stairs = staircase_hook(model, opts)
-        if allowed_for is not None:
-            hooks["allowed_for"] = allowed_for
-    opts = replace(opts, hooks=hooks or None)
     total = SPEEDUP_ITERATIONS if opts.search == "speedup" else 2 * QUALITY_ITERATIONS
-    with progress_bar(total=total, desc="search", unit="candidate", enabled=progress) as bar:
+    with _executor(opts) as executor, progress_bar(
+        total=total, desc="search", unit="candidate", enabled=progress
+    ) as bar:  # fmt: skip
+        if opts.uses_staircase and "allowed_for" not in hooks:
+            allowed_for, stairs = staircase_hook(model, opts, executor=executor)
+            if allowed_for is not None:
+                hooks["allowed_for"] = allowed_for
+        opts = replace(opts, hooks=hooks or None)
         try:
             if opts.search == "speedup":
                 final_opts, summary = _speedup(model, opts, prune_with, measure, bar)
             else:
-                final_opts, summary = _quality(model, opts, prune_with, bar)
+                final_opts, summary = _quality(model, opts, prune_with, bar, executor)
         except GateError as exc:  # nothing passed: the report says what priced the search
             target = getattr(getattr(exc.report, "structured", None), "target", None)
             if isinstance(target, dict):
                 target["losses"] = priced
             raise
     searched = time.perf_counter() - start
-    summary["losses"] = priced
+    summary["losses"] = getattr(hooks.get("losses_for"), "priced", None) or priced
     if opts.search == "speedup":
         summary["staircase"] = stairs
     try:
@@ -254,6 +255,14 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
     return result
 
 
+def _executor(opts):
+    """Where the search's independent jobs run (``--jobs``, ``--ray``): a context manager
+    that closes worker pools and Ray connections, whatever happens."""
+    from onnxprune.targets.executor import make_executor
+
+    return make_executor(opts.jobs, opts.ray)
+
+
 def _candidate_opts(opts, fraction: float, *, bare: bool = False, final: bool = False):
     """The options of one run: ``--target-macs fraction`` instead of the search. A candidate
     (not ``final``) writes no plan and keeps no failed model; ``bare`` also drops recovery
@@ -262,7 +271,7 @@ def _candidate_opts(opts, fraction: float, *, bare: bool = False, final: bool = 
             "max_drop": None, "max_rel_diff": None} if bare else {}  # fmt: skip
     if not final:
         drop.update(save_plan=None, keep_failed=False, validate=True)
-    return replace(opts, target_speedup=None, target_macs=fraction, **drop)
+    return replace(opts, target_speedup=None, target_macs=fraction, jobs=1, ray=None, **drop)
 
 
 def _speedup(model, opts, prune_with, measure, bar):
@@ -296,17 +305,24 @@ def _family_opts(opts, allocation: str, fraction: float, final: bool = False):
         return _candidate_opts(opts, fraction, final=final)
     extra = {} if final else {"save_plan": None, "keep_failed": False, "validate": True}
     return replace(opts, structured=round(1.0 - fraction, 12), round_to=opts.round_to or 1,
-                   **extra)  # fmt: skip
+                   jobs=1, ray=None, **extra)  # fmt: skip
 
 
-def _quality(model, opts, prune_with, bar):
-    """The fewest MACs passing the gates: (the chosen candidate's options, the summary)."""
+def _family(item) -> tuple[list[Trial], dict, list[OnnxPruneError]]:
+    """One family's bisection (``--target-macs f`` or ``--structured 1-f``): its candidates,
+    the reports of those a gate failed, and the errors of those that could not run. A job
+    for ``targets.executor`` (module level, plain data): ``item`` is (``prune_with``, the
+    model, the options, the family)."""
+    prune_with, model, opts, allocation = item
+    if allocation == "targeted":  # priced once for the family (in a worker: there)
+        from onnxprune.targets.measured import with_measured_losses
+
+        opts = with_measured_losses(model, opts)
     trials: list[Trial] = []
     failed: dict[tuple[str, float], object] = {}
-
     errors: list[OnnxPruneError] = []
 
-    def passes(allocation: str, fraction: float) -> bool:
+    def passes(fraction: float) -> bool:
         ok, why = True, None
         try:
             report = prune_with(model, _family_opts(opts, allocation, fraction)).report
@@ -321,7 +337,6 @@ def _quality(model, opts, prune_with, bar):
             errors.append(exc)
             trials.append(Trial(fraction, passed=False,
                                 figures={"allocation": allocation, "failed": str(exc)}))  # fmt: skip
-            bar.update(1)
             return False
         trial = trial_of(fraction, report)
         trial.passed = ok
@@ -329,11 +344,29 @@ def _quality(model, opts, prune_with, bar):
         if why:
             trial.figures["failed"] = why
         trials.append(trial)
-        bar.update(1)
         return ok
 
-    for allocation in ALLOCATIONS:
-        bisect_fraction(lambda f, a=allocation: passes(a, f))
+    bisect_fraction(passes)
+    return trials, failed, errors
+
+
+def _quality(model, opts, prune_with, bar, executor=None):
+    """The fewest MACs passing the gates: (the chosen candidate's options, the summary).
+    The two families are independent jobs: with ``executor`` (``--jobs``, ``--ray``) they
+    run at once, each pricing its own cuts; the plan is the same either way."""
+    if executor is not None and executor.workers > 1:
+        sent = replace(opts, hooks=None)  # closures stay here: a worker measures its own
+        done = executor.map(_family, [(prune_with, model, sent, a) for a in ALLOCATIONS])
+    else:
+        done = [_family((prune_with, model, opts, a)) for a in ALLOCATIONS]
+    trials: list[Trial] = []
+    failed: dict[tuple[str, float], object] = {}
+    errors: list[OnnxPruneError] = []
+    for t, f, e in done:
+        trials.extend(t)
+        failed.update(f)
+        errors.extend(e)
+        bar.update(len(t))
     passing = [t for t in trials if t.passed and t.macs < 1.0]  # 1.0: nothing was cut
     best = min(passing, key=lambda t: t.macs) if passing else None
     summary = {"metric": "quality", "gates": _gates(opts),

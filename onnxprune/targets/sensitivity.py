@@ -3,13 +3,13 @@ costs in quality. The ``onnxprune analyze`` command's engine, and the solver's i
 
 **Costs** are *attributed*, so that they add up: a Conv is controlled by two groups (its
 filters belong to the group it produces, its input slices to the group it reads), and
-counting it whole in both would make the shares sum past 1. Each node's MACs, each weight's
-parameters and each profiled kernel's time is divided evenly among the prunable groups that
-touch it (a group touches the nodes of its members: producers, consumers, the per-channel
-ops and activations between). Costs no prunable group touches (the stem's input side, a
-blocked group) stay in the totals only, so the shares of all groups sum to at most 1.
-(``targets.costs`` prices a group as a function of kept slots for the solver; this module
-only reports shares. The MAC/param attribution helper below is local until both merge.)
+counting it whole in both would make the shares sum past 1. Each node's MACs and each
+weight's parameters are divided evenly among the prunable groups whose tensors it reads or
+writes, by ``targets.costs.CostModel.attributed`` (the one cost model: the solver's prices
+and these shares come from the same node prices and shapes); each profiled kernel's time
+is divided the same way among the groups touching the nodes it stands for. Costs no
+prunable group touches (the stem's input side, a blocked group) stay in the totals only, so
+the shares of all groups sum to at most 1.
 
 **Quality loss** of a group at a fraction f: the f lowest-scoring slots (the criterion in
 use) are removed by *zeroing* their input slices at every consumer in a copy, the exactness
@@ -31,16 +31,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from onnxprune.graph.view import GraphView, node_label
-from onnxprune.metrics.macs import at_input_shapes, node_macs
-from onnxprune.metrics.params import count_params
-from onnxprune.ops import opsets_of
-from onnxprune.ops.macs import Dims, UnknownShape
+from onnxprune.graph.view import GraphView
 from onnxprune.runtime.compare import compare_outputs, is_class_scores
 from onnxprune.runtime.feeds import join_chunks
 from onnxprune.runtime.session import fixed_batch, open_session, run_session
 from onnxprune.structured.dependency import Group, analyze
 from onnxprune.structured.importance import DATA_AWARE, activation_targets, score_groups
+from onnxprune.targets.costs import CostModel
 from onnxprune.targets.masking import (
     Blobs,
     contraction_masks,
@@ -54,7 +51,6 @@ __all__ = [
     "DEFAULT_FRACTIONS",
     "Analysis",
     "GroupSensitivity",
-    "attributed_costs",
     "fraction_key",
     "prunable_groups",
     "quality_losses",
@@ -195,51 +191,6 @@ def _split(costs: Mapping[str, float], owners: Mapping[str, list[str]]) -> dict[
         for gid in who:
             out[gid] = out.get(gid, 0.0) + cost / len(who)
     return out
-
-
-def node_macs_at(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, float]:
-    """MACs of each node (by label) at the given input sizes; 0 where shapes do not tell."""
-    light = at_input_shapes(model, shapes) if shapes else model
-    view = GraphView(light)
-    known = dict(view.shapes)
-    for t in light.graph.initializer:
-        known.setdefault(t.name, tuple(int(x) for x in t.dims))
-    opsets = opsets_of(model)
-    out: dict[str, float] = {}
-    for i, node in enumerate(light.graph.node):
-        try:
-            out[node_label(node, i)] = float(max(0, node_macs(node, known, Dims(), opsets)))
-        except (UnknownShape, IndexError, TypeError, ValueError, ZeroDivisionError):
-            continue
-    return out
-
-
-def attributed_costs(
-    model: onnx.ModelProto,
-    groups: Sequence[Group],
-    shapes: Mapping[str, tuple[int, ...]],
-) -> tuple[dict[str, float], dict[str, float], float, float]:
-    """(MACs per group id, params per group id, total MACs, total params); see module doc.
-
-    Shared with the solver until ``targets.costs`` and this helper are unified.
-    """
-    macs = node_macs_at(model, shapes)
-    node_owners: dict[str, list[str]] = {}
-    weight_owners: dict[str, list[str]] = {}
-    for g in groups:
-        for n in _touched_nodes(g):
-            node_owners.setdefault(n, []).append(g.id)
-        for t in {m.target for m in g.members if m.role != "act"}:
-            weight_owners.setdefault(t, []).append(g.id)
-    sizes = {t.name: float(np.prod(t.dims)) for t in model.graph.initializer}
-    params = {t: sizes.get(t, 0.0) for t in weight_owners}
-    total_params = float(count_params(model)[0])
-    return (
-        _split(macs, node_owners),
-        _split(params, weight_owners),
-        sum(macs.values()),
-        total_params,
-    )
 
 
 def attributed_latency(
@@ -389,7 +340,10 @@ def analyze_model(
     if criterion in DATA_AWARE and stats_for is not None:
         stats = stats_for(activation_targets(groups, view), view)
     scores = score_groups(groups, view, criterion, stats, seed=seed)
-    macs, params, macs_total, params_total = attributed_costs(model, groups, shapes or {})
+    costs = CostModel(model, groups, scores, input_shapes=shapes or None,
+                      view=None if shapes else view)  # fmt: skip
+    macs, params = costs.attributed("macs"), costs.attributed("params")
+    macs_total, params_total = float(costs.total("macs")), float(costs.total("params"))
     clock("groups")
     kernels = times(model, profile_feed)
     ms = attributed_latency(kernels, model, groups)

@@ -100,11 +100,10 @@ def sweep(
     if metric == "macs" and runs:  # measured losses with --calib, as the searches use them
         from dataclasses import replace
 
-        from onnxprune.targets.measured import losses_hook
+        from onnxprune.targets.measured import with_measured_losses
 
-        losses_for, _ = losses_hook(model, runs[0][1])
-        if losses_for is not None:
-            runs = [(t, replace(o, hooks={"losses_for": losses_for})) for t, o in runs]
+        hooks = with_measured_losses(model, runs[0][1]).hooks
+        runs = [(t, replace(o, hooks=hooks)) for t, o in runs]
     rows = []
     for target, opts in runs:
         row = SweepRow(target, metric)

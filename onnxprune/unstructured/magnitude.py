@@ -177,19 +177,22 @@ def magnitude_masks(
     ratio: float,
     scope: str = "local",
     scorer: Scorer = magnitude,
+    zeros: Mapping[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Keep-masks that zero the fraction ``ratio`` of weights with the lowest scores.
+    """Keep-masks that zero the fraction ``ratio`` of weights with the lowest scores
+    (``zeros``: that many in each tensor it names instead, ``unstructured.allocation``).
 
     local: each tensor loses ``round(ratio * size)`` weights. global: one ranking over every
     selected weight, so layers with many small weights give up more; scores are compared as
     they are, which for magnitude means raw |w| (what "global magnitude pruning" means).
     """
-    if scope not in ("local", "global"):
+    if scope not in ("local", "global") and not zeros:
         raise UsageError(f"--scope must be 'local' or 'global', got {scope!r}")
     scores = {r.name: scorer(arrays[r.name], r) for r in refs}
-    if scope == "local":
+    if scope == "local" or zeros:
         return {
-            r.name: _k_smallest_mask(scores[r.name], round(ratio * scores[r.name].size))
+            r.name: _k_smallest_mask(scores[r.name], (zeros or {}).get(
+                r.name, round(ratio * scores[r.name].size)))
             for r in refs
         }
     if not refs:
@@ -255,6 +258,7 @@ def prune_unstructured(
     scope: str = "local",
     exclude: Sequence[str] = (),
     scorer: Scorer = magnitude,
+    zeros: Mapping[str, int] | None = None,
 ) -> tuple[onnx.ModelProto, UnstructuredResult]:
     """Zero weights in a copy of ``model``: the lowest-scoring fraction, or to an N:M pattern.
 
@@ -276,7 +280,11 @@ def prune_unstructured(
     skipped = [{"tensor": name, "reason": why} for name, why in sel.skipped]
     if ratio is not None:
         ratio = check_fraction(ratio, "--unstructured")
-        masks = magnitude_masks(arrays, sel.weights, ratio, scope, scorer)
+        if scope == "owl" and zeros is None:  # per-layer ratios from the scorer's outliers
+            from onnxprune.unstructured.allocation import owl_zeros
+
+            zeros = owl_zeros(arrays, sel.weights, scorer, ratio)[0]
+        masks = magnitude_masks(arrays, sel.weights, ratio, scope, scorer, zeros)
         mode, target = "magnitude", f"{ratio:g}"
     else:
         n, m = check_nm(nm)
