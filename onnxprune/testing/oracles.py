@@ -49,6 +49,7 @@ _TYPES = {
     onnx.TensorProto.DOUBLE: np.float64,
     onnx.TensorProto.INT64: np.int64,
     onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.BOOL: np.bool_,  # standard normal > 0: either branch of an If, at random
 }
 
 
@@ -67,7 +68,10 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0, symbolic: int = 1) -> di
             continue
         t = vi.type.tensor_type
         shape = [d.dim_value if d.HasField("dim_value") else symbolic for d in t.shape.dim]
-        feeds[vi.name] = rng.standard_normal(shape).astype(_TYPES[t.elem_type])
+        value = rng.standard_normal(shape)
+        feeds[vi.name] = np.asarray(value > 0) if t.elem_type == onnx.TensorProto.BOOL else value.astype(
+            _TYPES[t.elem_type]
+        )
     return feeds
 
 
