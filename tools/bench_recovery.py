@@ -499,7 +499,7 @@ def section_zoo(name: str, jobs: list[dict], samples: int = 128, before: Path | 
         )
         print(f"Machine reference: one forward pass of the original at batch 1 takes "
               f"{forward_ms:.0f} ms here (onnxruntime CPU, default threads, median of 10).\n")  # fmt: skip
-        header = ["job", "code", "recovery s", "recovery CPU s", "taps s", "gram s",
+        header = ["job", "code", "recovery s", "taps s", "gram s",
                   "factor s", "solve s", "waves", "layers refit", "process wall s",
                   "process CPU s", "peak RSS MB", "nonzero ratio", "layer err (calib)",
                   "load avg start/end"]  # fmt: skip
@@ -510,9 +510,7 @@ def section_zoo(name: str, jobs: list[dict], samples: int = 128, before: Path | 
                 kind = "structured" if "structured" in kwargs else "unstructured"
                 rec = data["recovery"].get(kind, {})
                 st = rec.get("stage_seconds", {})
-                cpu = rec.get("cpu_seconds")
                 rows.append([f"`{cli_flags(kwargs)}`", label, f"{rec.get('seconds', float('nan')):.1f}",
-                             f"{cpu:.1f}" if cpu is not None else "-",
                              *(f"{st.get(k, float('nan')):.1f}" for k in ("taps", "gram", "factor", "solve")),
                              str(rec.get("waves", "-")), str(rec.get("layers_refit", "-")),
                              f"{data['wall_s']:.1f}", f"{data['cpu_s']:.1f}",
@@ -522,8 +520,8 @@ def section_zoo(name: str, jobs: list[dict], samples: int = 128, before: Path | 
         print(table(header, rows))
         print(
             f"\nSingle runs on a shared {os.cpu_count()}-CPU machine: wall times move with other "
-            "work (load average at start and end above); recovery CPU s (this process's CPU "
-            "time during recovery, all threads) is the steadier measure of the work. Stages "
+            "work (load average at start and end above); process CPU s (user + system of the "
+            "whole child, all threads) is the steadier measure of the work. Stages "
             "are wall seconds: taps (onnxruntime), gram, factor (OBS inverse-Hessian factor "
             "and dense target), solve. Peak RSS: the child process's ru_maxrss from wait4."
         )
