@@ -92,6 +92,7 @@ def prune(
     save_plan: str | os.PathLike | None = None,
     plan: str | os.PathLike | None = None,
     target_speedup: float | None = None, staircase: bool | None = None,
+    jobs: int = 1, ray: str | None = None,
 ) -> PruneResult:
     """Prune an ONNX model and prove the result with onnxruntime.
 
@@ -135,6 +136,7 @@ def prune(
     MACs/params, cut where it costs least; ``target_speedup``: that much faster, measured (on the
     latency staircase unless ``staircase=False``); a gate alone: the fewest MACs passing it;
     ``save_plan`` writes the decision with the model's hash, ``plan`` re-applies it to that model.
+    ``jobs``/``ray``: where a search's candidates and the calibration shards run.
 
     Raises ``UsageError`` for bad options and ``OnnxPruneError`` for model problems, each with
     a message meant for a person.
@@ -151,7 +153,7 @@ def prune(
         max_rel_diff=max_rel_diff, val=val, val_labels=val_labels, holdout=holdout,
         keep_failed=keep_failed, input_shapes=input_shapes, samples=samples, threads=threads,
         target_macs=target_macs, target_params=target_params, save_plan=save_plan, plan=plan,
-        target_speedup=target_speedup, staircase=staircase)  # fmt: skip
+        target_speedup=target_speedup, staircase=staircase, jobs=jobs, ray=ray)  # fmt: skip
     return prune_with(model, opts, output=output, progress=progress)
 
 
@@ -296,6 +298,11 @@ def _structured(original, opts: PruneOptions, report: Report, progress: bool, in
     from onnxprune.targets.decide import prune_structured_run
 
     def stats_for(targets: dict[str, int], view):
+        if opts.jobs > 1 or opts.ray is not None:  # shards of the samples, their sums added
+            from onnxprune.targets.executor import make_executor
+
+            executor = make_executor(opts.jobs, opts.ray)
+            return calibrate.sharded_channel_stats(original, inputs, targets, executor)
         return calibrate.channel_stats(original, inputs, targets, providers=_CPU, view=view)
 
     pruned, result = prune_structured_run(

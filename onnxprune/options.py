@@ -191,7 +191,8 @@ class PruneOptions(DataOptions):
     with --target-speedup."""
     jobs: int = 1
     """``--jobs N``: a search's independent candidates in N local worker processes
-    (``targets.executor``): the quality search's two families, the latency table's groups."""
+    (``targets.executor``): the quality search's two families, the latency table's groups;
+    and the calibration statistics of a data-aware criterion, in N shards of the samples."""
     ray: str | None = None
     """``--ray ADDRESS``: the same jobs as tasks on that Ray cluster (``onnxprune[ray]``)."""
     hooks: dict | None = None
@@ -245,9 +246,10 @@ class PruneOptions(DataOptions):
         self._set(jobs=check_int(self.jobs, "--jobs", 1))
         if self.ray is not None and not (isinstance(self.ray, str) and self.ray.strip()):
             raise UsageError(f"--ray must be a cluster address (host:port, auto), got {self.ray!r}")
-        if (self.jobs > 1 or self.ray is not None) and self.search is None:
-            raise UsageError("--jobs and --ray run a search's candidates: pass --target-speedup S, "
-                             "or a gate alone (--max-drop P, --min-cosine X)")  # fmt: skip
+        if (self.jobs > 1 or self.ray is not None) and self.search is None and self.calib is None:
+            raise UsageError("--jobs and --ray run a search's candidates or shards of the "
+                             "calibration set: pass --target-speedup S, a gate alone "
+                             "(--max-drop P, --min-cosine X), or --calib")  # fmt: skip
 
     def _check_owl(self) -> None:
         """--scope owl: per-layer sparsity for --unstructured, from Wanda's outliers."""

@@ -117,3 +117,25 @@ def test_gram_sums_of_two_shards_equal_one_pass():
                                    atol=1e-6 * float(np.abs(want).max()))  # fmt: skip
         got = np.concatenate(merged.check_p)
         np.testing.assert_array_equal(got, np.concatenate(whole.check_p))
+
+
+def test_prune_with_jobs_and_calib_shards_the_statistics_and_plans_the_same(tmp_path):
+    """--jobs 2 --calib with a data-aware criterion: the statistics come from 2 shards and
+    the plan equals the one-process plan (sums of the same samples)."""
+    import onnx as _onnx
+
+    from onnxprune import prune
+    from onnxprune.testing.graphs import small_cnn
+
+    path = tmp_path / "m.onnx"
+    _onnx.save(small_cnn(), path)
+    rng = np.random.default_rng(0)
+    calib = tmp_path / "c.npz"
+    np.savez(calib, x=rng.standard_normal((12, 3, 8, 8)).astype(np.float32))
+    plans = []
+    for jobs in (1, 2):
+        r = prune(path, structured=0.5, criterion="activation", calib=calib, jobs=jobs,
+                  round_to=1, validate=False, lstsq=False, bias_correction=False)  # fmt: skip
+        groups = r.report.to_dict()["structured"]["groups"]
+        plans.append([(g["id"], g["channels_before"], g["channels_after"]) for g in groups])
+    assert plans[0] == plans[1] and any(after < before for _, before, after in plans[0])
