@@ -170,6 +170,9 @@ def measure(row: Row, models: Path, zoo: Path) -> dict:
         f" ({sum(g['channels_after'] < g['channels_before'] for g in stream)} streams)"
         if row.oracle == "stream" else ""
     )  # fmt: skip
+    if row.oracle == "stream" and not any(g["channels_after"] < g["channels_before"] for g in stream):
+        why = [r for r in reasons if any(w in r for w in ("normaliz", "stream", "graph output", "run time"))]
+        out["result"] += "; stream kept whole: " + (why[0] if why else "no normalized stream found")
     if randomized:
         out["result"] += f"; {randomized} all-zero weights randomized first"
     try:

@@ -59,7 +59,8 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
 
 
 def random_feeds(model: onnx.ModelProto, seed: int = 0, symbolic: int = 1) -> dict[str, np.ndarray]:
-    """Standard normal inputs; symbolic dimensions (batch, sequence) get size ``symbolic``."""
+    """Standard normal inputs (integers: their absolute values, so token ids index tables;
+    booleans: the sign); symbolic dimensions (batch, sequence) get size ``symbolic``."""
     rng = np.random.default_rng(seed)
     inits = {t.name for t in model.graph.initializer}
     feeds = {}
@@ -69,9 +70,12 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0, symbolic: int = 1) -> di
         t = vi.type.tensor_type
         shape = [d.dim_value if d.HasField("dim_value") else symbolic for d in t.shape.dim]
         value = rng.standard_normal(shape)
-        feeds[vi.name] = np.asarray(value > 0) if t.elem_type == onnx.TensorProto.BOOL else value.astype(
-            _TYPES[t.elem_type]
-        )
+        if t.elem_type == onnx.TensorProto.BOOL:
+            feeds[vi.name] = np.asarray(value > 0)
+        elif np.issubdtype(_TYPES[t.elem_type], np.integer):  # ids, masks: small, not negative
+            feeds[vi.name] = np.abs(value).astype(_TYPES[t.elem_type])
+        else:
+            feeds[vi.name] = value.astype(_TYPES[t.elem_type])
     return feeds
 
 
