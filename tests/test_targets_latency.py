@@ -113,7 +113,7 @@ def test_table_round_trips_through_json(spec):
     assert again == table
 
 
-def test_budget_is_spent_adaptively_but_never_under_min_runs(tmp_path):
+def test_budget_is_never_overrun_past_one_group_nor_under_min_runs(tmp_path):
     model = tiny_model()
     path = tmp_path / "tiny.onnx"
     onnx.save(model, path)
@@ -121,7 +121,9 @@ def test_budget_is_spent_adaptively_but_never_under_min_runs(tmp_path):
     table = build_latency_table(spec, time_budget_s=1e-3)  # the real clock, a tiny budget
     assert all(c.runs == 2 for c in table.curves.values())
     assert table.curves["a"].keep == [4, 8, 12, 16]  # the first group: no estimate yet
-    assert len(table.curves["b"].keep) == 2 and table.curves["b"].keep[-1] == 24  # coarsened
+    # the budget is spent after the first group: the rest are left unmeasured (free counts)
+    # rather than overrun it (a loaded machine overran a 60 s budget tenfold)
+    assert "b" not in table.curves and table.settings["unmeasured"] == ["b"]
     assert all(v > 0 for c in table.curves.values() for v in c.value)
     roomy = build_latency_table(spec, time_budget_s=0.5, groups=["a"])
     assert roomy.curves["a"].runs > 2

@@ -36,7 +36,7 @@ from onnxprune.runtime.feeds import (
     rows_of,
     run_facts,
 )
-from onnxprune.runtime.latency import latency_summary, measure_sessions
+from onnxprune.runtime.latency import clock_for, clock_name, latency_summary, measure_sessions
 from onnxprune.runtime.session import (
     fixed_batch,
     open_session,
@@ -232,9 +232,13 @@ def validate(
         }
         samples = len(kept)
     times = measure_sessions(
-        sessions, feeds, list(ROLES), runs=runs, warmup=5, budget_s=LATENCY_BUDGET_S, progress=progress
-    )
+        sessions, feeds, list(ROLES), runs=runs, warmup=5, budget_s=LATENCY_BUDGET_S,
+        progress=progress, threads=threads,
+    )  # fmt: skip
     notes = list(getattr(inputs, "notes", [])) + chunk_notes[:1]
+    if clock_name(clock_for(sessions, threads)) != "wall clock":
+        notes.append("latency timed by each run's thread CPU time (1 thread: onnxruntime "
+                     "computes on the calling thread; other processes do not add to it)")  # fmt: skip
     actual, asked = provider_notes(sessions[0], providers)
     notes += asked
     done = min(len(t) for t in times)

@@ -64,6 +64,7 @@ __all__ = [
     "measure_group",
     "staircase",
     "staircase_counts",
+    "thread_clock",
     "wall_clock",
 ]
 
@@ -77,6 +78,14 @@ def wall_clock(run: Callable[[], object], group_id: str, keep: int) -> float:
     t0 = time.perf_counter()
     run()
     return (time.perf_counter() - t0) * 1000.0
+
+
+def thread_clock(run: Callable[[], object], group_id: str, keep: int) -> float:
+    """The calling thread's CPU time around one run, in ms: at one intra-op thread on the
+    CPU, the run's own work, whatever else the machine runs (``runtime.latency.clock_for``)."""
+    t0 = time.thread_time()
+    run()
+    return (time.thread_time() - t0) * 1000.0
 
 
 @dataclass
@@ -343,6 +352,7 @@ def build_latency_table(
         "time_budget_s": time_budget_s,
         "spent_s": time.perf_counter() - start,
         "workers": workers,
+        "unmeasured": [g.id for g in chosen if g.id not in {c.group_id for c in curves}],
     }
     return LatencyTable(
         {c.group_id: c for c in curves}, float(np.median(full)) if full else 0.0, settings
@@ -360,12 +370,16 @@ def _one_by_one(
     """Groups one after another: each gets what is left of ``budget`` over the groups left
     (a fast group's unused time goes to the next), and when the last group's candidates
     cost more each than the share allows, the next group is measured at fewer kept counts
-    (never under 2: one cut and the full width) rather than overrunning the budget."""
+    (never under 2: one cut and the full width) rather than overrunning the budget. Once
+    the budget is spent the groups left are not measured (their counts stay free): on a
+    loaded machine the floor of runs per candidate alone overran a 60 s budget tenfold."""
     curves: list[LatencyCurve] = []
     start = time.perf_counter()
     per_candidate = 0.0  # seconds the last group spent per candidate (build, open, runs)
     for i, g in enumerate(chosen):
         share, points = None, max_points
+        if budget is not None and i > 0 and time.perf_counter() - start >= budget:
+            break
         if budget is not None:
             share = max(0.0, budget - (time.perf_counter() - start)) / (len(chosen) - i)
             if per_candidate > 0:
