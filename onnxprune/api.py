@@ -387,7 +387,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
     try:
         with stages.stage("save"):
             target = output_path if output_path is not None else scratch / "pruned.onnx"
-            staged = io.stage_model(pruned, target, external_data=ext)
+            staged, pruned = io.stage_lending(pruned, target, ext, stages.progress, gzip_after.result)
         with staged:  # discarded if validation (or anything) fails: no output left behind
             report.size_bytes_after = staged.size_bytes
             if opts.validate:
@@ -414,7 +414,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
         report.gzip_bytes_after = gzip_after.result()
     if is_compression_sampled(src.model):
         report.notes.append(compression_note())
-    report.timings_s = dict(stages.timings)
+    report.timings_s, report.memory = dict(stages.timings), stages.memory(src.size_bytes)
     if gate_tail is not None:
         from onnxprune.runtime.gates import raise_if_failed
 

@@ -32,7 +32,7 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 @dataclass
 class LoadedModel:
-    """A model read from disk, with every weight in memory.
+    """A model read from disk, its weights in memory or lazy (``load_model``).
 
     ``path`` is the absolute path the user named (normalized, symlinks not followed: external
     data and the default output live beside the path the user gave, as onnx and onnxruntime
@@ -46,8 +46,11 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
 
 
-def load_model(path: str | os.PathLike) -> LoadedModel:
-    """Read an ONNX model with all its weights in memory, ready for pruning.
+def load_model(path: str | os.PathLike, *, lazy: bool | None = None) -> LoadedModel:
+    """Read an ONNX model, ready for pruning: small models with every weight in memory, a
+    big one (``graph.external.LAZY_MODEL_MIN_BYTES`` of external data or more, or any with
+    ``lazy=True``) with its big weights lazy: read from their checked files when asked
+    (``graph.proto.tensor_array``), so that memory follows the work, not the copies.
 
     Raises OnnxPruneError with a one-line reason for anything that is not a usable model:
     a missing file, bytes that are not ONNX, missing or escaping external data files, and
@@ -76,7 +79,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
 
     notes: list[str] = []
     check_payloads(model)
-    data_files = load_external_data(model, model_path.parent)
+    data_files = load_external_data(model, model_path.parent, lazy=lazy)
     if data_files:
         names = ", ".join(sorted(p.name for p in data_files))
         notes.append(

@@ -29,6 +29,7 @@ from onnxprune.graph.save import (
     check_output_path,
     default_output_path,
     save_model,
+    stage_lending,
     stage_model,
 )
 
@@ -48,5 +49,6 @@ __all__ = [
     "normalize_model",
     "parse_model",
     "save_model",
+    "stage_lending",
     "stage_model",
 ]

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxprune.graph.edit import insert_after
-from onnxprune.graph.proto import FreshNames, add_initializer, set_tensor
+from onnxprune.graph.proto import FreshNames, add_initializer, set_tensor, tensor_array
 from onnxprune.recovery.layers import Layer
 
 __all__ = ["NONFINITE_REASON", "ModelParams", "augmented", "write"]
@@ -35,7 +34,7 @@ class ModelParams:
         self.names = FreshNames(model.graph)
 
     def get(self, name: str) -> np.ndarray:
-        return numpy_helper.to_array(self.inits[name])
+        return tensor_array(self.inits[name])
 
     def set(self, name: str, value: np.ndarray) -> None:
         set_tensor(self.inits[name], value, keep_dtype=True)

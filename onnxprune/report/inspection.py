@@ -13,9 +13,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from onnx import numpy_helper
-
 from onnxprune.graph.modelfile import load_model
+from onnxprune.graph.proto import tensor_array
 from onnxprune.graph.view import GraphView, node_label
 from onnxprune.metrics.macs import macs_per_node
 from onnxprune.metrics.params import scan_params
@@ -35,7 +34,7 @@ def inspect_rows(model, nm: tuple[int, int]) -> list[dict]:
     sel = find_prunable_weights(model, min_elements=1)
     rows = []
     for ref in sel.weights:
-        w = numpy_helper.to_array(inits[ref.name])
+        w = tensor_array(inits[ref.name])
         rows.append(
             {
                 "tensor": ref.name,

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxprune.errors import UsageError
-from onnxprune.graph.proto import set_tensor
+from onnxprune.graph.proto import set_tensor, tensor_array
 from onnxprune.ops import opsets_of, spec_for
 from onnxprune.options import check_fraction, check_nm
 
@@ -223,7 +222,7 @@ def prune_unstructured(
     pruned.CopyFrom(model)
     sel = find_prunable_weights(pruned, exclude)
     inits = {t.name: t for t in pruned.graph.initializer}
-    arrays = {r.name: numpy_helper.to_array(inits[r.name]) for r in sel.weights}
+    arrays = {r.name: np.array(tensor_array(inits[r.name])) for r in sel.weights}
     skipped = [{"tensor": name, "reason": why} for name, why in sel.skipped]
     if ratio is not None:
         ratio = check_fraction(ratio, "--unstructured")
