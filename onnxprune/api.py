@@ -35,7 +35,7 @@ from onnxprune.report.outcome import (
 from onnxprune.report.results import Report
 from onnxprune.report.sections import UnstructuredSummary
 from onnxprune.runtime.shapes import random_validation_inputs, resolve_shapes
-from onnxprune.stages import Stages, layer_bar
+from onnxprune.stages import Stages, layer_bar, pass_bar
 from onnxprune.targets.decide import read_run_plan, save_run_plan
 from onnxprune.unstructured.magnitude import find_prunable_weights, magnitude, prune_unstructured
 
@@ -296,7 +296,7 @@ def _structured(original, opts: PruneOptions, report: Report, progress: bool, in
     from onnxprune.targets.decide import prune_structured_run
 
     def stats_for(targets: dict[str, int], view):
-        return calibrate.channel_stats(original, inputs, targets, providers=_CPU, view=view)
+        return calibrate.channel_stats(original, inputs, targets, providers=_CPU, view=view, progress=pass_bar(progress))
 
     pruned, result = prune_structured_run(
         original, opts, progress=progress, stats_for=stats_for if inputs else None, **kw
@@ -307,7 +307,7 @@ def _structured(original, opts: PruneOptions, report: Report, progress: bool, in
     )
     if inputs is not None and steps.any and pruned is not original:
         pruned, rec = recover.recover_structured(
-            original, pruned, result.plan, inputs, steps, progress=layer_bar(progress)
+            original, io.spill_weights(pruned), result.plan, inputs, steps, progress=layer_bar(progress)
         )
         report.add_recovery("structured", rec)
     return pruned
@@ -332,7 +332,7 @@ def _unstructured(reference, opts: PruneOptions, report: Report, progress: bool,
     weights = report.unstructured.weights
     if inputs is not None and steps.any and weights:
         pruned, rec = recover.recover_unstructured(
-            reference, pruned, weights, inputs, steps, nm=opts.nm, progress=layer_bar(progress)
+            reference, io.spill_weights(pruned), weights, inputs, steps, nm=opts.nm, progress=layer_bar(progress)
         )
         report.add_recovery("unstructured", rec)
         if steps.obs:

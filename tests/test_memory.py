@@ -158,3 +158,23 @@ def test_a_counter_learns_its_total():
     assert (bar.total, bar.n) == (7, 3)
     expect_total(lambda n: None, 7)  # a plain callable is left alone
     expect_total(None, 7)
+
+
+def test_recovery_on_spilled_weights_equals_recovery_in_memory(mlp, tmp_path):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(1).standard_normal((24, WIDTH)).astype(np.float32))
+    kw = {"structured": 0.3, "calib": calib, "validate": False}
+    lazy = onnxprune.prune(mlp, output=tmp_path / "a.onnx", **kw)
+    assert lazy.report.recovery is not None
+    eager = onnxprune.prune(onnx.load(str(mlp)), **kw)
+    a = {t.name: tensor_array(t) for t in lazy.model.graph.initializer}
+    for t in eager.model.graph.initializer:
+        np.testing.assert_allclose(a[t.name], tensor_array(t), rtol=1e-5, atol=1e-6)
+
+
+def test_spilled_weights_read_back_the_same(mlp):
+    model = io.load_model(mlp, lazy=False).model
+    light = external.spill_weights(model)
+    assert light is not model and all(is_lazy(t) for t in light.graph.initializer if t.name.endswith("weight"))
+    for t, ref in zip(light.graph.initializer, model.graph.initializer, strict=True):
+        np.testing.assert_array_equal(tensor_array(t), numpy_helper.to_array(ref))

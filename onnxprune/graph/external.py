@@ -279,3 +279,53 @@ def externalized_copy(model: onnx.ModelProto, writer: DataWriter) -> onnx.ModelP
         for tensor in sub.initializer:
             writer.externalize_in_place(tensor)
     return skeleton
+
+
+_SPILL: list[Path] = []  # the process's spill folder, made on first use
+
+
+def spill_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose big in-memory main-graph weights are written to a scratch
+    data file and read back lazily (``graph.proto.make_lazy``); ``model`` is left as it is.
+
+    Why: work that copies a model (recovery refits a copy and taps copies of it, each
+    serialized for onnxruntime) would copy every pruned weight several times over; with the
+    weights lazy each copy is a few kilobytes and onnxruntime maps the file. Spill files
+    live in one temporary folder, removed when the process exits (or on a signal). Models
+    holding less than ``LAZY_MODEL_MIN_BYTES`` in memory are returned as they are.
+    """
+    held = sum(tensor_nbytes(t) for t in model.graph.initializer if not is_external(t))
+    if held < LAZY_MODEL_MIN_BYTES:
+        return model
+    if not _SPILL:
+        import atexit
+        import shutil
+        import tempfile
+
+        from onnxprune import signals
+
+        folder = Path(tempfile.mkdtemp(prefix="onnxprune-spill-"))
+        signals.track(folder)
+        atexit.register(shutil.rmtree, folder, True)
+        _SPILL.append(folder)
+    path = _SPILL[0] / f"weights-{len(list(_SPILL[0].iterdir()))}.data"
+    writer = DataWriter(path, path.name)
+    light = onnx.ModelProto()
+    copy_fields(model, light, frozenset({"graph"}))
+    copy_fields(model.graph, light.graph, frozenset({"initializer"}))
+    try:
+        for tensor in model.graph.initializer:
+            out = light.graph.initializer.add()
+            big = tensor_nbytes(tensor) >= LAZY_MIN_BYTES and not is_external(tensor)
+            data = DataWriter._tensor_bytes(tensor) if big else None
+            if data is None:
+                out.CopyFrom(tensor)
+                continue
+            copy_fields(tensor, out, TENSOR_DATA_FIELDS)
+            offset = writer._append(data)
+            writer._fh.flush()
+            make_lazy(out, path, offset, len(data))
+            del data
+    finally:
+        writer.close()
+    return light

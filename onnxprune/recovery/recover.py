@@ -54,6 +54,7 @@ from onnxprune.calibration.stats import (
     tapped_model,
 )
 from onnxprune.graph.view import GraphView
+from onnxprune.progress import expect_total
 from onnxprune.recovery.gram import LayerStats, rel_err
 from onnxprune.recovery.layers import Layer, find_layers
 from onnxprune.recovery.params import NONFINITE_REASON, ModelParams, augmented, write
@@ -241,6 +242,7 @@ def _run(
     result.samples = sample_count(inputs)
     waves = _waves(targets, _wave_count(original, inputs, targets, opts, result.samples))
     result.waves = len(waves)
+    expect_total(progress, len(targets))  # the bar shows the time left
     for wave in waves:
         xs = list(dict.fromkeys(t.lo.x for t in wave))
         sess_o = session(tapped_model(original, xs, only=True), opts.providers)
