@@ -307,7 +307,7 @@ def _structured(original, opts: PruneOptions, report: Report, progress: bool, in
     )
     if inputs is not None and steps.any and pruned is not original:
         pruned, rec = recover.recover_structured(
-            original, io.spill_weights(pruned), result.plan, inputs, steps, progress=layer_bar(progress)
+            original, (pruned := io.spill_weights(pruned)), result.plan, inputs, steps, progress=layer_bar(progress)
         )
         report.add_recovery("structured", rec)
     return pruned
@@ -332,7 +332,7 @@ def _unstructured(reference, opts: PruneOptions, report: Report, progress: bool,
     weights = report.unstructured.weights
     if inputs is not None and steps.any and weights:
         pruned, rec = recover.recover_unstructured(
-            reference, io.spill_weights(pruned), weights, inputs, steps, nm=opts.nm, progress=layer_bar(progress)
+            reference, (pruned := io.spill_weights(pruned)), weights, inputs, steps, nm=opts.nm, progress=layer_bar(progress)
         )
         report.add_recovery("unstructured", rec)
         if steps.obs:

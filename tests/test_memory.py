@@ -66,7 +66,7 @@ def test_a_session_opens_a_model_with_lazy_weights_from_memory(mlp):
     loaded = io.load_model(mlp)
     expected = ort.InferenceSession(str(mlp)).run(None, _x())[0]
     sess = open_session(loaded.model, ["CPUExecutionProvider"], role="model")
-    np.testing.assert_allclose(sess.run(None, _x())[0], expected, rtol=1e-5)
+    np.testing.assert_allclose(sess.run(None, _x())[0], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_saving_a_lazy_model_streams_its_weights_into_the_output(mlp, tmp_path):
