@@ -186,7 +186,7 @@ class _Source:
     size_bytes: int
 
 
-def _load(model: str | os.PathLike | onnx.ModelProto, report: Report) -> _Source:
+def _load(model: str | os.PathLike | onnx.ModelProto, report: Report, progress: bool = False) -> _Source:
     if isinstance(model, onnx.ModelProto):
         require_loaded(model)
         original = model
@@ -198,7 +198,7 @@ def _load(model: str | os.PathLike | onnx.ModelProto, report: Report) -> _Source
         report.notes.extend(notes)
         size = 0 if io.model_needs_external_data(original) else original.ByteSize()
         return _Source(original, None, False, size)
-    loaded = io.load_model(check_path(model, "model"))
+    loaded = io.load_model(check_path(model, "model"), progress=progress)
     report.notes.extend(loaded.notes)
     return _Source(loaded.model, loaded.path, loaded.used_external_data, loaded.size_bytes)
 
@@ -344,7 +344,7 @@ def _unstructured(reference, opts: PruneOptions, report: Report, progress: bool,
 def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, background):
     report = Report()
     with stages.stage("load"):
-        src = _load(model, report)
+        src = _load(model, report, stages.progress)
         if output_path is not None:
             io.check_output_path(src.path or Path("<memory>"), output_path, opts.force)
         shapes = resolve_shapes(src.model, opts.input_shapes)  # a bad --input-shape fails now

@@ -178,3 +178,15 @@ def test_spilled_weights_read_back_the_same(mlp):
     assert light is not model and all(is_lazy(t) for t in light.graph.initializer if t.name.endswith("weight"))
     for t, ref in zip(light.graph.initializer, model.graph.initializer, strict=True):
         np.testing.assert_array_equal(tensor_array(t), numpy_helper.to_array(ref))
+
+
+def test_a_lazy_weight_holding_nan_is_refused_on_load(mlp):
+    from onnxprune.errors import OnnxPruneError
+
+    t = next(t for t in io.load_model(mlp).model.graph.initializer if is_lazy(t))
+    path, offset, _ = lazy_source(t)
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(np.float32(np.nan).tobytes())
+    with pytest.raises(OnnxPruneError, match="NaN or Inf"):
+        io.load_model(mlp)

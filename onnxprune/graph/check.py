@@ -213,8 +213,8 @@ def check_finite(model: onnx.ModelProto) -> None:
         if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS:
             tensors.extend(a.t for a in node.attribute if a.HasField("t"))
     for tensor in tensors:
-        if tensor.data_type not in _FLOATS or (is_external(tensor) and not is_lazy(tensor)):
-            continue
+        if tensor.data_type not in _FLOATS or is_external(tensor):
+            continue  # lazy weights are checked as they are read in (graph.load)
         if not np.isfinite(tensor_array(tensor)).all():
             bad.append(tensor.name or "<unnamed>")
     if bad:
