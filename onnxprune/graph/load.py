@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph.branches import hoist_in_place
 from onnxprune.graph.check import check_graph, check_payloads
 from onnxprune.graph.external import PROTOBUF_LIMIT, load_external_data
 from onnxprune.graph.fold import fold_weight_chains, has_weight_chains
@@ -286,6 +287,12 @@ def normalize_model(model: onnx.ModelProto) -> list[str]:
             f"{_plural(chain_nodes, 'constant-only node')}: Transpose, Reshape, Mul, ...) "
             "folded into initializers"
         )
+    hoisted = hoist_in_place(model)
+    if hoisted:
+        notes.append(
+            f"{_plural(hoisted, 'initializer')} of If branches moved to the main graph "
+            "(a branch reads outer names), so the branches can be followed"
+        )
     folded = _identities_to_initializers(model.graph)
     if folded:
         notes.append(
@@ -301,7 +308,15 @@ def needs_normalization(model: onnx.ModelProto) -> bool:
     if any(n.op_type in ("Constant", "Identity") and n.domain in _DEFAULT_DOMAINS for n in g.node):
         return True
     inits = {t.name for t in g.initializer}
-    return (bool(inits) and inits <= {i.name for i in g.input}) or has_weight_chains(g)
+    branch_weights = any(
+        a.HasField("g") and len(a.g.initializer) for n in g.node if n.op_type == "If"
+        for a in n.attribute
+    )  # fmt: skip
+    return (
+        (bool(inits) and inits <= {i.name for i in g.input})
+        or has_weight_chains(g)
+        or branch_weights
+    )
 
 
 def _opset_note(model: onnx.ModelProto) -> str | None:
