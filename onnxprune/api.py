@@ -36,7 +36,7 @@ from onnxprune.report.outcome import (
 from onnxprune.report.results import Report
 from onnxprune.report.sections import UnstructuredSummary
 from onnxprune.runtime.shapes import random_validation_inputs, resolve_shapes
-from onnxprune.stages import Stages, layer_bar
+from onnxprune.stages import Stages, layer_bar, pass_bar
 from onnxprune.targets.decide import read_run_plan, save_run_plan
 from onnxprune.unstructured.magnitude import find_prunable_weights, magnitude, prune_unstructured
 
@@ -189,7 +189,7 @@ class _Source:
     size_bytes: int
 
 
-def _load(model: str | os.PathLike | onnx.ModelProto, report: Report) -> _Source:
+def _load(model: str | os.PathLike | onnx.ModelProto, report: Report, progress: bool = False) -> _Source:
     if isinstance(model, onnx.ModelProto):
         require_loaded(model)
         original = model
@@ -201,7 +201,7 @@ def _load(model: str | os.PathLike | onnx.ModelProto, report: Report) -> _Source
         report.notes.extend(notes)
         size = 0 if io.model_needs_external_data(original) else original.ByteSize()
         return _Source(original, None, False, size)
-    loaded = io.load_model(check_path(model, "model"))
+    loaded = io.load_model(check_path(model, "model"), progress=progress)
     report.notes.extend(loaded.notes)
     return _Source(loaded.model, loaded.path, loaded.used_external_data, loaded.size_bytes)
 
@@ -243,7 +243,9 @@ def _structured(original, opts: PruneOptions, report: Report, progress: bool, in
 
             executor = make_executor(opts.jobs, opts.ray)
             return calibrate.sharded_channel_stats(original, inputs, targets, executor)
-        return calibrate.channel_stats(original, inputs, targets, providers=_CPU, view=view)
+        return calibrate.channel_stats(
+            original, inputs, targets, providers=_CPU, view=view, progress=pass_bar(progress)
+        )
 
     pruned, result = prune_structured_run(
         original, opts, progress=progress, stats_for=stats_for if inputs else None, **kw
@@ -254,7 +256,7 @@ def _structured(original, opts: PruneOptions, report: Report, progress: bool, in
     )
     if inputs is not None and steps.any and pruned is not original:
         pruned, rec = recover.recover_structured(
-            original, pruned, result.plan, inputs, steps, progress=layer_bar(progress)
+            original, (pruned := io.spill_weights(pruned)), result.plan, inputs, steps, progress=layer_bar(progress)
         )
         report.add_recovery("structured", rec)
     return pruned
@@ -279,7 +281,7 @@ def _unstructured(reference, opts: PruneOptions, report: Report, progress: bool,
     weights = report.unstructured.weights
     if inputs is not None and steps.any and weights:
         pruned, rec = recover.recover_unstructured(
-            reference, pruned, weights, inputs, steps, nm=opts.nm, progress=layer_bar(progress)
+            reference, (pruned := io.spill_weights(pruned)), weights, inputs, steps, nm=opts.nm, progress=layer_bar(progress)
         )
         report.add_recovery("unstructured", rec)
         if steps.obs:
@@ -291,7 +293,7 @@ def _unstructured(reference, opts: PruneOptions, report: Report, progress: bool,
 def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, background):
     report = Report()
     with stages.stage("load"):
-        src = _load(model, report)
+        src = _load(model, report, stages.progress)
         if output_path is not None:
             io.check_output_path(src.path or Path("<memory>"), output_path, opts.force)
         shapes = resolve_shapes(src.model, opts.input_shapes)  # a bad --input-shape fails now
@@ -334,7 +336,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
     try:
         with stages.stage("save"):
             target = output_path if output_path is not None else scratch / "pruned.onnx"
-            staged = io.stage_model(pruned, target, external_data=ext)
+            staged, pruned = io.stage_lending(pruned, target, ext, stages.progress, gzip_after.result)
         with staged:  # discarded if validation (or anything) fails: no output left behind
             report.size_bytes_after = staged.size_bytes
             if opts.validate:
@@ -361,7 +363,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
         report.gzip_bytes_after = gzip_after.result()
     if is_compression_sampled(src.model):
         report.notes.append(compression_note())
-    report.timings_s = dict(stages.timings)
+    report.timings_s, report.memory = dict(stages.timings), stages.memory(src.size_bytes)
     if gate_tail is not None:
         from onnxprune.runtime.gates import raise_if_failed
 

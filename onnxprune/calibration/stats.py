@@ -19,6 +19,7 @@ import onnx
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.view import GraphView
 from onnxprune.ops.control import outer_reads
+from onnxprune.progress import expect_total
 from onnxprune.recovery.layers import find_layers
 from onnxprune.runtime.feeds import batches, sample_count
 from onnxprune.runtime.session import fixed_batch, open_session, run_session
@@ -229,6 +230,7 @@ def channel_stats(
     sess = session(tapped_model(model, computed), providers)
     batch = batch_size_for(sess, sample_count(inputs))
     passes = plan_passes(view, computed, batch, budget_bytes) or [[]]
+    expect_total(progress, len(computed))
     for k, names in enumerate(passes):
         for feed, values in run_taps(sess, inputs, names, batch):
             for name, v in values.items():

@@ -55,6 +55,7 @@ from onnxprune.calibration.stats import (
 )
 from onnxprune.graph import quant
 from onnxprune.graph.view import GraphView
+from onnxprune.progress import expect_total
 from onnxprune.recovery.gram import LayerStats, rel_err
 from onnxprune.recovery.layers import Layer, find_layers
 from onnxprune.recovery.params import NONFINITE_REASON, ModelParams, augmented, write
@@ -232,6 +233,7 @@ def _run(
     sizes = [stats_size(t.lp, t.lo, params_o, params_p, opts.max_rows, per_batch) for t in targets]
     waves = split_waves(targets, count, sizes, opts.gram_budget_bytes)
     result.waves = len(waves)
+    expect_total(progress, len(targets))  # the bar shows the time left
     for wave in waves:
         xs = list(dict.fromkeys(t.lo.x for t in wave))
         sess_o = session(tapped_model(original, xs, only=True), opts.providers)
