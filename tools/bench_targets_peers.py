@@ -10,14 +10,18 @@ For each model (a torchvision export with random weights, 1x3x224x224, from /wor
 2. Torch-Pruning (tools/peer_torch_pruning.py under the torch venv: magnitude L1, local ratio,
    classifier ignored, opset-17 export), ``round_to=16`` and its default, exported on a grid of
    ratios; the grid is timed once, then for each of our measured speed-ups the ratio is
-   interpolated on the grid and exported, and re-stepped (secant) until its measured speed-up
-   is within ``--tol`` of ours.
+   interpolated on the grid and exported, and re-stepped (interpolating inside the bracket
+   the measurements give) until its measured speed-up is within ``--tol`` of ours, at most
+   ``--steps`` exports; the closest is kept (TP's speed jumps where round_to steps).
 3. One final interleaved run per thread setting over the original, our models and the matched
    Torch-Pruning models (same timing function for all: onnxruntime CPU, every round runs every
    model in a rotating order, ``--runs`` rounds after warm-up; each model's time is the median
    of its runs, ``--estimate p10`` for the 10th percentile; at 1 thread a run is timed by the
-   thread's CPU time, at default threads by the wall clock: see CLOCK below), printing speed-up, MACs and
-   parameters kept (more kept at the same speed is better).
+   thread's CPU time, at default threads by the wall clock: see CLOCK below), printing
+   speed-up, MACs and parameters kept (more kept at the same speed is better).
+
+``--search-cpu-clock`` runs our searches with onnxprune's latency clocks on thread CPU time
+(``cli_with_cpu_clock``, a prototype for loaded machines; outputs tagged ``ourscpu``).
 
 Threads: 0 means onnxruntime's default; our models for thread setting T are the ones searched
 with ``--threads T``. Prints the load average with every table: on a shared 2-core machine the
