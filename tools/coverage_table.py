@@ -43,14 +43,19 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.load import load_model, normalize_model
 from onnxprune.metrics.macs import count_macs
 from onnxprune.structured.engine import StructuredOptions, prune_structured
 from onnxprune.testing.graphs.foreign import cast_weights, jax2tf_model, nhwc_block
-from onnxprune.testing.oracles import random_feeds, run, session, zeroed
+from onnxprune.testing.oracles import (
+    random_feeds,
+    randomize_zero_weights,
+    run,
+    session,
+    zeroed,
+)
 from onnxprune.testing.stream_oracle import stream_reference
 
 
@@ -109,20 +114,6 @@ def _load(row: Row, models: Path, zoo: Path) -> tuple[onnx.ModelProto, list[str]
     return load_model(path).model, []
 
 
-def _randomize_zero_weights(model: onnx.ModelProto) -> int:
-    """All-zero float weights (rank >= 2) get small random values; returns how many."""
-    rng = np.random.default_rng(0)
-    n = 0
-    for t in model.graph.initializer:
-        if len(t.dims) >= 2 and t.data_type == onnx.TensorProto.FLOAT:
-            a = numpy_helper.to_array(t)
-            if a.size > 1 and not a.any():
-                noise = (rng.standard_normal(a.shape) * 0.05).astype(a.dtype)
-                t.CopyFrom(numpy_helper.from_array(noise, t.name))
-                n += 1
-    return n
-
-
 def _relative_error(reference: onnx.ModelProto, pruned: onnx.ModelProto, model) -> float:
     worst = 0.0
     for seed in (0, 1):
@@ -150,7 +141,7 @@ def measure(row: Row, models: Path, zoo: Path) -> dict:
         model, notes = _load(row, models, zoo)
     except FileNotFoundError as exc:
         return {**out, "result": f"missing: {exc}"}
-    randomized = _randomize_zero_weights(model)
+    randomized = randomize_zero_weights(model)
     t0 = time.perf_counter()
     try:
         pruned, result = prune_structured(model, StructuredOptions(**row.options))
