@@ -156,3 +156,19 @@ def test_min_estimate_sees_through_spikes_that_only_add_time(spec):
     assert max(b.p90) >= 50.0  # the spikes were there
     with pytest.raises(UsageError, match="estimate"):
         build_latency_table(dataclasses.replace(spec, estimate="mean"))
+
+
+def test_a_group_whose_cut_is_lost_in_the_noise_keeps_free_counts():
+    from onnxprune.targets.latency import LatencyCurve, LatencyTable, resolved, staircase_counts
+
+    def curve(gid, deltas, spread):
+        full = 10.0
+        values = [full + d for d in deltas]
+        return LatencyCurve(gid, 16, 16, [8, 12, 16], values, [v - spread for v in values],
+                            [v + spread for v in values], list(deltas), 20)  # fmt: skip
+
+    clear = curve("clear", [-2.0, -1.0, 0.0], 0.2)  # saves 2 ms, noise 0.2 ms
+    lost = curve("lost", [-0.02, 0.01, 0.0], 0.2)  # saves 0.02 ms within 0.2 ms of noise
+    assert resolved(clear) and not resolved(lost)
+    counts = staircase_counts(LatencyTable({"clear": clear, "lost": lost}, 10.0, {}))
+    assert counts == {"clear": [8, 12, 16]}  # 'lost' is unrestricted, not forced whole
