@@ -158,7 +158,7 @@ def test_min_estimate_sees_through_spikes_that_only_add_time(spec):
         build_latency_table(dataclasses.replace(spec, estimate="mean"))
 
 
-def test_a_group_whose_cut_is_lost_in_the_noise_keeps_free_counts():
+def test_a_group_whose_cut_is_lost_in_the_noise_gets_the_default_rounding():
     from onnxprune.targets.latency import LatencyCurve, LatencyTable, resolved, staircase_counts
 
     def curve(gid, deltas, spread):
@@ -171,4 +171,8 @@ def test_a_group_whose_cut_is_lost_in_the_noise_keeps_free_counts():
     lost = curve("lost", [-0.02, 0.01, 0.0], 0.2)  # saves 0.02 ms within 0.2 ms of noise
     assert resolved(clear) and not resolved(lost)
     counts = staircase_counts(LatencyTable({"clear": clear, "lost": lost}, 10.0, {}))
-    assert counts == {"clear": [8, 12, 16]}  # 'lost' is unrestricted, not forced whole
+    # 'lost' is not forced whole: it gets the default rounding's counts (16 slots: just 16)
+    assert counts == {"clear": [8, 12, 16], "lost": [16]}
+    wide = curve("wide", [-0.02, 0.01, 0.0], 0.2)
+    wide.slots = wide.width = 40
+    assert staircase_counts(LatencyTable({"wide": wide}, 10.0, {}))["wide"] == [16, 32, 40]
