@@ -47,8 +47,10 @@ FOLDABLE = frozenset(
 )  # fmt: skip
 """Ops a folded value may be computed by (from seeds and constants only)."""
 
-ROUNDS = 4
-"""Fold rounds at most: each one may make shapes known that the next folds."""
+ROUNDS = 12
+"""Fold rounds at most: each one may make shapes known that the next folds (Swin-T as
+torch exports it takes 5, about one per stage: its shifted-window masks are built from
+slices whose bounds become known one stage after another)."""
 
 _INT_TYPES = frozenset((onnx.TensorProto.INT64, onnx.TensorProto.INT32))
 _SHAPE_READS = frozenset(("Shape", "Size"))
