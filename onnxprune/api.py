@@ -17,6 +17,7 @@ from pathlib import Path
 
 import onnx
 
+from onnxprune.calibration.run_data import read_run_data
 from onnxprune.graph import modelfile as io
 from onnxprune.graph.check import check_in_memory, require_loaded
 from onnxprune.metrics.counts import (
@@ -35,7 +36,7 @@ from onnxprune.report.outcome import (
 from onnxprune.report.results import Report
 from onnxprune.report.sections import UnstructuredSummary
 from onnxprune.runtime.shapes import random_validation_inputs, resolve_shapes
-from onnxprune.stages import Stages, layer_bar
+from onnxprune.stages import Stages, layer_bar, pass_bar
 from onnxprune.targets.decide import read_run_plan, save_run_plan
 from onnxprune.unstructured.magnitude import find_prunable_weights, magnitude, prune_unstructured
 
@@ -92,6 +93,7 @@ def prune(
     save_plan: str | os.PathLike | None = None,
     plan: str | os.PathLike | None = None,
     target_speedup: float | None = None, staircase: bool | None = None,
+    jobs: int = 1, ray: str | None = None,
 ) -> PruneResult:
     """Prune an ONNX model and prove the result with onnxruntime.
 
@@ -135,6 +137,7 @@ def prune(
     MACs/params, cut where it costs least; ``target_speedup``: that much faster, measured (on the
     latency staircase unless ``staircase=False``); a gate alone: the fewest MACs passing it;
     ``save_plan`` writes the decision with the model's hash, ``plan`` re-applies it to that model.
+    ``jobs``/``ray``: where a search's candidates and the calibration shards run.
 
     Raises ``UsageError`` for bad options and ``OnnxPruneError`` for model problems, each with
     a message meant for a person.
@@ -151,7 +154,7 @@ def prune(
         max_rel_diff=max_rel_diff, val=val, val_labels=val_labels, holdout=holdout,
         keep_failed=keep_failed, input_shapes=input_shapes, samples=samples, threads=threads,
         target_macs=target_macs, target_params=target_params, save_plan=save_plan, plan=plan,
-        target_speedup=target_speedup, staircase=staircase)  # fmt: skip
+        target_speedup=target_speedup, staircase=staircase, jobs=jobs, ray=ray)  # fmt: skip
     return prune_with(model, opts, output=output, progress=progress)
 
 
@@ -186,7 +189,7 @@ class _Source:
     size_bytes: int
 
 
-def _load(model: str | os.PathLike | onnx.ModelProto, report: Report) -> _Source:
+def _load(model: str | os.PathLike | onnx.ModelProto, report: Report, progress: bool = False) -> _Source:
     if isinstance(model, onnx.ModelProto):
         require_loaded(model)
         original = model
@@ -198,70 +201,9 @@ def _load(model: str | os.PathLike | onnx.ModelProto, report: Report) -> _Source
         report.notes.extend(notes)
         size = 0 if io.model_needs_external_data(original) else original.ByteSize()
         return _Source(original, None, False, size)
-    loaded = io.load_model(check_path(model, "model"))
+    loaded = io.load_model(check_path(model, "model"), progress=progress)
     report.notes.extend(loaded.notes)
     return _Source(loaded.model, loaded.path, loaded.used_external_data, loaded.size_bytes)
-
-
-def _calibration(opts: PruneOptions, model: onnx.ModelProto):
-    """The calibration samples, read once and shared by scoring, recovery and validation."""
-    if opts.calib is None:
-        return None
-    from onnxprune.calibration.data import make_inputs
-
-    extra = {"preprocess": opts.calib_preprocess} if opts.calib_preprocess else {}
-    return make_inputs(model, calib=opts.calib, max_samples=opts.calib_samples, **extra)
-
-
-@dataclass
-class _Data:
-    """What scoring/recovery fit on, and what validation scores (None: random inputs)."""
-
-    fit: object
-    val: object
-    val_labels: object
-    source: str
-    """``validation.data``: random, val, calib-held-out or calib."""
-
-
-def _data(opts: PruneOptions, model: onnx.ModelProto) -> _Data:
-    """Read --calib, --labels, --val, --val-labels once, and split off the holdout.
-
-    Long because each source of validation data has its own rule, kept side by side."""
-    from onnxprune.calibration.data import make_inputs, split_holdout
-    from onnxprune.errors import UsageError
-    from onnxprune.options import HOLDOUT_FRACTION, HOLDOUT_MIN
-    from onnxprune.runtime.compare_models import load_labels
-    from onnxprune.runtime.feeds import shared_batch
-
-    calib = _calibration(opts, model)
-    labels = None
-    if opts.labels is not None:  # a bad labels file fails now, not after the pruning
-        n = shared_batch(calib) if calib is not None else None
-        labels = load_labels(opts.labels, n, max_samples=opts.calib_samples)
-    if opts.val is not None:
-        extra = {"preprocess": opts.calib_preprocess} if opts.calib_preprocess else {}
-        val = make_inputs(model, calib=opts.val, **extra)
-        val_labels = None
-        if opts.val_labels is not None:
-            val_labels = load_labels(opts.val_labels, shared_batch(val))
-        return _Data(calib, val, val_labels, "val")
-    if calib is None:
-        return _Data(None, None, None, "random")
-    held, k = None, 0
-    if opts.holdout and opts.validate:  # nothing validates on a holdout under --no-validate
-        fit, held, k = split_holdout(calib, HOLDOUT_FRACTION, HOLDOUT_MIN)
-    if held is None:
-        if opts.gates.any:
-            n = shared_batch(calib)
-            why = "--no-holdout" if not opts.holdout else f"only {n} calibration sample(s)"
-            raise UsageError(
-                f"a gate scored on the data recovery was fitted to is not a gate ({why}, "
-                f"fewer than {HOLDOUT_MIN} to hold out from): pass held-out data with --val PATH"
-            )
-        return _Data(calib, calib, labels, "calib")
-    held_labels = labels[len(labels) - k :] if labels is not None else None
-    return _Data(fit, held, held_labels, "calib-held-out")
 
 
 def _failed_path(output_path: Path) -> Path:
@@ -296,7 +238,14 @@ def _structured(original, opts: PruneOptions, report: Report, progress: bool, in
     from onnxprune.targets.decide import prune_structured_run
 
     def stats_for(targets: dict[str, int], view):
-        return calibrate.channel_stats(original, inputs, targets, providers=_CPU, view=view)
+        if opts.jobs > 1 or opts.ray is not None:  # shards of the samples, their sums added
+            from onnxprune.targets.executor import make_executor
+
+            executor = make_executor(opts.jobs, opts.ray)
+            return calibrate.sharded_channel_stats(original, inputs, targets, executor)
+        return calibrate.channel_stats(
+            original, inputs, targets, providers=_CPU, view=view, progress=pass_bar(progress)
+        )
 
     pruned, result = prune_structured_run(
         original, opts, progress=progress, stats_for=stats_for if inputs else None, **kw
@@ -307,7 +256,7 @@ def _structured(original, opts: PruneOptions, report: Report, progress: bool, in
     )
     if inputs is not None and steps.any and pruned is not original:
         pruned, rec = recover.recover_structured(
-            original, pruned, result.plan, inputs, steps, progress=layer_bar(progress)
+            original, (pruned := io.spill_weights(pruned)), result.plan, inputs, steps, progress=layer_bar(progress)
         )
         report.add_recovery("structured", rec)
     return pruned
@@ -332,7 +281,7 @@ def _unstructured(reference, opts: PruneOptions, report: Report, progress: bool,
     weights = report.unstructured.weights
     if inputs is not None and steps.any and weights:
         pruned, rec = recover.recover_unstructured(
-            reference, pruned, weights, inputs, steps, nm=opts.nm, progress=layer_bar(progress)
+            reference, (pruned := io.spill_weights(pruned)), weights, inputs, steps, nm=opts.nm, progress=layer_bar(progress)
         )
         report.add_recovery("unstructured", rec)
         if steps.obs:
@@ -344,7 +293,7 @@ def _unstructured(reference, opts: PruneOptions, report: Report, progress: bool,
 def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, background):
     report = Report()
     with stages.stage("load"):
-        src = _load(model, report)
+        src = _load(model, report, stages.progress)
         if output_path is not None:
             io.check_output_path(src.path or Path("<memory>"), output_path, opts.force)
         shapes = resolve_shapes(src.model, opts.input_shapes)  # a bad --input-shape fails now
@@ -360,7 +309,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
     with stages.stage("measure"):
         before = compute_metrics(src.model, compressed=False, input_shapes=shapes.shapes)
     with stages.stage("calibrate"):
-        data = _data(opts, src.model)
+        data = read_run_data(opts, src.model)
         inputs = data.fit
         if inputs is not None:  # the data's sizes, for MACs and the report
             shapes = _shapes_from_data(src.model, opts, inputs, shapes, before)
@@ -387,7 +336,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
     try:
         with stages.stage("save"):
             target = output_path if output_path is not None else scratch / "pruned.onnx"
-            staged = io.stage_model(pruned, target, external_data=ext)
+            staged, pruned = io.stage_lending(pruned, target, ext, stages.progress, gzip_after.result)
         with staged:  # discarded if validation (or anything) fails: no output left behind
             report.size_bytes_after = staged.size_bytes
             if opts.validate:
@@ -414,7 +363,7 @@ def _run(model, output_path: Path | None, opts: PruneOptions, stages: Stages, ba
         report.gzip_bytes_after = gzip_after.result()
     if is_compression_sampled(src.model):
         report.notes.append(compression_note())
-    report.timings_s = dict(stages.timings)
+    report.timings_s, report.memory = dict(stages.timings), stages.memory(src.size_bytes)
     if gate_tail is not None:
         from onnxprune.runtime.gates import raise_if_failed
 

@@ -16,12 +16,27 @@ flag, so a script calling the API and a person at the terminal read the same thi
 
 from __future__ import annotations
 
-import numbers
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from onnxprune.errors import UsageError
+from onnxprune.option_checks import (  # noqa: F401  (re-exported: the checks' old home)
+    check_choice,
+    check_flag,
+    check_fraction,
+    check_has_activations,
+    check_int,
+    check_kept_fraction,
+    check_nm,
+    check_open_fraction,
+    check_path,
+    check_patterns,
+    check_real,
+    is_int,
+    is_real,
+    optional,
+    parse_nm,
+)
 
 SCOPES = ("local", "global")
 UNSTRUCTURED_SCOPES = (*SCOPES, "owl")  # owl: per-layer ratios (unstructured.allocation)
@@ -30,123 +45,6 @@ HOLDOUT_FRACTION = 0.2
 HOLDOUT_MIN = 5
 """... when there are at least this many samples (fewer: all are used, and flagged)."""
 PROVIDERS = ("cpu", "cuda", "auto")
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def check_fraction(value: object, flag: str) -> float:
-    """A fraction in [0, 1): the ratio options."""
-    if not (_is_real(value) and 0.0 <= float(value) < 1.0):
-        raise UsageError(f"{flag} must be a fraction in [0, 1), got {value!r}")
-    return float(value)
-
-
-def check_open_fraction(value: object, flag: str) -> float:
-    """A fraction in (0, 1): ``--max-group-ratio``."""
-    if not (_is_real(value) and 0.0 < float(value) < 1.0):
-        raise UsageError(f"{flag} must be in (0, 1), got {value!r}")
-    return float(value)
-
-
-def check_int(value: object, flag: str, minimum: int | None = None) -> int:
-    """A whole number, at least ``minimum`` when given."""
-    if not _is_int(value) or (minimum is not None and value < minimum):
-        what = "a whole number" if minimum is None else f"a whole number >= {minimum}"
-        raise UsageError(f"{flag} must be {what}, got {value!r}")
-    return int(value)
-
-
-def check_flag(value: object, flag: str, optional: bool = False) -> bool | None:
-    """A switch: True or False (or None, "decide for me", where ``optional``)."""
-    if value is None and optional:
-        return None
-    if not isinstance(value, bool):
-        what = "True, False or None" if optional else "True or False"
-        raise UsageError(f"{flag} must be {what}, got {value!r}")
-    return value
-
-
-def check_path(value: object, flag: str) -> str | os.PathLike | None:
-    """A file path (str or os.PathLike), or None."""
-    if value is not None and not isinstance(value, str | os.PathLike):
-        raise UsageError(f"{flag} must be a path, got {value!r}")
-    return value
-
-
-def check_choice(value: object, flag: str, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise UsageError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def check_patterns(value: object, flag: str) -> tuple[str, ...]:
-    """Glob patterns: a string is one pattern; any other iterable holds strings."""
-    if isinstance(value, str):
-        return (value,)
-    try:
-        items = tuple(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise UsageError(f"{flag} must be a list of patterns, got {value!r}") from None
-    if not all(isinstance(p, str) for p in items):
-        raise UsageError(f"{flag} must be a list of patterns, got {value!r}")
-    return items
-
-
-def parse_nm(spec: str) -> tuple[int, int]:
-    """Parse an N:M pattern such as ``2:4`` (keep N of every M consecutive weights)."""
-    parts = str(spec).split(":")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise UsageError(f"malformed N:M pattern {spec!r}: expected two integers like 2:4")
-    n, m = int(parts[0]), int(parts[1])
-    if not 0 < n < m:
-        raise UsageError(f"malformed N:M pattern {spec!r}: need 0 < N < M (keep N of every M)")
-    return n, m
-
-
-def check_nm(value: object, flag: str = "--nm") -> tuple[int, int]:
-    """An N:M pattern, as ``"2:4"`` or ``(2, 4)``, returned as ``(n, m)`` with 0 < n < m."""
-    if isinstance(value, str):
-        return parse_nm(value)
-    if (
-        isinstance(value, tuple | list)
-        and len(value) == 2
-        and all(_is_int(v) for v in value)
-        and 0 < value[0] < value[1]
-    ):
-        return int(value[0]), int(value[1])
-    raise UsageError(f"{flag} must be an N:M pattern such as '2:4' (0 < N < M), got {value!r}")
-
-
-def check_has_activations(criterion: str, has_data: bool) -> None:
-    """A data-aware criterion (activation, apoz, wanda) needs calibration data."""
-    from onnxprune.structured.importance import DATA_AWARE
-
-    if criterion in DATA_AWARE and not has_data:
-        raise UsageError(f"--criterion {criterion} scores from activations: pass --calib PATH")
-
-
-def check_kept_fraction(value: object, flag: str) -> float:
-    """A fraction of the original to keep, in (0, 1]: the targets."""
-    if not (_is_real(value) and 0.0 < float(value) <= 1.0):
-        raise UsageError(f"{flag} must be a fraction in (0, 1], got {value!r}")
-    return float(value)
-
-
-def check_real(value: object, flag: str, low: float, high: float) -> float:
-    """A number in [low, high]: the gate thresholds."""
-    if not (_is_real(value) and low <= float(value) <= high):
-        raise UsageError(f"{flag} must be a number in [{low:g}, {high:g}], got {value!r}")
-    return float(value)
-
-
-def _optional(check, value, *args):
-    return None if value is None else check(value, *args)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,11 +78,11 @@ class DataOptions:
         self._set(samples=check_int(self.samples, "--samples", 1))
         self._set(threads=check_int(self.threads, "--threads", 0))
         self._set(
-            min_cosine=_optional(check_real, self.min_cosine, "--min-cosine", -1.0, 1.0),
-            max_drop=_optional(check_real, self.max_drop, "--max-drop", 0.0, 100.0),
-            max_rel_diff=_optional(check_real, self.max_rel_diff, "--max-rel-diff", 0.0, 1e300),
+            min_cosine=optional(check_real, self.min_cosine, "--min-cosine", -1.0, 1.0),
+            max_drop=optional(check_real, self.max_drop, "--max-drop", 0.0, 100.0),
+            max_rel_diff=optional(check_real, self.max_rel_diff, "--max-rel-diff", 0.0, 1e300),
         )
-        self._set(calib_samples=_optional(check_int, self.calib_samples, "--calib-samples", 1))
+        self._set(calib_samples=optional(check_int, self.calib_samples, "--calib-samples", 1))
         self._set(providers=check_choice(self.providers, "--providers", PROVIDERS))
         self._set(seed=check_int(self.seed, "--seed", 0))
         self._set(calib=check_path(self.calib, "--calib"))
@@ -293,7 +191,8 @@ class PruneOptions(DataOptions):
     with --target-speedup."""
     jobs: int = 1
     """``--jobs N``: a search's independent candidates in N local worker processes
-    (``targets.executor``): the quality search's two families, the latency table's groups."""
+    (``targets.executor``): the quality search's two families, the latency table's groups;
+    and the calibration statistics of a data-aware criterion, in N shards of the samples."""
     ray: str | None = None
     """``--ray ADDRESS``: the same jobs as tasks on that Ray cluster (``onnxprune[ray]``)."""
     hooks: dict | None = None
@@ -318,14 +217,14 @@ class PruneOptions(DataOptions):
         if self.unstructured is not None and self.nm is not None:
             raise UsageError("choose one of --unstructured and --nm")
         self._set(
-            structured=_optional(check_fraction, self.structured, "--structured"),
-            heads=_optional(check_fraction, self.heads, "--heads"),
-            hidden=_optional(check_fraction, self.hidden, "--hidden"),
-            unstructured=_optional(check_fraction, self.unstructured, "--unstructured"),
-            nm=_optional(check_nm, self.nm, "--nm"),
-            scope=_optional(check_choice, self.scope, "--scope", UNSTRUCTURED_SCOPES),
+            structured=optional(check_fraction, self.structured, "--structured"),
+            heads=optional(check_fraction, self.heads, "--heads"),
+            hidden=optional(check_fraction, self.hidden, "--hidden"),
+            unstructured=optional(check_fraction, self.unstructured, "--unstructured"),
+            nm=optional(check_nm, self.nm, "--nm"),
+            scope=optional(check_choice, self.scope, "--scope", UNSTRUCTURED_SCOPES),
             criterion=check_choice(self.criterion, "--criterion", tuple(CRITERIA)),
-            round_to=_optional(check_int, self.round_to, "--round-to", 1),
+            round_to=optional(check_int, self.round_to, "--round-to", 1),
             max_group_ratio=check_open_fraction(self.max_group_ratio, "--max-group-ratio"),
             exclude=check_patterns(self.exclude, "--exclude"),
             runs=check_int(self.runs, "--runs", 1),
@@ -347,9 +246,10 @@ class PruneOptions(DataOptions):
         self._set(jobs=check_int(self.jobs, "--jobs", 1))
         if self.ray is not None and not (isinstance(self.ray, str) and self.ray.strip()):
             raise UsageError(f"--ray must be a cluster address (host:port, auto), got {self.ray!r}")
-        if (self.jobs > 1 or self.ray is not None) and self.search is None:
-            raise UsageError("--jobs and --ray run a search's candidates: pass --target-speedup S, "
-                             "or a gate alone (--max-drop P, --min-cosine X)")  # fmt: skip
+        if (self.jobs > 1 or self.ray is not None) and self.search is None and self.calib is None:
+            raise UsageError("--jobs and --ray run a search's candidates or shards of the "
+                             "calibration set: pass --target-speedup S, a gate alone "
+                             "(--max-drop P, --min-cosine X), or --calib")  # fmt: skip
 
     def _check_owl(self) -> None:
         """--scope owl: per-layer sparsity for --unstructured, from Wanda's outliers."""
@@ -391,8 +291,8 @@ class PruneOptions(DataOptions):
     def _check_targets(self) -> None:
         """--target-macs, --target-params, --plan and --save-plan make sense together."""
         self._set(
-            target_macs=_optional(check_kept_fraction, self.target_macs, "--target-macs"),
-            target_params=_optional(check_kept_fraction, self.target_params, "--target-params"),
+            target_macs=optional(check_kept_fraction, self.target_macs, "--target-macs"),
+            target_params=optional(check_kept_fraction, self.target_params, "--target-params"),
             save_plan=check_path(self.save_plan, "--save-plan"),
             plan=check_path(self.plan, "--plan"),
         )
@@ -425,7 +325,7 @@ class PruneOptions(DataOptions):
                 raise UsageError("--staircase prices the --target-speedup search: pass "
                                  "--target-speedup S")  # fmt: skip
             return
-        if not (_is_real(s) and 1.0 < float(s) <= 1000.0):
+        if not (is_real(s) and 1.0 < float(s) <= 1000.0):
             raise UsageError(f"--target-speedup must be a number above 1, got {s!r}")
         self._set(target_speedup=float(s))
         for flag, value in (("--structured", self.structured), ("--plan", self.plan),

@@ -7,7 +7,8 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from onnxprune.progress import progress_bar
+from onnxprune.metrics.memory import memory_section, peak_rss_bytes
+from onnxprune.progress import Counter, progress_bar
 
 
 class Stages:
@@ -20,6 +21,9 @@ class Stages:
     def __init__(self, names: Sequence[str], progress: bool):
         self.progress = progress
         self.timings: dict[str, float] = {}
+        self.peak_rss: dict[str, int] = {}
+        """For each stage that raised the process's peak resident memory, the peak it
+        reached (the last one listed set the run's peak)."""
         self._bar = None
         if progress:
             self._bar = progress_bar(total=len(names), desc="onnxprune", unit="step")
@@ -28,13 +32,20 @@ class Stages:
     def stage(self, name: str) -> Iterator[None]:
         if self._bar is not None:
             self._bar.set_description(name)
-        t0 = time.perf_counter()
+        t0, peak0 = time.perf_counter(), peak_rss_bytes()
         try:
             yield
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+            peak = peak_rss_bytes()
+            if peak > peak0:  # this stage raised the peak
+                self.peak_rss[name] = max(peak, self.peak_rss.get(name, 0))
             if self._bar is not None:
                 self._bar.update(1)
+
+    def memory(self, weight_bytes: int) -> dict:
+        """The report's ``memory`` section: peak resident bytes, per stage and over all."""
+        return memory_section(self.peak_rss, weight_bytes)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -42,8 +53,15 @@ class Stages:
 
 
 def layer_bar(progress: bool):
-    """A progress callback counting refit layers (None when progress is off)."""
+    """A progress callback counting refit layers (None when progress is off); a
+    ``progress.Counter``, so recovery can give it the number of layers (time left)."""
     if not progress:
         return None
-    bar = progress_bar(total=None, desc="recover", unit="layer")
-    return bar.update
+    return Counter(progress_bar(total=None, desc="recover", unit="layer"))
+
+
+def pass_bar(progress: bool):
+    """A progress callback counting the tensors calibration has tapped (None when off)."""
+    if not progress:
+        return None
+    return Counter(progress_bar(total=None, desc="calibrate", unit="tensor"))

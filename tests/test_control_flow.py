@@ -129,19 +129,33 @@ def test_the_order_of_visits_does_not_matter() -> None:
 
 
 def test_cli_refuses_up_front_input_untouched_no_output(tmp_path: Path, capsys, run_cli) -> None:
-    """Before the guard, this model was pruned, then rejected by onnxruntime ("Input channels
-    C is not equal to kernel channels") after the rewrite."""
-    path = tmp_path / "speech_if.onnx"
-    onnx.save(if_conv_model(), path)
+    """Before the guard, a model whose body read an outer activation was pruned, then
+    rejected by onnxruntime ("Input channels C is not equal to kernel channels") after the
+    rewrite. A body that is not followed (a Loop holding an If) now refuses first."""
+    path = tmp_path / "loop_if.onnx"
+    onnx.save(loop_model(nested_if=True), path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     out = tmp_path / "out.onnx"
     code, _, err = run_cli([path, "--structured", "0.5", "--round-to", "1", "-o", out], capsys)
     assert code != 0
     lines = [ln for ln in err.strip().splitlines() if ln]
-    assert lines[-1].startswith("error: ") and "If 'gate' reads 'x1'" in lines[-1]
+    assert lines[-1].startswith("error: ") and "Loop 'loop' reads 'x1'" in lines[-1]
     assert "Traceback" not in err
     assert not out.exists()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def test_cli_moves_branch_weights_out_at_load_and_prunes_through_both(tmp_path, capsys, run_cli):
+    """An If whose branches hold their own weights (as torch exports them) is normalized at
+    load and pruned through both branches; the report says what moved."""
+    model = if_conv_model()
+    path, out = tmp_path / "speech_if.onnx", tmp_path / "out.onnx"
+    onnx.save(model, path)
+    code, text, err = run_cli([path, "--structured", "0.5", "--round-to", "1", "-o", out], capsys)
+    assert code == 0, err
+    assert "2 initializers of If branches moved to the main graph" in text
+    pruned = onnx.load(out)
+    assert {t.name: list(t.dims) for t in pruned.graph.initializer}["then.w"][0] == 4
 
 
 def test_branch_weights_hoisted_to_the_main_graph_are_pruned_through_both_branches() -> None:

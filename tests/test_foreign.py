@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune import prune
 from onnxprune.graph.load import load_model, needs_normalization, normalize_model
 from onnxprune.testing.graphs import Builder, small_cnn
+from onnxprune.testing.graphs.foreign import C, cast_weights, jax2tf_model, nhwc_block
 from onnxprune.testing.oracles import (
     assert_close,
     assert_planted_dead,
@@ -21,8 +22,6 @@ from onnxprune.testing.oracles import (
     random_feeds,
     run,
 )
-
-C = 8
 
 
 def normalized(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
@@ -42,32 +41,6 @@ def initializer_names(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 
 
 # ---- 1. constant chains in front of weights (jax2tf, tf2onnx) ----------------------------
-def jax2tf_model(shared_view: bool = False) -> onnx.ModelProto:
-    """HWIO conv kernels reach the Conv through Transpose; the dense kernel is stored flat
-    and reaches the MatMul through Reshape then Mul by a folded scalar; the conv bias is a
-    Squeeze of a [1, C] constant. ``shared_view``: the transposed kernel is also a graph
-    output (its node must stay for it)."""
-    b = Builder(seed=1)
-    x = b.input([1, 3, 6, 6])
-    hwio = b.rand([3, 3, 3, C], "k1_hwio", 0.3)
-    w1 = b.op("Transpose", [hwio], perm=[3, 2, 0, 1], name="k1_t")
-    w1 = b.op("Mul", [w1, b.const(np.float32(0.5))], name="k1_scale")
-    bias = b.op("Squeeze", [b.rand([1, C], "b1_2d", 0.1), b.ints([0])], name="b1_sq")
-    y = b.op("Conv", [x, w1, bias], pads=[1, 1, 1, 1], name="conv1")
-    y = b.relu(y)
-    hwio2 = b.rand([1, 1, C, C], "k2_hwio", 0.3)
-    w2 = b.op("Reshape", [b.op("Transpose", [hwio2], perm=[3, 2, 0, 1]), b.ints([C, C, 1, 1])])
-    y = b.op("Conv", [y, w2], name="conv2")
-    y = b.op("GlobalAveragePool", [b.relu(y)])
-    y = b.op("Flatten", [y])
-    dense = b.op("Reshape", [b.rand([C * 4], "dense_flat", 0.3), b.ints([C, 4])], name="d_r")
-    dense = b.op("Mul", [dense, b.const(np.float32(2.0))], name="d_scale")
-    outs = [b.op("MatMul", [y, dense], name="dense")]
-    if shared_view:
-        outs.append(w1)
-    return b.build(outs)
-
-
 def test_jax2tf_weight_chains_fold_into_initializers_and_prune_exactly():
     model = jax2tf_model()
     _, before = prune_exact(model, 0.5, expect_pruned=False)
@@ -169,24 +142,6 @@ def test_weight_only_int8_and_fp16_chains_are_not_widened(opset):
 
 
 # ---- 2. keras / tf2onnx NHWC Transpose sandwiches -----------------------------------------
-def nhwc_block(extra: list[tuple[str, list]] | None = None) -> onnx.ModelProto:
-    """x (NHWC) -> Transpose -> Conv -> Transpose -> Add[C] (BiasAdd) -> Relu -> Mul[C]
-    -> ``extra`` ops (NHWC) -> Transpose -> Conv -> Transpose, as tf2onnx writes keras."""
-    b = Builder(seed=3)
-    x = b.input([1, 6, 6, 3], "x_nhwc")
-    y = b.op("Transpose", [x], perm=[0, 3, 1, 2])
-    y = b.conv(y, 3, C, bias=False, name="producer")
-    y = b.op("Transpose", [y], perm=[0, 2, 3, 1])
-    y = b.op("Add", [y, b.rand([C], "bias_add", 0.2)])
-    y = b.relu(y)
-    y = b.op("Mul", [y, b.rand([C], "scale", 1.0, positive=True)])
-    for op, consts in extra or []:
-        y = b.op(op, [y, *(b.const(c) for c in consts)])
-    y = b.op("Transpose", [y], perm=[0, 3, 1, 2])
-    y = b.conv(y, C, 2, k=1, name="consumer")
-    return b.build([b.op("Transpose", [y], perm=[0, 2, 3, 1])])
-
-
 def test_nhwc_sandwich_prunes_exactly_with_last_axis_constants_sliced():
     pruned, plan = prune_exact(nhwc_block(), 0.5)
     assert [(g.id, g.channels_after) for g in plan.groups] == [("producer", 4)]
@@ -260,23 +215,6 @@ def test_max_min_of_two_branches_couple_them(op):
 
 
 # ---- 4. fp16 / bf16 weights read through Cast ---------------------------------------------
-def cast_weights(dtype: np.dtype, elem: int) -> onnx.ModelProto:
-    """Conv weights and bias stored in ``dtype``, each read through Cast(to=float)."""
-    b = Builder(seed=6)
-    x = b.input([1, 3, 6, 6])
-
-    def low(shape, name):
-        v = (b.rng.standard_normal(shape) * 0.3).astype(np.float32).astype(dtype)
-        b.inits.append(numpy_helper.from_array(v, name))
-        return b.op("Cast", [name], to=TensorProto.FLOAT, name=f"{name}_cast")
-
-    y = b.op("Conv", [x, low([C, 3, 3, 3], "w1"), low([C], "b1")], pads=[1, 1, 1, 1], name="c1")
-    y = b.op("Conv", [b.relu(y), low([2, C, 1, 1], "w2")], name="c2")
-    model = b.build([y])
-    assert initializer_names(model)["w1"].data_type == elem
-    return model
-
-
 @pytest.mark.parametrize(
     ("dtype", "elem"),
     [(np.float16, TensorProto.FLOAT16), (ml_dtypes.bfloat16, TensorProto.BFLOAT16)],

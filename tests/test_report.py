@@ -12,7 +12,7 @@ TOP_KEYS = [
     "input_path", "output_path", "params_before", "params_after", "nonzero_before",
     "nonzero_after", "macs_before", "macs_after", "size_bytes_before", "size_bytes_after",
     "gzip_bytes_before", "gzip_bytes_after", "unstructured", "structured", "validation",
-    "recovery", "notes", "timings_s",
+    "recovery", "notes", "timings_s", "memory",
 ]  # fmt: skip
 
 

@@ -19,7 +19,13 @@ Sections:
 - ``nm``: 2:4 on the MLP and the CNN (the pattern is checked in the output model).
 - ``resnet``: ResNet-50 (``zoo/resnet50.onnx``) recovery time with 128 random images, each
   run in a fresh subprocess so its peak RSS is its own; single runs on a shared machine.
-- ``mobilenet``: the same for MobileNetV2 (``zoo/mobilenet_v2.onnx``), structured 0.3.
+- ``mobilenet``: the same for MobileNetV2 (``zoo/mobilenet_v2.onnx``).
+
+Both zoo sections run ``--structured 0.3`` (bias + lstsq) and ``--unstructured 0.5``
+(bias + OBS). ``--before DIR`` (a folder holding another ``onnxprune`` package, e.g.
+``mkdir /tmp/before && git archive main onnxprune | tar -x -C /tmp/before``) runs every zoo
+job with that code too, back to back with this checkout's (before, then after, per job, so
+both see about the same machine load), and prints both rows and the stage split.
 
 ``--skip-resnet`` drops both zoo sections (``resnet``, ``mobilenet``).
 """
@@ -45,7 +51,8 @@ from onnx import numpy_helper
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
-ZOO = ROOT / "zoo"
+# The exported models: ROOT/zoo when the checkout has one, else the shared copy (--zoo DIR).
+ZOO = ROOT / "zoo" if (ROOT / "zoo").is_dir() else Path("/work/main/zoo")
 LABELS = MODELS / "digits_test_labels.npy"
 SECTIONS = ("cnn", "mlp", "nm", "resnet", "mobilenet")
 ZOO_SECTIONS = ("resnet", "mobilenet")
@@ -417,7 +424,10 @@ def child(spec: str) -> None:
         finite = [x for x in r["layers"] if np.isfinite(x["err_after"])]
         rec[k]["worst_layers"] = sorted(finite, key=lambda x: -x["err_after"])[:3]
         rec[k]["skipped"] = len(r["skipped"])
+    import onnxprune
+
     out = {
+        "code": str(Path(onnxprune.__file__).resolve().parent.parent),
         "prune_s": seconds,
         "recovery": rec,
         "timings_s": rep["timings_s"],
@@ -428,14 +438,18 @@ def child(spec: str) -> None:
     Path(job["out"]).write_text(json.dumps(out))
 
 
-def run_child(model: Path, calib: Path, kwargs: dict, tmp: Path) -> dict:
-    """A fresh interpreter for one job: wall time from the parent, peak RSS from wait4."""
+def run_child(model: Path, calib: Path, kwargs: dict, tmp: Path, code: Path | None = None) -> dict:
+    """A fresh interpreter for one job: wall time from the parent, peak RSS from wait4.
+    ``code``: a folder whose ``onnxprune`` package the child imports instead of this one."""
     out = tmp / f"job{time.monotonic_ns()}.json"
     spec = json.dumps({"model": str(model), "calib": str(calib), "kwargs": kwargs,
                        "out": str(out)})  # fmt: skip
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(code), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", spec])
+    proc = subprocess.Popen([sys.executable, __file__, "--child", spec], env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -446,14 +460,16 @@ def run_child(model: Path, calib: Path, kwargs: dict, tmp: Path) -> dict:
     data["load_before"] = load
     data["cpu_s"] = usage.ru_utime + usage.ru_stime
     data["maxrss_kb"] = usage.ru_maxrss  # KiB on Linux
+    data["load_after"] = os.getloadavg()[0]
     return data
 
 
-def section_zoo(name: str, jobs: list[dict], samples: int = 128) -> None:
+def section_zoo(name: str, jobs: list[dict], samples: int = 128, before: Path | None = None) -> None:
+    """Long because: one table of every job (before/after), then a line per job."""
     model = ZOO / f"{name}.onnx"
     if not model.exists():
         print(f"\n### {name}: skipped, {rel(model)} is missing "
-              f"(/work/tvenv/bin/python tools/export_zoo.py --only {name})")  # fmt: skip
+              f"(/tmp/torchvenv/bin/python tools/export_zoo.py --only {name})")  # fmt: skip
         return
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
@@ -468,48 +484,56 @@ def section_zoo(name: str, jobs: list[dict], samples: int = 128) -> None:
         times.append(time.perf_counter() - t0)
     forward_ms = float(np.median(times)) * 1000
     del sess
+    codes: list[tuple[str, Path | None]] = [("after", None)]
+    if before is not None:
+        codes.insert(0, ("before", before))
     with tempfile.TemporaryDirectory(prefix="bench-recovery-") as d:
         tmp = Path(d)
         calib = tmp / "calib.npz"
         rng = np.random.default_rng(0)
         np.savez(calib, **{inp.name: rng.standard_normal(shape, dtype=np.float32)})
         heading(
-            f"{name} recovery time ({samples} random normal images {shape[1:]}, random "
-            "weights; single runs, each in a fresh process)",
+            f"{name} recovery time ({samples} random normal images {shape[1:]} drawn with "
+            "numpy seed 0, random weights; single runs, each in a fresh process)",
             f"onnxprune {rel(model)} <job> --calib CALIB.npz --no-validate",
         )
         print(f"Machine reference: one forward pass of the original at batch 1 takes "
               f"{forward_ms:.0f} ms here (onnxruntime CPU, default threads, median of 10).\n")  # fmt: skip
-        header = ["job", "process wall s", "process CPU s", "prune() s", "recovery s", "waves",
-                  "layers refit", "peak RSS MB", "MAC ratio", "nonzero ratio",
-                  "layer err (calib)", "load avg at start"]  # fmt: skip
+        header = ["job", "code", "recovery s", "taps s", "gram s",
+                  "factor s", "solve s", "waves", "layers refit", "process wall s",
+                  "process CPU s", "peak RSS MB", "nonzero ratio", "layer err (calib)",
+                  "load avg start/end"]  # fmt: skip
         rows, results = [], []
         for kwargs in jobs:
-            data = run_child(model, calib, kwargs, tmp)
-            kind = "structured" if "structured" in kwargs else "unstructured"
-            rec = data["recovery"].get(kind, {})
-            rows.append([f"`{cli_flags(kwargs)}`", f"{data['wall_s']:.1f}", f"{data['cpu_s']:.1f}",
-                         f"{data['prune_s']:.1f}",
-                         f"{rec.get('seconds', float('nan')):.1f}", str(rec.get("waves", "-")),
-                         str(rec.get("layers_refit", "-")), f"{data['maxrss_kb'] / 1024:.0f}",
-                         f"{data['mac_ratio']:.3f}", f"{data['nonzero_ratio']:.3f}",
-                         err_cell(rec), f"{data['load_before']:.2f}"])  # fmt: skip
-            results.append((kwargs, data, rec))
+            for label, code in codes:
+                data = run_child(model, calib, kwargs, tmp, code)
+                kind = "structured" if "structured" in kwargs else "unstructured"
+                rec = data["recovery"].get(kind, {})
+                st = rec.get("stage_seconds", {})
+                rows.append([f"`{cli_flags(kwargs)}`", label, f"{rec.get('seconds', float('nan')):.1f}",
+                             *(f"{st.get(k, float('nan')):.1f}" for k in ("taps", "gram", "factor", "solve")),
+                             str(rec.get("waves", "-")), str(rec.get("layers_refit", "-")),
+                             f"{data['wall_s']:.1f}", f"{data['cpu_s']:.1f}",
+                             f"{data['maxrss_kb'] / 1024:.0f}", f"{data['nonzero_ratio']:.3f}",
+                             err_cell(rec), f"{data['load_before']:.1f}/{data['load_after']:.1f}"])  # fmt: skip
+                results.append((kwargs, label, data, rec))
         print(table(header, rows))
         print(
             f"\nSingle runs on a shared {os.cpu_count()}-CPU machine: wall times move with other "
-            "work (load average at start above; process CPU s near 2x wall s means both cores "
-            "were ours). Peak RSS: the child process's ru_maxrss from wait4."
+            "work (load average at start and end above); process CPU s (user + system of the "
+            "whole child, all threads) is the steadier measure of the work. Stages "
+            "are wall seconds: taps (onnxruntime), gram, factor (OBS inverse-Hessian factor "
+            "and dense target), solve. Peak RSS: the child process's ru_maxrss from wait4."
         )
-        for kwargs, data, rec in results:
-            timings = ", ".join(f"{k} {v:.1f}" for k, v in data["timings_s"].items())
+        for kwargs, label, data, rec in results:
             worst = "; ".join(f"{w['layer']} {w['err_before']:.2f}→{w['err_after']:.2f}"
                               for w in rec.get("worst_layers", []))  # fmt: skip
             ok = "met" if rec.get("seconds", 1e9) <= 60 else "NOT met"
-            print(f"\n- `{cli_flags(kwargs)}`: recovery {rec.get('seconds', 0):.1f} s, goal "
-                  f"<= 60 s {ok}; stages (s): {timings}; worst layers after recovery: {worst}; "
-                  f"samples {rec.get('samples')}, skipped layers {rec.get('skipped')}; "
-                  f"layers with NaN error: {', '.join(nan_layers(rec)) or 'none'}")  # fmt: skip
+            print(f"\n- `{cli_flags(kwargs)}` ({label}, {data['code']}): recovery "
+                  f"{rec.get('seconds', 0):.1f} s, goal <= 60 s {ok}; worst layers after "
+                  f"recovery: {worst}; samples {rec.get('samples')}, skipped layers "
+                  f"{rec.get('skipped')}; layers with NaN error: "
+                  f"{', '.join(nan_layers(rec)) or 'none'}")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- main
@@ -553,8 +577,16 @@ def main() -> None:
                         help=f"comma list of sections: {', '.join(SECTIONS)}")  # fmt: skip
     parser.add_argument("--skip-resnet", action="store_true",
                         help="skip the zoo timing sections (resnet, mobilenet)")  # fmt: skip
+    parser.add_argument("--before", type=Path, default=None,
+                        help="a folder with another onnxprune package: zoo jobs run with it too")  # fmt: skip
+    parser.add_argument("--zoo", type=Path, default=None, help="the exported models [ROOT/zoo, else /work/main/zoo]")
+    parser.add_argument("--samples", type=int, default=128, help="random images for the zoo jobs")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.zoo is not None:
+        globals()["ZOO"] = args.zoo
+    if args.before is not None and not (args.before / "onnxprune" / "__init__.py").exists():
+        parser.error(f"--before {args.before}: no onnxprune package there")
     if args.child:
         child(args.child)
         return
@@ -586,10 +618,10 @@ def main() -> None:
             section_mlp(labels)
         elif section == "nm":
             section_nm(labels)
-        elif section == "resnet":
-            section_zoo("resnet50", [{"structured": 0.3}, {"unstructured": 0.5}])
-        elif section == "mobilenet":
-            section_zoo("mobilenet_v2", [{"structured": 0.3}])
+        elif section in ZOO_SECTIONS:
+            jobs = [{"unstructured": 0.5}, {"structured": 0.3}]
+            name = "resnet50" if section == "resnet" else "mobilenet_v2"
+            section_zoo(name, jobs, args.samples, args.before)
         spent[section] = time.perf_counter() - t0
     print("\n### Section times\n")
     print(table(["section", "wall s"], [[k, f"{v:.1f}"] for k, v in spent.items()]

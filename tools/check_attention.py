@@ -21,24 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxprune.graph.load import load_model
 from onnxprune.metrics.counts import count_macs, count_params
 from onnxprune.structured.engine import StructuredOptions, prune_structured
-from onnxprune.testing.oracles import run, zeroed
-
-
-def _randomize_zero_weights(model: onnx.ModelProto) -> int:
-    rng = np.random.default_rng(0)
-    n = 0
-    for t in model.graph.initializer:
-        if len(t.dims) >= 1 and t.data_type == onnx.TensorProto.FLOAT:
-            a = numpy_helper.to_array(t)
-            if a.size > 1 and not a.any():
-                t.CopyFrom(numpy_helper.from_array(rng.standard_normal(a.shape).astype(a.dtype) * 0.05, t.name))
-                n += 1
-    return n
+from onnxprune.testing.oracles import randomize_zero_weights, run, zeroed
 
 
 def _feeds(model: onnx.ModelProto, batch: int, seed: int) -> dict[str, np.ndarray]:
@@ -64,7 +51,7 @@ def _feeds(model: onnx.ModelProto, batch: int, seed: int) -> dict[str, np.ndarra
 
 def check(path: Path, heads: float, neurons: float, batches: list[int]) -> tuple[list[str], bool]:
     model = load_model(str(path)).model
-    _randomize_zero_weights(model)
+    randomize_zero_weights(model)
     t0 = time.perf_counter()
     pruned, result = prune_structured(model, StructuredOptions(ratio=neurons, heads=heads))
     dt = time.perf_counter() - t0

@@ -19,6 +19,7 @@ import onnx
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.view import GraphView
 from onnxprune.ops.control import outer_reads
+from onnxprune.progress import expect_total
 from onnxprune.recovery.layers import find_layers
 from onnxprune.runtime.feeds import batches, sample_count
 from onnxprune.runtime.session import fixed_batch, open_session, run_session
@@ -32,6 +33,8 @@ __all__ = [
     "plan_passes",
     "run_taps",
     "session",
+    "shard_inputs",
+    "sharded_channel_stats",
     "tapped_model",
     "wanda_scorer",
 ]
@@ -173,6 +176,23 @@ class ChannelStats:
             self.zeros += parts[2]
         self.count += moved.shape[0]
 
+    def merge(self, other: ChannelStats) -> ChannelStats:
+        """The statistics of both sample sets: every field is a sum over samples, so shards
+        of a calibration set reduce to the same statistics as the whole set."""
+        if other.axis != self.axis:
+            raise OnnxPruneError("internal: merging channel statistics of different axes")
+        if other.sum_abs is None:
+            return self
+        if self.sum_abs is None:
+            self.sum_abs, self.sum_sq = other.sum_abs.copy(), other.sum_sq.copy()
+            self.zeros = other.zeros.copy()
+        else:
+            self.sum_abs += other.sum_abs
+            self.sum_sq += other.sum_sq
+            self.zeros += other.zeros
+        self.count += other.count
+        return self
+
     @property
     def mean_abs(self) -> np.ndarray:
         return self.sum_abs / max(1, self.count)
@@ -210,6 +230,7 @@ def channel_stats(
     sess = session(tapped_model(model, computed), providers)
     batch = batch_size_for(sess, sample_count(inputs))
     passes = plan_passes(view, computed, batch, budget_bytes) or [[]]
+    expect_total(progress, len(computed))
     for k, names in enumerate(passes):
         for feed, values in run_taps(sess, inputs, names, batch):
             for name, v in values.items():
@@ -220,6 +241,49 @@ def channel_stats(
         if progress is not None:
             progress(len(names))
     return stats
+
+
+def shard_inputs(inputs: Mapping[str, np.ndarray], shards: int) -> list[dict[str, np.ndarray]]:
+    """``inputs`` split along the sample axis into at most ``shards`` contiguous parts (views,
+    no copy); every part but the last a whole number of ``DEFAULT_BATCH`` samples, so a
+    dynamic-batch model runs the same batches sharded or not."""
+    n = sample_count(inputs)
+    per = max(1, -(-n // max(1, shards)))
+    per = -(-per // DEFAULT_BATCH) * DEFAULT_BATCH if per > DEFAULT_BATCH else per
+    return [{k: v[i : i + per] for k, v in inputs.items()} for i in range(0, n, per)]
+
+
+def sharded_channel_stats(
+    model: onnx.ModelProto,
+    inputs: Mapping[str, np.ndarray],
+    targets: Mapping[str, int],
+    executor,
+    *,
+    shards: int | None = None,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> dict[str, ChannelStats]:
+    """``channel_stats`` with the calibration set cut in ``shards`` (default: the executor's
+    ``workers``) run as jobs of ``executor`` (``onnxprune.targets.executor``: in-process,
+    local processes or Ray tasks), the shards' sums added. Each job gets the serialized
+    model and its shard of the inputs; memory per job is bounded by ``budget_bytes`` as in
+    ``channel_stats``."""
+    parts = shard_inputs(inputs, shards if shards is not None else executor.workers)
+    blob = model.SerializeToString()
+    jobs = [(blob, part, dict(targets), tuple(providers), budget_bytes) for part in parts]
+    merged = {name: ChannelStats(axis) for name, axis in targets.items()}
+    for result in executor.map(_shard_job, jobs):
+        for name, st in result.items():
+            merged[name].merge(st)
+    return merged
+
+
+def _shard_job(job: tuple) -> dict[str, ChannelStats]:
+    """One shard's statistics (module level: a worker process or Ray task unpickles it)."""
+    blob, inputs, targets, providers, budget = job
+    model = onnx.ModelProto()
+    model.ParseFromString(blob)
+    return channel_stats(model, inputs, targets, providers=providers, budget_bytes=budget)
 
 
 def wanda_scorer(

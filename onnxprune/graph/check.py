@@ -16,7 +16,6 @@ import math
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.inference import skeleton, toposorted
@@ -26,9 +25,11 @@ from onnxprune.graph.proto import (
     copy_fields,
     element_bits,
     is_external,
+    is_lazy,
     is_repeated,
     payload_nbytes,
     subgraphs,
+    tensor_array,
     walk_tensors,
 )
 
@@ -108,7 +109,7 @@ def require_loaded(model: onnx.ModelProto) -> None:
     """An in-memory model must hold its weights: one whose tensors still point at external
     data files (``onnx.load(..., load_external_data=False)``) has no folder to read them from
     and would be pruned, validated and saved without them."""
-    missing = [t.name for t in walk_tensors(model) if is_external(t)]
+    missing = [t.name for t in walk_tensors(model) if is_external(t) and not is_lazy(t)]
     if missing:
         raise OnnxPruneError(
             f"the model's tensor {missing[0]!r} ({len(missing)} in all) keeps its data in an "
@@ -213,8 +214,8 @@ def check_finite(model: onnx.ModelProto) -> None:
             tensors.extend(a.t for a in node.attribute if a.HasField("t"))
     for tensor in tensors:
         if tensor.data_type not in _FLOATS or is_external(tensor):
-            continue
-        if not np.isfinite(numpy_helper.to_array(tensor)).all():
+            continue  # lazy weights are checked as they are read in (graph.load)
+        if not np.isfinite(tensor_array(tensor)).all():
             bad.append(tensor.name or "<unnamed>")
     if bad:
         shown = ", ".join(repr(n) for n in bad[:3])

@@ -16,12 +16,16 @@ from onnx import numpy_helper
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.proto import (
+    LAZY_MIN_BYTES,
     TENSOR_DATA_FIELDS,
     copy_fields,
     external_info,
     is_external,
+    is_lazy,
+    make_lazy,
     payload_nbytes,
     subgraphs,
+    tensor_chunks,
     tensor_nbytes,
     walk_tensors,
 )
@@ -87,19 +91,33 @@ def resolve_data_file(location: str, folder: Path, tensor_name: str) -> Path:
     return target
 
 
-def load_external_data(model: onnx.ModelProto, folder: Path) -> list[Path]:
-    """Check every external-data reference, then read the data into the tensors.
+LAZY_MODEL_MIN_BYTES = 256 << 20
+"""Models with this much external data or more keep their big weights lazy on load."""
+
+
+def load_external_data(
+    model: onnx.ModelProto, folder: Path, *, lazy: bool | None = None
+) -> list[Path]:
+    """Check every external-data reference, then read the small tensors into memory and
+    make the big ones lazy (``graph.proto.make_lazy``: read from the file when asked).
 
     All checks run before any byte is read, so a bad model fails without partial work.
-    Returns the distinct data files used.
+    Weights stay in their files so that peak memory follows the weights a stage really
+    works on, not every copy of the model. ``lazy=None`` is lazy from
+    ``LAZY_MODEL_MIN_BYTES`` of external data on (a small model is simply read in, as
+    onnx.load would); True or False decide. Returns the distinct data files used.
     """
     plan: dict[Path, list[tuple[onnx.TensorProto, int, int | None]]] = {}
-    for tensor in walk_tensors(model):
+    main = len(model.graph.initializer)  # walk_tensors yields these first
+    lazy_ok: set[tuple[Path, int]] = set()  # only main-graph weights stay lazy
+    for index, tensor in enumerate(walk_tensors(model)):
         if not is_external(tensor):
             continue
         location, offset, length = external_info(tensor)
         data_file = resolve_data_file(location, folder, tensor.name)
         plan.setdefault(data_file, []).append((tensor, offset, length))
+        if index < main:
+            lazy_ok.add((data_file, offset))
 
     for data_file, items in plan.items():
         file_size = data_file.stat().st_size
@@ -119,10 +137,19 @@ def load_external_data(model: onnx.ModelProto, folder: Path) -> list[Path]:
                     f"{list(tensor.dims)} need {expected}"
                 )
 
+    if lazy is None:
+        lazy = sum(_stored(items, f) for f, items in plan.items()) >= LAZY_MODEL_MIN_BYTES
+    if not lazy:
+        lazy_ok.clear()
     for data_file, items in plan.items():
         try:
             with open(data_file, "rb") as fh:
                 for tensor, offset, length in sorted(items, key=lambda item: item[1]):
+                    stored = length if length is not None else data_file.stat().st_size - offset
+                    big = stored >= LAZY_MIN_BYTES and tensor.data_type != onnx.TensorProto.STRING
+                    if big and (data_file, offset) in lazy_ok:
+                        make_lazy(tensor, data_file, offset, stored)
+                        continue
                     fh.seek(offset)
                     data = fh.read() if length is None else fh.read(length)
                     if length is not None and len(data) != length:
@@ -138,10 +165,16 @@ def load_external_data(model: onnx.ModelProto, folder: Path) -> list[Path]:
     return list(plan)
 
 
+def _stored(items: list[tuple[onnx.TensorProto, int, int | None]], data_file: Path) -> int:
+    size = data_file.stat().st_size
+    return sum(length if length is not None else size - offset for _, offset, length in items)
+
+
 class DataWriter:
     """Appends tensor bytes to one external data file, opened only if a tensor needs it."""
 
-    def __init__(self, path: Path, location: str) -> None:
+    def __init__(self, path: Path, location: str, progress=None) -> None:
+        self._progress = progress  # called with the bytes written, for a bar with time left
         self._path = path
         self._location = location
         self._fh = None
@@ -158,6 +191,11 @@ class DataWriter:
 
         ``tensor`` itself is only read, so the caller's model stays as it was.
         """
+        if is_lazy(tensor):
+            copy_fields(tensor, out, TENSOR_DATA_FIELDS)
+            self._reference(out, self._append_chunks(tensor_chunks(tensor), tensor_nbytes(tensor)),
+                            tensor_nbytes(tensor))  # fmt: skip
+            return
         if is_external(tensor):
             raise ValueError(f"tensor {tensor.name!r} still refers to unloaded external data")
         data = self._tensor_bytes(tensor)
@@ -165,17 +203,19 @@ class DataWriter:
             out.CopyFrom(tensor)
             return
         copy_fields(tensor, out, TENSOR_DATA_FIELDS)
-        offset = self._append(data)
+        self._reference(out, self._append(data), len(data))
+
+    def _reference(self, out: onnx.TensorProto, offset: int, length: int) -> None:
         out.data_location = onnx.TensorProto.EXTERNAL
-        for key, value in (("location", self._location), ("offset", offset), ("length", len(data))):
+        for key, value in (("location", self._location), ("offset", offset), ("length", length)):
             entry = out.external_data.add()
             entry.key = key
             entry.value = str(value)
 
     def externalize_in_place(self, tensor: onnx.TensorProto) -> None:
         """Like ``externalize`` for a tensor we own (inside a copied subgraph)."""
-        data = self._tensor_bytes(tensor)
-        if data is None:
+        data = None if is_lazy(tensor) else self._tensor_bytes(tensor)
+        if data is None and not is_lazy(tensor):
             return
         stub = onnx.TensorProto()
         self.externalize(tensor, stub)
@@ -201,17 +241,24 @@ class DataWriter:
         return packed.raw_data
 
     def _append(self, data: bytes) -> int:
+        return self._append_chunks(iter((data,)), len(data))
+
+    def _append_chunks(self, chunks, length: int) -> int:
+        """Write ``length`` bytes given in pieces; returns where they start."""
         if self._fh is None:
             self._fh = open(self._path, "wb")  # noqa: SIM115 - closed in close()
             self.used = True
-        if len(data) >= _ALIGN_THRESHOLD:
+        if length >= _ALIGN_THRESHOLD:
             padding = -self._offset % _DATA_ALIGNMENT
             if padding:
                 self._fh.write(b"\0" * padding)
                 self._offset += padding
         offset = self._offset
-        self._fh.write(data)
-        self._offset += len(data)
+        for data in chunks:
+            self._fh.write(data)
+            if self._progress is not None:
+                self._progress(len(data))
+        self._offset += length
         return offset
 
 
@@ -232,3 +279,53 @@ def externalized_copy(model: onnx.ModelProto, writer: DataWriter) -> onnx.ModelP
         for tensor in sub.initializer:
             writer.externalize_in_place(tensor)
     return skeleton
+
+
+_SPILL: list[Path] = []  # the process's spill folder, made on first use
+
+
+def spill_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose big in-memory main-graph weights are written to a scratch
+    data file and read back lazily (``graph.proto.make_lazy``); ``model`` is left as it is.
+
+    Why: work that copies a model (recovery refits a copy and taps copies of it, each
+    serialized for onnxruntime) would copy every pruned weight several times over; with the
+    weights lazy each copy is a few kilobytes and onnxruntime maps the file. Spill files
+    live in one temporary folder, removed when the process exits (or on a signal). Models
+    holding less than ``LAZY_MODEL_MIN_BYTES`` in memory are returned as they are.
+    """
+    held = sum(tensor_nbytes(t) for t in model.graph.initializer if not is_external(t))
+    if held < LAZY_MODEL_MIN_BYTES:
+        return model
+    if not _SPILL:
+        import atexit
+        import shutil
+        import tempfile
+
+        from onnxprune import signals
+
+        folder = Path(tempfile.mkdtemp(prefix="onnxprune-spill-"))
+        signals.track(folder)
+        atexit.register(shutil.rmtree, folder, True)
+        _SPILL.append(folder)
+    path = _SPILL[0] / f"weights-{len(list(_SPILL[0].iterdir()))}.data"
+    writer = DataWriter(path, path.name)
+    light = onnx.ModelProto()
+    copy_fields(model, light, frozenset({"graph"}))
+    copy_fields(model.graph, light.graph, frozenset({"initializer"}))
+    try:
+        for tensor in model.graph.initializer:
+            out = light.graph.initializer.add()
+            big = tensor_nbytes(tensor) >= LAZY_MIN_BYTES and not is_external(tensor)
+            data = DataWriter._tensor_bytes(tensor) if big else None
+            if data is None:
+                out.CopyFrom(tensor)
+                continue
+            copy_fields(tensor, out, TENSOR_DATA_FIELDS)
+            offset = writer._append(data)
+            writer._fh.flush()
+            make_lazy(out, path, offset, len(data))
+            del data
+    finally:
+        writer.close()
+    return light

@@ -16,14 +16,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph.branches import hoist_in_place
 from onnxprune.graph.check import check_graph, check_payloads
 from onnxprune.graph.external import PROTOBUF_LIMIT, load_external_data
 from onnxprune.graph.fold import fold_weight_chains, has_weight_chains
 from onnxprune.graph.fold_shapes import fold_load_shapes, may_fold_shapes
-from onnxprune.graph.proto import constant_node_tensor, is_external, tensor_nbytes
+from onnxprune.graph.proto import (
+    constant_node_tensor,
+    is_external,
+    is_lazy,
+    tensor_array,
+    tensor_nbytes,
+)
+from onnxprune.progress import bytes_bar
 
 # Opsets the project's tests cover; others load with a note, not an error.
 TESTED_OPSET_RANGE = (11, 22)
@@ -33,7 +42,7 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 @dataclass
 class LoadedModel:
-    """A model read from disk, with every weight in memory.
+    """A model read from disk, its weights in memory or lazy (``load_model``).
 
     ``path`` is the absolute path the user named (normalized, symlinks not followed: external
     data and the default output live beside the path the user gave, as onnx and onnxruntime
@@ -47,8 +56,15 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
 
 
-def load_model(path: str | os.PathLike) -> LoadedModel:
-    """Read an ONNX model with all its weights in memory, ready for pruning.
+def load_model(
+    path: str | os.PathLike, *, lazy: bool | None = None, progress: bool = False
+) -> LoadedModel:
+    """Read an ONNX model, ready for pruning: small models with every weight in memory, a
+    big one (``graph.external.LAZY_MODEL_MIN_BYTES`` of external data or more, or any with
+    ``lazy=True``) with its big weights lazy: read from their checked files when asked
+    (``graph.proto.tensor_array``), so that memory follows the work, not the copies.
+    Lazy float weights are read once here to refuse NaN/Inf, one at a time, with a bar of
+    bytes and time left when ``progress``.
 
     Raises OnnxPruneError with a one-line reason for anything that is not a usable model:
     a missing file, bytes that are not ONNX, missing or escaping external data files, and
@@ -77,7 +93,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
 
     notes: list[str] = []
     check_payloads(model)
-    data_files = load_external_data(model, model_path.parent)
+    data_files = load_external_data(model, model_path.parent, lazy=lazy)
     if data_files:
         names = ", ".join(sorted(p.name for p in data_files))
         notes.append(
@@ -87,6 +103,7 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
 
     notes.extend(normalize_model(model))
     notes.extend(check_graph(model))
+    check_lazy_finite(model, progress)
 
     opset_note = _opset_note(model)
     if opset_note:
@@ -100,6 +117,29 @@ def load_model(path: str | os.PathLike) -> LoadedModel:
         size_bytes=size,
         notes=notes,
     )
+
+
+def check_lazy_finite(model: onnx.ModelProto, progress: bool = False) -> None:
+    """``graph.check.check_finite`` for the lazy weights: each read through its memory map
+    and let go before the next (it reads every byte of a big model: the bar shows it)."""
+    lazy = [t for t in model.graph.initializer if is_lazy(t) and t.data_type in _FLOATS]
+    bad: list[str] = []
+    with bytes_bar("check weights", sum(map(tensor_nbytes, lazy)), enabled=progress) as bar:
+        for tensor in lazy:
+            if not np.isfinite(tensor_array(tensor)).all():
+                bad.append(tensor.name)
+            bar.update(tensor_nbytes(tensor))
+    if bad:
+        shown = ", ".join(repr(n) for n in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise OnnxPruneError(
+            f"{len(bad)} weight tensor{'s hold' if len(bad) != 1 else ' holds'} NaN or Inf "
+            f"values ({shown}{more}); pruning cannot produce a usable model from them"
+        )
+
+
+_FLOATS = frozenset((onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                     onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16))  # fmt: skip
 
 
 def parse_model(content: bytes, shown: str) -> onnx.ModelProto:
@@ -250,6 +290,12 @@ def normalize_model(model: onnx.ModelProto) -> list[str]:
             f"{_plural(chain_nodes, 'constant-only node')}: Transpose, Reshape, Mul, ...) "
             "folded into initializers"
         )
+    hoisted = hoist_in_place(model)
+    if hoisted:
+        notes.append(
+            f"{_plural(hoisted, 'initializer')} of If branches moved to the main graph "
+            "(a branch reads outer names), so the branches can be followed"
+        )
     folded = _identities_to_initializers(model.graph)
     if folded:
         notes.append(
@@ -266,9 +312,14 @@ def needs_normalization(model: onnx.ModelProto) -> bool:
     if any(n.op_type in ("Constant", "Identity") and n.domain in _DEFAULT_DOMAINS for n in g.node):
         return True
     inits = {t.name for t in g.initializer}
+    branch_weights = any(
+        a.HasField("g") and len(a.g.initializer) for n in g.node if n.op_type == "If"
+        for a in n.attribute
+    )  # fmt: skip
     return (
         (bool(inits) and inits <= {i.name for i in g.input})
         or has_weight_chains(g)
+        or branch_weights
         or may_fold_shapes(g)
     )
 

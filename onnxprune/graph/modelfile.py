@@ -13,6 +13,7 @@ from onnxprune.graph.external import (
     EXTERNAL_DATA_SIZE_THRESHOLD,
     EXTERNAL_DATA_THRESHOLD,
     model_needs_external_data,
+    spill_weights,
 )
 from onnxprune.graph.load import (
     IDENTITY_FOLD_MAX_BYTES,
@@ -29,6 +30,7 @@ from onnxprune.graph.save import (
     check_output_path,
     default_output_path,
     save_model,
+    stage_lending,
     stage_model,
 )
 
@@ -48,5 +50,7 @@ __all__ = [
     "normalize_model",
     "parse_model",
     "save_model",
+    "spill_weights",
+    "stage_lending",
     "stage_model",
 ]

@@ -5,6 +5,8 @@
   included), ``is_external``/``external_info`` read and check external-data references,
   ``element_bits``/``tensor_nbytes`` give byte sizes right for every data type (6-, 4- and
   2-bit types are packed, rounded up to whole bytes, as the ONNX spec stores them);
+* lazy tensors: ``make_lazy``/``is_lazy``/``tensor_array``/``tensor_chunks``: a weight whose
+  bytes stay in its data file, read through a memory map when a rule or a criterion asks;
 * shapes: ``shape_of`` reads a value info's dims;
 * writing: ``FreshNames`` makes names no tensor, node or graph input of a graph uses,
   ``add_initializer``/``set_tensor``/``write_tensor_data`` are the initializer writers;
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -154,6 +157,94 @@ def external_length(tensor: onnx.TensorProto) -> int | None:
         if entry.key == "length" and entry.value.isdigit():
             return int(entry.value)
     return None
+
+
+# ------------------------------------------------------------------------------ lazy tensors
+LAZY_ROOT = os.path.abspath(os.sep)
+"""Lazy tensors name their data file relative to this folder (the file system root), so a
+lazy tensor copied into any model still finds its bytes, and onnxruntime opens a model
+holding them from memory with ``LAZY_ROOT`` as its external-data folder (it refuses absolute
+locations)."""
+
+LAZY_MARK = "onnxprune-lazy"
+"""The ``checksum`` entry of a lazy tensor's external data (a key onnxruntime and onnx
+accept and ignore): what tells a weight onnxprune left in its checked data file apart from
+one a caller forgot to load."""
+
+LAZY_MIN_BYTES = 64 * 1024
+"""Smaller tensors are read into memory on load: shape constants, axes and biases are read
+by many rules and cost nothing; only weights stay in their files."""
+
+
+def make_lazy(tensor: onnx.TensorProto, data_file: str | os.PathLike, offset: int, length: int) -> None:
+    """Point ``tensor`` at ``length`` bytes of ``data_file`` from ``offset`` instead of
+    holding them (the file must have been checked: ``graph.external``)."""
+    for f in TENSOR_DATA_FIELDS:
+        tensor.ClearField(f)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    where = os.path.relpath(os.path.abspath(data_file), LAZY_ROOT)
+    for key, value in (("location", where), ("offset", offset), ("length", length),
+                       ("checksum", LAZY_MARK)):  # fmt: skip
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, str(value)
+
+
+def is_lazy(tensor: onnx.TensorProto) -> bool:
+    """Whether the tensor is a weight onnxprune reads from its data file on demand."""
+    return is_external(tensor) and any(
+        e.key == "checksum" and e.value == LAZY_MARK for e in tensor.external_data
+    )
+
+
+def lazy_source(tensor: onnx.TensorProto) -> tuple[str, int, int]:
+    """(absolute data file, offset, length) of a lazy tensor."""
+    location, offset, length = external_info(tensor)
+    return os.path.join(LAZY_ROOT, location), offset, length or 0
+
+
+def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """A tensor's value as numpy; a lazy one as a copy-on-write memory map of its file.
+
+    The map costs no memory until read, and its pages leave the process when the array
+    does: a criterion that reads one weight at a time holds one weight at a time.
+    """
+    if not is_lazy(tensor):
+        return numpy_helper.to_array(tensor)
+    path, offset, length = lazy_source(tensor)
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    except (KeyError, TypeError, ValueError):
+        dtype = None
+    shape = tuple(int(d) for d in tensor.dims)
+    if dtype is None or element_bits(tensor.data_type) % 8 or dtype.itemsize * product(shape) != length:
+        return numpy_helper.to_array(materialized(tensor))  # packed/exotic types: via onnx
+    if length == 0:
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=shape)
+
+
+def tensor_chunks(tensor: onnx.TensorProto, chunk: int = 64 << 20) -> Iterator[bytes]:
+    """The bytes of a lazy tensor, ``chunk`` at a time (a save never holds a whole weight)."""
+    path, offset, length = lazy_source(tensor)
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        left = length
+        while left > 0:
+            data = fh.read(min(chunk, left))
+            if not data:
+                raise OnnxPruneError(f"the data file of tensor {tensor.name!r} ({path}) was cut short")
+            left -= len(data)
+            yield data
+
+
+def materialized(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """A copy of a lazy tensor with its bytes in memory (any other tensor: itself)."""
+    if not is_lazy(tensor):
+        return tensor
+    out = onnx.TensorProto()
+    copy_fields(tensor, out, TENSOR_DATA_FIELDS)
+    out.raw_data = b"".join(tensor_chunks(tensor))
+    return out
 
 
 # ------------------------------------------------------------------------------------ sizes
@@ -308,7 +399,7 @@ def set_tensor(tensor: onnx.TensorProto, value: np.ndarray, *, keep_dtype: bool 
     """Replace a tensor's value (and dims) with ``value``, keeping its name; with
     ``keep_dtype`` the value is cast to the tensor's present data type first."""
     if keep_dtype:
-        value = value.astype(numpy_helper.to_array(tensor).dtype, copy=False)
+        value = value.astype(tensor_array(tensor).dtype, copy=False)
     tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
 
 

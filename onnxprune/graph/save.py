@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -25,6 +26,18 @@ from onnxprune.graph.external import (
     total_tensor_bytes,
 )
 from onnxprune.graph.outputs import check_side_outputs, data_file_for, model_outputs
+from onnxprune.graph.proto import (
+    LAZY_MIN_BYTES,
+    TENSOR_DATA_FIELDS,
+    copy_fields,
+    external_info,
+    is_external,
+    is_lazy,
+    lazy_source,
+    make_lazy,
+    materialized,
+)
+from onnxprune.progress import bytes_bar
 
 
 def default_output_path(input_path: Path) -> Path:
@@ -76,6 +89,10 @@ def _final_path(output_path: Path) -> Path:
     return output_path
 
 
+LEND_MIN_BYTES = 256 << 20
+"""Outputs with external data from this size on lend their weights (``lend_weights``)."""
+
+
 class StagedModel:
     """An output written completely into a temporary folder beside its final path.
 
@@ -84,8 +101,13 @@ class StagedModel:
     block raises before ``commit``.
     """
 
-    def __init__(self, temp_dir: Path, final_path: Path, file_names: list[str]) -> None:
+    def __init__(
+        self, temp_dir: Path, final_path: Path, file_names: list[str],
+        layout: dict[str, tuple[str, int, int]] | None = None,
+    ) -> None:  # fmt: skip
         self._temp_dir = temp_dir
+        self._layout = layout or {}  # initializer -> (data file name, offset, length)
+        self._borrowers: list[onnx.ModelProto] = []
         self._final_path = final_path
         # Data files first, the .onnx last: the model must never point at missing data.
         self._file_names = file_names
@@ -127,8 +149,63 @@ class StagedModel:
                 f"could not move the output into place at {folder}: {exc.strerror or exc}"
             ) from exc
         self._committed = True
+        self._repoint(folder)
         _remove(self._temp_dir)
         return self._final_path
+
+    def lend_weights(
+        self, model: onnx.ModelProto, *, before: Callable[[], object] | None = None
+    ) -> onnx.ModelProto:
+        """A copy of ``model`` whose big initializers are lazy views of the staged data file
+        (``model`` itself is left as it is; drop it to give its memory back).
+
+        Once written, the pruned weights need not stay in memory while the two models are
+        validated (that is what keeps validation within the memory of one model): they are
+        read back from the output when asked. A copy, because protobuf keeps a message's
+        bytes in its arena until the whole message goes: clearing fields frees nothing.
+        ``commit`` points the copy at the committed file, ``discard`` reads its weights back
+        into memory before the file goes. Only outputs of ``LEND_MIN_BYTES`` or more are
+        lent (small ones stay as they are); ``before`` runs first (work still reading
+        ``model``'s tensors on another thread must finish before they are copied).
+        """
+        if self._committed or self._discarded or self.size_bytes < LEND_MIN_BYTES:
+            return model
+        if not any(w[2] >= LAZY_MIN_BYTES for w in self._layout.values()):
+            return model
+        if before is not None:
+            before()
+        light = onnx.ModelProto()
+        copy_fields(model, light, frozenset({"graph"}))
+        copy_fields(model.graph, light.graph, frozenset({"initializer"}))
+        for tensor in model.graph.initializer:
+            where = self._layout.get(tensor.name)
+            out = light.graph.initializer.add()
+            if where is None or where[2] < LAZY_MIN_BYTES:
+                out.CopyFrom(tensor)
+                continue
+            copy_fields(tensor, out, TENSOR_DATA_FIELDS)
+            make_lazy(out, self._temp_dir / where[0], where[1], where[2])
+        self._borrowers.append(light)
+        return light
+
+    def _lent(self) -> Iterator[onnx.TensorProto]:
+        """The borrowers' tensors that point into the staging folder."""
+        prefix = str(self._temp_dir) + os.sep
+        for model in self._borrowers:
+            for tensor in model.graph.initializer:
+                if is_lazy(tensor) and lazy_source(tensor)[0].startswith(prefix):
+                    yield tensor
+
+    def _repoint(self, folder: Path) -> None:
+        for tensor in list(self._lent()):
+            path, offset, length = lazy_source(tensor)
+            make_lazy(tensor, folder / os.path.basename(path), offset, length)
+        self._borrowers.clear()
+
+    def _take_back(self) -> None:
+        for tensor in list(self._lent()):
+            tensor.CopyFrom(materialized(tensor))
+        self._borrowers.clear()
 
     def _rollback(self, undo: list[tuple[Path, Path | None]]) -> None:
         for dst, backup in reversed(undo):
@@ -145,7 +222,10 @@ class StagedModel:
         if self._committed or self._discarded:
             return
         self._discarded = True
-        _remove(self._temp_dir)
+        try:
+            self._take_back()
+        finally:
+            _remove(self._temp_dir)
 
     def __enter__(self) -> StagedModel:
         return self
@@ -161,13 +241,15 @@ class StagedModel:
 
 
 def stage_model(
-    model: onnx.ModelProto, output_path: Path, *, external_data: bool | None = None
-) -> StagedModel:
+    model: onnx.ModelProto, output_path: Path, *, external_data: bool | None = None,
+    progress: bool = False,
+) -> StagedModel:  # fmt: skip
     """Write ``model`` completely into a temporary folder beside ``output_path``.
 
     ``external_data=None`` picks external data only when the model needs it; True forces it
     (to keep a model the user stored that way in the same shape). Weights go to
-    ``<output name>.data``. The caller's ``model`` is not modified.
+    ``<output name>.data``, streamed one tensor at a time (a lazy one in chunks), with a
+    bar of bytes and time left when ``progress``. The caller's ``model`` is not modified.
     """
     final = _final_path(Path(output_path))
     total = total_tensor_bytes(model)
@@ -184,8 +266,9 @@ def stage_model(
         with signals.deferred():
             temp_dir = Path(tempfile.mkdtemp(dir=final.parent, prefix=".onnxprune-"))
             signals.track(temp_dir)
-        names = _write_staged(model, temp_dir, final.name, use_external)
-        return StagedModel(temp_dir, final, names)
+        with bytes_bar("save", total, enabled=progress and use_external) as bar:
+            names, layout = _write_staged(model, temp_dir, final.name, use_external, bar.update)
+        return StagedModel(temp_dir, final, names, layout)
     except OSError as exc:
         _remove(temp_dir)
         if temp_dir is None:
@@ -196,6 +279,16 @@ def stage_model(
     except BaseException:
         _remove(temp_dir)
         raise
+
+
+def stage_lending(
+    model: onnx.ModelProto, output_path: Path, external_data: bool | None, progress: bool,
+    before: Callable[[], object] | None = None,
+) -> tuple[StagedModel, onnx.ModelProto]:  # fmt: skip
+    """``stage_model``, then ``StagedModel.lend_weights``: the staged output and the model
+    to go on with (for a big one, a copy whose weights are read from the staged file)."""
+    staged = stage_model(model, output_path, external_data=external_data, progress=progress)
+    return staged, staged.lend_weights(model, before=before)
 
 
 def _remove(temp_dir: Path | None) -> None:
@@ -232,18 +325,26 @@ def _serialize(model: onnx.ModelProto) -> bytes:
         ) from exc
 
 
-def _write_staged(model: onnx.ModelProto, folder: Path, name: str, use_external: bool) -> list[str]:
-    """Write the model (and data file) into ``folder``; returns the file names, data first."""
+def _write_staged(
+    model: onnx.ModelProto, folder: Path, name: str, use_external: bool, progress=None
+) -> tuple[list[str], dict[str, tuple[str, int, int]]]:
+    """Write the model (and data file) into ``folder``: the file names, data first, and
+    where each externally stored initializer went (name -> (file, offset, length))."""
     onnx_path = folder / name
     if not use_external:
         _write_file(onnx_path, _serialize(model))
-        return [name]
+        return [name], {}
 
     data_name = data_file_for(folder / name).name
-    writer = DataWriter(folder / data_name, data_name)
+    writer = DataWriter(folder / data_name, data_name, progress)
     try:
         skeleton = externalized_copy(model, writer)
     finally:
         writer.close()
     _write_file(onnx_path, _serialize(skeleton))
-    return [data_name, name] if writer.used else [name]
+    layout = {}
+    for tensor in skeleton.graph.initializer:
+        if is_external(tensor):
+            location, offset, length = external_info(tensor)
+            layout[tensor.name] = (location, offset, length or 0)
+    return ([data_name, name] if writer.used else [name]), layout

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph import quant
@@ -26,9 +25,11 @@ from onnxprune.graph.proto import (
     Dim,
     attr,
     constant_node_value,
+    is_lazy,
     normalize_axis,
     product,
     shape_of,
+    tensor_array,
 )
 from onnxprune.graph.shape_values import ShapeElem, ShapeValues
 
@@ -313,8 +314,10 @@ class GraphView:
             v = quant.value(self.quantized[name], self.constant)
             self._values[name] = v
         if v is None and name in self.initializers:
-            v = numpy_helper.to_array(self.initializers[name])
-            self._values[name] = v
+            tensor = self.initializers[name]
+            v = tensor_array(tensor)
+            if not is_lazy(tensor):  # a lazy weight is read again, not held: memory stays flat
+                self._values[name] = v
         return v
 
     def derive(self, name: str, value: np.ndarray) -> None:

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxprune.graph import quant
 from onnxprune.graph.edit import insert_after
-from onnxprune.graph.proto import FreshNames, add_initializer, set_tensor
+from onnxprune.graph.proto import FreshNames, add_initializer, set_tensor, tensor_array
 from onnxprune.graph.view import GraphView
 from onnxprune.recovery.layers import Layer
 
@@ -40,7 +39,7 @@ class ModelParams:
         self.quantized = GraphView(model, shapes=False).quantized
 
     def _read(self, name: str) -> np.ndarray:
-        return numpy_helper.to_array(self.inits[name])
+        return tensor_array(self.inits[name])
 
     def get(self, name: str) -> np.ndarray:
         q = self.quantized.get(name)

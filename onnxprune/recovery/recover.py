@@ -55,12 +55,20 @@ from onnxprune.calibration.stats import (
 )
 from onnxprune.graph import quant
 from onnxprune.graph.view import GraphView
+from onnxprune.progress import expect_total
 from onnxprune.recovery.gram import LayerStats, rel_err
 from onnxprune.recovery.layers import Layer, find_layers
 from onnxprune.recovery.params import NONFINITE_REASON, ModelParams, augmented, write
-from onnxprune.recovery.solvers import least_squares, mean_shift, obs_factor, obs_sparsify
-from onnxprune.runtime.feeds import batches, sample_count
-from onnxprune.runtime.session import fixed_batch
+from onnxprune.recovery.solvers import (
+    blas_limit,
+    inverse_product,
+    least_squares,
+    mean_shift,
+    obs_factor,
+    obs_sparsify,
+)
+from onnxprune.recovery.waves import split_waves, stats_size, wave_count
+from onnxprune.runtime.feeds import sample_count
 from onnxprune.structured.plan import Plan
 
 
@@ -87,6 +95,16 @@ class RecoveryOptions:
     seed: int = 0
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     budget_bytes: int = DEFAULT_BUDGET_BYTES
+    gram_budget_bytes: int = 3 << 29
+    """Most bytes the Gram matrices (and buffered rows) of one wave may hold: a wave whose
+    layers would need more is split, one more pass each (1.5 GiB; ResNet-50's 54 layers need
+    at most 0.98 GB in one wave by ``gram.stats_bytes``, MobileNetV2's 0.53 GB)."""
+    blas_threads: int | None = 1
+    """BLAS threads for recovery's Gram products, factors and solves (None: as the libraries
+    choose; onnxruntime's threads are its own). On this shared 2-core machine OpenBLAS's
+    threaded potrf/trtri ran 4x slower than one thread (4.5 against 0.76 CPU s for a
+    4609-wide factor at load 18; ResNet-50's factor stage 195 s against 26 s): numpy and
+    scipy each bring an OpenBLAS, whose idle threads spin against each other."""
 
     @property
     def any(self) -> bool:
@@ -104,6 +122,9 @@ class RecoveryResult:
     samples: int = 0
     waves: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    """CPU time of this process during recovery (all threads, onnxruntime's too): on a
+    shared machine a steadier measure of the work than ``seconds``."""
     stage_seconds: dict[str, float] = field(default_factory=dict)
     """Where ``seconds`` went: ``taps`` (onnxruntime runs of both models), ``gram`` (Gram
     matrices from the sampled rows), ``factor`` (OBS: the inverse-Hessian factor and the
@@ -125,6 +146,7 @@ class RecoveryResult:
             "samples": self.samples,
             "waves": self.waves,
             "seconds": self.seconds,
+            "cpu_seconds": round(self.cpu_seconds, 3),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "layers_refit": len(self.layers),
             "mean_err_before": float(np.mean(errs_b)) if errs_b else None,
@@ -193,40 +215,6 @@ def _live_rows(layer: Layer, x_shape: tuple[int, ...], feed: Mapping[str, np.nda
     return np.arange(n)
 
 
-def _wave_count(
-    original: onnx.ModelProto, inputs: Mapping[str, np.ndarray], targets: list[_Target],
-    opts: RecoveryOptions, samples: int,
-) -> int:  # fmt: skip
-    """``opts.waves``, or fewer so the passes fit ``opts.pass_budget_s``.
-
-    Wave k of w runs both models up to its last layer only, about k/w of a full pass each,
-    so w waves cost about (w + 1) / 2 full passes of the original and the pruned model.
-    """
-    wanted = max(1, min(opts.waves, len(targets)))
-    if opts.pass_budget_s is None or wanted == 1:
-        return wanted
-    sess = session(original, opts.providers)
-    batch = batch_size_for(sess, samples)
-    feed = next(batches(inputs, batch, [i.name for i in sess.get_inputs()],
-                        fixed=fixed_batch(sess) is not None))  # fmt: skip
-    sess.run(None, feed)  # warm-up: the first run allocates
-    t0 = time.perf_counter()
-    sess.run(None, feed)
-    full = (time.perf_counter() - t0) * samples / batch * 2  # original and pruned
-    for w in range(wanted, 1, -1):
-        if full * (w + 1) / 2 <= opts.pass_budget_s:
-            return w
-    return 1
-
-
-def _waves(targets: list[_Target], count: int) -> list[list[_Target]]:
-    if not targets:
-        return []
-    count = max(1, min(count, len(targets)))
-    size = math.ceil(len(targets) / count)
-    return [targets[i : i + size] for i in range(0, len(targets), size)]
-
-
 def _run(
     original: onnx.ModelProto,
     current: onnx.ModelProto,
@@ -240,15 +228,19 @@ def _run(
     params_p = ModelParams(current)
     rng = np.random.default_rng(opts.seed)
     result.samples = sample_count(inputs)
-    waves = _waves(targets, _wave_count(original, inputs, targets, opts, result.samples))
+    count, batch = wave_count(original, inputs, len(targets), opts, result.samples)
+    per_batch = math.ceil(opts.max_rows / max(1, result.samples // batch))
+    sizes = [stats_size(t.lp, t.lo, params_o, params_p, opts.max_rows, per_batch) for t in targets]
+    waves = split_waves(targets, count, sizes, opts.gram_budget_bytes)
     result.waves = len(waves)
+    expect_total(progress, len(targets))  # the bar shows the time left
     for wave in waves:
         xs = list(dict.fromkeys(t.lo.x for t in wave))
         sess_o = session(tapped_model(original, xs, only=True), opts.providers)
         sess_p = session(tapped_model(current, xs, only=True), opts.providers)
         batch = batch_size_for(sess_o, result.samples)
         n_batches = max(1, result.samples // batch)
-        stats = {id(t): LayerStats(t.lp, t.lo, t.group_map, t.method != "obs") for t in wave}
+        stats = {id(t): _layer_stats(t, params_o) for t in wave}
         feeds_o = run_taps(sess_o, inputs, xs, batch)
         feeds_p = run_taps(sess_p, inputs, xs, batch)
         t0 = time.perf_counter()
@@ -276,6 +268,13 @@ def _run(
     return current
 
 
+def _layer_stats(t: _Target, params_o: ModelParams) -> LayerStats:
+    """The Gram accumulator of ``t``, which knows its target so that it can sum
+    ``(T x_o) x_p^T`` instead of ``x_o x_p^T`` when that is cheaper."""
+    target = _reference(t.lo, params_o, t)
+    return LayerStats(t.lp, t.lo, t.group_map, t.method != "obs", target=target)
+
+
 def _refit(
     t: _Target, st: LayerStats, params_o: ModelParams, params_p: ModelParams,
     opts: RecoveryOptions, result: RecoveryResult,
@@ -284,6 +283,7 @@ def _refit(
         result.skipped.append({"layer": t.lp.label, "reason": "no calibration rows reached it"})
         return
     target = _reference(t.lo, params_o, t)
+    tgop = st.target_gop(target)
     w0 = augmented(t.lp, params_p)
     before = rel_err(w0, target, st)
     if t.method == "obs":
@@ -293,8 +293,8 @@ def _refit(
         for k in range(target.shape[0]):
             u, h = obs_factor(st.gpp[k], opts.damp)
             # The dense least-squares target, with the same damped H, toward the original.
-            rhs = target[k] @ st.gop[k] + target[k] * (np.diagonal(h) - np.diagonal(st.gpp[k]))
-            dense = (rhs.astype(np.float32) @ u.T) @ u  # rhs H^-1, H^-1 = U^T U
+            rhs = tgop[k] + target[k] * (np.diagonal(h) - np.diagonal(st.gpp[k]))
+            dense = inverse_product(rhs, u)  # rhs H^-1, H^-1 = U^T U
             result.timed("factor", t0)
             rows.append(obs_sparsify(dense, st.gpp[k], zeros=shares[k], nm=t.nm,
                                      block=opts.block, factor=u))  # fmt: skip
@@ -325,8 +325,9 @@ def _fit(
     t: _Target, st: LayerStats, target: np.ndarray, w0: np.ndarray, opts: RecoveryOptions
 ) -> np.ndarray:
     if t.method == "lstsq":
-        return least_squares(target, w0, st.gpp, st.gop, opts.damp, opts.bias, prior_rows=True)
-    return mean_shift(target, w0, st.gpp, st.gop)
+        return least_squares(target, w0, st.gpp, None, opts.damp, opts.bias, prior_rows=True,
+                             tgop=st.target_gop(target))  # fmt: skip
+    return mean_shift(target, w0, st.gpp, None, tgop=st.target_gop(target))
 
 
 def _shares(zeros: int | None, groups: int) -> list[int | None]:
@@ -352,15 +353,17 @@ def _recover(
 ) -> tuple[onnx.ModelProto, RecoveryResult]:
     """What both entry points do: refit ``choose(copy, result)``'s targets in a copy of
     ``pruned``, with a result naming the ``steps`` that ``options`` turn on (none: no run)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     current = onnx.ModelProto()
     current.CopyFrom(pruned)
     result = RecoveryResult([s for s in steps if getattr(options, s)])
     if not result.steps:
         return current, result
     targets = choose(current, result)
-    current = _run(reference, current, targets, inputs, options, result, progress)
+    with blas_limit(options.blas_threads):
+        current = _run(reference, current, targets, inputs, options, result, progress)
     result.seconds = time.perf_counter() - t0
+    result.cpu_seconds = time.process_time() - c0
     return current, result
 
 

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graph.proto import tensor_array
 
 if TYPE_CHECKING:
     from onnxprune.report.results import Report
@@ -58,7 +58,7 @@ def zeroed_between(reference: onnx.ModelProto, pruned: onnx.ModelProto, names: S
     for model, sign in ((pruned, 1), (reference, -1)):
         for t in model.graph.initializer:
             if t.name in wanted:
-                a = numpy_helper.to_array(t)
+                a = tensor_array(t)
                 count += sign * int(a.size - np.count_nonzero(a))
     return count
 

@@ -55,6 +55,8 @@ class Report:
     """One pass per pruning kind that was recovered; None when no recovery ran."""
     notes: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+    """Peak resident memory (``metrics.memory.memory_section``); empty when not measured."""
 
     def add_recovery(self, kind: str, result: Any) -> None:
         """Record a recovery pass (``kind`` is ``structured`` or ``unstructured``)."""
@@ -85,6 +87,7 @@ class Report:
             "recovery": section(self.recovery),
             "notes": list(self.notes),
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
+            "memory": dict(self.memory),
         }
 
     def write_json(self, path: str | os.PathLike) -> None:

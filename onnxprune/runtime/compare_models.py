@@ -171,7 +171,9 @@ def evaluate(
         kept = labels[:samples]
         result["accuracy_before"] = accuracy(outputs[0], names, kept)
         result["accuracy_after"] = accuracy(outputs[1], names, kept)
-    times = measure_sessions(sessions, feeds, roles, runs=runs, warmup=5, budget_s=LATENCY_BUDGET_S)
+    times = measure_sessions(
+        sessions, feeds, roles, runs=runs, warmup=5, budget_s=LATENCY_BUDGET_S, threads=threads
+    )
     done = min(len(t) for t in times)
     if done < runs:
         notes.append(f"latency stopped after {done} of {runs} runs ({LATENCY_BUDGET_S:g} s budget)")

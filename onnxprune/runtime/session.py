@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.graph.proto import LAZY_ROOT, is_lazy
 from onnxprune.runtime.feeds import guess_hint
 
 __all__ = [
@@ -110,10 +111,17 @@ def open_session(
     if profile is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile
-    if isinstance(model, bytes):
-        source: str | bytes = model
-    elif isinstance(model, onnx.ModelProto):
-        source = model.SerializeToString()
+    if isinstance(model, bytes | onnx.ModelProto):
+        # Lazy weights (graph.proto) name their data files from the root: the model stays
+        # small in memory and onnxruntime maps the weights from their files.
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", LAZY_ROOT
+        )
+        if isinstance(model, onnx.ModelProto) and any(map(is_lazy, model.graph.initializer)):
+            # Prepacked MatMul weights are private copies: a big model's weights would be
+            # held twice (mapped and packed). Packing per run costs little for many rows.
+            options.add_session_config_entry("session.disable_prepacking", "1")
+        source: str | bytes = model if isinstance(model, bytes) else model.SerializeToString()
     else:
         source = os.fspath(model)
     if isinstance(source, str) and not _utf8(source):

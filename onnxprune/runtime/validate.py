@@ -17,6 +17,7 @@ two models failed.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass, field
 
@@ -36,7 +37,7 @@ from onnxprune.runtime.feeds import (
     rows_of,
     run_facts,
 )
-from onnxprune.runtime.latency import latency_summary, measure_sessions
+from onnxprune.runtime.latency import clock_for, clock_name, latency_summary, measure_sessions
 from onnxprune.runtime.session import (
     fixed_batch,
     open_session,
@@ -61,6 +62,34 @@ RANDOM_SAMPLES = 16
 PER_SAMPLE_IN_JSON = 64
 """``per_sample_cosine`` is written to the JSON report only up to this many samples (a
 distribution of thousands belongs in the HTML report's histogram, not in every JSON)."""
+
+
+SEQUENTIAL_BYTES = 256 << 20
+"""Above this many bytes on disk (model and data files), the two models are run one after
+the other, each session closed before the next opens: only their outputs are kept, so
+validation needs the memory of one model, not two (latency is then timed per model)."""
+
+
+def _one_at_a_time(original: str | os.PathLike, pruned: str | os.PathLike) -> bool:
+    return _disk_bytes(original) + _disk_bytes(pruned) > SEQUENTIAL_BYTES
+
+
+def _disk_bytes(path: str | os.PathLike) -> int:
+    """The model file and the data files beside it that it names (external data)."""
+    import onnx
+
+    path = os.fspath(path)
+    try:
+        total = os.path.getsize(path)
+        if total > SEQUENTIAL_BYTES:
+            return total
+        model = onnx.load(path, load_external_data=False)
+    except Exception:  # unreadable here: opening the session says why
+        return 0
+    folder = os.path.dirname(os.path.abspath(path))
+    files = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    return total + sum(os.path.getsize(os.path.join(folder, f)) for f in files
+                       if os.path.isfile(os.path.join(folder, f)))  # fmt: skip
 
 
 def chunked_outputs(session, inputs: dict, role: str, hint: str):
@@ -204,12 +233,17 @@ def validate(
     Each model gets one session (``threads`` intra-op threads, 0: onnxruntime's choice), used
     for the comparison and for the timing. Errors say whether the original or the pruned
     model failed to load or run. With ``labels`` (one per sample) the same outputs also give
-    each model's top-1 accuracy.
+    each model's top-1 accuracy. Models over ``SEQUENTIAL_BYTES`` run one after the other:
+    each session is timed and closed before the next opens, only outputs are kept.
+
+    Long because both orders (sessions kept for interleaved timing, or one at a time) share
+    the comparison and the result they fill in.
     """
     if runs < 1:
         raise UsageError(f"latency runs must be at least 1, got {runs}")
     hint = guess_hint(inputs)
-    sessions, feeds, outputs = [], [], []
+    sequential = _one_at_a_time(original, pruned)
+    sessions, feeds, outputs, times, names = [], [], [], [], []
     chunk_notes: list[str] = []
     samples = 0
     for path, role in zip((original, pruned), ROLES, strict=True):
@@ -217,10 +251,21 @@ def validate(
         chunks, out, notes = chunked_outputs(session, inputs, role, hint)
         chunk_notes += notes
         outputs.append(out)
-        sessions.append(session)
         feeds.append(chunks[0])  # latency is measured on one chunk
         samples = samples or rows_of(chunks)
-    names = [o.name for o in sessions[0].get_outputs()]
+        names = names or [o.name for o in session.get_outputs()]
+        if sequential:  # time it now and let it go: the next model's weights take its place
+            times += measure_sessions([session], [chunks[0]], [role], runs=runs, warmup=1,
+                                      budget_s=LATENCY_BUDGET_S / 2, progress=progress,
+                                      threads=threads)  # fmt: skip
+            clock = clock_for([session], threads)
+            if role == ROLES[0]:
+                actual, asked = provider_notes(session, providers)
+            del session, chunks
+            gc.collect()
+        else:
+            sessions.append(session)
+            clock = clock_for(sessions, threads)
     compared = compare_outputs(outputs[0], outputs[1], names)
     scored: dict = {}
     if labels is not None:
@@ -231,12 +276,22 @@ def validate(
             "accuracy_after": accuracy(outputs[1], names, kept),
         }
         samples = len(kept)
-    times = measure_sessions(
-        sessions, feeds, list(ROLES), runs=runs, warmup=5, budget_s=LATENCY_BUDGET_S, progress=progress
-    )
+    if not sequential:
+        times = measure_sessions(
+            sessions, feeds, list(ROLES), runs=runs, warmup=5, budget_s=LATENCY_BUDGET_S,
+            progress=progress, threads=threads,
+        )  # fmt: skip
+        actual, asked = provider_notes(sessions[0], providers)
     notes = list(getattr(inputs, "notes", [])) + chunk_notes[:1]
-    actual, asked = provider_notes(sessions[0], providers)
+    if clock_name(clock) != "wall clock":
+        notes.append("latency timed by each run's thread CPU time (1 thread: onnxruntime "
+                     "computes on the calling thread; other processes do not add to it)")  # fmt: skip
     notes += asked
+    if sequential:
+        notes.append(
+            f"models over {SEQUENTIAL_BYTES >> 20} MB run one after the other (never both in "
+            "memory): latency timed per model, not interleaved"
+        )
     done = min(len(t) for t in times)
     if done < runs:
         notes.append(f"latency stopped after {done} of {runs} runs ({LATENCY_BUDGET_S:g} s budget)")

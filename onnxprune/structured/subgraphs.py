@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import helper
 
+from onnxprune.graph.branches import hoist_branch_weights  # noqa: F401  (its old home)
 from onnxprune.graph.inference import infer_shapes
-from onnxprune.graph.proto import node_graphs, subgraphs
+from onnxprune.graph.proto import node_graphs
 from onnxprune.ops import opsets_of, registered, rule_for
 from onnxprune.ops.control import CONTROL, has_subgraphs
 from onnxprune.structured.loops import (
@@ -208,41 +209,6 @@ def _rebuild(
             else:
                 vi.type.tensor_type.ClearField("shape")
     return new
-
-
-def hoist_branch_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """A copy whose If branches read their initializers from the main graph, and how many
-    moved: the same model (a body reads outer names), now with branches this module can
-    follow. Only names defined nowhere else in the model move (no shadowing can change).
-
-    Meant for load time (a normalization like constant folding); ``analyze`` does not do it
-    itself because the callers' views of the original model would not know the weights.
-    """
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    counts: dict[str, int] = {}
-    for g in (out.graph, *subgraphs(out.graph)):
-        for name in _defined_here(g):
-            counts[name] = counts.get(name, 0) + 1
-    moved = 0
-    for node in out.graph.node:
-        if node.op_type != "If" or node.domain not in ("", "ai.onnx"):
-            continue
-        for a in node.attribute:
-            if not a.HasField("g"):
-                continue
-            stay = [t for t in a.g.initializer if counts.get(t.name, 0) != 1]
-            go = [t for t in a.g.initializer if counts.get(t.name, 0) == 1]
-            out.graph.initializer.extend(go)
-            del a.g.initializer[:]
-            a.g.initializer.extend(stay)
-            moved += len(go)
-    return out, moved
-
-
-def _defined_here(g: onnx.GraphProto) -> list[str]:
-    names = [vi.name for vi in g.input] + [t.name for t in g.initializer]
-    return names + [o for n in g.node for o in n.output if o]
 
 
 def subgraph_free(model: onnx.ModelProto) -> bool:

@@ -21,13 +21,15 @@ JOB_OPTIONS = [
         metavar="N",
         help="Run a search's independent candidates in N worker processes (the quality "
         "search's two families; the latency table's groups, which then time with contention "
-        "unless N x --threads fits the cores).",
+        "unless N x --threads fits the cores); with --calib, the activation statistics of a "
+        "data-aware criterion in N shards of the samples, their sums added.",
     ),
     click.option(
         "--ray",
         default=None,
         metavar="ADDRESS",
-        help="Run them as tasks on the Ray cluster at ADDRESS (host:port, or auto; needs "
+        help="Run them (and the calibration shards) as tasks on the Ray cluster at ADDRESS "
+        "(host:port, or auto; needs "
         "pip install 'onnxprune[ray]' and the model at the same path on every node).",
     ),
 ]

@@ -159,7 +159,12 @@ def staircase_hook(model, opts, *, timer=None, budget_s: float | None = STAIRCAS
     from onnxprune.graph import modelfile as io
     from onnxprune.runtime.session import resolve_providers
     from onnxprune.runtime.shapes import random_validation_inputs, resolve_shapes
-    from onnxprune.targets.latency import TableSpec, build_latency_table, staircase_counts
+    from onnxprune.targets.latency import (
+        TableSpec,
+        build_latency_table,
+        staircase_counts,
+        thread_clock,
+    )
 
     loaded = io.load_model(model).model
     inputs = _validation_data(loaded, opts)
@@ -167,8 +172,11 @@ def staircase_hook(model, opts, *, timer=None, budget_s: float | None = STAIRCAS
     if inputs is None:
         inputs = random_validation_inputs(loaded, resolved, opts.samples, opts.seed)
     feed = _first_run(loaded, inputs)
+    providers = tuple(resolve_providers(opts.providers))
+    if timer is None and opts.threads == 1 and providers[:1] == ("CPUExecutionProvider",):
+        timer = thread_clock  # as validation times at 1 thread (runtime.latency.clock_for)
     spec = TableSpec(
-        os.fspath(model), feed, providers=tuple(resolve_providers(opts.providers)),
+        os.fspath(model), feed, providers=providers,
         threads=opts.threads or None, estimate="min", **({"timer": timer} if timer else {}),
     )  # fmt: skip
     key = (os.path.realpath(model), os.stat(model).st_mtime_ns, spec.providers, spec.threads,
@@ -184,5 +192,6 @@ def staircase_hook(model, opts, *, timer=None, budget_s: float | None = STAIRCAS
 
     about = {"used": True, "groups": len(counts), "budget_s": budget_s,
              "spent_s": table.settings.get("spent_s"), "shapes": table.settings.get("shapes"),
+             "unmeasured": table.settings.get("unmeasured", []),
              "steps": {gid: list(ks) for gid, ks in counts.items()}}  # fmt: skip
     return allowed_for, about

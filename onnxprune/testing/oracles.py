@@ -49,6 +49,7 @@ _TYPES = {
     onnx.TensorProto.DOUBLE: np.float64,
     onnx.TensorProto.INT64: np.int64,
     onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.BOOL: np.bool_,  # standard normal > 0: either branch of an If, at random
 }
 
 
@@ -58,7 +59,8 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
 
 
 def random_feeds(model: onnx.ModelProto, seed: int = 0, symbolic: int = 1) -> dict[str, np.ndarray]:
-    """Standard normal inputs; symbolic dimensions (batch, sequence) get size ``symbolic``."""
+    """Standard normal inputs (integers: their absolute values, so token ids index tables;
+    booleans: the sign); symbolic dimensions (batch, sequence) get size ``symbolic``."""
     rng = np.random.default_rng(seed)
     inits = {t.name for t in model.graph.initializer}
     feeds = {}
@@ -67,8 +69,30 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0, symbolic: int = 1) -> di
             continue
         t = vi.type.tensor_type
         shape = [d.dim_value if d.HasField("dim_value") else symbolic for d in t.shape.dim]
-        feeds[vi.name] = rng.standard_normal(shape).astype(_TYPES[t.elem_type])
+        value = rng.standard_normal(shape)
+        if t.elem_type == onnx.TensorProto.BOOL:
+            feeds[vi.name] = np.asarray(value > 0)
+        elif np.issubdtype(_TYPES[t.elem_type], np.integer):  # ids, masks: small, not negative
+            feeds[vi.name] = np.abs(value).astype(_TYPES[t.elem_type])
+        else:
+            feeds[vi.name] = value.astype(_TYPES[t.elem_type])
     return feeds
+
+
+def randomize_zero_weights(model: onnx.ModelProto, seed: int = 0) -> int:
+    """Give all-zero float weights (rank >= 2) small random values, in place; returns how
+    many. A zero-initialized layer (torchvision's ViT head) makes every oracle compare zeros
+    with zeros, so checks on real exports with random weights start here."""
+    rng = np.random.default_rng(seed)
+    n = 0
+    for t in model.graph.initializer:
+        if len(t.dims) >= 2 and t.data_type == onnx.TensorProto.FLOAT:
+            a = numpy_helper.to_array(t)
+            if a.size > 1 and not a.any():
+                noise = (rng.standard_normal(a.shape) * 0.05).astype(a.dtype)
+                t.CopyFrom(numpy_helper.from_array(noise, t.name))
+                n += 1
+    return n
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -192,6 +216,26 @@ def onnx_sort(model: onnx.ModelProto) -> None:
     model.graph.node.extend(ordered)
 
 
+def assert_same_interface(
+    model: onnx.ModelProto, pruned: onnx.ModelProto, *, output_types: bool = True
+) -> None:
+    """The pruned model checks and keeps the original's inputs and outputs (with their types;
+    ``output_types=False``: names only, for a cut whose output sizes legitimately differ)."""
+    onnx.checker.check_model(pruned, full_check=True)
+    _check(
+        [(i.name, i.type) for i in pruned.graph.input]
+        == [(i.name, i.type) for i in model.graph.input],
+        "the pruned model's inputs differ from the original's",
+    )
+    if output_types:
+        same = [(o.name, o.type) for o in pruned.graph.output] == [
+            (o.name, o.type) for o in model.graph.output
+        ]
+    else:
+        same = [o.name for o in pruned.graph.output] == [o.name for o in model.graph.output]
+    _check(same, "the pruned model's outputs differ from the original's")
+
+
 def assert_exact(
     model: onnx.ModelProto,
     pruned: onnx.ModelProto,
@@ -203,17 +247,7 @@ def assert_exact(
 ) -> None:
     """The exactness oracle, plus the invariants every rewrite must keep. ``symbolic``: the
     size given to symbolic input dimensions (more than 1 token exercises attention)."""
-    onnx.checker.check_model(pruned, full_check=True)
-    _check(
-        [(i.name, i.type) for i in pruned.graph.input]
-        == [(i.name, i.type) for i in model.graph.input],
-        "the pruned model's inputs differ from the original's",
-    )
-    _check(
-        [(o.name, o.type) for o in pruned.graph.output]
-        == [(o.name, o.type) for o in model.graph.output],
-        "the pruned model's outputs differ from the original's",
-    )
+    assert_same_interface(model, pruned)
     ref_model = zeroed(model, plan)
     for seed in seeds:
         feeds = random_feeds(model, seed, symbolic)

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from onnxprune.errors import UsageError
 from onnxprune.graph import quant
-from onnxprune.graph.proto import set_tensor
+from onnxprune.graph.proto import set_tensor, tensor_array
 from onnxprune.graph.view import GraphView
 from onnxprune.ops import opsets_of, spec_for
 from onnxprune.options import check_fraction, check_nm
@@ -145,8 +144,8 @@ def weight_arrays(model: onnx.ModelProto, refs: Sequence[WeightRef]) -> dict[str
     inits = {t.name: t for t in model.graph.initializer}
     quantized = quantized_weights(model)
 
-    def read(name: str) -> np.ndarray:
-        return numpy_helper.to_array(inits[name])
+    def read(name: str) -> np.ndarray:  # a copy: lazy weights are read-only maps
+        return np.array(tensor_array(inits[name]))
 
     return {
         r.name: quant.value(quantized[r.name], read) if r.name in quantized else read(r.name)
@@ -273,8 +272,8 @@ def prune_unstructured(
     inits = {t.name: t for t in pruned.graph.initializer}
     quantized = quantized_weights(pruned)
 
-    def read(name: str) -> np.ndarray:
-        return numpy_helper.to_array(inits[name])
+    def read(name: str) -> np.ndarray:  # a copy: lazy weights are read-only maps
+        return np.array(tensor_array(inits[name]))
 
     arrays = weight_arrays(pruned, sel.weights)
     skipped = [{"tensor": name, "reason": why} for name, why in sel.skipped]

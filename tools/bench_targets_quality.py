@@ -1,0 +1,225 @@
+"""Quality of the targets (issue 11): the allocation against one uniform ratio, measured here.
+
+    python tools/bench_targets_quality.py [--only digits,minilm,cost] [--threads 1] [--runs 40]
+        [--minilm /work/zoo2/s2-bench11/minilm]   # made by tools/export_transformers.py --minilm
+
+digits: ``onnxprune models/digits_cnn.onnx --max-drop 1 --calib models/digits_cnn_calib.npz
+--val models/digits_cnn_test.npz --val-labels models/digits_test_labels.npy`` (the gate needs
+labels; the only labelled split shipped is the test split, so the search is gated on it, as
+the README's figure is) against every uniform ``--structured R --no-holdout`` (R = 0.05, 0.10,
+..., 0.90, default round-to and ``--round-to 1``, the same calibration and recovery on all 256
+calibration samples, as the gated run with ``--val`` has). Test accuracy is
+computed here with onnxruntime on the 360 test digits. The figure: the fewest MACs any uniform
+ratio keeps at an accuracy at least the targeted model's, against the targeted model's MACs.
+
+minilm: all-MiniLM-L6-v2 (tools/export_transformers.py --minilm; inputs
+``minilm_inputs.npz``): even-numbered sentences are the calibration set, odd-numbered ones
+are held out. ``onnxprune minilm.onnx --target-speedup 1.5 --calib even.npz --threads T``
+against uniform ``--structured R --calib even.npz`` (FFN neurons; R stepped until the measured
+speed-up is within 3% of the targeted model's), both with the default recovery; then the mean
+per-sentence cosine of ``last_hidden_state`` (padding masked) on the held-out sentences and
+the speed-up measured interleaved here (tools/bench_targets_peers.py's timing, on the
+held-out sentences at the batch the search validated on).
+
+cost: ``onnxprune /work/main/zoo/resnet50.onnx --target-speedup 2 --calib DIR`` with DIR a
+folder of ``--cost-images`` 224x224 PNG crops of the packaged photos (tools/bench_pretrained.py's
+crops; the default imagenet preprocessing), at onnxruntime's default threads: the wall time
+and the report's seconds per stage (``timings_s``) and inside recovery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pretrained import prune
+from bench_structured import macs
+from bench_targets_peers import interpolate, load_avg, speedups
+from bench_transformers import sentence_cosines
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+WORK = Path("/work/zoo2/s2-bench11/quality")
+
+
+def accuracy(path: Path, x: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of the model at ``path`` on ``x``, in onnxruntime CPU."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return float((s.run(None, {s.get_inputs()[0].name: x})[0].argmax(1) == labels).mean())
+
+
+def digits(args: argparse.Namespace) -> None:
+    """The targeted quality search against the uniform ratios, on the digits CNN."""
+    model = MODELS / "digits_cnn.onnx"
+    calib, test = MODELS / "digits_cnn_calib.npz", MODELS / "digits_cnn_test.npz"
+    labels = np.load(MODELS / "digits_test_labels.npy")
+    x = np.load(test)["input"]
+    base_macs = macs(onnx.load(str(model)))
+    acc0 = accuracy(model, x, labels)
+    val = ["--val", str(test), "--val-labels", str(MODELS / "digits_test_labels.npy")]
+    out = WORK / "digits_maxdrop1.onnx"
+    tgt = prune(model, ["--max-drop", "1", *val], out, calib, 0)
+    print(
+        f"\n### digits CNN, --max-drop 1 (original {acc0:.2%} on the 360 test digits); {load_avg()}"
+    )
+    print(f"$ {tgt['cmd']}  ({tgt['wall']:.0f} s, exit {tgt['rc']})")
+    if tgt["rc"] != 0:
+        print(tgt["stderr"])
+        return
+    t_acc, t_macs = accuracy(out, x, labels), macs(onnx.load(str(out))) / base_macs
+    print(f"targeted: MACs {t_macs:.3f}, test accuracy {t_acc:.2%}")
+    rows, best = [], {}
+    for rt in (None, 1):
+        for r in np.arange(0.05, 0.91, 0.05):
+            path = WORK / f"digits_uniform_{r:.2f}_rt{rt or 'def'}.onnx"
+            flags = ["--structured", f"{r:.2f}", "--no-validate", "--no-holdout"]
+            flags += ["--round-to", str(rt)] if rt else []
+            info = prune(model, flags, path, calib, 0)
+            if info["rc"] != 0:
+                continue
+            acc, m = accuracy(path, x, labels), macs(onnx.load(str(path))) / base_macs
+            rows.append((rt, r, m, acc))
+            if acc >= t_acc and m < best.get(rt, (9, 0, 0))[0]:
+                best[rt] = (m, r, acc)
+    print("\n| uniform | round-to | MACs kept | test accuracy |\n| --- | --- | --- | --- |")
+    for rt, r, m, acc in rows:
+        print(f"| --structured {r:.2f} | {rt or 'default'} | {m:.3f} | {acc:.2%} |")
+    print("\n| allocation | MACs kept | test accuracy |\n| --- | --- | --- |")
+    print(f"| `--max-drop 1` (targeted) | {t_macs:.3f} | {t_acc:.2%} |")
+    for rt, (m, r, acc) in best.items():
+        print(f"| best uniform at >= {t_acc:.2%}, round-to {rt or 'default'}: --structured {r:.2f} "
+              f"| {m:.3f} | {acc:.2%} |")  # fmt: skip
+    print(f"({load_avg()})")
+
+
+def minilm(args: argparse.Namespace) -> None:
+    """Targeted --target-speedup 1.5 against uniform FFN pruning at the same measured speed."""
+    model = args.minilm / "minilm.onnx"
+    data = dict(np.load(args.minilm / "minilm_inputs.npz"))
+    feeds = {k: data[k] for k in ("input_ids", "attention_mask")}
+    n = len(feeds["input_ids"])
+    even, odd = np.arange(0, n, 2), np.arange(1, n, 2)
+    calib = WORK / "minilm_even.npz"
+    np.savez(calib, **{k: v[even] for k, v in feeds.items()})
+    held = {k: v[odd] for k, v in feeds.items()}
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+
+    def hidden(path: Path) -> np.ndarray:
+        s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        names = {i.name for i in s.get_inputs()}
+        return s.run(None, {k: v for k, v in held.items() if k in names})[0]
+
+    ref = hidden(model)
+    base = macs(onnx.load(str(model)))
+    print(f"\n### MiniLM-L6, {len(even)} calibration / {len(odd)} held-out sentences; {load_avg()}")
+    out = WORK / f"minilm_target1.5_t{args.threads}.onnx"
+    tgt = prune(model, ["--target-speedup", "1.5"], out, calib, args.threads)
+    print(f"$ {tgt['cmd']}  ({tgt['wall']:.0f} s, exit {tgt['rc']})")
+    if tgt["rc"] != 0:
+        print(tgt["stderr"])
+        return
+    batch = int((tgt["report"].get("validation") or {}).get("batch") or len(odd))
+    tfeeds = {k: v[:batch] for k, v in held.items()}
+    (ts,) = speedups(model, [out], args.threads, args.runs, feeds=tfeeds)
+    print(f"targeted measured here: {ts:.2f}x (batch {batch})", flush=True)
+    points, best, ratio = [(0.0, 1.0)], None, 0.3
+    for _ in range(args.steps):
+        path = WORK / f"minilm_uniform_{ratio:.3f}.onnx"
+        info = prune(model, ["--structured", f"{ratio:.3f}", "--no-validate"], path, calib,
+                     args.threads)  # fmt: skip
+        if info["rc"] != 0:
+            print(f"uniform {ratio:.3f}: exit {info['rc']}: {info['stderr'][-300:]}")
+            break
+        (s,) = speedups(model, [path], args.threads, args.runs, feeds=tfeeds)
+        print(f"  uniform --structured {ratio:.3f}: {s:.2f}x", flush=True)
+        if best is None or abs(s / ts - 1) < abs(best[2] / ts - 1):
+            best = (ratio, path, s, info)
+        if abs(s / ts - 1) <= 0.03:
+            break
+        points.append((ratio, s))
+        nxt = round(interpolate(points, ts), 3)
+        ratio = nxt if abs(nxt - ratio) > 1e-3 else ratio + (0.01 if s < ts else -0.01)
+    if best is None:
+        return
+    load = load_avg()
+    sp = speedups(model, [out, best[1]], args.threads, args.runs, feeds=tfeeds)
+    mask = held["attention_mask"]
+    print("\n| allocation | measured speed-up | MACs kept | held-out cosine (mean) | min | load |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for label, path, speed in (("`--target-speedup 1.5`", out, sp[0]),
+                               (f"uniform `--structured {best[0]:.3f}`", best[1], sp[1])):  # fmt: skip
+        cos = sentence_cosines(ref, hidden(path), mask)
+        print(f"| {label} | {speed:.2f}x | {macs(onnx.load(str(path))) / base:.3f} | "
+              f"{cos.mean():.4f} | {cos.min():.4f} | {load} |")  # fmt: skip
+
+
+def cost(args: argparse.Namespace) -> None:
+    """Wall time of a calibrated --target-speedup 2 search on ResNet-50, split by stage."""
+    import json
+
+    from bench_pretrained import CALIB_PHOTOS, crops
+    from PIL import Image
+
+    folder = WORK / f"r50_images_{args.cost_images}"
+    folder.mkdir(parents=True, exist_ok=True)
+    x = crops(CALIB_PHOTOS, args.cost_images, 224, seed=2)
+    for i, img in enumerate(x):
+        arr = ((img.transpose(1, 2, 0) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"img{i:03d}.png")
+    out = WORK / "r50_cost.onnx"
+    print(f"\n### search cost, ResNet-50 --target-speedup 2 --calib ({args.cost_images} images); "
+          f"{load_avg()}", flush=True)  # fmt: skip
+    info = prune(Path("/work/main/zoo/resnet50.onnx"), ["--target-speedup", "2"], out, folder,
+                 args.cost_threads)  # fmt: skip
+    print(f"$ {info['cmd']}  (exit {info['rc']}, wall {info['wall']:.0f} s; {load_avg()} after)")
+    if info["rc"] != 0:
+        print(info["stderr"])
+    rep = info["report"]
+    if not rep:
+        return
+    t = (rep.get("structured") or {}).get("target") or {}
+    print(f"reached {t.get('reached')}, met {t.get('met')}, MACs {rep['macs_after'] / rep['macs_before']:.3f}, "
+          f"staircase {((t.get('staircase') or {}).get('spent_s') or 0):.0f} s, losses: {t.get('losses')}")  # fmt: skip
+    print("| stage | seconds |\n| --- | --- |")
+    for k, v in (rep.get("timings_s") or {}).items():
+        print(f"| {k} | {v:.1f} |")
+    rec = (rep.get("recovery") or {}).get("structured") or rep.get("recovery") or {}
+    if isinstance(rec, dict):
+        print(
+            "recovery:",
+            json.dumps({k: rec.get(k) for k in ("seconds", "stage_seconds", "layers_refit")}),
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", type=lambda s: s.split(","), default=["digits", "minilm"])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--cost-images", type=int, default=128)
+    ap.add_argument("--cost-threads", type=int, default=0)
+    ap.add_argument("--minilm", type=Path, default=Path("/work/zoo2/s2-bench11/minilm"))
+    args = ap.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    print(f"$ python tools/bench_targets_quality.py {shlex.join(sys.argv[1:])}", flush=True)
+    if "digits" in args.only:
+        digits(args)
+    if "minilm" in args.only:
+        minilm(args)
+    if "cost" in args.only:
+        cost(args)
+
+
+if __name__ == "__main__":
+    main()
