@@ -110,9 +110,11 @@ def fold_static_shapes(model: onnx.ModelProto) -> tuple[int, int]:
     for _ in range(ROUNDS):
         try:
             view = GraphView(model)
-        except OnnxPruneError:
+            values = _static_values(view, model)
+        except (OnnxPruneError, LookupError, ValueError, TypeError):
+            # a model the view cannot read is left as it is: check_graph, after the load's
+            # normalization, names its problem in one line
             break
-        values = _static_values(view, model)
         if not values:
             break
         for name, value in values.items():
