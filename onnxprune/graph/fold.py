@@ -220,17 +220,35 @@ def _run_chains(
     inits: dict[str, onnx.TensorProto],
 ) -> list | None:
     """The values of ``chains`` (name: its nodes and roots) in order, or None on failure."""
-    from onnx.reference import ReferenceEvaluator
-
     graph = model.graph
     needed = set().union(*(nodes for nodes, _ in chains.values()))
     roots = set().union(*(r for _, r in chains.values()))
+    return run_constant_nodes(
+        model, [graph.node[i] for i in order if i in needed], [inits[r] for r in sorted(roots)],
+        list(chains),
+    )  # fmt: skip
+
+
+def run_constant_nodes(
+    model: onnx.ModelProto,
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.TensorProto] | dict[str, np.ndarray],
+    outputs: list[str],
+) -> list | None:
+    """The values of ``outputs`` computed by ``nodes`` (in dependency order) from the
+    constants ``inputs`` alone, with onnx's reference evaluator at the model's opsets; None
+    when the evaluator cannot run them. Shared by the weight chains and the static shape
+    values (``onnxprune.graph.fold_shapes``): one way to evaluate constant subgraphs."""
+    from onnx.reference import ReferenceEvaluator
+
+    if isinstance(inputs, dict):
+        inputs = [numpy_helper.from_array(np.asarray(v), k) for k, v in inputs.items()]
     sub = onnx.helper.make_graph(
-        [graph.node[i] for i in order if i in needed],
-        "weight_chains",
+        list(nodes),
+        "constant_nodes",
         [],
-        [onnx.helper.make_empty_tensor_value_info(n) for n in chains],
-        [inits[r] for r in sorted(roots)],
+        [onnx.helper.make_empty_tensor_value_info(n) for n in outputs],
+        list(inputs),
     )
     sub_model = onnx.helper.make_model(sub, opset_imports=list(model.opset_import))
     sub_model.ir_version = model.ir_version
@@ -269,3 +287,66 @@ def _drop_dead_chain(
         del graph.initializer[:]
         graph.initializer.extend(kept)
     return len(dead)
+
+
+#: Uniform initializers up to this size get a copy per reader (``unshare_uniform``).
+UNSHARE_MAX_BYTES = 1 << 20
+
+
+def unshare_uniform(graph: onnx.GraphProto) -> int:
+    """Give each main-graph reader of a shared uniform initializer its own copy, in place;
+    returns how many copies were made.
+
+    torch's exporter deduplicates equal initializers: every all-zero bias and every all-one
+    LayerNorm scale of one width becomes one tensor that unrelated layers read. A shared
+    tensor ties its readers' channels together (they must be sliced alike), so stages that
+    share nothing but a constant fill were coupled and blocked. A tensor whose elements are
+    all equal carries no such tie: each copy is the same fill, sliced as its reader needs.
+    A non-uniform shared tensor (a tied embedding) is a genuine tie and stays shared; so do
+    scalars (no channel axis to tie), tensors over ``UNSHARE_MAX_BYTES``, graph outputs, and
+    tensors also read inside a subgraph (an outer-scope read).
+    """
+    inputs = {i.name for i in graph.input}
+    inits = {t.name: t for t in graph.initializer if t.name not in inputs}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in dict.fromkeys(node.input):  # a node reading it twice is one reader
+            if name in inits:
+                readers.setdefault(name, []).append(node)
+    keep = {o.name for o in graph.output} | _subgraph_reads(graph)
+    taken = set(inits) | {o for n in graph.node for o in n.output} | inputs
+    copies = 0
+    for name, uses in readers.items():
+        tensor = inits[name]
+        if len(uses) < 2 or name in keep or not _uniform(tensor):
+            continue
+        for node in uses[1:]:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(tensor)
+            copies += 1
+            copy.name = _fresh(f"{name}__unshared", taken)
+            taken.add(copy.name)
+            graph.initializer.append(copy)
+            for j, x in enumerate(node.input):
+                if x == name:
+                    node.input[j] = copy.name
+    return copies
+
+
+def _uniform(tensor: onnx.TensorProto) -> bool:
+    """A float tensor with more than one element, all equal (zeros, ones), small enough."""
+    n = int(np.prod(tensor.dims)) if tensor.dims else 1
+    if n < 2 or tensor.data_type not in _FLOATS or tensor_nbytes(tensor) > UNSHARE_MAX_BYTES:
+        return False
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return False
+    value = numpy_helper.to_array(tensor).reshape(-1)
+    return bool(np.all(value == value[0]))
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}{k}"
+    return name

@@ -24,6 +24,7 @@ from onnxprune.graph.branches import hoist_in_place
 from onnxprune.graph.check import check_graph, check_payloads
 from onnxprune.graph.external import PROTOBUF_LIMIT, load_external_data
 from onnxprune.graph.fold import fold_weight_chains, has_weight_chains
+from onnxprune.graph.fold_shapes import fold_load_shapes, may_fold_shapes
 from onnxprune.graph.proto import (
     constant_node_tensor,
     is_external,
@@ -259,7 +260,9 @@ def normalize_model(model: onnx.ModelProto) -> list[str]:
     Initializers also listed as graph inputs stop being inputs, Constant-node weights (Paddle
     and older exports) become initializers, weights computed from constants by a chain of
     layout and scaling nodes (jax2tf, tf2onnx) are folded (``onnxprune.graph.fold``), and
-    small initializers that exporters deduplicated behind Identity nodes get their own copy.
+    small initializers that exporters deduplicated behind Identity nodes get their own copy;
+    then shape arithmetic on static dims is folded and shared constant fills are unshared
+    (``onnxprune.graph.fold_shapes``).
     """
     notes: list[str] = []
     ir = model.ir_version
@@ -299,6 +302,7 @@ def normalize_model(model: onnx.ModelProto) -> list[str]:
             f"{_plural(folded, 'deduplicated initializer')} "
             "(read through Identity nodes) given their own copy"
         )
+    notes.extend(fold_load_shapes(model))
     return notes
 
 
@@ -316,6 +320,7 @@ def needs_normalization(model: onnx.ModelProto) -> bool:
         (bool(inits) and inits <= {i.name for i in g.input})
         or has_weight_chains(g)
         or branch_weights
+        or may_fold_shapes(g)
     )
 
 
