@@ -6,7 +6,8 @@ For each family it loads the model the way the CLI does (load-time normalization
 prunes it with ``prune_structured`` at the options in the row, and prints:
 
 - the result: groups pruned, or *blocked* with the first reason when nothing could be cut;
-- MACs after / before (``onnxprune.metrics``; symbolic sizes as the CLI takes them);
+- MACs after / before (``onnxprune.metrics`` at the sizes the CLI resolves: batch 1, 224 for
+  image sides, 128 tokens; without them Swin's window dimension would count as 1);
 - the oracle: for exact kinds the pruned model against the original with the removed
   channels' contributions zeroed (``onnxprune.testing.zeroed``: quantized weights set to their
   zero point, recurrent units' rows and columns cleared); for ``--hidden`` the stream oracle
@@ -47,6 +48,8 @@ import onnx
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.load import load_model, normalize_model
 from onnxprune.metrics.macs import count_macs
+from onnxprune.runtime.shapes import resolve_shapes
+from onnxprune.structured.dependency import analyze
 from onnxprune.structured.engine import StructuredOptions, prune_structured
 from onnxprune.testing.graphs.foreign import cast_weights, jax2tf_model, nhwc_block
 from onnxprune.testing.oracles import (
@@ -90,6 +93,7 @@ ROWS = [
     Row("fused-attention MiniLM (ORT optimizer)", "attn/minilm_fused.onnx", HEADS),
     Row("hidden-stream ConvNeXt-T", "zoo:convnext_tiny", HIDDEN, "stream"),
     Row("hidden-stream Swin-T", "attn/swin_t.onnx", HIDDEN, "stream"),
+    Row("hidden-stream Swin-T, heads too", "attn/swin_t.onnx", {**HIDDEN, "heads": 0.3}, "stream"),
     Row("hidden-stream ViT-B/16", "zoo:vit_b_16", {**HIDDEN, "heads": 0.25}, "stream"),
     Row("hidden-stream BERT", "hidden/bert_tiny.onnx", HIDDEN, "stream"),
     Row("LSTM (bidirectional, 2 layers)", "rnn/speech_lstm.onnx"),
@@ -148,7 +152,8 @@ def measure(row: Row, models: Path, zoo: Path) -> dict:
     except OnnxPruneError as exc:
         return {**out, "result": f"refused: {exc}"}
     out["prune_s"] = round(time.perf_counter() - t0, 1)
-    before, after = count_macs(model)[0], count_macs(pruned)[0]
+    shapes = resolve_shapes(model, (), None).shapes  # what the CLI counts at: batch 1, ...
+    before, after = count_macs(model, shapes)[0], count_macs(pruned, shapes)[0]
     out["macs_ratio"] = after / before if before else 1.0
     reasons = sorted({b["reason"] for b in result.blocked})
     out["blocked_reasons"] = reasons
@@ -162,7 +167,8 @@ def measure(row: Row, models: Path, zoo: Path) -> dict:
         if row.oracle == "stream" else ""
     )  # fmt: skip
     if row.oracle == "stream" and not any(g["channels_after"] < g["channels_before"] for g in stream):
-        why = [r for r in reasons if any(w in r for w in ("normaliz", "stream", "graph output", "run time"))]
+        groups = analyze(model, hidden=True)  # the stream groups, with why each stayed whole
+        why = [g.blocked_reason for g in groups if g.stream and g.blocked_reason]
         out["result"] += "; stream kept whole: " + (why[0] if why else "no normalized stream found")
     if randomized:
         out["result"] += f"; {randomized} all-zero weights randomized first"
