@@ -217,13 +217,7 @@ def check_finite(model: onnx.ModelProto) -> None:
             continue  # lazy weights are checked as they are read in (graph.load)
         if not np.isfinite(tensor_array(tensor)).all():
             bad.append(tensor.name or "<unnamed>")
-    if bad:
-        shown = ", ".join(repr(n) for n in bad[:3])
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise OnnxPruneError(
-            f"{len(bad)} weight tensor{'s hold' if len(bad) != 1 else ' holds'} NaN or Inf "
-            f"values ({shown}{more}); pruning cannot produce a usable model from them"
-        )
+    refuse_nonfinite(bad)
 
 
 def sort_nodes(graph: onnx.GraphProto) -> list[str]:
@@ -365,3 +359,15 @@ def _node_name(node: onnx.NodeProto) -> str:
     if node.output:
         return f"{node.op_type} -> {node.output[0]!r}"
     return node.op_type
+
+
+def refuse_nonfinite(bad: list[str]) -> None:
+    """One message for weights holding NaN or Inf, whichever check found them (this one, or
+    ``graph.load`` reading lazy weights in)."""
+    if bad:
+        shown = ", ".join(repr(n) for n in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise OnnxPruneError(
+            f"{len(bad)} weight tensor{'s hold' if len(bad) != 1 else ' holds'} NaN or Inf "
+            f"values ({shown}{more}); pruning cannot produce a usable model from them"
+        )

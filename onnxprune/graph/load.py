@@ -21,7 +21,7 @@ import onnx
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.branches import hoist_in_place
-from onnxprune.graph.check import check_graph, check_payloads
+from onnxprune.graph.check import check_graph, check_payloads, refuse_nonfinite
 from onnxprune.graph.external import PROTOBUF_LIMIT, load_external_data
 from onnxprune.graph.fold import fold_weight_chains, has_weight_chains
 from onnxprune.graph.fold_shapes import fold_load_shapes, may_fold_shapes
@@ -129,13 +129,7 @@ def check_lazy_finite(model: onnx.ModelProto, progress: bool = False) -> None:
             if not np.isfinite(tensor_array(tensor)).all():
                 bad.append(tensor.name)
             bar.update(tensor_nbytes(tensor))
-    if bad:
-        shown = ", ".join(repr(n) for n in bad[:3])
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise OnnxPruneError(
-            f"{len(bad)} weight tensor{'s hold' if len(bad) != 1 else ' holds'} NaN or Inf "
-            f"values ({shown}{more}); pruning cannot produce a usable model from them"
-        )
+    refuse_nonfinite(bad)
 
 
 _FLOATS = frozenset((onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
