@@ -279,7 +279,12 @@ def _drop_dead_chain(
         dead |= more
     read = {x for i in alive for x in graph.node[i].input if x} | graph_outputs
     chain_inputs = {x for i in dead for x in graph.node[i].input if x}
-    unused = (chain_inputs & roots) - read
+    return remove_folded(graph, dead, (chain_inputs & roots) - read)
+
+
+def remove_folded(graph: onnx.GraphProto, dead: set[int], unused: set[str]) -> int:
+    """Delete the folded nodes ``dead`` and the initializers ``unused`` that only they read;
+    returns how many nodes went (shared by the weight-chain and the shape folds)."""
     for i in sorted(dead, reverse=True):
         del graph.node[i]
     if unused:

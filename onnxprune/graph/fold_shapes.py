@@ -31,7 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.errors import OnnxPruneError
-from onnxprune.graph.fold import run_constant_nodes, unshare_uniform
+from onnxprune.graph.fold import remove_folded, run_constant_nodes, unshare_uniform
 from onnxprune.graph.proto import node_graphs, subgraphs
 from onnxprune.graph.shape_values import SMALL
 from onnxprune.graph.view import GraphView
@@ -264,11 +264,4 @@ def _drop_dead(graph: onnx.GraphProto, folded: set[str]) -> int:
         if not more:
             break
         dead |= more
-    orphans = {x for i in dead for x in nodes[i].input if x} - read
-    for i in sorted(dead, reverse=True):
-        del graph.node[i]
-    if orphans:
-        kept = [t for t in graph.initializer if t.name not in orphans]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-    return len(dead)
+    return remove_folded(graph, dead, {x for i in dead for x in nodes[i].input if x} - read)
