@@ -265,8 +265,9 @@ prune_options = apply_options(
             "embeddings, every projection into and out of the stream, the norms' scale and "
             "bias, positional tables and the classifier input are cut together. Approximate, "
             "not exact: each norm then normalizes over the kept channels (the report says so); "
-            "--calib repairs it by refitting the stream's consumers. Without --hidden those "
-            "streams are kept whole.",
+            "--calib repairs it by refitting the stream's consumers. Stream counts round to "
+            "the nearest multiple of --round-to (other groups round up). Without --hidden "
+            "those streams are kept whole.",
         ),
         ratio_option(
             "--unstructured",
@@ -293,7 +294,8 @@ prune_options = apply_options(
             type=click.IntRange(min=1),
             default=None,
             metavar="N",
-            help="Keep channel counts multiples of N, rounded up and never above the original "
+            help="Keep channel counts multiples of N, rounded up (--hidden streams: to the "
+            "nearest) and never above the original "
             "[default: 16, measured fastest in onnxruntime (README, 'Why round-to 16'); "
             "1 = exact counts].",
         ),

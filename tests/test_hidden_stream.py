@@ -266,3 +266,26 @@ def test_the_stream_oracle_catches_a_wrong_slice():
     set_constant(pruned, "b1.ln.scale", scale[::-1].copy())
     with pytest.raises(AssertionError, match="max error"):
         assert_stream(model, pruned, result.plan)
+
+
+def test_stream_rounds_to_the_nearest_multiple():
+    """A 96-wide stream at 0.3 asks for 67 channels: up would keep 80 (17% cut), nearest keeps
+    64; a tie goes up, and never below one step nor above the group."""
+    from onnxprune.structured.plan import round_keep, round_keep_nearest
+
+    assert round_keep(67, 96, 1, 16) == 80
+    assert round_keep_nearest(67, 96, 1, 16) == 64
+    assert round_keep_nearest(72, 96, 1, 16) == 80
+    assert round_keep_nearest(3, 96, 1, 16) == 16
+    assert round_keep_nearest(95, 96, 1, 16) == 96
+    assert round_keep_nearest(67, 96, 1, 1) == 67
+
+
+def test_hidden_stream_of_96_at_0_3_keeps_64_and_still_meets_its_oracle():
+    model = convnext_tiny(c=96)
+    pruned, result = prune_structured(model, StructuredOptions(ratio=0.0, hidden=0.3))
+    rows = result.to_dict()["hidden"]["groups"]
+    assert (rows[0]["channels_before"], rows[0]["channels_after"]) == (96, 64)
+    from onnxprune.testing.stream_oracle import assert_stream
+
+    assert_stream(model, pruned, result.plan)

@@ -190,3 +190,27 @@ def test_a_lazy_weight_holding_nan_is_refused_on_load(mlp):
         fh.write(np.float32(np.nan).tobytes())
     with pytest.raises(OnnxPruneError, match="NaN or Inf"):
         io.load_model(mlp)
+
+
+def test_plan_hash_follows_lazy_weights_not_their_file(mlp, tmp_path):
+    """A plan refuses another model by its hash; a lazy weight has no bytes in the message, so
+    it is hashed from its file: the same as read in whole, the same when the model is copied
+    elsewhere, different when the weights differ (same graph)."""
+    import shutil
+
+    from onnxprune.targets.plans import model_hash
+
+    lazy = io.load_model(mlp).model
+    assert any(is_lazy(t) for t in lazy.graph.initializer)
+    assert model_hash(lazy) == model_hash(io.load_model(mlp, lazy=False).model)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in mlp.parent.iterdir():
+        if f.is_file():
+            shutil.copy(f, copy / f.name)
+    assert model_hash(io.load_model(copy / mlp.name).model) == model_hash(lazy)
+    (tmp_path / "other").mkdir()
+    other = write_mlp(tmp_path / "other" / "mlp.onnx", width=WIDTH, layers=3, seed=1)
+    h_other = model_hash(io.load_model(other).model)
+    assert h_other["graph_sha256"] == model_hash(lazy)["graph_sha256"]
+    assert h_other["sha256"] != model_hash(lazy)["sha256"]

@@ -29,6 +29,7 @@ import onnxruntime as ort
 
 from onnxprune.graph.load import load_model
 from onnxprune.metrics.macs import count_macs
+from onnxprune.runtime.shapes import resolve_shapes
 from onnxprune.structured.engine import StructuredOptions, prune_structured
 from onnxprune.testing.oracles import assert_close, random_feeds, run
 from onnxprune.testing.stream_oracle import stream_reference
@@ -106,7 +107,8 @@ def main() -> int:
     pruned, result = prune_structured(
         model, StructuredOptions(ratio=args.structured, hidden=args.hidden, round_to=args.round_to)
     )
-    macs = count_macs(pruned)[0] / count_macs(model)[0]
+    shapes = resolve_shapes(model, (), None).shapes  # the CLI's sizes: batch 1, 224, ...
+    macs = count_macs(pruned, shapes)[0] / count_macs(model, shapes)[0]
     print(f"{path.name}: --structured {args.structured} --hidden {args.hidden}: "
           f"round-to {args.round_to}: MACs {macs:.3f}x")  # fmt: skip
     for r in result.hidden["groups"]:

@@ -128,6 +128,23 @@ def round_keep(keep: int, slots: int, width: int, round_to: int) -> int:
     return min(slots, max(step, -(-keep // step) * step))
 
 
+def round_keep_nearest(keep: int, slots: int, width: int, round_to: int) -> int:
+    """Round a kept slot count to the *nearest* multiple of ``round_to`` channels (ties up).
+
+    For the few groups whose rounding decides a whole model's cut (the residual stream: one
+    group per stage, touching every layer of it), where rounding each up by up to
+    ``round_to - 1`` channels would undo much of the ratio (a 96-wide stream at 0.3 keeps 80,
+    not about 67); nearest keeps the total closest to what was asked. Never below
+    ``round_to`` channels; never more than the group has.
+    """
+    if round_to <= 1:
+        return keep
+    step = round_to // math.gcd(round_to, width)
+    low = (keep // step) * step
+    near = low if keep - low < low + step - keep else low + step
+    return min(slots, max(step, near))
+
+
 def check_plan_options(
     ratio: float, scope: str, round_to: int, max_group_ratio: float, heads: float | None = None
 ) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from onnxprune.structured.groups import Group
-from onnxprune.structured.plan import GroupPlan, Plan, round_keep
+from onnxprune.structured.plan import GroupPlan, Plan, round_keep_nearest
 
 APPROXIMATE = "approximate (normalization statistics over kept channels)"
 """How the report qualifies hidden-stream pruning: it is never exact."""
@@ -30,12 +30,16 @@ def stream_groups(groups: Sequence[Group]) -> list[Group]:
 
 
 def stream_keep(groups: Sequence[Group], hidden: float, round_to: int) -> dict[str, int]:
-    """Kept slots per hidden-stream group: ``hidden`` of the slots go, rounded up to
-    ``round_to`` channels as other groups are (``make_plan``'s ``keep``)."""
+    """Kept slots per hidden-stream group (``make_plan``'s ``keep``): ``hidden`` of the slots
+    go, rounded to the *nearest* multiple of ``round_to`` channels, where other groups round
+    up. A model has one stream group per stage, each in every layer of it, so rounding up
+    biases the whole cut: Swin-T and ConvNeXt-T at ``--hidden 0.3`` kept 1040 of 1440 stream
+    channels (96->80, 192->144) and 0.556x / 0.529x of the MACs; nearest keeps 1008 (the
+    ratio asked: 96->64, 192->128) and 0.522x / 0.496x, and runs faster (README, "Coverage")."""
     out: dict[str, int] = {}
     for g in stream_groups(groups):
         asked = max(1, g.slots - int(hidden * g.slots + 1e-9))
-        out[g.id] = round_keep(asked, g.slots, g.width, round_to)
+        out[g.id] = round_keep_nearest(asked, g.slots, g.width, round_to)
     return out
 
 
