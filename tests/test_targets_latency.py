@@ -164,7 +164,7 @@ def test_a_group_whose_cut_is_lost_in_the_noise_gets_the_default_rounding():
     def curve(gid, deltas, spread):
         full = 10.0
         values = [full + d for d in deltas]
-        return LatencyCurve(gid, 16, 16, [8, 12, 16], values, [v - spread for v in values],
+        return LatencyCurve(gid, 16, 1, [8, 12, 16], values, [v - spread for v in values],
                             [v + spread for v in values], list(deltas), 20)  # fmt: skip
 
     clear = curve("clear", [-2.0, -1.0, 0.0], 0.2)  # saves 2 ms, noise 0.2 ms
@@ -174,5 +174,8 @@ def test_a_group_whose_cut_is_lost_in_the_noise_gets_the_default_rounding():
     # 'lost' is not forced whole: it gets the default rounding's counts (16 slots: just 16)
     assert counts == {"clear": [8, 12, 16], "lost": [16]}
     wide = curve("wide", [-0.02, 0.01, 0.0], 0.2)
-    wide.slots = wide.width = 40
+    wide.slots = 40
     assert staircase_counts(LatencyTable({"wide": wide}, 10.0, {}))["wide"] == [16, 32, 40]
+    heads = curve("heads", [-0.02, 0.01, 0.0], 0.2)
+    heads.slots, heads.width = 12, 64  # 12 heads of 64 channels: any head count is a multiple
+    assert staircase_counts(LatencyTable({"heads": heads}, 10.0, {}))["heads"] == list(range(1, 13))

@@ -128,6 +128,13 @@ def round_keep(keep: int, slots: int, width: int, round_to: int) -> int:
     return min(slots, max(step, -(-keep // step) * step))
 
 
+def rounded_counts(slots: int, width: int, round_to: int) -> list[int]:
+    """Every kept slot count whose channels are a multiple of ``round_to``, and the whole
+    group: what ``--round-to`` (or the default rounding) lets a target's solver choose."""
+    step = max(1, round_to // math.gcd(round_to, width))
+    return sorted({*range(step, slots + 1, step), slots})
+
+
 def round_keep_nearest(keep: int, slots: int, width: int, round_to: int) -> int:
     """Round a kept slot count to the *nearest* multiple of ``round_to`` channels (ties up).
 

@@ -16,7 +16,6 @@ the target counts what that saves.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ import numpy as np
 
 from onnxprune.structured.dependency import Group
 from onnxprune.structured.importance import normalize
-from onnxprune.structured.plan import kept_slots
+from onnxprune.structured.plan import kept_slots, rounded_counts
 from onnxprune.targets import GroupCurve
 from onnxprune.targets.costs import CostModel, curve_keeps
 from onnxprune.targets.solver import allowed_counts, floor_of, solve
@@ -71,8 +70,7 @@ def round_steps(g: Group, round_to: int | None) -> list[int] | None:
     """The counts ``--round-to`` allows (kept channels a multiple of it), None for any."""
     if round_to is None or round_to <= 1:
         return None
-    step = round_to // math.gcd(round_to, g.width)
-    return [*range(step, g.slots + 1, step), g.slots]
+    return rounded_counts(g.slots, g.width, round_to)
 
 
 def choose_keep(

@@ -159,6 +159,7 @@ def staircase_hook(model, opts, *, timer=None, budget_s: float | None = STAIRCAS
     from onnxprune.graph import modelfile as io
     from onnxprune.runtime.session import resolve_providers
     from onnxprune.runtime.shapes import random_validation_inputs, resolve_shapes
+    from onnxprune.structured.plan import DEFAULT_ROUND_TO, rounded_counts
     from onnxprune.targets.latency import (
         TableSpec,
         build_latency_table,
@@ -188,7 +189,11 @@ def staircase_hook(model, opts, *, timer=None, budget_s: float | None = STAIRCAS
     counts = staircase_counts(table)
 
     def allowed_for(free, scores, view) -> dict[str, list[int]]:
-        return {g.id: counts[g.id] for g in free if g.id in counts}
+        """The measured steps; a group the table left unmeasured (its time budget ran out)
+        gets the default rounding's counts, as an unresolved one does
+        (``targets.latency.staircase_counts``), rather than any count."""
+        return {g.id: counts.get(g.id) or rounded_counts(g.slots, g.width, DEFAULT_ROUND_TO)
+                for g in free}  # fmt: skip
 
     about = {"used": True, "groups": len(counts), "budget_s": budget_s,
              "spent_s": table.settings.get("spent_s"), "shapes": table.settings.get("shapes"),
