@@ -201,8 +201,9 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
     priced = hooks.get("priced", "measured" if "losses_for" in hooks else "score mass")
     stairs = {"used": False, "why": "--no-staircase"}
     total = SPEEDUP_ITERATIONS if opts.search == "speedup" else None  # quality: as it goes
+    unit = "candidate" if total else " candidates"  # no total: "search: 7 candidates"
     with _executor(opts) as executor, progress_bar(
-        total=total, desc="search", unit="candidate", enabled=progress
+        total=total, desc="search", unit=unit, enabled=progress
     ) as bar:  # fmt: skip
         if opts.uses_staircase and "allowed_for" not in hooks:
             allowed_for, stairs = staircase_hook(model, opts, executor=executor)
@@ -357,9 +358,10 @@ def _quality(model, opts, prune_with, bar, executor=None):
     else:
 
         def tick(trial: Trial) -> None:
-            bar.update(1)
             bar.set_postfix_str(f"{trial.figures['allocation']} {trial.fraction:.3g}: MACs "
-                                f"{trial.macs:.3g}, {'passed' if trial.passed else 'failed'}")  # fmt: skip
+                                f"{trial.macs:.3g}, {'passed' if trial.passed else 'failed'}",
+                                refresh=False)  # fmt: skip
+            bar.update(1)
 
         done = [_family((prune_with, model, opts, a, tick)) for a in ALLOCATIONS]
     trials: list[Trial] = []
