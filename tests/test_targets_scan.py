@@ -68,9 +68,9 @@ def test_nothing_passing_is_said_after_trying_close_to_the_original():
 
 
 def test_a_noisy_boundary_is_searched_as_a_zone_not_a_point():
-    """The digits CNN's targeted family (README "Targets"): passes down to 0.23, fails at
-    0.22-0.15 by one digit except 0.165-0.167, passes again at 0.134-0.141. A bisection
-    never goes below its first failures; the zone does."""
+    """The digits CNN's targeted family, simplified (targets.scan's docstring): passes down
+    to 0.23, then fails except at 0.164-0.167 and 0.134-0.141. A bisection never goes below
+    its first failures; the zone does."""
 
     def passes(f):
         return f >= 0.23 or 0.164 <= f <= 0.167 or 0.134 <= f <= 0.141
