@@ -32,8 +32,9 @@ smaller prunes more; fraction 1, the original, passes by definition and is not r
 At most ``MAX_CANDIDATES`` run per family. The schedule is the same for every model and
 both families (in the uniform family the fraction is the channels kept, so a coarse step
 there removes about half the MACs of a chain of convolutions). On the digits CNN it ran 19
-candidates (8 targeted, 11 uniform) where the bisection ran 12: 23 s against 14 s at load
-about 2; it kept the targeted cut at 0.135x MACs (99.17%) against the uniform 0.213x. The result is the passing fraction with the
+candidates (8 targeted, 11 uniform) where the bisection ran 12: 16 s against 25 s at load
+5, each candidate timing 5 latency runs instead of 30 (``search.CANDIDATE_RUNS``); it kept
+the targeted cut at 0.135x MACs (99.17%) against the uniform 0.213x. The result is the passing fraction with the
 fewest MACs among those tried, whether or not its neighbours passed: what the gate asks is
 checked on that very model. The price of looking at more candidates near the boundary on
 one validation set is selection: the chosen model is the luckiest near the threshold, and
