@@ -29,7 +29,7 @@ def test_the_quality_search_gives_the_same_plan_with_one_and_two_workers(tmp_pat
     path = tmp_path / "r.onnx"
     onnx.save(residual_block(), path)
     runs = {}
-    for jobs in (1, 2):  # 2: each family's bisection in its own spawned worker
+    for jobs in (1, 2):  # 2: each family's schedule in its own spawned worker
         opts = PruneOptions(min_cosine=0.95, runs=3, jobs=jobs)
         result = prune_with(path, opts)
         t = result.report.structured.target

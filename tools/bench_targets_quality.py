@@ -2,6 +2,7 @@
 
     python tools/bench_targets_quality.py [--only digits,minilm,cost] [--threads 1] [--runs 40]
         [--minilm /work/zoo2/s2-bench11/minilm]   # made by tools/export_transformers.py --minilm
+        [--work /work/zoo2/s2-bench11/quality]    # outputs; a run found there is not redone
 
 digits: ``onnxprune models/digits_cnn.onnx --max-drop 1 --calib models/digits_cnn_calib.npz
 --val models/digits_cnn_test.npz --val-labels models/digits_test_labels.npy`` (the gate needs
@@ -9,8 +10,10 @@ labels; the only labelled split shipped is the test split, so the search is gate
 the README's figure is) against every uniform ``--structured R --no-holdout`` (R = 0.05, 0.10,
 ..., 0.90, default round-to and ``--round-to 1``, the same calibration and recovery on all 256
 calibration samples, as the gated run with ``--val`` has). Test accuracy is
-computed here with onnxruntime on the 360 test digits. The figure: the fewest MACs any uniform
-ratio keeps at an accuracy at least the targeted model's, against the targeted model's MACs.
+computed here with onnxruntime on the 360 test digits. The figures: the search's candidates
+per family (MACs: cosine, accuracy, from its report; the chosen one marked), and the fewest
+MACs any uniform ratio keeps at an accuracy at least the targeted model's, against the
+targeted model's MACs.
 
 minilm: all-MiniLM-L6-v2 (tools/export_transformers.py --minilm; inputs
 ``minilm_inputs.npz``): even-numbered sentences are the calibration set, odd-numbered ones
@@ -47,6 +50,7 @@ from bench_transformers import sentence_cosines
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 WORK = Path("/work/zoo2/s2-bench11/quality")
+"""Where the outputs go (``--work``): ``bench_pretrained.prune`` reuses a run it finds there."""
 
 
 def accuracy(path: Path, x: np.ndarray, labels: np.ndarray) -> float:
@@ -67,16 +71,18 @@ def digits(args: argparse.Namespace) -> None:
     acc0 = accuracy(model, x, labels)
     val = ["--val", str(test), "--val-labels", str(MODELS / "digits_test_labels.npy")]
     out = WORK / "digits_maxdrop1.onnx"
+    before = load_avg()
     tgt = prune(model, ["--max-drop", "1", *val], out, calib, 0)
     print(
-        f"\n### digits CNN, --max-drop 1 (original {acc0:.2%} on the 360 test digits); {load_avg()}"
+        f"\n### digits CNN, --max-drop 1 (original {acc0:.2%} on the 360 test digits); {before}"
     )
-    print(f"$ {tgt['cmd']}  ({tgt['wall']:.0f} s, exit {tgt['rc']})")
+    print(f"$ {tgt['cmd']}  ({tgt['wall']:.0f} s, exit {tgt['rc']}; {load_avg()} after)")
     if tgt["rc"] != 0:
         print(tgt["stderr"])
         return
+    candidates(tgt["report"])
     t_acc, t_macs = accuracy(out, x, labels), macs(onnx.load(str(out))) / base_macs
-    print(f"targeted: MACs {t_macs:.3f}, test accuracy {t_acc:.2%}")
+    print(f"chosen: MACs {t_macs:.3f}, test accuracy {t_acc:.2%}")
     rows, best = [], {}
     for rt in (None, 1):
         for r in np.arange(0.05, 0.91, 0.05):
@@ -99,6 +105,23 @@ def digits(args: argparse.Namespace) -> None:
         print(f"| best uniform at >= {t_acc:.2%}, round-to {rt or 'default'}: --structured {r:.2f} "
               f"| {m:.3f} | {acc:.2%} |")  # fmt: skip
     print(f"({load_avg()})")
+
+
+def candidates(report: dict) -> None:
+    """The quality search's candidates per family, most MACs first (the chosen in bold)."""
+    t = (report.get("structured") or {}).get("target") or {}
+    its = t.get("iterations") or []
+    print(f"{len(its)} candidates, search {report.get('timings_s', {}).get('search', 0):.0f} s")
+    print("\n| family | candidates (MACs: cosine, accuracy) |\n| --- | --- |")
+    for family in ("targeted", "uniform"):
+        cells = []
+        for i in sorted((i for i in its if i.get("allocation") == family),
+                        key=lambda i: -i["macs"]):  # fmt: skip
+            cell = f"{i['macs']:.3f}: {i.get('cosine') or 0:.4f}, {i.get('accuracy_after') or 0:.2%}"
+            cell += "" if i.get("passed") else " (failed)"
+            chosen = (family, i["fraction"]) == (t.get("allocation"), t.get("fraction"))
+            cells.append(f"**{cell}**" if chosen else cell)
+        print(f"| {family} | {' · '.join(cells)} |")
 
 
 def minilm(args: argparse.Namespace) -> None:
@@ -202,6 +225,7 @@ def cost(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    global WORK
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", type=lambda s: s.split(","), default=["digits", "minilm"])
     ap.add_argument("--threads", type=int, default=1)
@@ -210,7 +234,9 @@ def main() -> None:
     ap.add_argument("--cost-images", type=int, default=128)
     ap.add_argument("--cost-threads", type=int, default=0)
     ap.add_argument("--minilm", type=Path, default=Path("/work/zoo2/s2-bench11/minilm"))
+    ap.add_argument("--work", type=Path, default=WORK)
     args = ap.parse_args()
+    WORK = args.work
     WORK.mkdir(parents=True, exist_ok=True)
     print(f"$ python tools/bench_targets_quality.py {shlex.join(sys.argv[1:])}", flush=True)
     if "digits" in args.only:
