@@ -289,3 +289,50 @@ def test_hidden_stream_of_96_at_0_3_keeps_64_and_still_meets_its_oracle():
     from onnxprune.testing.stream_oracle import assert_stream
 
     assert_stream(model, pruned, result.plan)
+
+
+def vit_class_token(dim: int = 16, tokens: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """torchvision's ViT entry as exported with a dynamic batch: the patch projection
+    reshaped by a target computed at run time (``Concat(batch, [D], [T])``), the class token
+    ``[1, 1, D]`` expanded to ``(batch, 1, 1)`` and concatenated before the tokens, then the
+    positional table, one pre-LN block and a classifier on the class token."""
+    b = Builder(seed)
+    x = b.input(["N", 3, tokens, 1])
+    y = b.conv(x, 3, dim, k=1, name="proj")  # [N, D, tokens, 1]
+    batch = b.op("Unsqueeze", [b.op("Gather", [b.op("Shape", [y]), b.const(np.int64(0))], axis=0),
+                               b.ints([0])])  # fmt: skip
+    flat = b.op("Reshape", [y, b.op("Concat", [batch, b.ints([dim]), b.ints([tokens])], axis=0)])
+    seq = b.op("Transpose", [flat], perm=[0, 2, 1])  # [N, T, D]
+    shape = b.op("Concat", [batch, b.ints([1]), b.ints([1])], axis=0)
+    cls = b.op("Expand", [b.rand([1, 1, dim], "class_token", 0.5), shape])
+    s = b.op("Add", [b.op("Concat", [cls, seq], axis=1), b.rand([1, tokens + 1, dim], "pos", 0.2)])
+    h = b.relu(b.matmul(layer_norm(b, s, dim, "b0.ln"), dim, 2 * dim, name="b0.fc1"))
+    s = b.op("Add", [s, b.matmul(h, 2 * dim, dim, name="b0.fc2")])
+    first = b.op("Gather", [layer_norm(b, s, dim, "final.ln"), b.const(np.int64(0))], axis=1)
+    return b.build([b.gemm(first, dim, 4, name="head")])
+
+
+def test_class_token_joins_the_stream_and_is_cut_with_it():
+    """The Expand of a float constant carries its entries as channels (``Source.follower``),
+    and the computed Reshape target's private ``[D]`` is rewritten: the whole stream is cut,
+    against the stream oracle; exact pruning without --hidden is unchanged."""
+    from onnxprune.graph.load import normalize_model
+
+    model = vit_class_token()
+    normalize_model(model)  # as the CLI loads it: static shape arithmetic folded
+    pruned, _ = prune_stream(model, hidden=0.5)
+    dims = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert dims["class_token"] == [1, 1, 8] and dims["pos"] == [1, 5, 8]
+    assert dims["proj.weight"][0] == 8 and dims["head.weight"] == [4, 8]
+    groups = analyze(model)
+    proj = next(g for g in groups if g.id == "proj")
+    assert proj.blocked_reason is not None  # without --hidden the LayerNorm blocks the stream
+
+
+def test_a_constant_broadcast_alone_is_not_a_group():
+    """Entries of a constant that no producer's channels meet make no prunable group."""
+    b = Builder()
+    x = b.input([2, 3, 4])
+    cls = b.op("Expand", [b.rand([1, 1, 4], "table"), b.ints([2, 3, 1])])
+    model = b.build([b.op("Add", [x, cls])])
+    assert all(g.blocked_reason is not None for g in analyze(model))

@@ -128,6 +128,20 @@ def _follows(ctx: Context, e: Term | Opaque, out_ids: np.ndarray) -> bool:
     return Counter(out_ids.tolist()) == Counter(np.repeat(ch.ids, int(e.coef)).tolist())
 
 
+def private_constant_follows(
+    ctx: Context, node: onnx.NodeProto, out_axis: int, out_ids: np.ndarray
+) -> bool:
+    """Whether element ``out_axis`` of a Reshape target computed at run time is a constant
+    that feeds only this target (ViT's ``Concat(batch, [768], [196])``), so that
+    ``rewrite_reshape`` can write the kept count into it."""
+    index = ctx.view.producer[node.output[0]][0]
+    expr = exprs(ctx.view).input_of(index, 1)
+    if isinstance(expr, Opaque) or out_axis >= len(expr):
+        return False
+    e = expr[out_axis]
+    return isinstance(e, Term) and (e.const or 0) > 0 and _follows(ctx, e, out_ids)
+
+
 def check_target(
     ctx: Context,
     node: onnx.NodeProto,

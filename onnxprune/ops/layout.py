@@ -230,6 +230,8 @@ def _target_follows(
         or follows  # the input's own channel count, read at run time (checked above)
         or (e == 0 and not allowzero and identity)  # copies the (pruned) channel count
         or (constant and isinstance(e, int) and e > 0)  # rewritten by ``rewrite``
+        or (isinstance(e, int) and e > 0  # a private constant piece of a computed target
+            and attention.private_constant_follows(ctx, node, out_axis, out_ids))
     ):
         ctx.block(x.ids, "Reshape target fixes the channel count where it cannot be rewritten")
         return False
@@ -317,6 +319,8 @@ class RepeatRule(Rule):
                     ctx, ctx.view.shape_expr(node.input[1]), f"'{ctx.where}' ({node.op_type})"
                 )
                 attention.block_live_sizes(ctx, node, 1, f"'{ctx.where}' ({node.op_type})")
+            if node.op_type == "Expand" and ctx.is_const(0):
+                _broadcast_constant(node, ctx, value)
             return
         if node.op_type == "Expand" and (value is None or attention.live_sizes(ctx, node, 1)):
             attention.expand_heads(node, ctx, x)
@@ -338,3 +342,27 @@ class RepeatRule(Rule):
             ctx.block(x.ids, "Expand sets the channel count")
             return
         ctx.set_out(0, axis, x.ids, rank)
+
+
+def _broadcast_constant(node: onnx.NodeProto, ctx: Context, value) -> None:
+    """A float constant with one axis of more than one entry, broadcast over the others
+    (ViT's class token ``[1, 1, D]`` expanded to the batch and concatenated before the
+    tokens): its entries are channels of the output, so a stream it joins can cut them
+    (the constant is sliced). Only when the target keeps that axis at 1 (evaluated, as
+    ``(batch, 1, 1)``); integer constants (positions, indices) stay untracked."""
+    name = node.input[0]
+    const = ctx.view.constant(name)
+    if const is None or not np.issubdtype(const.dtype, np.floating):
+        return
+    big = [i for i, d in enumerate(const.shape) if d != 1]
+    target = [int(v) for v in value.reshape(-1)] if value is not None else ctx.view.shape_expr(node.input[1])
+    if len(big) != 1 or target is None:
+        return
+    rank = max(const.ndim, len(target))
+    axis = big[0] + rank - const.ndim
+    at = axis - (rank - len(target))
+    if at >= 0 and not (isinstance(target[at], int) and target[at] == 1):
+        return
+    ids = ctx.follower(int(const.shape[big[0]]), f"{name}[entries]")
+    ctx.bind(0, big[0], ids, "chan")
+    ctx.set_out(0, axis, ids, rank)

@@ -64,10 +64,12 @@ class Context:
         self.node: onnx.NodeProto = onnx.NodeProto()
 
     # ------------------------------------------------------------------ ids
-    def _new_ids(self, size: int, label: str, reason: str | None) -> np.ndarray:
+    def _new_ids(
+        self, size: int, label: str, reason: str | None, follower: bool = False
+    ) -> np.ndarray:
         start = len(self._parent)
         self._parent.extend(range(start, start + size))
-        self._sources.append(Source(start, size, label, self.where, reason))
+        self._sources.append(Source(start, size, label, self.where, reason, follower))
         return np.arange(start, start + size, dtype=np.int64)
 
     def _find(self, x: int) -> int:
@@ -175,6 +177,10 @@ class Context:
         (an LSTM's hidden units, tiled over the gate blocks of W, R and B): the rule binds
         them to each parameter itself."""
         return self._new_ids(size, f"{self.where}[units]", None)
+
+    def follower(self, size: int, label: str) -> np.ndarray:
+        """Channels of a constant broadcast into an activation (see ``Source.follower``)."""
+        return self._new_ids(size, label, None, follower=True)
 
     def pseudo(self, size: int, reason: str) -> np.ndarray:
         """Channels we cannot prune (from a graph input, an op we do not follow)."""
@@ -428,7 +434,8 @@ class Context:
         groups: dict[int, Group] = {}
         used_ids: set[str] = set()
         for c, srcs in comps.items():
-            ordered = sorted(srcs, key=lambda s: (self._sources[s].reason is not None, s))
+            ordered = sorted(srcs, key=lambda s: (self._sources[s].reason is not None,
+                                                  self._sources[s].follower, s))  # fmt: skip
             seq = np.concatenate(
                 [
                     roots[self._sources[s].start : self._sources[s].start + self._sources[s].size]
@@ -452,6 +459,8 @@ class Context:
                 src = self._sources[s]
                 if src.reason is not None:
                     groups[c].reasons.append((src.node, src.reason))
+            if all(self._sources[s].follower for s in srcs):
+                groups[c].reasons.append((prim.node, "only a constant's entries: no producer"))
         return groups, slot_of_class
 
 

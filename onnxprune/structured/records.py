@@ -25,6 +25,9 @@ class Source:
     label: str
     node: str
     reason: str | None  # set for pseudo sources: channels we cannot prune
+    follower: bool = False
+    """A constant's entries broadcast into an activation (ViT's class token): cut with the
+    producer they are coupled to, never a group of their own."""
 
 
 @dataclass
