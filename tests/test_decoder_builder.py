@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from onnxprune.graph import modelfile as io
 from onnxprune.structured.engine import StructuredOptions, prune_structured
 from onnxprune.testing import assert_exact
 from onnxprune.testing.decoder import PRESETS, DecoderConfig, write_decoder, write_mlp
@@ -45,9 +46,13 @@ def test_causal_mask_hides_later_tokens(tmp_path):
     assert not np.allclose(a[:, -1], b[:, -1])
 
 
-def test_tiny_decoder_prunes_ffn_and_kv_groups_exactly(tmp_path):
+@pytest.mark.parametrize("loaded", [False, True])
+def test_tiny_decoder_prunes_ffn_and_kv_groups_exactly(tmp_path, loaded):
+    """Also as the CLI loads it (``loaded``): load folds repeat_kv's static sizes into
+    constants read through ``Where(Equal(s, -1), 1, s)``, which used to block every head."""
     cfg = PRESETS["tiny"]
-    model = onnx.load(str(write_decoder(tmp_path / "tiny.onnx", cfg)))
+    path = write_decoder(tmp_path / "tiny.onnx", cfg)
+    model = io.load_model(path).model if loaded else onnx.load(str(path))
     pruned, result = prune_structured(model, StructuredOptions(ratio=0.3, heads=0.25, round_to=1))
     sizes = {t.name: tuple(t.dims) for t in pruned.graph.initializer}
     d = cfg.head_dim

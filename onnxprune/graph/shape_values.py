@@ -404,10 +404,39 @@ def exprs(view: GraphView) -> ShapeValues:
 
 def private(view: GraphView, origin: Origin) -> bool:
     """Whether changing the constant at ``origin`` changes only the value that reached the
-    caller: every tensor on its way has this one reader and is no graph output."""
-    return all(len(view.uses(t)) == 1 and t not in view.graph_outputs for t in origin.path) and (
-        origin.input >= 0
-    )
+    caller: every tensor on its way has this one reader and is no graph output, or the other
+    readers feed nothing but that value (``_confined``)."""
+    if origin.input < 0 or any(t in view.graph_outputs for t in origin.path):
+        return False
+    return all(len(view.uses(t)) == 1 for t in origin.path) or _confined(view, origin.path)
+
+
+def _confined(view: GraphView, path: tuple[str, ...]) -> bool:
+    """Every tensor computed from the path's first one flows only into its last one, which
+    has one reader: torch's ``Where(Equal(s, -1), 1, s)`` around a size ``s`` reads ``s``
+    twice, and load-time folding turns the sizes of Llama's ``repeat_kv`` into constants."""
+    if not path or len(view.uses(path[-1])) != 1 or path[-1] not in view.producer:
+        return False
+    inner: set[int] = set()  # the nodes that feed the last tensor
+    stack = [view.producer[path[-1]][0]]
+    while stack:
+        i = stack.pop()
+        if i not in inner:
+            inner.add(i)
+            stack.extend(view.producer[t][0] for t in view.nodes[i].input if t in view.producer)
+    reached, stack = set(), [path[0]]  # tensors computed from the changed constant
+    while stack:
+        t = stack.pop()
+        if t in reached or t == path[-1]:
+            continue
+        reached.add(t)
+        if t in view.graph_outputs:
+            return False
+        for u in view.uses(t):
+            if u.node not in inner:
+                return False
+            stack.extend(o for o in view.nodes[u.node].output if o)
+    return True
 
 
 def set_origin(

@@ -260,6 +260,10 @@ def expand_heads(node: onnx.NodeProto, ctx: Context, x: Chan) -> bool:
         found = frozenset(r for r in refs(e) if _live(ctx, r) is not None)
         if i == j:
             keeps = isinstance(e, Term) and e.const in (1, -1)
+            # the count folded into a constant only this Expand reads (load folds the static
+            # shape arithmetic of repeat_kv): ``rewrite_expand`` writes the kept count there
+            written = (isinstance(e, Term) and e.const == len(x.ids) and e.origin is not None
+                       and private(view, e.origin))  # fmt: skip
             follows = (
                 isinstance(e, Term)
                 and e.coef == 1
@@ -267,7 +271,7 @@ def expand_heads(node: onnx.NodeProto, ctx: Context, x: Chan) -> bool:
                 and (ch := _live(ctx, e.refs[0])) is not None
                 and Counter(ch.ids.tolist()) == Counter(x.ids.tolist())
             )
-            if keeps or follows:
+            if keeps or written or follows:
                 continue
             _block_live(ctx, found, x, "Expand sets the channel count at run time")
             return True
@@ -278,6 +282,23 @@ def expand_heads(node: onnx.NodeProto, ctx: Context, x: Chan) -> bool:
             return True
     ctx.set_out(0, axis, x.ids, rank)
     return True
+
+
+def rewrite_expand(node: onnx.NodeProto, rw: RewriteContext) -> None:
+    """Write the kept count into the constant of an Expand's sizes that sets the channel
+    axis (``expand_heads``' *written* case); -1, 1 and run-time counts need nothing."""
+    cut = rw.cut(node.output[0])
+    if cut is None or len(node.input) < 2:
+        return
+    index = rw.view.producer[node.output[0]][0]
+    expr = exprs(rw.view).input_of(index, 1)
+    rank = rw.view.rank(node.output[0])
+    if isinstance(expr, Opaque) or rank is None:
+        return
+    j = cut.axis - (rank - len(expr))
+    e = expr[j] if 0 <= j < len(expr) else None
+    if isinstance(e, Term) and e.origin is not None and (e.const or 0) > 1:
+        set_origin(e.origin, len(cut.kept), rw.view, rw.model, rw.set_input)
 
 
 def live_sizes(ctx: Context, node: onnx.NodeProto, k: int) -> frozenset:

@@ -306,6 +306,10 @@ def channel_shuffle(view: GraphView, node: onnx.NodeProto) -> tuple[str, int, np
 class RepeatRule(Rule):
     """Broadcasting or tiling other axes is fine; repeating the channel axis blocks."""
 
+    def rewrite(self, node: onnx.NodeProto, rw: RewriteContext) -> None:
+        if node.op_type == "Expand":
+            attention.rewrite_expand(node, rw)
+
     def propagate(self, node: onnx.NodeProto, ctx: Context) -> None:
         x = ctx.inp(0)
         value = ctx.view.known_value(node.input[1])
