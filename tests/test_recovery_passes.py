@@ -115,3 +115,4 @@ def test_the_gram_budget_is_sized_from_a_lazy_models_weights(lazy_mlp, monkeypat
     assert gram_budget(lazy_mlp, None) == int(weights * 1000.0) > 64 << 20
     assert gram_budget(gemm_mlp(), None) == GRAM_BUDGET_BYTES  # read whole: the fixed budget
     assert gram_budget(lazy_mlp, 12345) == 12345
+
