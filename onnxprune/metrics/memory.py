@@ -51,8 +51,8 @@ def release_freed_memory() -> int:
     freed, so later blocks of up to 32 MB come from its heap, and a heap keeps what is freed.
     On the 0.5B decoder pruned with ``--heads``, 1.2 GB of the in-memory pruned model stayed
     resident through all of recovery after its weights had been spilled to a file: with
-    this call there, the run's peak went from 1.63x to (see the README) of its weights.
-    """
+    this call at the start of recovery the ``--calib`` run's peak went from 1.63x to 1.16x
+    of its weights."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
