@@ -568,7 +568,7 @@ def test_padded_tokens_are_left_out_of_the_fit():
     """A [batch, tokens] integer feed named like *mask* drops the padded rows of a
     [batch, tokens, features] MatMul input; other layers and feeds keep every row."""
     from onnxprune.recovery.layers import Layer
-    from onnxprune.recovery.recover import _live_rows
+    from onnxprune.recovery.passes import live_rows as _live_rows
 
     mm = Layer(0, "MatMul", "x", "y", "w", None)
     mask = np.array([[1, 1, 0, 0], [1, 1, 1, 0]], dtype=np.int64)

@@ -111,10 +111,13 @@ def command(name: str, case: str, model: Path, out: Path, report: Path, zoo: Pat
     return cmd
 
 
-def run_case(name: str, case: str, zoo: Path) -> dict:
-    """One case in a fresh process: wall time, max RSS and the report's memory section."""
+def run_case(name: str, case: str, zoo: Path, reports: Path | None = None) -> dict:
+    """One case in a fresh process: wall time, max RSS and the report's memory section;
+    the report and the (deleted) output go to ``reports`` (default: ``zoo``)."""
     model = make_model(name, zoo)
-    out, report = zoo / f"bench-{name}.pruned.onnx", zoo / f"bench-{name}-{case}.json"
+    where = reports or zoo
+    out, report = where / f"bench-{name}.pruned.onnx", where / f"bench-{name}-{case}.json"
+    load = os.getloadavg()[0]
     cmd = command(name, case, model, out, report, zoo)
     t0 = time.perf_counter()
     proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
@@ -124,6 +127,7 @@ def run_case(name: str, case: str, zoo: Path) -> dict:
     weights = weight_bytes(model)
     row = {"model": name, "case": case, "weights": weights, "wall_s": round(wall, 1),
            "max_rss": rss, "ratio": round(rss / weights, 2), "rc": proc.returncode,
+           "load_before": round(load, 1), "load_after": round(os.getloadavg()[0], 1),
            "command": " ".join(cmd)}  # fmt: skip
     if report.exists():
         d = json.loads(report.read_text())
@@ -132,6 +136,9 @@ def run_case(name: str, case: str, zoo: Path) -> dict:
         row["timings_s"] = d.get("timings_s")
         v = d.get("validation") or {}
         row["cosine"] = v.get("cosine")
+        rec = (d.get("recovery") or {}).get("structured") or {}
+        if rec:
+            row["recovery"] = {k: rec.get(k) for k in ("waves", "seconds", "stage_seconds")}
     else:
         row["error"] = proc.stderr.strip().splitlines()[-1:] if proc.stderr else []
     for f in (out, out.with_name(out.name + ".data")):
@@ -154,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", nargs="+", default=["prune", "validate", "calib"],
                    choices=["prune", "validate", "calib"])  # fmt: skip
     p.add_argument("--zoo", type=Path, default=ZOO)
+    p.add_argument("--reports", type=Path, help="folder for the reports (default: --zoo)")
     p.add_argument("--json", type=Path, help="append each row to this JSON-lines file")
     p.add_argument("--markdown", type=Path, help="write the table here too")
     a = p.parse_args(argv)
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
     for name in a.models:
         for case in a.cases:
-            row = run_case(name, case, a.zoo)
+            row = run_case(name, case, a.zoo, a.reports)
             rows.append(row)
             print(json.dumps(row), flush=True)
             if a.json:

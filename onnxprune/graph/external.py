@@ -284,7 +284,7 @@ def externalized_copy(model: onnx.ModelProto, writer: DataWriter) -> onnx.ModelP
 _SPILL: list[Path] = []  # the process's spill folder, made on first use
 
 
-def spill_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+def spill_weights(model: onnx.ModelProto, min_bytes: int | None = None) -> onnx.ModelProto:
     """A copy of ``model`` whose big in-memory main-graph weights are written to a scratch
     data file and read back lazily (``graph.proto.make_lazy``); ``model`` is left as it is.
 
@@ -292,10 +292,11 @@ def spill_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     serialized for onnxruntime) would copy every pruned weight several times over; with the
     weights lazy each copy is a few kilobytes and onnxruntime maps the file. Spill files
     live in one temporary folder, removed when the process exits (or on a signal). Models
-    holding less than ``LAZY_MODEL_MIN_BYTES`` in memory are returned as they are.
+    holding less than ``min_bytes`` (default ``LAZY_MODEL_MIN_BYTES``) in memory are
+    returned as they are (recovery passes 0 to spill its refit weights after each wave).
     """
     held = sum(tensor_nbytes(t) for t in model.graph.initializer if not is_external(t))
-    if held < LAZY_MODEL_MIN_BYTES:
+    if held < (LAZY_MODEL_MIN_BYTES if min_bytes is None else min_bytes) or not held:
         return model
     if not _SPILL:
         import atexit

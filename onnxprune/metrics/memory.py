@@ -8,11 +8,12 @@ resident set size"; recording it at the end of every stage says which stage set 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import sys
 
-__all__ = ["current_rss_bytes", "memory_section", "peak_rss_bytes"]
+__all__ = ["current_rss_bytes", "memory_section", "peak_rss_bytes", "release_freed_memory"]
 
 
 def peak_rss_bytes() -> int:
@@ -40,3 +41,22 @@ def memory_section(peaks: dict[str, int], weight_bytes: int) -> dict[str, object
         "peak_over_weights": round(peak / weight_bytes, 3) if weight_bytes else None,
         "peak_rss_by_stage": dict(peaks),
     }
+
+
+def release_freed_memory() -> int:
+    """Hand memory that Python freed but the C allocator kept back to the system (glibc's
+    ``malloc_trim``); the bytes of resident memory that went (0 where there is no glibc).
+
+    Why: glibc raises its threshold for memory-mapping big blocks after the first ones are
+    freed, so later blocks of up to 32 MB come from its heap, and a heap keeps what is freed.
+    On the 0.5B decoder pruned with ``--heads``, 1.2 GB of the in-memory pruned model stayed
+    resident through all of recovery after its weights had been spilled to a file: with
+    this call at the start of recovery the ``--calib`` run's peak went from 1.63x to 1.16x
+    of its weights."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return 0
+    before = current_rss_bytes()
+    libc.malloc_trim(0)
+    return max(0, before - current_rss_bytes())

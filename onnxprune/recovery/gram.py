@@ -65,11 +65,23 @@ class LayerStats:
         self.rows = 0
 
     def add(self, xp: np.ndarray, xo: np.ndarray, picks: np.ndarray) -> None:
-        rp = self.lp.rows(xp, picks)
+        """Fold rows ``picks`` of the pruned layer's input ``xp`` and the original's ``xo``."""
+        self.add_rows(xp, self.original_rows(xo, picks), picks)
+
+    def original_rows(self, xo: np.ndarray, picks: np.ndarray) -> np.ndarray:
+        """Rows ``picks`` of the original layer's input as ``add_rows`` takes them
+        (``[rows, g, do+1]``: kept groups, bias input appended), a copy of ``xo``'s values.
+
+        Why apart from ``add``: the original model can run first, its rows kept and its
+        session closed, before the pruned model opens (``recovery.passes``)."""
         ro = self.lo.rows(xo, picks)
         if self.group_map is not None:
             ro = ro[:, self.group_map]
-        rp, ro = augment(rp), augment(ro)
+        return augment(ro)
+
+    def add_rows(self, xp: np.ndarray, ro: np.ndarray, picks: np.ndarray) -> None:
+        """``add`` with the original's rows already taken (``original_rows``)."""
+        rp = augment(self.lp.rows(xp, picks))
         kept = sum(len(c) for c in self.check_p)
         self._counted += len(rp)
         if kept < _CHECK_ROWS and not self.holdout:

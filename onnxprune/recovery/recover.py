@@ -46,19 +46,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxprune.calibration.stats import (
-    DEFAULT_BUDGET_BYTES,
-    batch_size_for,
-    run_taps,
-    session,
-    tapped_model,
-)
+from onnxprune.calibration.stats import DEFAULT_BUDGET_BYTES
 from onnxprune.graph import quant
+from onnxprune.graph.external import spill_weights
+from onnxprune.graph.proto import is_lazy
 from onnxprune.graph.view import GraphView
+from onnxprune.metrics.memory import release_freed_memory
 from onnxprune.progress import expect_total
 from onnxprune.recovery.gram import LayerStats, rel_err
 from onnxprune.recovery.layers import Layer, find_layers
 from onnxprune.recovery.params import NONFINITE_REASON, ModelParams, augmented, write
+from onnxprune.recovery.passes import wave_stats
 from onnxprune.recovery.solvers import (
     blas_limit,
     inverse_product,
@@ -67,7 +65,7 @@ from onnxprune.recovery.solvers import (
     obs_factor,
     obs_sparsify,
 )
-from onnxprune.recovery.waves import split_waves, stats_size, wave_count
+from onnxprune.recovery.waves import gram_budget, split_waves, stats_size, wave_count
 from onnxprune.runtime.feeds import sample_count
 from onnxprune.structured.plan import Plan
 
@@ -95,10 +93,12 @@ class RecoveryOptions:
     seed: int = 0
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     budget_bytes: int = DEFAULT_BUDGET_BYTES
-    gram_budget_bytes: int = 3 << 29
-    """Most bytes the Gram matrices (and buffered rows) of one wave may hold: a wave whose
-    layers would need more is split, one more pass each (1.5 GiB; ResNet-50's 54 layers need
-    at most 0.98 GB in one wave by ``gram.stats_bytes``, MobileNetV2's 0.53 GB)."""
+    gram_budget_bytes: int | None = None
+    """Most bytes the Gram matrices (with the buffered rows and the original's kept rows)
+    of one wave may hold: a wave whose layers would need more is split, one more pass each.
+    None: ``waves.gram_budget`` (1.5 GiB, or a third of the weights of a model whose weights
+    are read lazily, so that a wave's sums beside one model's weights stay in the memory
+    bound; ResNet-50's 54 layers need at most 0.98 GB in one wave, MobileNetV2's 0.53 GB)."""
     blas_threads: int | None = 1
     """BLAS threads for recovery's Gram products, factors and solves (None: as the libraries
     choose; onnxruntime's threads are its own). On this shared 2-core machine OpenBLAS's
@@ -194,27 +194,6 @@ def _reference(lo: Layer, params_o: ModelParams, t: _Target) -> np.ndarray:
     return np.stack(out)
 
 
-def _live_rows(layer: Layer, x_shape: tuple[int, ...], feed: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Rows of a [batch, tokens, features] MatMul input that an attention mask keeps.
-
-    Padded tokens flow through every layer but nothing reads their results; in a batch of
-    short sentences they are most of the rows and would dominate the fit. A 2-D integer or
-    bool feed named like ``*mask*`` with the input's [batch, tokens] shape marks them.
-    """
-    n = layer.positions(x_shape)
-    if not layer.token_rows or len(x_shape) != 3:
-        return np.arange(n)
-    for name, value in feed.items():
-        if (
-            "mask" in name.lower()
-            and value.ndim == 2
-            and value.shape == tuple(x_shape[:2])
-            and value.dtype.kind in "iub"
-        ):
-            return np.flatnonzero(value.reshape(-1) != 0)
-    return np.arange(n)
-
-
 def _run(
     original: onnx.ModelProto,
     current: onnx.ModelProto,
@@ -224,45 +203,35 @@ def _run(
     result: RecoveryResult,
     progress: Callable[[int], None] | None,
 ) -> onnx.ModelProto:
+    release_freed_memory()  # what the caller freed (a pruned model spilled to a file)
     params_o = ModelParams(original)
     params_p = ModelParams(current)
     rng = np.random.default_rng(opts.seed)
     result.samples = sample_count(inputs)
     count, batch = wave_count(original, inputs, len(targets), opts, result.samples)
     per_batch = math.ceil(opts.max_rows / max(1, result.samples // batch))
-    sizes = [stats_size(t.lp, t.lo, params_o, params_p, opts.max_rows, per_batch) for t in targets]
-    waves = split_waves(targets, count, sizes, opts.gram_budget_bytes)
+    rows = per_batch * math.ceil(result.samples / batch)  # the most any layer is fed
+    sizes = [stats_size(t.lp, t.lo, params_o, params_p, rows, per_batch) for t in targets]
+    waves = split_waves(targets, count, sizes, gram_budget(original, opts.gram_budget_bytes))
     result.waves = len(waves)
+    spilled = any(map(is_lazy, current.graph.initializer))
     expect_total(progress, len(targets))  # the bar shows the time left
     for wave in waves:
-        xs = list(dict.fromkeys(t.lo.x for t in wave))
-        sess_o = session(tapped_model(original, xs, only=True), opts.providers)
-        sess_p = session(tapped_model(current, xs, only=True), opts.providers)
-        batch = batch_size_for(sess_o, result.samples)
-        n_batches = max(1, result.samples // batch)
         stats = {id(t): _layer_stats(t, params_o) for t in wave}
-        feeds_o = run_taps(sess_o, inputs, xs, batch)
-        feeds_p = run_taps(sess_p, inputs, xs, batch)
+        wave_stats(original, current, wave, stats, inputs, opts, rng, result)
         t0 = time.perf_counter()
-        for (feed, vo), (_, vp) in zip(feeds_o, feeds_p, strict=True):
-            t0 = result.timed("taps", t0)
-            for t in wave:
-                xo, xp = vo[t.lo.x], vp[t.lp.x]
-                rows = _live_rows(t.lo, xo.shape, feed)
-                take = min(len(rows), math.ceil(opts.max_rows / n_batches))
-                picks = np.sort(rng.choice(rows, size=take, replace=False)) if take < len(rows) else rows
-                if len(picks):
-                    stats[id(t)].add(xp, xo, picks)
-            t0 = result.timed("gram", t0)
-        t0 = result.timed("taps", t0)  # the generators' last, empty step
         for t in wave:
             stats[id(t)].fold()
             t0 = result.timed("gram", t0)
             factor_s = result.stage_seconds.get("factor", 0.0)
-            _refit(t, stats[id(t)], params_o, params_p, opts, result)
+            _refit(t, stats.pop(id(t)), params_o, params_p, opts, result)
             # the rest of the refit (solvers, error measurements, writing) is "solve"
             result.stage_seconds["factor"] = result.stage_seconds.get("factor", 0.0)
             t0 = result.timed("solve", t0 + result.stage_seconds["factor"] - factor_s)
+        if spilled:  # refit weights back to a file, so the next wave's session maps them
+            current = spill_weights(current, min_bytes=0)
+            params_p = ModelParams(current)
+        release_freed_memory()  # the wave's sums and solver copies, before the next wave
         if progress is not None:
             progress(len(wave))
     return current
@@ -283,6 +252,8 @@ def _refit(
         result.skipped.append({"layer": t.lp.label, "reason": "no calibration rows reached it"})
         return
     target = _reference(t.lo, params_o, t)
+    if st.target is not None and np.array_equal(st.target, target):
+        target = st.target  # float32 weights: the same values, half the bytes of float64
     tgop = st.target_gop(target)
     w0 = augmented(t.lp, params_p)
     before = rel_err(w0, target, st)
@@ -303,7 +274,7 @@ def _refit(
         if not opts.bias:
             new[..., -1] = w0[..., -1]
     else:
-        new = _fit(t, st, target, w0, opts)
+        new, tgop = _fit(t, st, target, w0, opts, tgop), None  # the fit may consume tgop
     after = rel_err(new, target, st)
     if t.method != "obs":
         if np.isnan(before):  # no held-out row (a layer seen once): keep the fit, say nothing
@@ -311,7 +282,8 @@ def _refit(
         elif not after <= before:
             new, after = w0, before  # never make a layer worse on rows it was not fitted to
         elif st.fold_held_out():  # the refit generalizes: fit once more with every row
-            new = _fit(t, st, target, w0, opts)
+            new = None
+            new = _fit(t, st, target, w0, opts, st.target_gop(target))
     if not write(t.lp, params_p, new, opts.bias or t.method == "lstsq"):
         result.skipped.append({"layer": t.lp.label, "reason": NONFINITE_REASON})
         return
@@ -322,12 +294,16 @@ def _refit(
 
 
 def _fit(
-    t: _Target, st: LayerStats, target: np.ndarray, w0: np.ndarray, opts: RecoveryOptions
-) -> np.ndarray:
+    t: _Target, st: LayerStats, target: np.ndarray, w0: np.ndarray, opts: RecoveryOptions,
+    tgop: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """The layer's new ``[g, out, d+1]`` weights from ``tgop`` (``st.target_gop(target)``),
+    which the least-squares solve may overwrite: one d x out float64 copy fewer (392 MB for
+    a 7000-wide layer of the 2.4 GB MLP, whose solves set its peak memory)."""
     if t.method == "lstsq":
         return least_squares(target, w0, st.gpp, None, opts.damp, opts.bias, prior_rows=True,
-                             tgop=st.target_gop(target))  # fmt: skip
-    return mean_shift(target, w0, st.gpp, None, tgop=st.target_gop(target))
+                             tgop=tgop, overwrite_tgop=tgop is not st.tgop)  # fmt: skip
+    return mean_shift(target, w0, st.gpp, None, tgop=tgop)
 
 
 def _shares(zeros: int | None, groups: int) -> list[int | None]:

@@ -67,15 +67,20 @@ def least_squares(
     prior_rows: bool = False,
     *,
     tgop: np.ndarray | None = None,
+    overwrite_tgop: bool = False,
 ) -> np.ndarray:
     """argmin_W sum ||W x_p - T x_o||^2 + lam ||W - W0||^2, all ``[g, out, d+1]`` with bias last.
 
     ``fit_bias`` False keeps ``W0``'s bias column; ``prior_rows``: see ``_ridge``. ``tgop``:
-    ``target @ gop`` when the caller accumulated it directly (``gop`` is then not needed).
+    ``target @ gop`` when the caller accumulated it directly (``gop`` is then not needed);
+    ``overwrite_tgop``: a float64 ``tgop`` may be used as the right-hand side in place.
     """
     a = _ridge(gpp, damp, fit_bias, prior_rows)
     d = a.shape[-1] - 1
-    rhs = np.array(tgop, dtype=np.float64) if tgop is not None else target @ gop  # [g, out, dp+1]
+    if tgop is None:
+        rhs = target @ gop  # [g, out, dp+1]
+    else:
+        rhs = (np.asarray if overwrite_tgop else np.array)(tgop, dtype=np.float64)
     lam = a[:, np.arange(d), np.arange(d)] - gpp[:, np.arange(d), np.arange(d)]  # [g, d]
     rhs[..., :d] += w0[..., :d] * lam[:, None, :]
     if not fit_bias:

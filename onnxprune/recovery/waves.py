@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from onnxprune.calibration.stats import batch_size_for, session
+from onnxprune.graph.proto import is_lazy, tensor_nbytes
 from onnxprune.recovery.gram import FOLD_BYTES, stats_bytes
 from onnxprune.recovery.layers import Layer
 from onnxprune.recovery.params import ModelParams, augmented
@@ -26,7 +27,14 @@ from onnxprune.runtime.session import fixed_batch
 if TYPE_CHECKING:
     from onnxprune.recovery.recover import RecoveryOptions
 
-__all__ = ["split_waves", "stats_size", "wave_count"]
+__all__ = [
+    "GRAM_BUDGET_BYTES",
+    "LAZY_GRAM_SHARE",
+    "gram_budget",
+    "split_waves",
+    "stats_size",
+    "wave_count",
+]
 
 T = TypeVar("T")
 
@@ -84,7 +92,33 @@ def stats_size(
     lp: Layer, lo: Layer, params_o: ModelParams, params_p: ModelParams, rows: int, batch_rows: int
 ) -> int:
     """Bytes of the ``LayerStats`` of pruned layer ``lp`` (original ``lo``) at most
-    (``gram.stats_bytes``)."""
+    (``gram.stats_bytes``) fed ``rows`` rows in all, at most ``batch_rows`` a batch, with the
+    original's rows kept for it between the two passes (``recovery.passes``)."""
     g, out, dp1 = augmented(lp, params_p).shape
     do1 = augmented(lo, params_o).shape[-1]
-    return stats_bytes(out, dp1, do1, g, rows, batch_rows, FOLD_BYTES)
+    kept = 4 * g * do1 * rows
+    return stats_bytes(out, dp1, do1, g, rows, batch_rows, FOLD_BYTES) + kept
+
+
+GRAM_BUDGET_BYTES = 3 << 29
+"""A wave's budget for a model read whole (1.5 GiB)."""
+LAZY_GRAM_SHARE = 1 / 3
+"""A wave's budget for a model whose weights are read lazily, as a share of its weight bytes.
+
+Why a third: during a wave the process holds the pruned model's mapped weights (under the
+original's) and the wave's sums, or, in the original's pass, its weights and the kept rows;
+with a third for the sums, both stay near 1.3x the weights, under the 1.5x bound. A fixed
+1.5 GiB gave the 0.5B decoder (2.18 GB of weights) 0.7x of its weights in sums."""
+_MIN_LAZY_BUDGET = 64 << 20
+
+
+def gram_budget(original: onnx.ModelProto, budget: int | None) -> int:
+    """``budget``, or when None: a share of the weight bytes for a model with lazy weights
+    (``LAZY_GRAM_SHARE``), else ``GRAM_BUDGET_BYTES``."""
+    if budget is not None:
+        return budget
+    inits = original.graph.initializer
+    if not any(map(is_lazy, inits)):
+        return GRAM_BUDGET_BYTES
+    weights = sum(tensor_nbytes(t) for t in inits)
+    return max(_MIN_LAZY_BUDGET, int(weights * LAZY_GRAM_SHARE))

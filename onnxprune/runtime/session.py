@@ -13,6 +13,7 @@ This module imports nothing from calibration: calibration builds on it.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -26,6 +27,7 @@ __all__ = [
     "CPU",
     "CUDA",
     "fixed_batch",
+    "live_sessions",
     "open_session",
     "ort_message",
     "resolve_providers",
@@ -36,6 +38,21 @@ __all__ = [
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # every session open_session made, while alive
+_MOST_LIVE = [0]
+
+
+def live_sessions(*, most: bool = False, reset: bool = False) -> int:
+    """How many sessions made by ``open_session`` are alive now; with ``most``, the most
+    alive at once since the last ``reset`` (``reset`` starts the count again from now).
+
+    Why: each session holds (maps) its model's weights, so how many are alive together is
+    what a big model's peak memory depends on; this is how that is checked without mocks.
+    """
+    if reset:
+        _MOST_LIVE[0] = len(_LIVE)
+    return _MOST_LIVE[0] if most else len(_LIVE)
 
 
 def resolve_providers(choice: str) -> list[str]:
@@ -127,9 +144,12 @@ def open_session(
     if isinstance(source, str) and not _utf8(source):
         source = _read_for_session(source, options)
     try:
-        return ort.InferenceSession(source, sess_options=options, providers=list(providers))
+        sess = ort.InferenceSession(source, sess_options=options, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own pybind types (Fail, InvalidGraph...)
         raise OnnxPruneError(f"onnxruntime cannot run the {role}: {ort_message(exc)}") from exc
+    _LIVE.add(sess)
+    _MOST_LIVE[0] = max(_MOST_LIVE[0], len(_LIVE))
+    return sess
 
 
 def _utf8(path: str) -> bool:
