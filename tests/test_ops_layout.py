@@ -157,37 +157,33 @@ def test_shape_of_other_axes_is_fine():
     prune_exact(model, 0.5)
 
 
-def test_computed_reshape_with_a_private_constant_count_is_rewritten():
-    """A target computed at run time whose channel element is a constant only it reads
-    (``Concat(batch, [C*9])``, ViT's ``Concat(batch, [768], [196])``): the constant gets the
-    kept count (it used to block)."""
+def _flatten_by_computed_target(shared: bool) -> onnx.ModelProto:
+    """Conv -> Reshape to ``Concat(batch, [C*9])`` -> Gemm; ``shared``: the target is also
+    read by another node."""
     b = Builder()
-    x = b.input([1, 3, 3, 3])
-    y = b.conv(x, 3, C, name="producer")
-    n = b.op(
-        "Unsqueeze",
-        [b.op("Gather", [b.op("Shape", [y]), b.const(np.int64(0))], axis=0), b.ints([0])],
-    )
-    flat = b.op("Reshape", [y, b.op("Concat", [n, b.ints([C * 9])], axis=0)])
-    model = b.build([b.gemm(flat, C * 9, 2, name="fc")])
-    prune_exact(model, 0.5)  # expects a cut, checks it against the oracle
-
-
-def test_computed_reshape_with_a_shared_target_blocks():
-    """A target also read elsewhere cannot be rewritten for this Reshape alone (a shared
-    constant initializer could: the rewrite gives the node its own copy)."""
-    b = Builder()
-    x = b.input([1, 3, 3, 3])
-    y = b.conv(x, 3, C, name="producer")
+    y = b.conv(b.input([1, 3, 3, 3]), 3, C, name="producer")
     n = b.op(
         "Unsqueeze",
         [b.op("Gather", [b.op("Shape", [y]), b.const(np.int64(0))], axis=0), b.ints([0])],
     )
     target = b.op("Concat", [n, b.ints([C * 9])], axis=0)
-    flat = b.op("Reshape", [y, target])
-    side = b.op("Cast", [target], to=onnx.TensorProto.FLOAT)
-    model = b.build([b.gemm(flat, C * 9, 2, name="fc"), side])
-    assert "fixes the channel count" in _blocked(model)
+    outputs = [b.gemm(b.op("Reshape", [y, target]), C * 9, 2, name="fc")]
+    if shared:
+        outputs.append(b.op("Cast", [target], to=onnx.TensorProto.FLOAT))
+    return b.build(outputs)
+
+
+def test_computed_reshape_with_a_private_constant_count_is_rewritten():
+    """A target computed at run time whose channel element is a constant only it reads
+    (``Concat(batch, [C*9])``, ViT's ``Concat(batch, [768], [196])``): the constant gets the
+    kept count (it used to block)."""
+    prune_exact(_flatten_by_computed_target(shared=False), 0.5)  # a cut, against the oracle
+
+
+def test_computed_reshape_with_a_shared_target_blocks():
+    """A target also read elsewhere cannot be rewritten for this Reshape alone (a shared
+    constant initializer could: the rewrite gives the node its own copy)."""
+    assert "fixes the channel count" in _blocked(_flatten_by_computed_target(shared=True))
 
 
 def test_unsupported_op_blocks_with_its_name():
