@@ -94,14 +94,8 @@ def masked_norm(
     axes = list(range(start, rank))
     _check(axis in axes, f"{node.name}: the channel axis {axis} is not normalized")
     eps = float(attr(node, "epsilon", 1e-5))
-    shape = [1] * rank
-    shape[axis] = size
-    mask = np.zeros(size, np.float32)
-    mask[list(kept)] = 1.0
-    m = e.const(mask.reshape(shape))
     x = node.input[0]
-    ones = e.op("Add", [e.op("Mul", [x, e.const(np.float32(0.0))]), m])
-    count = e.reduce_sum(ones, axes)
+    m, count = _kept_mask(e, x, rank, axis, kept, size, axes)
     if node.op_type == "LayerNormalization":
         mean = e.op("Div", [e.reduce_sum(e.op("Mul", [x, m]), axes), count])
         x = e.op("Sub", [x, mean])
@@ -115,6 +109,18 @@ def masked_norm(
         y = e.op("Add", [y, node.input[2]])
     model.graph.node.append(helper.make_node("Identity", [y], [node.output[0]]))
     model.graph.node.remove(node)
+
+
+def _kept_mask(e, x: str, rank: int, axis: int, kept: Sequence[int], size: int, axes: list[int]):
+    """(the 0/1 mask of the kept channels on ``axis``, broadcastable to ``x``; how many
+    kept entries each reduction over ``axes`` sums: the count a norm over them divides by)."""
+    shape = [1] * rank
+    shape[axis] = size
+    mask = np.zeros(size, np.float32)
+    mask[list(kept)] = 1.0
+    m = e.const(mask.reshape(shape))
+    ones = e.op("Add", [e.op("Mul", [x, e.const(np.float32(0.0))]), m])
+    return m, e.reduce_sum(ones, axes)
 
 
 def masked_mean(
@@ -134,14 +140,9 @@ def masked_mean(
     if axis not in axes:
         return False
     e = _Emit(model, node.output[0])
-    shape = [1] * rank
-    shape[axis] = size
-    mask = np.zeros(size, np.float32)
-    mask[list(kept)] = 1.0
-    m = e.const(mask.reshape(shape))
     x = node.input[0]
-    ones = e.op("Add", [e.op("Mul", [x, e.const(np.float32(0.0))]), m])
-    mean = e.op("Div", [e.reduce_sum(e.op("Mul", [x, m]), axes), e.reduce_sum(ones, axes)])
+    m, count = _kept_mask(e, x, rank, axis, kept, size, axes)
+    mean = e.op("Div", [e.reduce_sum(e.op("Mul", [x, m]), axes), count])
     model.graph.node.append(helper.make_node("Identity", [mean], [node.output[0]]))
     model.graph.node.remove(node)
     return True
