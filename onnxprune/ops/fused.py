@@ -249,15 +249,7 @@ class FusedAttentionRule(Rule):
 
 def attention_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape], dims: Dims) -> int:
     """com.microsoft.Attention: the packed projection plus ``q @ k^T`` and ``@ v``."""
-    x, w = in_shape(node, shapes, 0), in_shape(node, shapes, 1)
-    if (
-        x is None
-        or w is None
-        or len(x) != 3
-        or len(w) != 2
-        or not all(isinstance(v, int) for v in (*x, *w))
-    ):
-        raise UnknownShape(node.name)
+    x, w = _static(node, shapes, (3, 2))
     b, s, _ = x
     hidden = w[1] // 3
     return b * s * w[0] * w[1] + 2 * b * s * s * hidden
@@ -265,16 +257,17 @@ def attention_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape], dims: Dims
 
 def separate_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape], dims: Dims) -> int:
     """MultiHeadAttention / Attention on projected Q, K, V: ``q @ k^T`` and ``@ v``."""
-    q, k = in_shape(node, shapes, 0), in_shape(node, shapes, 1)
-    if (
-        q is None
-        or k is None
-        or len(q) != 3
-        or len(k) != 3
-        or not all(isinstance(v, int) for v in (*q, *k))
-    ):
-        raise UnknownShape(node.name)
+    q, k = _static(node, shapes, (3, 3))
     return 2 * q[0] * q[1] * k[1] * q[2]
+
+
+def _static(node: onnx.NodeProto, shapes: Mapping[str, Shape], ranks: tuple[int, ...]) -> list:
+    """The shapes of the first inputs, of those ranks and all known; else ``UnknownShape``."""
+    got = [in_shape(node, shapes, i) for i in range(len(ranks))]
+    if any(s is None or len(s) != r or not all(isinstance(v, int) for v in s)
+           for s, r in zip(got, ranks, strict=True)):  # fmt: skip
+        raise UnknownShape(node.name)
+    return got
 
 
 _RULE = FusedAttentionRule()
