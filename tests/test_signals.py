@@ -166,3 +166,24 @@ def test_a_signal_whose_exception_was_lost_still_stops_the_commit(tmp_path):
             staged.commit()
     assert e.value.exit_code == 143
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_another_thread_receives_still_waits_for_a_deferred_block():
+    """The kernel gives a process signal to any thread that does not block it; Python then
+    runs the handler in the main thread at once. ``deferred`` must hold it all the same (a
+    staged folder between its creation and its tracking was left behind otherwise)."""
+    import threading
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)  # started before the block: signals unblocked
+    other.start()
+    done = []
+    try:
+        with pytest.raises(signals.Interrupted) as e, signals.handled(), signals.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the handler has run by now
+            done.append(True)
+    finally:
+        stop.set()
+        other.join()
+    assert done == [True] and e.value.exit_code == 143
