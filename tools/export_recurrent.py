@@ -190,6 +190,8 @@ def _loop_cell(base, weight):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    from onnxprune.testing.control_graphs import tanh_cell_nodes
+
     m = onnx.ModelProto()
     m.CopyFrom(base)
     g, hidden = m.graph, 256
@@ -208,15 +210,7 @@ def _loop_cell(base, weight):
         numpy_helper.from_array(np.array(True), "go"),
     ])  # fmt: skip
     body = helper.make_graph(
-        [
-            helper.make_node("Gather", ["seq", "t"], ["x_t"], axis=0),
-            helper.make_node("MatMul", ["x_t", "cell.wx"], ["a"], name="cell_x"),
-            helper.make_node("MatMul", ["h_in", "cell.wh"], ["r"], name="cell_h"),
-            helper.make_node("Add", ["a", "r"], ["ar"]),
-            helper.make_node("Add", ["ar", "cell.b"], ["pre"]),
-            helper.make_node("Tanh", ["pre"], ["h_out"]),
-            helper.make_node("Identity", ["c_in"], ["c_out"]),
-        ],
+        tanh_cell_nodes("seq"),
         "cell",
         [
             helper.make_tensor_value_info("t", TensorProto.INT64, []),

@@ -121,6 +121,20 @@ def loop_model(*, nested_if: bool = False, seed: int = 0) -> onnx.ModelProto:
     return _finish(nodes, inits, ["y"], "loop")
 
 
+def tanh_cell_nodes(seq: str) -> list[onnx.NodeProto]:
+    """A Loop body's tanh RNN step over frame ``t`` of ``seq``: ``h_out = tanh(x_t @ cell.wx +
+    h_in @ cell.wh + cell.b)``, the condition passed through (``c_in`` -> ``c_out``)."""
+    return [
+        helper.make_node("Gather", [seq, "t"], ["x_t"], axis=0),
+        helper.make_node("MatMul", ["x_t", "cell.wx"], ["a"], name="cell_x"),
+        helper.make_node("MatMul", ["h_in", "cell.wh"], ["r"], name="cell_h"),
+        helper.make_node("Add", ["a", "r"], ["ar"]),
+        helper.make_node("Add", ["ar", "cell.b"], ["pre"]),
+        helper.make_node("Tanh", ["pre"], ["h_out"]),
+        helper.make_node("Identity", ["c_in"], ["c_out"]),
+    ]
+
+
 def loop_rnn_model(*, scan: bool = True, seed: int = 0) -> onnx.ModelProto:
     """A recurrent cell written as a Loop (a scripted ``for t in range(T)``): ``x [T, B, 4]
     -> proj (MatMul 4->6)``; the body reads step ``t`` of the outer projection and its
@@ -142,15 +156,7 @@ def loop_rnn_model(*, scan: bool = True, seed: int = 0) -> onnx.ModelProto:
     inits += [numpy_helper.from_array(np.array(steps, np.int64), "steps")]
     inits += [numpy_helper.from_array(np.array(True), "go")]
     inits += [numpy_helper.from_array(np.zeros([batch, hidden], np.float32), "h0")]
-    body_nodes = [
-        helper.make_node("Gather", ["p", "t"], ["x_t"], axis=0),
-        helper.make_node("MatMul", ["x_t", "cell.wx"], ["a"], name="cell_x"),
-        helper.make_node("MatMul", ["h_in", "cell.wh"], ["r"], name="cell_h"),
-        helper.make_node("Add", ["a", "r"], ["ar"]),
-        helper.make_node("Add", ["ar", "cell.b"], ["pre"]),
-        helper.make_node("Tanh", ["pre"], ["h_out"]),
-        helper.make_node("Identity", ["c_in"], ["c_out"]),
-    ]
+    body_nodes = tanh_cell_nodes("p")
     outputs = [
         helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [batch, hidden]),
