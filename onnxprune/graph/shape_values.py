@@ -411,30 +411,29 @@ def private(view: GraphView, origin: Origin) -> bool:
     return all(len(view.uses(t)) == 1 for t in origin.path) or _confined(view, origin.path)
 
 
+_CONFINED_MAX = 64
+"""Tensors a changed constant may reach before ``_confined`` gives up (a shape expression
+is a handful of nodes; past that the value feeds the model itself)."""
+
+
 def _confined(view: GraphView, path: tuple[str, ...]) -> bool:
     """Every tensor computed from the path's first one flows only into its last one, which
     has one reader: torch's ``Where(Equal(s, -1), 1, s)`` around a size ``s`` reads ``s``
-    twice, and load-time folding turns the sizes of Llama's ``repeat_kv`` into constants."""
-    if not path or len(view.uses(path[-1])) != 1 or path[-1] not in view.producer:
+    twice, and load-time folding turns the sizes of Llama's ``repeat_kv`` into constants.
+    A forward walk from the changed value; reaching a graph output or more than
+    ``_CONFINED_MAX`` tensors means the change shows elsewhere."""
+    if not path or len(view.uses(path[-1])) != 1:
         return False
-    inner: set[int] = set()  # the nodes that feed the last tensor
-    stack = [view.producer[path[-1]][0]]
-    while stack:
-        i = stack.pop()
-        if i not in inner:
-            inner.add(i)
-            stack.extend(view.producer[t][0] for t in view.nodes[i].input if t in view.producer)
-    reached, stack = set(), [path[0]]  # tensors computed from the changed constant
+    reached: set[str] = set()
+    stack = [path[0]]
     while stack:
         t = stack.pop()
         if t in reached or t == path[-1]:
             continue
         reached.add(t)
-        if t in view.graph_outputs:
+        if t in view.graph_outputs or len(reached) > _CONFINED_MAX:
             return False
         for u in view.uses(t):
-            if u.node not in inner:
-                return False
             stack.extend(o for o in view.nodes[u.node].output if o)
     return True
 
