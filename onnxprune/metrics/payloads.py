@@ -10,7 +10,13 @@ import re
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from onnxprune.graph.proto import TENSOR_DATA_FIELDS, copy_fields, is_external, tensor_nbytes
+from onnxprune.graph.proto import (
+    TENSOR_DATA_FIELDS,
+    copy_fields,
+    is_external,
+    is_lazy,
+    tensor_nbytes,
+)
 
 GENERATED_DIM = re.compile(r"^unk__\d+$")
 """Names ONNX shape inference makes up for unknown dims: read as unknown, not as symbols."""
@@ -31,13 +37,15 @@ def header(tensor: TensorProto) -> TensorProto:
 
 
 def without_payloads(
-    model: onnx.ModelProto, keep_bytes: int
+    model: onnx.ModelProto, keep_bytes: int, *, lazy: bool = False
 ) -> tuple[onnx.ModelProto, list[TensorProto]]:
     """A copy of ``model`` whose main-graph tensors above ``keep_bytes`` lost their data.
 
     Returns the copy and the original tensors whose data was left out (initializers and
     Constant-node values). Weights are never copied: only headers and small tensors are.
-    External tensors keep their references (the copy reads nothing from disk).
+    External tensors keep their references (the copy reads nothing from disk); with
+    ``lazy``, onnxprune's memory-mapped ones (``graph.proto.is_lazy``) are dropped too, their
+    headers without the reference, as if they had been read in whole.
     """
     light = onnx.ModelProto()
     copy_fields(model, light, frozenset({"graph"}))
@@ -45,7 +53,11 @@ def without_payloads(
     copy_fields(src, g, frozenset({"initializer", "node"}))
     dropped: list[TensorProto] = []
     for tensor in src.initializer:
-        if payload_nbytes(tensor) > keep_bytes and not is_external(tensor):
+        if lazy and is_lazy(tensor):
+            bare = g.initializer.add()
+            copy_fields(tensor, bare, TENSOR_DATA_FIELDS)
+            dropped.append(tensor)
+        elif payload_nbytes(tensor) > keep_bytes and not is_external(tensor):
             g.initializer.append(header(tensor))
             dropped.append(tensor)
         else:

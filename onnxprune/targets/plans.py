@@ -26,13 +26,10 @@ import onnx
 
 from onnxprune.errors import OnnxPruneError
 from onnxprune.graph.proto import (
-    TENSOR_DATA_FIELDS,
-    copy_fields,
-    is_external,
     is_lazy,
     tensor_chunks,
 )
-from onnxprune.metrics.payloads import payload_nbytes, without_payloads
+from onnxprune.metrics.payloads import without_payloads
 from onnxprune.structured.plan import Plan
 
 PLAN_FORMAT = "onnxprune-plan"
@@ -44,19 +41,9 @@ def model_hash(model: onnx.ModelProto) -> dict[str, str]:
     read in place, never copied: a big model's memory-mapped weights (``graph.proto.is_lazy``)
     are hashed by their bytes, a chunk at a time, so the hash follows the weights and not the
     path of their data file (a copied model keeps its hash, a model overwritten in place with
-    other weights does not), and to the same hash as when read in whole; other external data not loaded is hashed by its reference."""
-    light, dropped = without_payloads(model, 0)
-    payloads: list[onnx.TensorProto] = []  # in the order a fully read model drops them
-    inits = iter(dropped)
-    for i, tensor in enumerate(model.graph.initializer):
-        if is_lazy(tensor):  # its header alone, as if it had been read in whole
-            bare = onnx.TensorProto()
-            copy_fields(tensor, bare, TENSOR_DATA_FIELDS)
-            light.graph.initializer[i].CopyFrom(bare)
-            payloads.append(tensor)
-        elif payload_nbytes(tensor) > 0 and not is_external(tensor):
-            payloads.append(next(inits))
-    payloads.extend(inits)  # Constant-node values
+    other weights does not), and to the same hash as when read in whole; other external
+    data not loaded is hashed by its reference."""
+    light, payloads = without_payloads(model, 0, lazy=True)
     graph = hashlib.sha256()
     graph.update(light.graph.SerializeToString(deterministic=True))
     for op in sorted((o.domain, o.version) for o in model.opset_import):
