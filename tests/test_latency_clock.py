@@ -43,3 +43,81 @@ def test_thread_time_does_not_count_a_sleep_the_wall_clock_would(tmp_path, monke
     cpu = measure_sessions([session], feeds, ["m"], runs=3, warmup=0, budget_s=None, threads=1)
     wall = measure_sessions([session], feeds, ["m"], runs=3, warmup=0, budget_s=None, threads=0)
     assert max(cpu[0]) < 15.0 <= min(wall[0])
+
+
+class _Recorded:
+    """A real session that notes each run's model and clock, so a test can read the order
+    in which the timing ran the models; ``sleep`` seconds per run stand for a bigger model."""
+
+    def __init__(self, session, name: str, log: list, sleep: float = 0.0):
+        self.session, self.name, self.log, self.sleep = session, name, log, sleep
+
+    def get_providers(self):
+        return self.session.get_providers()
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def run(self, outputs, feed):
+        self.log.append((self.name, time.perf_counter()))
+        time.sleep(self.sleep)
+        return self.session.run(outputs, feed)
+
+
+def _recorded_pair(tmp_path, threads: int, sleep: float = 0.0):
+    log: list = []
+    sessions = [_Recorded(_session(tmp_path, threads), name, log, sleep) for name in "AB"]
+    feeds = [session_feeds(s.session, random_feeds(small_cnn()), "model") for s in sessions]
+    return sessions, feeds, log
+
+
+def _stretches(log: list) -> list[list]:
+    """(model, first run's time, runs) per stretch of one model's consecutive runs."""
+    out: list[list] = []
+    for name, at in log:
+        if out and out[-1][0] == name:
+            out[-1][2] += 1
+        else:
+            out.append([name, at, 1])
+    return out
+
+
+def test_more_threads_time_each_model_in_settled_blocks(tmp_path):
+    """With the wall clock, each turn first runs the model untimed for SETTLE_S (the model
+    before stops spinning), then BLOCK_RUNS timed runs; turns rotate who goes first. A run
+    of 25 ms stands for a model big enough that BLOCK_RUNS outlast the settling."""
+    from onnxprune.runtime.latency import BLOCK_RUNS, SETTLE_S
+
+    sessions, feeds, log = _recorded_pair(tmp_path, 0, sleep=0.025)
+    runs = 2 * BLOCK_RUNS
+    times = measure_sessions(sessions, feeds, ["a", "b"], runs=runs, warmup=0, budget_s=None,
+                             threads=0)  # fmt: skip
+    assert [len(t) for t in times] == [runs, runs]
+    turns = _stretches(log)
+    # rotated: A B, then B A (B's two turns run back to back, so they show as one stretch)
+    assert [t[0] for t in turns] == ["A", "B", "A"]
+    # each turn settles with untimed runs first: one at least, besides its timed block
+    assert turns[0][2] > BLOCK_RUNS and turns[2][2] > BLOCK_RUNS
+    assert turns[1][2] >= 2 * (BLOCK_RUNS + 1)
+    assert turns[1][1] - turns[0][1] >= SETTLE_S + BLOCK_RUNS * 0.025  # A settled, then timed
+
+
+def test_a_fast_model_times_as_many_runs_per_turn_as_fill_the_settling(tmp_path):
+    """A 0.1 ms model would spend 99% of its turns settling: its block grows until it lasts
+    as long as the settling did, so here each model takes one turn for all its runs."""
+    from onnxprune.runtime.latency import BLOCK_RUNS, SETTLE_S, _block
+
+    assert _block(BLOCK_RUNS, SETTLE_S, 25.0) == BLOCK_RUNS
+    assert _block(BLOCK_RUNS, SETTLE_S, 0.1) == 1000
+    assert _block(BLOCK_RUNS, 0.0, 0.1) == BLOCK_RUNS  # no settling: the block as asked
+    sessions, feeds, log = _recorded_pair(tmp_path, 0)
+    measure_sessions(sessions, feeds, ["a", "b"], runs=20, warmup=0, budget_s=None, threads=0)
+    turns = _stretches(log)
+    assert [t[0] for t in turns] == ["A", "B"] and all(t[2] > 20 for t in turns)
+
+
+def test_one_thread_alternates_run_by_run(tmp_path):
+    """At one thread there is no pool to spin: runs alternate one by one, none untimed."""
+    sessions, feeds, log = _recorded_pair(tmp_path, 1)
+    measure_sessions(sessions, feeds, ["a", "b"], runs=3, warmup=0, budget_s=None, threads=1)
+    assert [name for name, _ in log] == ["A", "B", "B", "A", "A", "B"]

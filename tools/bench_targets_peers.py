@@ -15,13 +15,11 @@ For each model (a torchvision export with random weights, 1x3x224x224, from /wor
    ``--steps`` exports; the closest is kept (TP's speed jumps where round_to steps).
 3. One final interleaved run per thread setting over the original, our models and the matched
    Torch-Pruning models (same timing function for all: onnxruntime CPU, every round runs every
-   model in a rotating order, ``--runs`` rounds after warm-up; each model's time is the median
-   of its runs, ``--estimate p10`` for the 10th percentile; at 1 thread a run is timed by the
-   thread's CPU time, at default threads by the wall clock: see CLOCK below), printing
+   model in a rotating order, ``--runs`` runs each after warm-up, as onnxprune's validation
+   times: ``runtime.latency``; each model's time is the median of its runs, ``--estimate
+   p10`` for the 10th percentile; at 1 thread a run is timed by the thread's CPU time, at
+   default threads by the wall clock in settled blocks), printing
    speed-up, MACs and parameters kept (more kept at the same speed is better).
-
-``--search-cpu-clock`` runs our searches with onnxprune's latency clocks on thread CPU time
-(``cli_with_cpu_clock``, a prototype for loaded machines; outputs tagged ``ourscpu``).
 
 Threads: 0 means onnxruntime's default; our models for thread setting T are the ones searched
 with ``--threads T``. Prints the load average with every table: on a shared 2-core machine the
@@ -48,6 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_structured import macs
 
 from onnxprune.metrics.params import count_params
+from onnxprune.runtime.latency import measure_sessions
+from onnxprune.runtime.session import open_session
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = Path("/work/main/zoo")
@@ -60,13 +60,6 @@ GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 # the same ratio read 2x apart), while the median keeps each model's fair share of the CPU
 # proportional to its work. Set by --estimate.
 ESTIMATE = "median"
-# Which clock times a run: "cpu" (this thread's CPU time: with one intra-op thread onnxruntime
-# computes on the calling thread, so the time is the model's own work, whatever else the
-# machine runs), "wall", or "auto" (cpu at 1 thread, wall otherwise: at onnxruntime's default
-# threads the work spreads over its pool and only wall time says what a user waits). Set by
-# --clock. At a load average of ~20 on 2 cores, wall-clock speed-ups of one pair read 0.95x
-# to 3.1x from run to run; CPU time is what makes the 1-thread rows reproducible here.
-CLOCK = "auto"
 
 
 def load_avg() -> str:
@@ -74,46 +67,28 @@ def load_avg() -> str:
     return "load average {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
 
 
-def session(path: Path, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def interleaved(
     paths: list[Path], threads: int, runs: int, warmup: int = 5, feeds: dict | None = None
 ) -> list[dict]:
-    """Median and spread (IQR / median) of seconds per run of each model. Every round runs every
-    model once in a rotating order, so slow spells of the shared machine hit all alike; each
-    model gets the same input values (the first model's input shape, 1 for a free dimension)
-    under its own input name; ``feeds`` (name -> array) gives the inputs instead."""
-    sessions = [session(p, threads) for p in paths]
+    """Median, p10 and spread (IQR / median) of seconds per run of each model, timed as
+    onnxprune's validation times (``runtime.latency.measure_sessions``: rounds in a rotating
+    order; at 1 thread run by run on thread CPU time, with more threads in settled blocks on
+    the wall clock). Each model gets the same input values (the first model's input shape, 1
+    for a free dimension) under its own input name; ``feeds`` (name -> array) gives the
+    inputs instead."""
+    sessions = [open_session(p, ["CPUExecutionProvider"], role=f"model {p}", threads=threads)
+                for p in paths]  # fmt: skip
     if feeds is None:
         shape = [d if isinstance(d, int) else 1 for d in sessions[0].get_inputs()[0].shape]
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         per = [{s.get_inputs()[0].name: x} for s in sessions]
     else:
         per = [{i.name: feeds[i.name] for i in s.get_inputs()} for s in sessions]
-    for s, f in zip(sessions, per, strict=True):
-        for _ in range(warmup):
-            s.run(None, f)
-    times: list[list[float]] = [[] for _ in sessions]
-    clock = (
-        time.thread_time
-        if CLOCK == "cpu" or (CLOCK == "auto" and threads == 1)
-        else time.perf_counter
-    )
-    for r in range(runs):
-        for k in range(len(sessions)):
-            i = (r + k) % len(sessions)
-            t0 = clock()
-            sessions[i].run(None, per[i])
-            times[i].append(clock() - t0)
+    times = measure_sessions(sessions, per, [str(p) for p in paths], runs=runs, warmup=warmup,
+                             budget_s=None, threads=threads)  # fmt: skip
     out = []
     for t in times:
-        p10, q1, med, q3 = np.percentile(t, [10, 25, 50, 75])
+        p10, q1, med, q3 = np.percentile(np.asarray(t) / 1000.0, [10, 25, 50, 75])
         out.append({"median": float(med), "p10": float(p10), "spread": float((q3 - q1) / med)})
     return out
 
@@ -140,44 +115,13 @@ class Counts:
         return self.cache[key]
 
 
-def cli_with_cpu_clock(argv: list[str]) -> None:
-    """Run the onnxprune CLI with its latency clocks (``runtime.latency._timed`` and
-    ``targets.latency.wall_clock``) timing by this thread's CPU time instead of the wall clock:
-    a prototype of what the search could do at ``--threads 1`` on a loaded machine (the
-    functions' code is swapped, so references already bound, such as a dataclass default, see
-    it too). Budgets and everything else keep the wall clock."""
-    import onnxprune.runtime.latency as rl
-    import onnxprune.targets.latency as tl
-    from onnxprune.cli import main as cli_main
-
-    def _timed(session, feed, role):
-        t0 = time.thread_time()
-        run_session(session, feed, role)  # noqa: F821 (resolved in runtime.latency)
-        return (time.thread_time() - t0) * 1000.0
-
-    def wall_clock(run, group_id, keep):
-        t0 = time.thread_time()
-        run()
-        return (time.thread_time() - t0) * 1000.0
-
-    rl._timed.__code__ = _timed.__code__
-    tl.wall_clock.__code__ = wall_clock.__code__
-    sys.argv = ["onnxprune", *argv]
-    cli_main()
-
-
-def run_ours(
-    model: str, speedup: float, threads: int, work: Path, fresh: bool, cpu_clock: bool = False
-) -> dict:
-    """``onnxprune --target-speedup`` in a subprocess; its report and wall time. With
-    ``cpu_clock`` the search times by CPU time (``cli_with_cpu_clock``; 1 thread only)."""
-    tag = f"{model}_ours{'cpu' if cpu_clock else ''}_s{speedup:g}_t{threads}"
+def run_ours(model: str, speedup: float, threads: int, work: Path, fresh: bool) -> dict:
+    """``onnxprune --target-speedup`` in a subprocess; its report and wall time."""
+    tag = f"{model}_ours_s{speedup:g}_t{threads}"
     out, report = work / f"{tag}.onnx", work / f"{tag}.json"
     cmd = ["onnxprune", str(ZOO / f"{model}.onnx"), "--target-speedup", f"{speedup:g}"]
     cmd += ["--threads", str(threads)] if threads else []
-    shown = " ".join(cmd) + (" (search clock: thread CPU time)" if cpu_clock else "")
-    if cpu_clock:
-        cmd = [sys.executable, __file__, "--cli-cpu-clock", *cmd[1:]]
+    shown = " ".join(cmd)
     cmd += ["-o", str(out), "--report", str(report), "--force", "-q"]
     meta = work / f"{tag}.meta.json"
     if fresh or not (out.exists() and meta.exists()):
@@ -261,7 +205,7 @@ def bench_model(model: str, args: argparse.Namespace, counts: Counts) -> list[st
         for s in args.speedups:
             print(f"  onnxprune {model} --target-speedup {s:g} threads {threads or 'default'}",
                   flush=True)  # fmt: skip
-            ours[s] = run_ours(model, s, threads, args.work, args.fresh, args.search_cpu_clock)
+            ours[s] = run_ours(model, s, threads, args.work, args.fresh)
             if ours[s]["rc"] != 0:
                 print(f"    exit {ours[s]['rc']}: {ours[s]['stderr'][-400:]}", flush=True)
         done = {s: o for s, o in ours.items() if o["path"].exists()}
@@ -304,8 +248,6 @@ def _report_speedup(rep: dict) -> str:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--cli-cpu-clock"]:
-        return cli_with_cpu_clock(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", type=lambda s: s.split(","),
                     default=["resnet50", "mobilenet_v2", "convnext_tiny"])  # fmt: skip
@@ -319,20 +261,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="most TP exports per match")
     ap.add_argument("--work", type=Path, default=Path("/work/zoo2/s2-bench11"))
     ap.add_argument("--fresh", action="store_true")
-    ap.add_argument("--search-cpu-clock", action="store_true",
-                    help="run onnxprune's search with its latency clocks on thread CPU time "
-                    "(a prototype, 1 thread; outputs tagged 'ourscpu')")  # fmt: skip
-    ap.add_argument("--clock", choices=["auto", "cpu", "wall"], default="auto",
-                    help="time runs by thread CPU time (auto: at 1 thread) or wall clock")  # fmt: skip
     ap.add_argument("--estimate", choices=["p10", "median"], default="median",
                     help="per-model time of a speed-up: 10th percentile of the runs or median")  # fmt: skip
     args = ap.parse_args()
-    global ESTIMATE, CLOCK
-    ESTIMATE, CLOCK = args.estimate, args.clock
+    global ESTIMATE
+    ESTIMATE = args.estimate
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"$ python tools/bench_targets_peers.py {shlex.join(sys.argv[1:])}")
-    print(f"onnxruntime {ort.__version__} CPU, {os.cpu_count()} cores, clock {args.clock} (cpu at 1 "
-          f"thread), {args.estimate} of {args.runs} "
+    print(f"onnxruntime {ort.__version__} CPU, {os.cpu_count()} cores, thread CPU time at 1 thread, "
+          f"settled blocks on the wall clock at more, {args.estimate} of {args.runs} "
           f"interleaved runs; {load_avg()}", flush=True)  # fmt: skip
     counts = Counts()
     rows = []

@@ -2,10 +2,11 @@
 
     python tools/time_models.py ORIGINAL.onnx PRUNED_A.onnx [PRUNED_B.onnx ...] [--runs 40]
 
-Every round runs every model once, in a rotating order, so the machine's slow spells hit all
-alike; at 1 thread each run is timed by the thread's CPU time (what onnxprune's validation
-does at ``--threads 1``: other jobs on the machine do not count), at onnxruntime's default
-thread count by the wall clock. Prints the median per model and its speed-up over the first.
+Timed as onnxprune's validation times (``onnxprune.runtime.latency``): every round runs every
+model in a rotating order, so the machine's slow spells hit all alike; at 1 thread run by run,
+each timed by the thread's CPU time (other jobs on the machine do not count), at onnxruntime's
+default thread count by the wall clock, in blocks of runs that each start after 0.1 s of
+untimed runs (the model before stops spinning its idle threads). Prints the median per model and its speed-up over the first.
 One random input per model input (float32 standard normal; integer inputs zero), batch 1 for
 symbolic dimensions.
 """
@@ -13,10 +14,12 @@ symbolic dimensions.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import onnxruntime as ort
+
+from onnxprune.runtime.latency import measure_sessions
+from onnxprune.runtime.session import open_session
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
           "tensor(int32)": np.int32, "tensor(bool)": np.bool_}  # fmt: skip
@@ -34,24 +37,13 @@ def _feed(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]
 
 
 def medians(paths: list[str], threads: int, runs: int, warmup: int = 3) -> list[float]:
-    """Median seconds per run of each model, interleaved (see the module doc)."""
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    sessions = [ort.InferenceSession(p, opts, providers=["CPUExecutionProvider"]) for p in paths]
+    """Median seconds per run of each model, timed as onnxprune's validation times."""
+    sessions = [open_session(p, ["CPUExecutionProvider"], role=f"model {p}", threads=threads)
+                for p in paths]  # fmt: skip
     feeds = [_feed(s) for s in sessions]
-    clock = time.thread_time if threads == 1 else time.perf_counter
-    for s, f in zip(sessions, feeds, strict=True):
-        for _ in range(warmup):
-            s.run(None, f)
-    times: list[list[float]] = [[] for _ in sessions]
-    for r in range(runs):
-        for k in range(len(sessions)):
-            i = (r + k) % len(sessions)
-            t0 = clock()
-            sessions[i].run(None, feeds[i])
-            times[i].append(clock() - t0)
-    return [float(np.median(t)) for t in times]
+    times = measure_sessions(sessions, feeds, list(paths), runs=runs, warmup=warmup,
+                             budget_s=None, threads=threads)  # fmt: skip
+    return [float(np.median(t)) / 1000.0 for t in times]
 
 
 def main() -> int:

@@ -5,10 +5,23 @@ Sessions are opened from the file with full graph optimization; runs alternate A
 figure is its median with the p10-p90 spread; a speed-up is *significant* only when the two
 spreads do not overlap (``speedup_significant``): a machine whose run times wander between
 48 and 115 ms cannot show a 10% gain.
+
+With more than one intra-op thread, models alternate in *blocks* of ``BLOCK_RUNS`` timed
+runs (more for a fast model: as many as fill the settling time), each after ``SETTLE_S`` of
+untimed runs. onnxruntime's idle pool threads spin for tens
+of milliseconds after every run (2^20 pause instructions), so a model timed right after
+another shares the cores with the other's spinning threads. On 2 cores (``python
+tools/bench_settle.py ORIGINAL PRUNED``, 4 repeats of 30 runs), run for run alternation timed
+ResNet-50 at 42.5 ms against 23.1 ms run alone, and read a cut MobileNetV2 at 1.63x-2.04x;
+settled blocks read 24.0 ms, and the pairs within 1-8% of timing each model alone with a
+spread of 0.6-5.4% over repeats (alone: 2.1-3.2%, as it does not interleave). A deployment
+runs one model back to back, which is what the settled blocks measure. At one thread there
+is no pool, and runs alternate one by one.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -22,6 +35,11 @@ from onnxprune.runtime.session import open_session, run_session, session_feeds
 __all__ = ["latency_summary", "measure_latency", "measure_sessions", "speedup_significant"]
 
 _MIN_RUNS = 5  # latency runs per model kept even when the time budget is spent
+SETTLE_S = 0.1
+"""Seconds of untimed runs a model gets when the timing turns to it, at more than one
+thread: the model timed before stops spinning (about 70 ms on this machine's CPU)."""
+BLOCK_RUNS = 5
+"""Timed runs per turn when turns settle first (the settling is paid once per block)."""
 
 
 def spread(times: list[float]) -> tuple[float, float, float]:
@@ -63,7 +81,8 @@ def measure_sessions(
     threads: int | None = None,
 ) -> list[list[float]]:
     """Time already-open sessions; shared by ``measure_latency`` and ``validate``. With
-    ``threads`` 1 on the CPU the runs are timed by thread CPU time (``clock_for``).
+    ``threads`` 1 on the CPU the runs are timed by thread CPU time (``clock_for``), one run
+    per turn; otherwise in settled blocks (``settling``).
 
     ``validate`` reuses the sessions it compared outputs with: opening a big model twice
     would double the wait for nothing.
@@ -77,19 +96,64 @@ def measure_sessions(
         for _ in range(warmup):
             _timed(session, feed, role, clock)
     n = len(sessions)
+    settle, block = settling(n, clock)
     times: list[list[float]] = [[] for _ in sessions]
     floor = min(runs, _MIN_RUNS)
     start = time.perf_counter()
     bar = progress_bar(total=runs, desc="latency", unit="run", enabled=progress)
+
+    def spent(kept: list[float]) -> bool:  # the budget is spent and this model has its floor
+        return budget_s is not None and len(kept) >= floor \
+            and time.perf_counter() - start > budget_s  # fmt: skip
+
     with bar:
-        for r in range(runs):
-            if budget_s is not None and r >= floor and time.perf_counter() - start > budget_s:
-                break
+        r = 0
+        while min(len(t) for t in times) < runs and not all(spent(t) for t in times):
+            done = len(times[0])
             for k in range(n):  # rotate who goes first: A B, B A, ...
                 i = (r + k) % n
-                times[i].append(_timed(sessions[i], feeds[i], roles[i], clock))
-            bar.update(1)
+                if len(times[i]) >= runs or spent(times[i]):
+                    continue
+                run_ms = _settle(sessions[i], feeds[i], roles[i], settle)
+                for _ in range(min(_block(block, settle, run_ms), runs - len(times[i]))):
+                    times[i].append(_timed(sessions[i], feeds[i], roles[i], clock))
+                    if spent(times[i]):
+                        break
+            bar.update(len(times[0]) - done)
+            r += 1
     return times
+
+
+def settling(n: int, clock: Callable[[], float]) -> tuple[float, int]:
+    """(untimed seconds before each turn, timed runs per turn at least) for ``n`` models
+    timed by ``clock``: settled blocks when several models share a multi-threaded machine
+    (the wall clock), one run per turn otherwise."""
+    if n > 1 and clock is not time.thread_time:
+        return SETTLE_S, BLOCK_RUNS
+    return 0.0, 1
+
+
+def _block(runs: int, settle: float, run_ms: float) -> int:
+    """Timed runs in a turn: ``runs``, or as many as last as long as the settling did (a
+    model of 0.1 ms would otherwise spend 99% of its turns settling; a block that short
+    spans no slow spell of the machine anyway)."""
+    if settle <= 0 or run_ms <= 0:
+        return runs
+    return max(runs, math.ceil(settle * 1000.0 / run_ms))
+
+
+def _settle(session, feed: dict[str, np.ndarray], role: str, seconds: float) -> float:
+    """Untimed runs for ``seconds`` (at least one when ``seconds`` > 0); the mean ms of one
+    (0 when none ran)."""
+    if seconds <= 0:
+        return 0.0
+    t0 = time.perf_counter()
+    run_session(session, feed, role)
+    count = 1
+    while time.perf_counter() - t0 < seconds:
+        run_session(session, feed, role)
+        count += 1
+    return (time.perf_counter() - t0) * 1000.0 / count
 
 
 def clock_for(sessions: list, threads: int | None) -> Callable[[], float]:
@@ -126,8 +190,9 @@ def measure_latency(
 ) -> list[list[float]]:
     """Per-model lists of run times (ms), measured interleaved.
 
-    All sessions are opened and warmed up first, then each round runs every model once in a
-    rotating order, so slow spells of the machine hit all models alike. After ``budget_s``
+    All sessions are opened and warmed up first, then each round runs every model once (a
+    settled block of runs, with more than one thread) in a rotating order, so slow spells of
+    the machine hit all models alike. After ``budget_s``
     seconds of measuring, stops early once every model has at least 5 runs. ``threads`` is
     onnxruntime's intra-op thread count (0: its own choice).
     """

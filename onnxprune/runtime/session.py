@@ -96,6 +96,7 @@ def open_session(
     role: str,
     optimize_all: bool = True,
     spinning: bool = True,
+    spin_between_runs: bool = True,
     threads: int | None = None,
     profile: str | None = None,
 ):
@@ -107,6 +108,10 @@ def open_session(
     model (validation and latency); otherwise onnxruntime's default level applies.
     ``spinning=False`` stops idle intra-op threads from spinning after each run, so numpy
     BLAS work between runs (recovery's Gram matrices and solves) gets the cores.
+    ``spin_between_runs=False`` stops them only once a run ends (they still spin within it):
+    many models timed in turn then do not share the cores with the last one's spinning
+    threads, at the price of a wake-up per run (``targets.latency``, where that price
+    cancels in the differences it keeps).
     ``threads`` sets onnxruntime's intra-op thread count (None: its default, all cores).
     ``profile`` (a file prefix) turns on onnxruntime's per-node profiling: ``end_profiling()``
     then returns the JSON trace's path (``onnxprune.targets.profile`` reads it).
@@ -123,6 +128,8 @@ def open_session(
     options.log_severity_level = 4  # fatal only: a failed run is reported once, as our error line
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not spin_between_runs:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     if threads is not None:
         options.intra_op_num_threads = threads
     if profile is not None:

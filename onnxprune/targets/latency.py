@@ -4,7 +4,13 @@ For each group, the model is pruned in *that group only* to a few kept counts (e
 multiple of 4 or 8 channels, coarsened to at most ``max_points``, plus the full width), and
 the whole pruned model is timed with onnxruntime on the chosen providers, threads and
 inputs, interleaved with the original in rotating order (as ``runtime.latency`` does), so
-that the machine's slow spells land on every candidate alike. A curve stores, per kept
+that the machine's slow spells land on every candidate alike. Sessions stop their pool
+threads' spinning at the end of each run (``open_session(spin_between_runs=False)``): with
+more than one thread, the candidate timed before would otherwise spin on the cores this one
+needs (at 2 threads on 2 cores, the fastest runs of two cut MobileNetV2s read 1.7 and 1.6 ms
+under the original's, the more cut one the slower, against 0.5 and 1.1 ms with each model
+settled alone first; stopped: 0.6 and 1.1 ms). The wake-up this adds to every run cancels
+in the differences. A curve stores, per kept
 count, the whole model's median, p10, p90 and fastest run (ms) and the difference against
 the full width (``delta_ms``: the median of per-round differences, or of the fastest runs
 with ``estimate="min"``): the group's price in milliseconds. Per group: one
@@ -278,7 +284,8 @@ def measure_group(job: GroupJob) -> LatencyCurve:
             if k == group.slots
             else _candidate(model, view, groups, job.group_id, k)
         )
-        sessions.append(open_session(source, spec.providers, role=role, threads=spec.threads))
+        sessions.append(open_session(source, spec.providers, role=role, threads=spec.threads,
+                                     spin_between_runs=False))  # fmt: skip
     feeds = [session_feeds(s, spec.inputs, role) for s in sessions]
     runs = [
         functools.partial(run_session, s, f, role) for s, f in zip(sessions, feeds, strict=True)
