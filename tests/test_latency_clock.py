@@ -104,16 +104,20 @@ def test_more_threads_time_each_model_in_settled_blocks(tmp_path):
 
 def test_a_fast_model_times_as_many_runs_per_turn_as_fill_the_settling(tmp_path):
     """A 0.1 ms model would spend 99% of its turns settling: its block grows until it lasts
-    as long as the settling did, so here each model takes one turn for all its runs."""
-    from onnxprune.runtime.latency import BLOCK_RUNS, SETTLE_S, _block
+    as long as the settling did, but it still takes MIN_TURNS turns (one turn per model
+    would time each at another moment)."""
+    from onnxprune.runtime.latency import BLOCK_RUNS, MIN_TURNS, SETTLE_S, _block
 
-    assert _block(BLOCK_RUNS, SETTLE_S, 25.0) == BLOCK_RUNS
-    assert _block(BLOCK_RUNS, SETTLE_S, 0.1) == 1000
-    assert _block(BLOCK_RUNS, 0.0, 0.1) == BLOCK_RUNS  # no settling: the block as asked
+    assert _block(BLOCK_RUNS, SETTLE_S, 25.0, 30) == BLOCK_RUNS
+    assert _block(BLOCK_RUNS, SETTLE_S, 0.1, 3000) == 1000
+    assert _block(BLOCK_RUNS, SETTLE_S, 0.1, 30) == 10  # 30 runs in 3 turns
+    assert _block(BLOCK_RUNS, 0.0, 0.1, 30) == BLOCK_RUNS  # no settling: the block as asked
     sessions, feeds, log = _recorded_pair(tmp_path, 0)
-    measure_sessions(sessions, feeds, ["a", "b"], runs=20, warmup=0, budget_s=None, threads=0)
+    runs = 6 * MIN_TURNS
+    measure_sessions(sessions, feeds, ["a", "b"], runs=runs, warmup=0, budget_s=None, threads=0)
     turns = _stretches(log)
-    assert [t[0] for t in turns] == ["A", "B"] and all(t[2] > 20 for t in turns)
+    assert [t[0] for t in turns] == ["A", "B", "A", "B"]  # A B | B A | A B, merged
+    assert all(t[2] > runs // MIN_TURNS for t in turns)  # each turn settled first
 
 
 def test_one_thread_alternates_run_by_run(tmp_path):
