@@ -154,3 +154,45 @@ def test_choose_keep_takes_staircases_and_measured_losses():
               for g in groups]  # fmt: skip
     keep, outcome = choose_keep(costs, scores, "macs", 0.6, losses=losses)
     assert keep["c1"] == 16 and outcome.met
+
+
+def _stream_model(c: int = 8, hidden: int = 32, blocks: int = 3):
+    """stem -> ``blocks`` x (1x1 expand -> relu -> 1x1 project, + the stream) -> head: the
+    stream's slots each touch every block, a hidden group's only its own."""
+    from onnxprune.testing.graphs import Builder
+
+    b = Builder(0)
+    x = b.relu(b.conv(b.input([1, 3, 8, 8]), 3, c, name="stem"))
+    for i in range(blocks):
+        h = b.relu(b.conv(x, c, hidden, k=1, name=f"expand{i}"))
+        x = b.op("Add", [x, b.conv(h, hidden, c, k=1, name=f"project{i}")])
+    return b.build([b.conv(x, c, 4, k=1, name="head")])
+
+
+def test_score_mass_prices_a_slot_by_the_weights_it_carries():
+    """Normalized scores make every slot worth about 1: unscaled, the allocation cut only
+    the stream (its slots save the most MACs each, touching every block), to half its width.
+    Scaled by each slot's weights, a slot's loss per MAC is the same in every group at one
+    resolution: the hidden groups share the cut and the stream keeps most of its width."""
+    from onnxprune.graph.view import GraphView
+    from onnxprune.structured.dependency import analyze
+    from onnxprune.structured.importance import score_groups
+    from onnxprune.targets.allocate import choose_keep, score_mass, slot_weights
+    from onnxprune.targets.costs import CostModel
+
+    model = _stream_model()
+    view = GraphView(model)
+    groups = [g for g in analyze(model, view=view) if g.blocked_reason is None]
+    scores = score_groups(groups, view, "l2", None)
+    costs = CostModel(model, groups, scores, view=view)
+    stream = next(g for g in groups if g.slots == 8)
+    hidden = [g for g in groups if g.slots == 32]
+    assert len(hidden) == 3
+    assert slot_weights(costs, stream) > 5 * slot_weights(costs, hidden[0])
+    unscaled = [score_mass(g, scores[g.id]) for g in groups]
+    old, _ = choose_keep(costs, scores, "macs", 0.6, losses=unscaled)
+    new, outcome = choose_keep(costs, scores, "macs", 0.6)
+    assert outcome.met
+    # what the unscaled price did: the stream halved, every hidden group whole
+    assert old[stream.id] <= 4 and all(old[g.id] == g.slots for g in hidden)
+    assert new[stream.id] >= 7 and all(new[g.id] < g.slots for g in hidden)
