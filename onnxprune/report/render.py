@@ -165,6 +165,10 @@ def search_lines(t: dict) -> list[str]:
         verdict = "met" if t.get("met") else f"not met: below {1 - t['tolerance']:.2f} x the target"
         head = (f"  target: speed-up {t['target']:.3g}x measured; the result measured {shown} "
                 f"({verdict}) at MAC fraction {t['fraction']:.3g}, {n} candidates:")
+        if t.get("retimed") is not None:
+            again = ", ".join(f"{v:.2f}x" for v in t["retimed"])
+            head += (f"\n    (the final run read {t['final_speedup']:.2f}x against the search's "
+                     f"{t['search_speedup']:.2f}x; timed again: {again}; the median is shown)")
     else:
         gates = ", ".join(f"{k.replace('_', '-')} {v:g}" for k, v in t.get("gates", {}).items())
         head = (f"  target: the fewest MACs keeping {gates}: {t.get('allocation')} fraction "

@@ -12,10 +12,13 @@ candidate is pruned, measured and validated exactly as a plain run would be.
   against log fraction through the bracketing candidates (the original counts as fraction
   1, speed-up 1), with bisection when the secant leaves the bracket. Candidates skip
   recovery and gates (neither changes the shapes, so neither changes the time). The search
-  stops within ``TOLERANCE`` of S or after ``SPEEDUP_ITERATIONS`` measured candidates, keeps
+  stops within ``AIM`` (half ``TOLERANCE``) of S or after ``SPEEDUP_ITERATIONS`` measured
+  candidates, keeps
   the candidate that reached S with the most MACs kept (or the fastest, and says it missed),
   and runs it once more with recovery, gates and the output: its measured speed-up is the
-  one reported.
+  one reported, unless it differs from the candidate's by more than ``TOLERANCE``: then the
+  allocation is timed ``RETIMES`` more times and the median of its measurements is reported
+  (``_confirm``).
 * ``--max-drop P`` / ``--min-cosine X`` alone: the fewest MACs that keep that quality. Each
   family (``ALLOCATIONS``) runs the schedule of ``targets.scan`` (a coarse descent, then the
   zone below the fewest-MACs pass, then a refinement), not a bisection: a gate scored on a
@@ -32,6 +35,7 @@ replace with a synthetic latency model so the loop is tested without timing nois
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -42,9 +46,16 @@ from onnxprune.targets.scan import Outcome, scan_fraction
 __all__ = ["TOLERANCE", "Trial", "next_fraction", "prune_searched", "search_speedup"]
 
 TOLERANCE = 0.05
-"""A speed-up within 5% of the target ends the search."""
+"""A speed-up within 5% of the target is met."""
+AIM = TOLERANCE / 2
+"""A candidate within 2.5% of the target ends the search: one that ended it at the edge of
+``TOLERANCE`` (MobileNetV2 at 1 thread, 1.915x for 2x) was timed again at the end just
+outside it (1.888x)."""
 SPEEDUP_ITERATIONS = 6
 """Measured candidates at most for --target-speedup."""
+RETIMES = 2
+"""Extra timings of the chosen allocation when the final measurement and the search's
+disagree by more than ``TOLERANCE`` (``_confirm``)."""
 FLOOR = 0.01
 """The smallest MAC fraction a search asks for."""
 
@@ -124,9 +135,9 @@ def search_speedup(
     tolerance: float = TOLERANCE,
     floor: float = FLOOR,
 ) -> tuple[Trial, list[Trial]]:
-    """Measured candidates until one is within ``tolerance`` of ``target`` (or the budget is
-    spent, the allocation cannot cut further, or a new fraction gives a model already
-    measured): the chosen candidate and all of them.
+    """Measured candidates until one is within half ``tolerance`` of ``target`` (``AIM``; or
+    the budget is spent, the allocation cannot cut further, or a new fraction gives a model
+    already measured): the chosen candidate and all of them.
 
     The chosen one reached at least (1 - tolerance) x target with the most MACs kept;
     when none did, the fastest."""
@@ -136,7 +147,7 @@ def search_speedup(
         trial = evaluate(fraction)
         trials.append(trial)
         s = trial.speedup or 0.0
-        if abs(s / target - 1.0) <= tolerance:
+        if abs(s / target - 1.0) <= tolerance / 2:  # AIM: not at the edge of the tolerance
             break
         if s < target and (trial.at_floor or fraction <= floor):
             break  # nothing left to cut: unreachable
@@ -149,10 +160,13 @@ def search_speedup(
 
 
 def choose(trials: Sequence[Trial], target: float, tolerance: float = TOLERANCE) -> Trial:
-    """The candidate that reached the target with the most MACs kept, else the fastest."""
-    reached = [t for t in trials if (t.speedup or 0.0) >= (1.0 - tolerance) * target]
-    if reached:
-        return max(reached, key=lambda t: t.fraction)
+    """The candidate that reached the target with the most MACs kept, else the fastest. One
+    that reached it with room to spare (within ``AIM``'s half of the tolerance below it, or
+    above) goes before one at the edge, which a final timing can read just outside."""
+    for slack in (tolerance / 2, tolerance):
+        reached = [t for t in trials if (t.speedup or 0.0) >= (1.0 - slack) * target]
+        if reached:
+            return max(reached, key=lambda t: t.fraction)
     return max(trials, key=lambda t: t.speedup or 0.0)
 
 
@@ -232,7 +246,33 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
             _finish(exc.report, summary, searched, measure)
         raise
     _finish(result.report, summary, searched, measure)
+    if opts.search == "speedup":
+        _confirm(model, opts, prune_with, measure, result.report)
     return result
+
+
+def _confirm(model, opts, prune_with, measure, report) -> None:
+    """When the final measurement and the chosen candidate's differ by more than
+    ``TOLERANCE``, time the same allocation ``RETIMES`` more times (bare candidates: the
+    shapes, so the time, are the final's) and report the median of all its measurements as
+    ``reached``, with ``final_speedup`` and ``retimed`` beside it. One timing of a fast model
+    at more than one thread is at the machine's mercy: a 2 ms MobileNetV2 cut read 1.46x in
+    its search and 1.02x at the end, and 1.27x-1.47x timed again."""
+    target = getattr(report.structured, "target", None)
+    if not isinstance(target, dict):
+        return
+    first, chosen = target.get("reached"), target.get("search_speedup")
+    if not first or not chosen or abs(first / chosen - 1.0) <= TOLERANCE:
+        return
+    again = []
+    for _ in range(RETIMES):
+        candidate = prune_with(model, _candidate_opts(opts, target["fraction"], bare=True))
+        value = measure(candidate.report)
+        if value:
+            again.append(float(value))
+    reached = float(statistics.median([chosen, first, *again]))
+    target.update(final_speedup=first, retimed=again, reached=reached,
+                  met=reached >= (1 - TOLERANCE) * target["target"])  # fmt: skip
 
 
 def _executor(opts):
