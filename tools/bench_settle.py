@@ -29,10 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from time_models import _feed
+from time_models import cpu_sessions, random_feed
 
 from onnxprune.runtime.latency import SETTLE_S, clock_for, measure_sessions
-from onnxprune.runtime.session import open_session
 
 
 def run_by_run(sessions, feeds, runs: int, clock) -> list[list[float]]:
@@ -66,9 +65,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: default)")
     args = ap.parse_args()
     paths = [args.original, args.pruned]
-    sessions = [open_session(p, ["CPUExecutionProvider"], role=p, threads=args.threads)
-                for p in paths]  # fmt: skip
-    feeds = [_feed(s) for s in sessions]
+    sessions = cpu_sessions(paths, args.threads)
+    feeds = [random_feed(s) for s in sessions]
     for s, f in zip(sessions, feeds, strict=True):
         for _ in range(5):
             s.run(None, f)

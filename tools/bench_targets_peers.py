@@ -44,10 +44,10 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_structured import macs
+from time_models import cpu_sessions
 
 from onnxprune.metrics.params import count_params
 from onnxprune.runtime.latency import measure_sessions
-from onnxprune.runtime.session import open_session
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = Path("/work/main/zoo")
@@ -76,8 +76,7 @@ def interleaved(
     the wall clock). Each model gets the same input values (the first model's input shape, 1
     for a free dimension) under its own input name; ``feeds`` (name -> array) gives the
     inputs instead."""
-    sessions = [open_session(p, ["CPUExecutionProvider"], role=f"model {p}", threads=threads)
-                for p in paths]  # fmt: skip
+    sessions = cpu_sessions(paths, threads)
     if feeds is None:
         shape = [d if isinstance(d, int) else 1 for d in sessions[0].get_inputs()[0].shape]
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)

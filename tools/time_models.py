@@ -25,7 +25,8 @@ _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(in
           "tensor(int32)": np.int32, "tensor(bool)": np.bool_}  # fmt: skip
 
 
-def _feed(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
+def random_feed(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]:
+    """One random input per model input (see the module doc)."""
     rng = np.random.default_rng(seed)
     feed = {}
     for i in session.get_inputs():
@@ -36,11 +37,17 @@ def _feed(session: ort.InferenceSession, seed: int = 0) -> dict[str, np.ndarray]
     return feed
 
 
+def cpu_sessions(paths, threads: int) -> list:
+    """onnxruntime CPU sessions opened as onnxprune's validation opens them (full graph
+    optimization, ``threads`` intra-op threads, 0 for onnxruntime's default)."""
+    return [open_session(p, ["CPUExecutionProvider"], role=f"model {p}", threads=threads)
+            for p in paths]  # fmt: skip
+
+
 def medians(paths: list[str], threads: int, runs: int, warmup: int = 3) -> list[float]:
     """Median seconds per run of each model, timed as onnxprune's validation times."""
-    sessions = [open_session(p, ["CPUExecutionProvider"], role=f"model {p}", threads=threads)
-                for p in paths]  # fmt: skip
-    feeds = [_feed(s) for s in sessions]
+    sessions = cpu_sessions(paths, threads)
+    feeds = [random_feed(s) for s in sessions]
     times = measure_sessions(sessions, feeds, list(paths), runs=runs, warmup=warmup,
                              budget_s=None, threads=threads)  # fmt: skip
     return [float(np.median(t)) / 1000.0 for t in times]

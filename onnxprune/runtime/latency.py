@@ -136,15 +136,15 @@ def settling(n: int, clock: Callable[[], float]) -> tuple[float, int]:
     return 0.0, 1
 
 
-def _block(runs: int, settle: float, run_ms: float, total: int) -> int:
-    """Timed runs in a turn: ``runs``, or more for a fast model, as many as last as long as
+def _block(least: int, settle: float, run_ms: float, total: int) -> int:
+    """Timed runs in a turn: ``least``, or more for a fast model, as many as last as long as
     the settling did (a model of 0.1 ms would otherwise spend 99% of its turns settling),
     but never so many that the ``total`` runs take fewer than ``MIN_TURNS`` turns: one turn
     per model times each at another moment (a cut MobileNetV2 read 1.02x-1.47x)."""
     if settle <= 0 or run_ms <= 0:
-        return runs
+        return least
     fill = math.ceil(settle * 1000.0 / run_ms)
-    return max(runs, min(fill, math.ceil(total / MIN_TURNS)))
+    return max(least, min(fill, math.ceil(total / MIN_TURNS)))
 
 
 def _settle(session, feed: dict[str, np.ndarray], role: str, seconds: float) -> float:
