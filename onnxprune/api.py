@@ -92,7 +92,7 @@ def prune(
     target_params: float | None = None,
     save_plan: str | os.PathLike | None = None,
     plan: str | os.PathLike | None = None,
-    target_speedup: float | None = None, staircase: bool | None = None,
+    target_speedup: float | None = None, staircase: bool | None = None, price_by: str = "time",
     jobs: int = 1, ray: str | None = None,
 ) -> PruneResult:
     """Prune an ONNX model and prove the result with onnxruntime.
@@ -135,7 +135,8 @@ def prune(
 
     ``target_macs``/``target_params`` (instead of ``structured``) keep at most that fraction of
     MACs/params, cut where it costs least; ``target_speedup``: that much faster, measured (on the
-    latency staircase unless ``staircase=False``); a gate alone: the fewest MACs passing it;
+    latency staircase unless ``staircase=False``; cuts priced in profiled milliseconds unless
+    ``price_by="macs"``); a gate alone: the fewest MACs passing it;
     ``save_plan`` writes the decision with the model's hash, ``plan`` re-applies it to that model.
     ``jobs``/``ray``: where a search's candidates and the calibration shards run.
 
@@ -154,7 +155,8 @@ def prune(
         max_rel_diff=max_rel_diff, val=val, val_labels=val_labels, holdout=holdout,
         keep_failed=keep_failed, input_shapes=input_shapes, samples=samples, threads=threads,
         target_macs=target_macs, target_params=target_params, save_plan=save_plan, plan=plan,
-        target_speedup=target_speedup, staircase=staircase, jobs=jobs, ray=ray)  # fmt: skip
+        target_speedup=target_speedup, staircase=staircase, price_by=price_by, jobs=jobs,
+        ray=ray)  # fmt: skip
     return prune_with(model, opts, output=output, progress=progress)
 
 

@@ -45,6 +45,8 @@ HOLDOUT_FRACTION = 0.2
 HOLDOUT_MIN = 5
 """... when there are at least this many samples (fewer: all are used, and flagged)."""
 PROVIDERS = ("cpu", "cuda", "auto")
+PRICES = ("time", "macs")
+"""What a --target-speedup search's allocation spends (``PruneOptions.price_by``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,6 +180,10 @@ class PruneOptions(DataOptions):
     (``onnxprune.targets``); replaces ``structured``."""
     target_params: float | None = None
     """``--target-params R``: the same for the parameters."""
+    target_time: float | None = None
+    """API only, set by the --target-speedup search for its candidates: keep at most fraction
+    R of the profiled milliseconds (``targets.costs``' ``time`` metric; the node times come
+    in ``hooks``)."""
     save_plan: str | os.PathLike | None = None
     """``--save-plan PATH``: write the structured decision there (``targets.plans``)."""
     plan: str | os.PathLike | None = None
@@ -189,6 +195,9 @@ class PruneOptions(DataOptions):
     """``--staircase/--no-staircase``: with --target-speedup, measure a latency table first
     and keep each group's count on its measured staircase (``targets.latency``); None: on
     with --target-speedup."""
+    price_by: str = "time"
+    """``--price-by``: what a --target-speedup search's allocation spends, ``time`` (each
+    node's profiled milliseconds, ``targets.costs``) or ``macs`` (README "Targets")."""
     jobs: int = 1
     """``--jobs N``: a search's independent candidates in N local worker processes
     (``targets.executor``): the quality search's two families, the latency table's groups;
@@ -197,7 +206,8 @@ class PruneOptions(DataOptions):
     """``--ray ADDRESS``: the same jobs as tasks on that Ray cluster (``onnxprune[ray]``)."""
     hooks: dict | None = None
     """API only, set by ``targets.search`` for its candidates: ``losses_for`` (measured
-    sensitivities) and ``allowed_for`` (a measured latency staircase) handed to the target
+    sensitivities), ``allowed_for`` (a measured latency staircase), ``node_ms`` and
+    ``overhead_ms`` (profiled node times, for ``target_time``) handed to the target
     allocation (``targets.allocate.TargetHook``)."""
 
     def __post_init__(self) -> None:
@@ -293,11 +303,15 @@ class PruneOptions(DataOptions):
         self._set(
             target_macs=optional(check_kept_fraction, self.target_macs, "--target-macs"),
             target_params=optional(check_kept_fraction, self.target_params, "--target-params"),
+            target_time=optional(check_kept_fraction, self.target_time, "target_time"),
             save_plan=check_path(self.save_plan, "--save-plan"),
             plan=check_path(self.plan, "--plan"),
         )
-        if self.target_macs is not None and self.target_params is not None:
+        if sum(x is not None for x in (self.target_macs, self.target_params,
+                                       self.target_time)) > 1:  # fmt: skip
             raise UsageError("choose one of --target-macs and --target-params")
+        if self.target_time is not None and "node_ms" not in (self.hooks or {}):
+            raise UsageError("target_time prices by profiled node times: hooks['node_ms']")
         self._check_speedup()
         flag = "--target-macs" if self.target_macs is not None else "--target-params"
         if self.hidden is not None and (self.target is not None or self.target_speedup is not None):
@@ -319,7 +333,8 @@ class PruneOptions(DataOptions):
     def _check_speedup(self) -> None:
         """--target-speedup: a number above 1, alone among the targets, measured."""
         s = self.target_speedup
-        self._set(staircase=check_flag(self.staircase, "--staircase", optional=True))
+        self._set(staircase=check_flag(self.staircase, "--staircase", optional=True),
+                  price_by=check_choice(self.price_by, "--price-by", PRICES))
         if s is None:
             if self.staircase:
                 raise UsageError("--staircase prices the --target-speedup search: pass "
@@ -350,7 +365,7 @@ class PruneOptions(DataOptions):
         if self.target_speedup is not None:
             return "speedup"
         plain = (self.structured, self.heads, self.hidden, self.unstructured, self.nm,
-                 self.target_macs, self.target_params, self.plan)  # fmt: skip
+                 self.target_macs, self.target_params, self.target_time, self.plan)  # fmt: skip
         if all(x is None for x in plain) and (self.max_drop is not None
                                               or self.min_cosine is not None):  # fmt: skip
             return "quality"
@@ -371,6 +386,8 @@ class PruneOptions(DataOptions):
             return "macs", self.target_macs
         if self.target_params is not None:
             return "params", self.target_params
+        if self.target_time is not None:
+            return "time", self.target_time
         return None
 
     def _needs_calib(self) -> dict[str, object]:

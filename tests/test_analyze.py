@@ -18,7 +18,7 @@ from onnxprune.structured.importance import score_groups
 from onnxprune.targets import cache
 from onnxprune.targets.analyzer import analyze_path, parse_fractions
 from onnxprune.targets.masking import Blobs, removed_slots
-from onnxprune.targets.profile import KernelTimes, attribute, parse_trace
+from onnxprune.targets.profile import KernelTimes, attribute, node_times, parse_trace
 from onnxprune.targets.sensitivity import _Runner, analyze_model, prunable_groups
 from onnxprune.testing import plant_dead, small_cnn
 from onnxprune.testing.graphs.blocks import (
@@ -228,6 +228,32 @@ def test_fused_kernel_names_map_back_to_the_original_nodes():
     assert mapped["conv"] == ["conv"]
     assert mapped["y_nchwc"] == ["MaxPool#2(y)"]
     assert "ReorderOutput" not in mapped
+    fused = attribute({"conv/MatMulAddFusion": 1.0, "relu/QuickGeluFusion/": 1.0}, model)
+    assert fused == {"conv/MatMulAddFusion": ["conv"], "relu/QuickGeluFusion/": ["relu"]}
+
+
+def test_a_clip_with_constant_bounds_maps_back_to_its_conv_and_node_times_go_to_the_conv():
+    """torch exports ReLU6 as Clip(x, Constant, Constant): the bounds are no data inputs, so
+    the fused kernel named after the Clip's output is the Conv's (before, the walk stopped at
+    the Clip and MobileNetV2's Conv time was priced as an activation's)."""
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+    lo = helper.make_tensor("lo", TensorProto.FLOAT, [], [0.0])
+    hi = helper.make_tensor("hi", TensorProto.FLOAT, [], [6.0])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Constant", [], ["l"], name="k0", value=lo),
+        helper.make_node("Constant", [], ["h"], name="k1", value=hi),
+        helper.make_node("Clip", ["c", "l", "h"], ["y"], name="clip"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w],
+    )  # fmt: skip
+    model = helper.make_model(graph)
+    kernels = {"y_nchwc": 3.0, "ReorderOutput": 0.5}
+    assert attribute(kernels, model)["y_nchwc"] == ["clip", "conv"]
+    node_ms, rest = node_times(KernelTimes(kernels=kernels, total_ms=3.5), model)
+    assert node_ms == {"conv": 3.0} and rest == 0.5
 
 
 def test_real_profile_accounts_for_the_groups_time(tmp_path):

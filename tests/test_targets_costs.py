@@ -151,3 +151,46 @@ def test_a_conv_between_two_groups_is_split_evenly_and_a_blocked_consumer_goes_t
     assert macs["c2"] == pytest.approx(c2 / 2 + 16 * 10)  # fc (blocked: reaches the output)
     with pytest.raises(ValueError):
         costs.attributed("ms")
+
+
+def _macs_as_ms(cm: CostModel, model) -> dict[str, float]:
+    """Node 'times' equal to each MAC-priced node's MACs: the time metric must then be the
+    MAC count of the model really pruned (an oracle for its node scaling)."""
+    from onnxprune.graph.view import node_label
+
+    return {node_label(n, i): float(cm._base_macs[i]) for i, n in enumerate(model.graph.node)
+            if cm._base_macs.get(i)}  # fmt: skip
+
+
+@pytest.mark.parametrize("build", BUILDS, ids=lambda b: b.__name__)
+def test_time_priced_at_one_ms_per_mac_is_the_pruned_models_macs(build):
+    model, groups, scores, cm = _model(build)
+    timed = CostModel(model, groups, scores, view=GraphView(model),
+                      node_ms=_macs_as_ms(cm, model), overhead_ms=7.0)  # fmt: skip
+    assert timed.total("time") == pytest.approx(count_macs(model)[0] + 7.0)
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        keep = {g.id: int(rng.integers(1, g.slots + 1)) for g in groups}
+        assert timed.total("time", keep) == pytest.approx(_really(model, keep)[0] + 7.0)
+        g = groups[int(rng.integers(len(groups)))]
+        k = int(rng.integers(1, g.slots + 1))
+        want = timed.total("time", {**keep, g.id: k}) - timed.total("time", keep)
+        assert timed.change("time", keep, g.id, k) == pytest.approx(want)
+
+
+def test_an_op_without_macs_scales_with_its_output_and_unknown_nodes_stay():
+    """Conv(3->16) -> Relu -> Conv(16->16): the Relu's time scales with the channels kept;
+    a node name the model does not have is ignored; the overhead never changes."""
+    model, groups, scores, cm = _model(small_cnn)
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    from onnxprune.graph.view import node_label
+
+    label = node_label(relu, list(model.graph.node).index(relu))
+    gid = next(g.id for g in groups if relu.input[0] in {m.target for m in g.members})
+    slots = next(g.slots for g in groups if g.id == gid)
+    timed = CostModel(model, groups, scores, view=GraphView(model),
+                      node_ms={label: 2.0, "no such node": 5.0}, overhead_ms=1.0)  # fmt: skip
+    assert timed.timed and timed.total("time") == pytest.approx(3.0)
+    assert timed.total("time", {gid: slots // 2}) == pytest.approx(1.0 + 2.0 * (slots // 2) / slots)
+    with pytest.raises(ValueError, match="node_ms"):
+        cm.total("time")

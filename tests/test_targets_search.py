@@ -83,10 +83,24 @@ def _fake_measure(report) -> float:
     return (report.macs_before / report.macs_after) ** 0.8
 
 
+def _timed_as_macs(model) -> dict:
+    """``hooks`` pricing every node at one 'ms' per MAC: the time metric is then the MAC
+    count, and a search against ``_fake_measure`` is deterministic (a real profile of a
+    tiny graph is noise)."""
+    from onnxprune.graph.view import node_label
+    from onnxprune.targets.costs import CostModel
+
+    cm = CostModel(model, [], None)
+    return {"node_ms": {node_label(n, i): float(cm._base_macs[i])
+                        for i, n in enumerate(model.graph.node) if cm._base_macs.get(i)},
+            "overhead_ms": 0.0}  # fmt: skip
+
+
 @pytest.mark.parametrize("target", [1.3, 2.0])
 def test_target_speedup_on_a_real_model_with_a_fake_clock(target):
-    opts = PruneOptions(target_speedup=target, runs=5)
-    result = prune_searched(residual_block(), opts, prune_with, measure=_fake_measure)
+    model = residual_block()
+    opts = PruneOptions(target_speedup=target, runs=5, hooks=_timed_as_macs(model))
+    result = prune_searched(model, opts, prune_with, measure=_fake_measure)
     t = result.report.structured.target
     assert t["metric"] == "speedup" and t["target"] == target
     assert t["met"] and abs(t["reached"] / target - 1) <= TOLERANCE
@@ -94,7 +108,10 @@ def test_target_speedup_on_a_real_model_with_a_fake_clock(target):
     assert 1 <= len(t["iterations"]) <= SPEEDUP_ITERATIONS
     for it in t["iterations"]:
         assert it["speedup"] == pytest.approx(it["macs"] ** -0.8, rel=1e-6)
-    assert t["macs"]["metric"] == "macs" and t["fraction"] == t["macs"]["target"]
+    assert t["macs"]["metric"] == "time" and t["fraction"] == t["macs"]["target"]
+    assert t["priced_by"]["by"] == "time" and t["priced_by"]["nodes"] > 0
+    assert t["macs"]["before"] == result.report.macs_before  # priced at 1 ms per MAC
+    assert "cuts priced in milliseconds" in result.report.render()
     assert "search" in result.report.timings_s
     json.dumps(result.report.to_dict())  # the report stays JSON
     assert "target: speed-up" in result.report.render()
@@ -116,8 +133,9 @@ def test_a_final_measurement_that_disagrees_with_the_search_is_timed_again():
     def measure(report) -> float:
         return _fake_measure(report) * (0.7 if id(report) in finals else 1.0)
 
-    opts = PruneOptions(target_speedup=1.3, runs=5)
-    result = prune_searched(residual_block(), opts, prune_marking_the_final, measure=measure)
+    model = residual_block()
+    opts = PruneOptions(target_speedup=1.3, runs=5, hooks=_timed_as_macs(model))
+    result = prune_searched(model, opts, prune_marking_the_final, measure=measure)
     t = result.report.structured.target
     assert t["final_speedup"] == pytest.approx(0.7 * t["search_speedup"])
     assert t["retimed"] == [pytest.approx(t["search_speedup"])] * RETIMES
@@ -366,3 +384,25 @@ def test_a_candidate_at_the_edge_of_the_tolerance_does_not_end_the_search():
     edge, aimed = Trial(0.5, speedup=1.91), Trial(0.45, speedup=2.02)
     assert choose([edge, aimed], 2.0) is aimed
     assert choose([edge], 2.0) is edge  # still met, when nothing better was measured
+
+
+def test_price_by_macs_searches_the_mac_fraction():
+    opts = PruneOptions(target_speedup=1.3, runs=5, price_by="macs")
+    result = prune_searched(residual_block(), opts, prune_with, measure=_fake_measure)
+    t = result.report.structured.target
+    assert t["macs"]["metric"] == "macs" and t["priced_by"] == {"by": "macs",
+                                                                "why": "--price-by macs"}
+    assert t["met"] and "cuts priced in MACs (--price-by macs)" in result.report.render()
+    with pytest.raises(UsageError, match="--price-by"):
+        PruneOptions(target_speedup=2, price_by="ms")
+
+
+def test_the_search_prices_by_a_real_profile_of_the_model():
+    """No hooks: the original and its uniform cut are profiled, and the candidates are
+    allocated on the time metric (a tiny graph's figures are noise: only the plumbing is
+    checked here; tools/bench_time_model.py checks the predictions)."""
+    result = prune_searched(small_cnn(), PruneOptions(target_speedup=1.2, runs=5), prune_with,
+                            measure=_fake_measure)  # fmt: skip
+    t = result.report.structured.target
+    assert t["priced_by"]["by"] == "time" and t["priced_by"]["profiled_ms"] > 0
+    assert t["macs"]["metric"] == "time" and 0 <= t["priced_by"]["fixed_share"] <= 1

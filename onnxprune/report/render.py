@@ -163,8 +163,10 @@ def search_lines(t: dict) -> list[str]:
         got = t.get("reached")
         shown = "-" if got is None else f"{got:.2f}x"
         verdict = "met" if t.get("met") else f"not met: below {1 - t['tolerance']:.2f} x the target"
+        timed = (t.get("priced_by") or {}).get("by") == "time"
         head = (f"  target: speed-up {t['target']:.3g}x measured; the result measured {shown} "
-                f"({verdict}) at MAC fraction {t['fraction']:.3g}, {n} candidates:")
+                f"({verdict}) at {'time' if timed else 'MAC'} fraction {t['fraction']:.3g}, "
+                f"{n} candidates:")  # fmt: skip
         if t.get("retimed") is not None:
             again = ", ".join(f"{v:.2f}x" for v in t["retimed"])
             head += (f"\n    (the final run read {t['final_speedup']:.2f}x against the search's "
@@ -179,6 +181,13 @@ def search_lines(t: dict) -> list[str]:
         out.append(f"    latency staircase: {st['groups']} groups measured in "
                    f"{st.get('spent_s') or 0:.0f} s, counts kept on their steps" if st.get("used")
                    else f"    latency staircase: off ({st.get('why')})")  # fmt: skip
+    by = t.get("priced_by")
+    if by and by.get("by") == "time":
+        out.append(f"    cuts priced in milliseconds: each node's profiled time ({by['nodes']} "
+                   f"nodes, {by['profiled_ms']:.3g} ms a run) times the share of its work kept")
+    elif by:
+        why = f" ({by['why']})" if by.get("why") else ""
+        out.append(f"    cuts priced in MACs{why}")
     if t.get("losses"):
         out.append(f"    losses priced by {t['losses']}")
     for c in t.get("iterations", []):

@@ -218,11 +218,15 @@ class TargetHook:
         losses_for=None,
         allowed_for=None,
         priced: str | None = None,
+        node_ms: Mapping[str, float] | None = None,
+        overhead_ms: float = 0.0,
     ) -> None:
         """``losses_for`` / ``allowed_for`` (``(groups, scores, view) -> ...``), when given,
         supply ``choose_keep``'s ``losses`` and ``allowed`` for the prunable groups;
-        ``priced`` says what priced them (the outcome's ``losses``)."""
+        ``priced`` says what priced them (the outcome's ``losses``). ``node_ms`` and
+        ``overhead_ms`` (``targets.profile.node_times``) price the ``time`` metric."""
         self.losses_for, self.allowed_for, self.priced = losses_for, allowed_for, priced
+        self.node_ms, self.overhead_ms = node_ms, overhead_ms
         self.model, self.metric, self.fraction = model, metric, fraction
         self.exclude, self.heads, self.round_to = tuple(exclude), heads, round_to
         self.max_group_ratio, self.input_shapes = max_group_ratio, input_shapes
@@ -239,7 +243,8 @@ class TargetHook:
                 fixed[g.id] = round_keep(max(1, g.slots - gone), g.slots, g.width,
                                          self.round_to or 1)  # fmt: skip
         costs = CostModel(self.model, prunable, scores, input_shapes=self.input_shapes,
-                          view=None if self.input_shapes else view)  # fmt: skip
+                          view=None if self.input_shapes else view, node_ms=self.node_ms,
+                          overhead_ms=self.overhead_ms)  # fmt: skip
         free = [g for g in prunable if g.id not in fixed]
         keep, self.outcome = choose_keep(
             costs, scores, self.metric, self.fraction, fixed=fixed,

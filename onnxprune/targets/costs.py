@@ -19,6 +19,15 @@ costs ``~ kept(A) * kept(B)``, so the sum of per-group savings overstates the jo
 by the product of the removed counts; ``total`` prices groups jointly for that reason.
 Not followed: a weight reached through an ``Identity``/``Transpose`` alias, which the
 rewrite copies privately (its params are then priced as if sliced in place).
+
+``time`` (given ``node_ms``, each node's measured milliseconds as a fixed part and a part
+that scales with its work, ``targets.time_model``) prices a cut in milliseconds: a timed
+node costs its fixed part plus its variable part times the fraction of its MACs kept (of its
+output's elements, for an op without a MAC formula: an activation, a pooling, an Add); time
+no node stands for (``overhead_ms``) stays. MACs alone say a 3x3 depthwise convolution is
+cheap; on onnxruntime's CPU kernels it costs about four times the milliseconds per MAC of a
+1x1 convolution (MobileNetV2 at 1 thread: 62 against 14 ms per GMAC), so a MAC budget
+spends its cuts where they save the least time.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from onnxprune.graph.view import GraphView
+from onnxprune.graph.view import GraphView, node_label
 from onnxprune.metrics.macs import at_input_shapes, node_macs
 from onnxprune.metrics.params import count_params, float_initializers
 from onnxprune.ops import opsets_of, spec_for
@@ -38,7 +47,7 @@ from onnxprune.structured.dependency import Group
 from onnxprune.structured.plan import kept_slots
 from onnxprune.targets import GroupCurve
 
-METRICS = ("macs", "params")
+METRICS = ("macs", "params", "time")
 CURVE_POINTS = 64
 """Groups with more slots than this get curves at this many kept counts (ends included),
 interpolated between: the costs are (piecewise) linear, so little is lost."""
@@ -63,6 +72,8 @@ class CostModel:
         *,
         input_shapes: Mapping[str, tuple[int, ...]] | None = None,
         view: GraphView | None = None,
+        node_ms: Mapping[str, float | tuple[float, float]] | None = None,
+        overhead_ms: float = 0.0,
     ) -> None:
         self.groups = {g.id: g for g in groups}
         self._scores = {
@@ -99,6 +110,61 @@ class CostModel:
                     self._touching.setdefault(name, []).append(i)
         self._tensors = {g.id: sorted({m.target for m in g.members}) for g in groups}
         self._masks: dict[tuple[str, int], np.ndarray] = {}
+        self._init_time(node_ms or {}, overhead_ms)
+
+    def _init_time(self, node_ms: Mapping, overhead_ms: float) -> None:
+        """The ``time`` metric's node prices, (fixed, variable) ms per node index (labels
+        read back as ``graph.view.node_label`` writes them; a plain number is all variable),
+        and the nodes each touched tensor reaches."""
+        labels = {node_label(n, i): i for i, n in enumerate(self._nodes)}
+        self._node_ms: dict[int, tuple[float, float]] = {
+            labels[k]: ((0.0, float(v)) if isinstance(v, int | float) else
+                        (float(v[0]), float(v[1])))
+            for k, v in node_ms.items() if k in labels
+        }  # fmt: skip
+        self._time_full = {i: a + b for i, (a, b) in self._node_ms.items()}
+        self._time_total = float(sum(self._time_full.values())) + float(overhead_ms)
+        self._timed_touching: dict[str, list[int]] = {}
+        for i in self._node_ms:
+            node = self._nodes[i]
+            for name in {*node.input, *node.output}:
+                if name in self._axes:
+                    self._timed_touching.setdefault(name, []).append(i)
+
+    @property
+    def timed(self) -> bool:
+        """Whether the ``time`` metric has measured nodes to price."""
+        return bool(self._node_ms)
+
+    def _time_of(self, i: int, shapes: Mapping) -> float:
+        """Node ``i``'s fixed ms plus its variable ms times the fraction of its work kept
+        at ``shapes`` (``work_kept``)."""
+        fixed, variable = self._node_ms[i]
+        return fixed + variable * self.work_kept(i, shapes)
+
+    def work_kept(self, i: int, shapes: Mapping) -> float:
+        """The fraction of node ``i``'s MACs (else of its first output's elements) that
+        ``shapes`` keep."""
+        node = self._nodes[i]
+        base = self._base_macs.get(i)
+        if base:
+            return (self._price(node, shapes) or 0) / base
+        out = node.output[0] if node.output else None
+        full = self._shapes.get(out) if out else None
+        now = shapes.get(out) if out else None
+        if not full or now is None or len(now) != len(full):
+            return 1.0
+        ratio = 1.0  # axis by axis: a symbolic batch is the same before and after
+        for a, b in zip(now, full, strict=True):
+            if a != b and isinstance(a, int) and isinstance(b, int) and b > 0:
+                ratio *= a / b
+        return ratio
+
+    def work_ratios(self, keep: Mapping[str, int]) -> dict[str, float]:
+        """Per timed node label, the fraction of its work ``keep`` keeps (the time model's
+        fit, ``targets.time_model``)."""
+        shapes = ChainMap(self._pruned_shapes(keep), self._shapes)
+        return {node_label(self._nodes[i], i): self.work_kept(i, shapes) for i in self._node_ms}
 
     def _price(self, node: onnx.NodeProto, shapes: Mapping) -> int | None:
         """One node's MACs (0 where its shapes do not tell, as ``count_macs``); None when
@@ -149,16 +215,26 @@ class CostModel:
             out[name] = tuple(shape)
         return out
 
-    def total(self, metric: str, keep: Mapping[str, int] | None = None) -> int:
-        """``metric`` (``macs`` or ``params``) of the whole model with ``keep`` kept slots
-        per group id (groups not listed stay whole)."""
+    def _check(self, metric: str) -> None:
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        if metric == "time" and not self._node_ms:
+            raise ValueError("the time metric needs measured node times (node_ms)")
+
+    def total(self, metric: str, keep: Mapping[str, int] | None = None) -> float:
+        """``metric`` (``macs``, ``params`` or ``time``, ms) of the whole model with
+        ``keep`` kept slots per group id (groups not listed stay whole)."""
+        self._check(metric)
         cut = {gid: int(c) for gid, c in (keep or {}).items() if int(c) < self.groups[gid].slots}
-        base = self._macs_total if metric == "macs" else self._params_total
+        base = {"macs": self._macs_total, "params": self._params_total,
+                "time": self._time_total}[metric]  # fmt: skip
         if not cut:
             return base
         new = self._pruned_shapes(cut)
+        if metric == "time":
+            shapes = ChainMap(new, self._shapes)
+            nodes = sorted({i for name in new for i in self._timed_touching.get(name, ())})
+            return base + sum(self._time_of(i, shapes) - self._time_full[i] for i in nodes)
         if metric == "params":
             delta = 0
             for name, shape in new.items():
@@ -174,7 +250,7 @@ class CostModel:
             delta += (self._price(self._nodes[i], shapes) or 0) - self._base_macs[i]
         return base + delta
 
-    def change(self, metric: str, keep: Mapping[str, int], gid: str, count: int) -> int:
+    def change(self, metric: str, keep: Mapping[str, int], gid: str, count: int) -> float:
         """``total(metric, {**keep, gid: count}) - total(metric, keep)``, priced on the
         nodes and tensors group ``gid`` touches only (a search's single steps)."""
         trial = {**keep, gid: count}
@@ -184,13 +260,15 @@ class CostModel:
             return sum(int(np.prod(new.get(t, self._shapes[t]), dtype=np.int64))
                        - int(np.prod(old.get(t, self._shapes[t]), dtype=np.int64))
                        for t in names)  # fmt: skip
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-        nodes = sorted({i for t in self._tensors[gid] for i in self._touching.get(t, ())})
+        self._check(metric)
+        touching = self._timed_touching if metric == "time" else self._touching
+        nodes = sorted({i for t in self._tensors[gid] for i in touching.get(t, ())})
         names = sorted({t for i in nodes for t in (*self._nodes[i].input, *self._nodes[i].output)
                         if t in self._axes})  # fmt: skip
         before = ChainMap(self._pruned_shapes(keep, names), self._shapes)
         after = ChainMap(self._pruned_shapes(trial, names), self._shapes)
+        if metric == "time":
+            return sum(self._time_of(i, after) - self._time_of(i, before) for i in nodes)
         return sum((self._price(self._nodes[i], after) or 0)
                    - (self._price(self._nodes[i], before) or 0) for i in nodes)  # fmt: skip
 
@@ -212,9 +290,10 @@ class CostModel:
         analyze``'s columns): each node's MACs, each weight's params divided evenly among
         the groups touching it. Even is exact where the cost is a product of the kept counts
         (a Conv between two groups costs ``~ kept(A) * kept(B)``: each owns half of it).
-        Costs no group touches stay in ``total`` only."""
-        if metric not in METRICS:
-            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        Costs no group touches stay in ``total`` only. (Time: ``sensitivity``'s
+        ``attributed_latency``, from the profiled kernels.)"""
+        if metric not in ("macs", "params"):
+            raise ValueError(f"attributed metric must be macs or params, got {metric!r}")
         out = {gid: 0.0 for gid in self.groups}
         if metric == "params":
             items = [(name, float(np.prod(self._shapes[name], dtype=np.int64)), [name])
@@ -229,7 +308,7 @@ class CostModel:
                 out[gid] += cost / len(owners)
         return out
 
-    def slot_cost(self, metric: str, gid: str, keep: Mapping[str, int] | None = None) -> int:
+    def slot_cost(self, metric: str, gid: str, keep: Mapping[str, int] | None = None) -> float:
         """The most one slot of group ``gid`` costs at ``keep`` (the others as given): how
         far a target can be missed because slots are whole."""
         keep = dict(keep or {})

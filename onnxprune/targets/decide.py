@@ -17,8 +17,8 @@ from onnxprune.structured.engine import StructuredOptions, StructuredResult, pru
 from onnxprune.structured.rewrite import apply_plan
 
 SAVED_OPTIONS = ("structured", "heads", "scope", "criterion", "round_to", "max_group_ratio",
-                 "exclude", "seed", "target_macs", "target_params", "calib", "calib_samples",
-                 "calib_preprocess", "input_shapes")  # fmt: skip
+                 "exclude", "seed", "target_macs", "target_params", "target_time", "calib",
+                 "calib_samples", "calib_preprocess", "input_shapes")  # fmt: skip
 """The ``PruneOptions`` fields a plan file records (``options``): what chose the plan."""
 
 

@@ -58,8 +58,8 @@ TARGET_OPTIONS = [
         type=click.FloatRange(1.0, min_open=True),
         default=None,
         metavar="S",
-        help="Instead of --structured: the MAC fraction whose pruned model runs S times "
-        "faster, measured in onnxruntime (--providers, --threads, the validation's batch and "
+        help="Instead of --structured: the per-group cut (cheapest milliseconds first, see "
+        "--price-by) whose pruned model runs S times faster, measured in onnxruntime (--providers, --threads, the validation's batch and "
         "shapes), corrected until within 2.5% or 6 candidates; met within 5%; recovery "
         "once, on the result, timed again when it disagrees with the search.",
     ),
@@ -68,6 +68,15 @@ TARGET_OPTIONS = [
         default=None,
         help="With --target-speedup: first measure each group's latency at a few widths "
         "(up to 60 s) and keep only counts on that measured staircase [default: on].",
+    ),
+    click.option(
+        "--price-by",
+        type=click.Choice(["time", "macs"]),
+        default="time",
+        show_default=True,
+        help="With --target-speedup: what the allocation spends, each layer's profiled "
+        "milliseconds on the target (a depthwise convolution costs several times the time "
+        "per MAC of a 1x1) or its MACs.",
     ),
     *JOB_OPTIONS,
     click.option(

@@ -148,6 +148,63 @@ def _first_run(model, inputs) -> dict:
     return chunked(dict(inputs), fixed, [])[0]
 
 
+def timed_feed(model, opts) -> dict:
+    """The one run validation times, as arrays: its data's first run, else random inputs
+    at the shapes it resolves (what the latency table and the profile measure)."""
+    from onnxprune.runtime.shapes import random_validation_inputs, resolve_shapes
+
+    inputs = _validation_data(model, opts)
+    resolved = resolve_shapes(model, opts.input_shapes, inputs)
+    if inputs is None:
+        inputs = random_validation_inputs(model, resolved, opts.samples, opts.seed)
+    return _first_run(model, inputs)
+
+
+PROFILE_RUNS = 20
+"""Profiled runs of the original for the ``time`` prices (after 3 untimed): a kernel's
+median over them."""
+
+
+MIN_COVERED = 0.5
+"""The least share of the profiled kernel time read back onto the model's nodes for the
+search to price by time; under it, by MACs. Kernels no node stands for stay a fixed cost,
+so a profile read back poorly would make every cut look worthless: ConvNeXt-T's MatMul+Add
+kernels (``<node>/MatMulAddFusion``) were once read back onto nothing, 88% of its time, and
+the search kept the model whole."""
+
+
+def time_prices(model, opts) -> tuple[dict, dict]:
+    """(the hooks that price a --target-speedup search's cuts in milliseconds: ``node_ms``
+    and ``overhead_ms``, or none) and what the report says about it. The original and a
+    uniformly cut copy are profiled together on the validation's providers, threads and
+    first run, and each node's time is fitted as fixed + variable x work kept
+    (``targets.time_model``); ``targets.costs`` prices every cut with it."""
+    import onnx
+
+    from onnxprune.graph import modelfile as io
+    from onnxprune.runtime.session import resolve_providers
+    from onnxprune.structured.dependency import analyze
+    from onnxprune.structured.plan import prunable_groups
+    from onnxprune.targets.profile import named_copy
+    from onnxprune.targets.time_model import profile_prices
+
+    loaded = model if isinstance(model, onnx.ModelProto) else io.load_model(model).model
+    named = named_copy(loaded)
+    groups, _ = prunable_groups(analyze(named), ())
+    prices = profile_prices(named, groups, tuple(resolve_providers(opts.providers)),
+                            timed_feed(loaded, opts), threads=opts.threads or None,
+                            runs=PROFILE_RUNS)  # fmt: skip
+    attributed = sum(a + b for a, b in prices.node_ms.values())
+    covered = attributed / prices.full_ms if prices.full_ms > 0 else 0.0
+    if covered < MIN_COVERED:
+        return {}, {"by": "macs", "why": f"the profile read {covered:.0%} of its kernel time "
+                                       f"back onto nodes, under {MIN_COVERED:.0%}"}  # fmt: skip
+    about = {"by": "time", "profiled_ms": round(prices.full_ms, 4),
+             "cut_ms": round(prices.cut_ms, 4), "fixed_share": round(prices.fixed_share, 4),
+             "nodes": len(prices.node_ms)}  # fmt: skip
+    return {"node_ms": prices.node_ms, "overhead_ms": prices.overhead_ms}, about
+
+
 _TABLES: dict[tuple, object] = {}
 """The last table measured, by file, settings and shapes (the sweep asks once per target)."""
 
@@ -163,7 +220,6 @@ def staircase_hook(model, opts, *, timer=None, budget_s: float | None = STAIRCAS
         return None, {"used": False, "why": "an in-memory model: the table times a file"}
     from onnxprune.graph import modelfile as io
     from onnxprune.runtime.session import resolve_providers
-    from onnxprune.runtime.shapes import random_validation_inputs, resolve_shapes
     from onnxprune.structured.plan import DEFAULT_ROUND_TO, rounded_counts
     from onnxprune.targets.latency import (
         TableSpec,
@@ -173,11 +229,7 @@ def staircase_hook(model, opts, *, timer=None, budget_s: float | None = STAIRCAS
     )
 
     loaded = io.load_model(model).model
-    inputs = _validation_data(loaded, opts)
-    resolved = resolve_shapes(loaded, opts.input_shapes, inputs)
-    if inputs is None:
-        inputs = random_validation_inputs(loaded, resolved, opts.samples, opts.seed)
-    feed = _first_run(loaded, inputs)
+    feed = timed_feed(loaded, opts)
     providers = tuple(resolve_providers(opts.providers))
     if timer is None and opts.threads == 1 and providers[:1] == ("CPUExecutionProvider",):
         timer = thread_clock  # as validation times at 1 thread (runtime.latency.clock_for)

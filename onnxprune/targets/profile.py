@@ -12,7 +12,9 @@ keeps the original node's name when nothing was fused (hence every unnamed node 
 with its label first); a fused NCHWc Conv is named after the tensor it produces plus
 ``_nchwc`` (the Relu's output for Conv+Relu). Such a name is read back by stripping the
 suffix, finding the tensor's producer and walking back through the elementwise ops fused
-into it up to the weighted op (Conv, Gemm, MatMul). Kernels that stand for no original node
+into it up to the weighted op (Conv, Gemm, MatMul). Graph-level fusions append their name
+to the first node's (``<node>/MatMulAddFusion``, ``<node>/QuickGeluFusion/``): ConvNeXt-T's
+MatMul+Add pairs, 41.6 of its 53.9 profiled ms, were read back onto no node until this. Kernels that stand for no original node
 (layout reorders, copies) stay in the total, in no node's time.
 """
 
@@ -33,10 +35,11 @@ from onnxprune.graph.view import node_label
 from onnxprune.ops import opsets_of, spec_for
 from onnxprune.runtime.session import open_session, run_session, session_feeds
 
-__all__ = ["KernelTimes", "attribute", "named_copy", "parse_trace", "profile_model"]
+__all__ = ["KernelTimes", "attribute", "named_copy", "node_times", "parse_trace", "profile_model",
+           "profile_models"]
 
 _SUFFIX = "_kernel_time"
-_STRIP = re.compile(r"_(nchwc|fused|token_\d+|\d+|[A-Za-z]+)$")
+_STRIP = re.compile(r"_(nchwc|fused|token_\d+|\d+|[A-Za-z]+)$|/[A-Za-z]*Fusion/?$|/$")
 _WALK = 4  # elementwise ops walked back through to the weighted op of a fused kernel
 _FUSED = frozenset(
     {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Add", "Sum",
@@ -111,18 +114,36 @@ def profile_model(
 ) -> KernelTimes:
     """Run ``model`` (already ``named_copy``'d) ``warmup + runs`` times on ``feed`` with
     profiling on, at full graph optimization as deployed; the trace file is removed."""
+    return profile_models([model], providers, feed, threads=threads, runs=runs,
+                          warmup=warmup)[0]  # fmt: skip
+
+
+def profile_models(
+    models: Sequence[onnx.ModelProto],
+    providers: Sequence[str],
+    feed: Mapping[str, np.ndarray],
+    *,
+    threads: int | None = None,
+    runs: int = 10,
+    warmup: int = 2,
+) -> list[KernelTimes]:
+    """``profile_model`` of several models at once, their runs alternating round by round:
+    two profiles taken one after the other differ by the machine's drift (MobileNetV2's
+    kernels summed 4.4 to 5.8 ms in four profiles in a row at 1 thread), and a fit on two
+    models' kernel times (``targets.time_model``) needs them to share it."""
     with tempfile.TemporaryDirectory(prefix="onnxprune-profile-") as folder:
-        sess = open_session(
-            model, providers, role="model", threads=threads,
-            profile=os.path.join(folder, "trace"),
-        )  # fmt: skip
-        fed = session_feeds(sess, feed, "model")
+        sessions = [open_session(m, providers, role="model", threads=threads,
+                                 profile=os.path.join(folder, f"trace{i}"))
+                    for i, m in enumerate(models)]  # fmt: skip
+        fed = [session_feeds(sess, feed, "model") for sess in sessions]
         for _ in range(warmup + runs):
-            run_session(sess, fed, "model")
-        path = sess.end_profiling()
-        with open(path, encoding="utf-8") as fh:
-            events = json.load(fh)
-    return parse_trace(events, skip=warmup)
+            for sess, f in zip(sessions, fed, strict=True):
+                run_session(sess, f, "model")
+        out = []
+        for sess in sessions:
+            with open(sess.end_profiling(), encoding="utf-8") as fh:
+                out.append(parse_trace(json.load(fh), skip=warmup))
+    return out
 
 
 def attribute(kernels: Mapping[str, float], model: onnx.ModelProto) -> dict[str, list[str]]:
@@ -136,7 +157,9 @@ def attribute(kernels: Mapping[str, float], model: onnx.ModelProto) -> dict[str,
     for n in nodes:
         for t in n.input:
             uses[t] = uses.get(t, 0) + 1
-    consts = {t.name for t in model.graph.initializer}
+    consts = {t.name for t in model.graph.initializer} | {
+        o for n in nodes if n.op_type == "Constant" for o in n.output
+    }  # Clip's bounds are often Constant nodes' outputs (torch exports): not data inputs
     opsets = opsets_of(model)
     out: dict[str, list[str]] = {}
     for kernel in kernels:
@@ -171,3 +194,23 @@ def _fused_chain(start: int, nodes, producer, uses, consts, opsets) -> list[int]
         i = producer[data[0]]
         chain.append(i)
     return chain
+
+
+def node_times(times: KernelTimes, model: onnx.ModelProto) -> tuple[dict[str, float], float]:
+    """(original node label -> ms, ms no node stands for): what ``targets.costs``' ``time``
+    metric prices. A fused kernel's time goes to the weighted op it was fused into (the Conv
+    of a Conv+Relu: the Relu's output has the Conv's channels, so the MAC fraction scales
+    both); a kernel standing for several nodes without a weighted one is split evenly."""
+    opsets = opsets_of(model)
+    by_label = {node_label(n, i): n for i, n in enumerate(model.graph.node)}
+    out: dict[str, float] = {}
+    mapped = attribute(times.kernels, model)
+    for kernel, labels in mapped.items():
+        ms = times.kernels[kernel]
+        weighted = [lb for lb in labels
+                    if (spec := spec_for(by_label[lb], opsets)) is not None and spec.macs is not None]
+        share = weighted[:1] or labels
+        for lb in share:
+            out[lb] = out.get(lb, 0.0) + ms / len(share)
+    rest = float(sum(ms for k, ms in times.kernels.items() if k not in mapped))
+    return out, rest

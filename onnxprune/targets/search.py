@@ -1,20 +1,22 @@
-"""Searches over the MAC fraction: ``--target-speedup S``, and a quality gate given alone.
+"""Searches over one fraction: ``--target-speedup S``, and a quality gate given alone.
 
-Both search one number, the fraction of the original MACs kept (``--target-macs``), and let
-the allocation (``targets.allocate``) decide where each candidate cuts; each candidate is a
-real run of ``prune_with`` (the caller's, passed in: this module never imports the API), so a
-candidate is pruned, measured and validated exactly as a plain run would be.
+Both search one number and let the allocation (``targets.allocate``) decide where each
+candidate cuts: for a speed-up, the fraction of the original's *profiled time* kept (the
+``time`` metric, priced by ``targets.time_model``; ``--price-by macs``: of its MACs); for a
+gate, the fraction of its MACs (``--target-macs``). Each candidate is a real run of
+``prune_with`` (the caller's, passed in: this module never imports the API), so a candidate
+is pruned, measured and validated exactly as a plain run would be.
 
 * ``--target-speedup S``: the speed-up is *measured* (onnxruntime on ``--providers`` and
   ``--threads``, at the validation's batch and shapes, median of interleaved runs: the
   figure validation reports), never predicted from MACs, which are a poor proxy for time.
-  The first guess keeps 1/S of the MACs; each next one comes from a secant on log speed-up
-  against log fraction through the bracketing candidates (the original counts as fraction
-  1, speed-up 1), with bisection when the secant leaves the bracket. Candidates skip
-  recovery and gates (neither changes the shapes, so neither changes the time). The search
-  stops within ``AIM`` (half ``TOLERANCE``) of S or after ``SPEEDUP_ITERATIONS`` measured
-  candidates, keeps
-  the candidate that reached S with the most MACs kept (or the fastest, and says it missed),
+  The first guess keeps 1/S of the priced time; each next one comes from a secant on log
+  speed-up against log fraction through the bracketing candidates (the original counts as
+  fraction 1, speed-up 1), with bisection when the secant leaves the bracket. Candidates
+  skip recovery and gates (neither changes the shapes, so neither changes the time). The
+  search stops within ``AIM`` (half ``TOLERANCE``) of S or after ``SPEEDUP_ITERATIONS``
+  measured candidates, keeps the candidate that reached S with the largest fraction (or
+  the fastest, and says it missed),
   and runs it once more with recovery, gates and the output: its measured speed-up is the
   one reported, unless it differs from the candidate's by more than ``TOLERANCE``: then the
   allocation is timed ``RETIMES`` more times and the median of its measurements is reported
@@ -224,6 +226,8 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
             allowed_for, stairs = staircase_hook(model, opts, executor=executor)
             if allowed_for is not None:
                 hooks["allowed_for"] = allowed_for
+        if opts.search == "speedup":
+            priced_by = _time_hooks(model, opts, hooks)
         opts = replace(opts, hooks=hooks or None)
         try:
             if opts.search == "speedup":
@@ -239,6 +243,7 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
     summary["losses"] = getattr(hooks.get("losses_for"), "priced", None) or priced
     if opts.search == "speedup":
         summary["staircase"] = stairs
+        summary["priced_by"] = priced_by
     try:
         result = prune_with(model, final_opts, output=output, progress=progress)
     except GateError as exc:
@@ -249,6 +254,23 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
     if opts.search == "speedup":
         _confirm(model, opts, prune_with, measure, result.report)
     return result
+
+
+def _time_hooks(model, opts, hooks: dict) -> dict:
+    """What prices the speed-up search's cuts (the report's ``priced_by``), the profiled
+    node times added to ``hooks`` for ``--price-by time`` unless the caller gave them."""
+    from onnxprune.targets.measured import time_prices
+
+    given = hooks.get("node_ms")
+    if given is not None:
+        total = sum(v if isinstance(v, int | float) else sum(v) for v in given.values())
+        return {"by": "time", "nodes": len(given), "given": True,
+                "profiled_ms": total + float(hooks.get("overhead_ms", 0.0))}  # fmt: skip
+    if opts.price_by != "time":
+        return {"by": "macs", "why": "--price-by macs"}
+    prices, priced_by = time_prices(model, opts)
+    hooks.update(prices)
+    return priced_by
 
 
 def _confirm(model, opts, prune_with, measure, report) -> None:
@@ -291,7 +313,10 @@ def _candidate_opts(opts, fraction: float, *, bare: bool = False, final: bool = 
             "max_drop": None, "max_rel_diff": None} if bare else {}  # fmt: skip
     if not final:
         drop.update(save_plan=None, keep_failed=False, validate=True)
-    return replace(opts, target_speedup=None, target_macs=fraction, jobs=1, ray=None, **drop)
+    timed = "node_ms" in (opts.hooks or {})
+    return replace(opts, target_speedup=None, target_macs=None if timed else fraction,
+                   target_time=fraction if timed else None, jobs=1, ray=None, **drop)  # fmt: skip
+
 
 
 def _speedup(model, opts, prune_with, measure, bar):
