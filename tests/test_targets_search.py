@@ -397,12 +397,48 @@ def test_price_by_macs_searches_the_mac_fraction():
         PruneOptions(target_speedup=2, price_by="ms")
 
 
+def _wide_cnn():
+    """Conv(3->96, 3x3) -> Relu -> Conv(96->96, 3x3) at 32x32: some milliseconds a run, so a
+    uniform half cut profiles clearly faster (a tiny graph's run is its fixed costs)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(size=(96, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(size=(96, 96, 3, 3)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="c2", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(
+        nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 96, 32, 32])], [w1, w2],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def test_the_search_prices_by_a_real_profile_of_the_model():
     """No hooks: the original and its uniform cut are profiled, and the candidates are
-    allocated on the time metric (a tiny graph's figures are noise: only the plumbing is
-    checked here; tools/bench_time_model.py checks the predictions)."""
+    allocated on the time metric (tools/bench_time_model.py checks the predictions)."""
+    result = prune_searched(_wide_cnn(), PruneOptions(target_speedup=1.2, runs=5, threads=1),
+                            prune_with, measure=_fake_measure)  # fmt: skip
+    t = result.report.structured.target
+    assert t["priced_by"]["by"] == "time", t["priced_by"]
+    assert t["priced_by"]["cut_ms"] < 0.9 * t["priced_by"]["profiled_ms"]
+    assert t["macs"]["metric"] == "time" and 0 <= t["priced_by"]["fixed_share"] <= 1
+    assert 0 < t["iterations"][0]["macs"] < 1
+
+
+def test_a_profile_that_cannot_tell_where_cuts_save_time_prices_by_macs(monkeypatch):
+    """A uniform half cut profiled no faster (a graph whose run is fixed costs): priced by
+    MACs, and the report says why; a search priced by such a profile would keep it whole."""
+    from onnxprune.targets import time_model
+
+    def flat(model, groups, providers, feed, **kw):
+        return time_model.TimePrices({n.name: (1.0, 0.0) for n in model.graph.node}, 0.0,
+                                     full_ms=3.0, cut_ms=2.9, fixed_share=1.0)  # fmt: skip
+
+    monkeypatch.setattr(time_model, "profile_prices", flat)
     result = prune_searched(small_cnn(), PruneOptions(target_speedup=1.2, runs=5), prune_with,
                             measure=_fake_measure)  # fmt: skip
     t = result.report.structured.target
-    assert t["priced_by"]["by"] == "time" and t["priced_by"]["profiled_ms"] > 0
-    assert t["macs"]["metric"] == "time" and 0 <= t["priced_by"]["fixed_share"] <= 1
+    assert t["priced_by"]["by"] == "macs" and "97%" in t["priced_by"]["why"]
+    assert t["macs"]["metric"] == "macs" and t["met"]

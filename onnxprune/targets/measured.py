@@ -173,6 +173,13 @@ kernels (``<node>/MatMulAddFusion``) were once read back onto nothing, 88% of it
 the search kept the model whole."""
 
 
+MIN_SAVING = 0.1
+"""The least share of the profiled time the uniform half cut must save for the search to price
+by time; under it (a graph so small that a run is its kernels' fixed costs, or one whose cut
+groups hold little of its time), by MACs: every cut would look worthless and the search would
+keep the model whole."""
+
+
 def time_prices(model, opts) -> tuple[dict, dict]:
     """(the hooks that price a --target-speedup search's cuts in milliseconds: ``node_ms``
     and ``overhead_ms``, or none) and what the report says about it. The original and a
@@ -194,6 +201,10 @@ def time_prices(model, opts) -> tuple[dict, dict]:
     prices = profile_prices(named, groups, tuple(resolve_providers(opts.providers)),
                             timed_feed(loaded, opts), threads=opts.threads or None,
                             runs=PROFILE_RUNS)  # fmt: skip
+    if prices.cut_ms > (1.0 - MIN_SAVING) * prices.full_ms:
+        return {}, {"by": "macs", "why": f"a uniform half cut profiled at "
+                                       f"{prices.cut_ms / prices.full_ms:.0%} of the original's "
+                                       "time: too little to tell where cuts save it"}  # fmt: skip
     attributed = sum(a + b for a, b in prices.node_ms.values())
     covered = attributed / prices.full_ms if prices.full_ms > 0 else 0.0
     if covered < MIN_COVERED:
