@@ -442,3 +442,20 @@ def test_a_profile_that_cannot_tell_where_cuts_save_time_prices_by_macs(monkeypa
     t = result.report.structured.target
     assert t["priced_by"]["by"] == "macs" and "97%" in t["priced_by"]["why"]
     assert t["macs"]["metric"] == "macs" and t["met"]
+
+
+def test_a_profile_read_back_onto_too_few_nodes_prices_by_macs(monkeypatch):
+    """90% of the kernel time stood for no node (as ConvNeXt-T's fused MatMul+Add once did):
+    priced by MACs, and the report says how much was read back."""
+    from onnxprune.targets import time_model
+
+    def unread(model, groups, providers, feed, **kw):
+        return time_model.TimePrices({n.name: (0.0, 0.1) for n in model.graph.node}, 9.0,
+                                     full_ms=10.0, cut_ms=5.0, fixed_share=0.9,
+                                     unattributed_ms=9.0)  # fmt: skip
+
+    monkeypatch.setattr(time_model, "profile_prices", unread)
+    result = prune_searched(small_cnn(), PruneOptions(target_speedup=1.2, runs=5), prune_with,
+                            measure=_fake_measure)  # fmt: skip
+    t = result.report.structured.target
+    assert t["priced_by"]["by"] == "macs" and "read 10%" in t["priced_by"]["why"]

@@ -205,8 +205,7 @@ def time_prices(model, opts) -> tuple[dict, dict]:
         return {}, {"by": "macs", "why": f"a uniform half cut profiled at "
                                        f"{prices.cut_ms / prices.full_ms:.0%} of the original's "
                                        "time: too little to tell where cuts save it"}  # fmt: skip
-    attributed = sum(a + b for a, b in prices.node_ms.values())
-    covered = attributed / prices.full_ms if prices.full_ms > 0 else 0.0
+    covered = 1.0 - prices.unattributed_ms / prices.full_ms if prices.full_ms > 0 else 0.0
     if covered < MIN_COVERED:
         return {}, {"by": "macs", "why": f"the profile read {covered:.0%} of its kernel time "
                                        f"back onto nodes, under {MIN_COVERED:.0%}"}  # fmt: skip

@@ -48,6 +48,9 @@ class TimePrices:
     """The uniformly cut copy's."""
     fixed_share: float
     """The fitted fixed time over the full time."""
+    unattributed_ms: float = 0.0
+    """The original's kernel time no node stands for (before the fit folds its variable
+    part into the nodes): what says how well the profile was read back."""
 
 
 def uniform_keep(groups: Sequence[Group], fraction: float = HALF, step: int = STEP) -> dict[str, int]:
@@ -98,7 +101,7 @@ def fit_prices(
     return TimePrices(
         node_ms=node_ms, overhead_ms=rest_fixed, full_ms=total,
         cut_ms=(sum(cut.values()) + cut_rest) if cut is not None else total,
-        fixed_share=fixed_total / total if total else 0.0,
+        fixed_share=fixed_total / total if total else 0.0, unattributed_ms=full_rest,
     )  # fmt: skip
 
 
@@ -119,8 +122,8 @@ def profile_prices(
     from onnxprune.targets.costs import CostModel
     from onnxprune.targets.profile import node_times, profile_models
 
-    keep = uniform_keep(groups)
-    cuts = {gid: k for gid, k in keep.items() if k < next(g.slots for g in groups if g.id == gid)}
+    slots = {g.id: g.slots for g in groups}
+    cuts = {gid: k for gid, k in uniform_keep(groups).items() if k < slots[gid]}
     models = [model]
     if cuts:
         scores = {g.id: np.zeros(g.slots) for g in groups}
