@@ -100,3 +100,12 @@ def test_sweep_report_html_draws_the_tradeoff_curve(model_path, tmp_path, capsys
     data = json.loads(re.search(r'id="onnxprune-data">(.*?)</script>', text, re.S).group(1))
     assert [p["target"] for p in data["sweep"]["points"]] == [0.8, 0.5, 0.3]
     assert data["facts"]["command"].startswith("onnxprune sweep ")
+
+
+def test_a_speedup_sweep_priced_by_time_says_its_fraction_is_of_the_time():
+    from onnxprune.targets.sweep import SweepRow
+
+    rows = [SweepRow(1.5, "speedup", fraction=0.64, fraction_of="time", speedup=1.5, met=True)]
+    assert render_sweep(rows).splitlines()[0].split()[:3] == ["target", "time", "fraction"]
+    rows.append(SweepRow(2.0, "speedup", fraction=0.5, speedup=2.0, met=True))  # fell back
+    assert render_sweep(rows).splitlines()[0].split()[:3] == ["target", "MAC/time", "fraction"]

@@ -30,7 +30,10 @@ class SweepRow:
     target: float
     metric: str
     fraction: float | None = None
-    """MAC fraction the run kept (asked, for --metric macs; found, for speedup)."""
+    """The fraction the run kept (asked, for --metric macs; found, for speedup) of what
+    ``fraction_of`` says."""
+    fraction_of: str = "MAC"
+    """``MAC``, or ``time`` for a speed-up search priced in profiled milliseconds."""
     speedup: float | None = None
     speedup_significant: bool | None = None
     macs: float | None = None
@@ -128,6 +131,8 @@ def _fill(row: SweepRow, report) -> None:
     row.macs = report.macs_after / report.macs_before if report.macs_before else None
     row.params = report.params_after / report.params_before if report.params_before else None
     row.fraction = t.get("fraction", t.get("target"))
+    if (t.get("macs") or {}).get("metric") == "time":
+        row.fraction_of = "time"
     row.met = t.get("met")
     if v is not None:
         row.speedup, row.speedup_significant = v.speedup, v.speedup_significant
@@ -155,7 +160,8 @@ def render_sweep(rows: Sequence[SweepRow]) -> str:
         body.append([label, num(r.fraction, ".3g"), speed, num(r.macs, ".3f"),
                      num(r.params, ".3f"), num(r.cosine, ".4f"), num(r.top1_agreement, ".1%"),
                      acc, met])  # fmt: skip
-    header = ["target", "MAC fraction", "speed-up", "MACs", "params", "cosine", "top-1",
+    kinds = "/".join(sorted({r.fraction_of for r in rows})) or "MAC"
+    header = ["target", f"{kinds} fraction", "speed-up", "MACs", "params", "cosine", "top-1",
               "accuracy", "met"]  # fmt: skip
     out = [table(body, header)]
     out += [f"  {r.target:g}: {r.error}" for r in rows if r.error]
