@@ -31,16 +31,13 @@ from onnxprune.structured.plan import make_plan, prunable_groups
 from onnxprune.structured.rewrite import apply_plan
 from onnxprune.targets.costs import CostModel
 from onnxprune.targets.profile import named_copy
-from onnxprune.targets.time_model import STEP, profile_prices
+from onnxprune.targets.time_model import profile_prices, stepped_keep
 
 
 def _random_keep(groups, fraction: float, rng) -> dict[str, int]:
-    out = {}
-    for g in groups:
-        per = max(1, STEP // int(np.gcd(STEP, g.width)))
-        f = float(np.clip(fraction * rng.uniform(0.5, 1.5), 0.05, 1.0))
-        out[g.id] = min(g.slots, max(per, round(g.slots * f / per) * per))
-    return out
+    """Each group at its own fraction, 0.5x to 1.5x ``fraction``, on steps of 8 channels."""
+    return {g.id: stepped_keep(g, float(np.clip(fraction * rng.uniform(0.5, 1.5), 0.05, 1.0)))
+            for g in groups}  # fmt: skip
 
 
 def _feed(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -59,9 +59,10 @@ TARGET_OPTIONS = [
         default=None,
         metavar="S",
         help="Instead of --structured: the per-group cut (cheapest milliseconds first, see "
-        "--price-by) whose pruned model runs S times faster, measured in onnxruntime (--providers, --threads, the validation's batch and "
-        "shapes), corrected until within 2.5% or 6 candidates; met within 5%; recovery "
-        "once, on the result, timed again when it disagrees with the search.",
+        "--price-by) whose pruned model runs S times faster, measured in onnxruntime "
+        "(--providers, --threads, the validation's batch and shapes), corrected until "
+        "within 2.5% or 6 candidates; met within 5%; recovery once, on the result, timed "
+        "again when it disagrees with the search.",
     ),
     click.option(
         "--staircase/--no-staircase",

@@ -42,14 +42,10 @@ def losses_hook(model, opts) -> tuple[Callable | None, str]:
     run without refitting for an in-memory model (the analysis reads a file)."""
     if opts.calib is None:
         return None, "score mass (no --calib)"
-    import onnx
-
-    from onnxprune.graph import modelfile as io
     from onnxprune.structured.dependency import analyze
     from onnxprune.targets.sensitivity import DEFAULT_FRACTIONS, prunable_groups
 
-    loaded = model if isinstance(model, onnx.ModelProto) else io.load_model(model).model
-    groups, _ = prunable_groups(analyze(loaded), opts.exclude)
+    groups, _ = prunable_groups(analyze(loaded_model(model)), opts.exclude)
     candidates = sum(1 for g in groups if not g.heads) * len(DEFAULT_FRACTIONS)
     if candidates > MAX_CANDIDATES:
         return None, f"score mass ({candidates} candidates to measure, over {MAX_CANDIDATES})"
@@ -148,6 +144,23 @@ def _first_run(model, inputs) -> dict:
     return chunked(dict(inputs), fixed, [])[0]
 
 
+def loaded_model(model):
+    """``model`` itself when in memory, else the file loaded."""
+    import onnx
+
+    from onnxprune.graph import modelfile as io
+
+    return model if isinstance(model, onnx.ModelProto) else io.load_model(model).model
+
+
+def search_inputs(model, opts) -> tuple:
+    """(the model loaded, the run validation times): what the latency staircase and the
+    time prices both measure. A search computes it once for both (``targets.search``: the
+    file is loaded and the data read once)."""
+    loaded = loaded_model(model)
+    return loaded, timed_feed(loaded, opts)
+
+
 def timed_feed(model, opts) -> dict:
     """The one run validation times, as arrays: its data's first run, else random inputs
     at the shapes it resolves (what the latency table and the profile measure)."""
@@ -180,27 +193,24 @@ groups hold little of its time), by MACs: every cut would look worthless and the
 keep the model whole."""
 
 
-def time_prices(model, opts) -> tuple[dict, dict]:
+def time_prices(model, opts, *, inputs: Callable[[], tuple] | None = None) -> tuple[dict, dict]:
     """(the hooks that price a --target-speedup search's cuts in milliseconds: ``node_ms``
     and ``overhead_ms``, or none) and what the report says about it. The original and a
     uniformly cut copy are profiled together on the validation's providers, threads and
     first run, and each node's time is fitted as fixed + variable x work kept
-    (``targets.time_model``); ``targets.costs`` prices every cut with it."""
-    import onnx
-
-    from onnxprune.graph import modelfile as io
+    (``targets.time_model``); ``targets.costs`` prices every cut with it. ``inputs``
+    returns ``search_inputs`` (the search shares them with the staircase)."""
     from onnxprune.runtime.session import resolve_providers
     from onnxprune.structured.dependency import analyze
     from onnxprune.structured.plan import prunable_groups
     from onnxprune.targets.profile import named_copy
     from onnxprune.targets.time_model import profile_prices
 
-    loaded = model if isinstance(model, onnx.ModelProto) else io.load_model(model).model
+    loaded, feed = inputs() if inputs is not None else search_inputs(model, opts)
     named = named_copy(loaded)
     groups, _ = prunable_groups(analyze(named), ())
-    prices = profile_prices(named, groups, tuple(resolve_providers(opts.providers)),
-                            timed_feed(loaded, opts), threads=opts.threads or None,
-                            runs=PROFILE_RUNS)  # fmt: skip
+    prices = profile_prices(named, groups, tuple(resolve_providers(opts.providers)), feed,
+                            threads=opts.threads or None, runs=PROFILE_RUNS)  # fmt: skip
     if prices.cut_ms > (1.0 - MIN_SAVING) * prices.full_ms:
         return {}, {"by": "macs", "why": f"a uniform half cut profiled at "
                                        f"{prices.cut_ms / prices.full_ms:.0%} of the original's "
@@ -220,7 +230,8 @@ _TABLES: dict[tuple, object] = {}
 
 
 def staircase_hook(model, opts, *, timer=None, budget_s: float | None = STAIRCASE_BUDGET_S,
-                   executor=None) -> tuple[Callable | None, dict]:  # fmt: skip
+                   executor=None, inputs: Callable[[], tuple] | None = None,
+                   ) -> tuple[Callable | None, dict]:  # fmt: skip
     """(``TargetHook``'s ``allowed_for`` from a latency table measured on the target, or
     None) and what the report says about it. With the table the allocation picks, per
     group, among the kept counts on its measured staircase (a count that runs no faster
@@ -228,7 +239,6 @@ def staircase_hook(model, opts, *, timer=None, budget_s: float | None = STAIRCAS
     ``--ray``) times the groups as parallel jobs (``targets.latency``)."""
     if not isinstance(model, str | os.PathLike):
         return None, {"used": False, "why": "an in-memory model: the table times a file"}
-    from onnxprune.graph import modelfile as io
     from onnxprune.runtime.session import resolve_providers
     from onnxprune.structured.plan import DEFAULT_ROUND_TO, rounded_counts
     from onnxprune.targets.latency import (
@@ -238,8 +248,7 @@ def staircase_hook(model, opts, *, timer=None, budget_s: float | None = STAIRCAS
         thread_clock,
     )
 
-    loaded = io.load_model(model).model
-    feed = timed_feed(loaded, opts)
+    _, feed = inputs() if inputs is not None else search_inputs(model, opts)
     providers = tuple(resolve_providers(opts.providers))
     if timer is None and opts.threads == 1 and providers[:1] == ("CPUExecutionProvider",):
         timer = thread_clock  # as validation times at 1 thread (runtime.latency.clock_for)

@@ -36,6 +36,7 @@ replace with a synthetic latency model so the loop is tested without timing nois
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -209,7 +210,7 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
     fraction run once more with everything asked (recovery, gates, the output); its report
     carries the search in ``structured.target`` and its time in ``timings_s["search"]``."""
     from onnxprune.progress import progress_bar
-    from onnxprune.targets.measured import staircase_hook, with_measured_losses
+    from onnxprune.targets.measured import search_inputs, staircase_hook, with_measured_losses
 
     measure = measure or measured_speedup
     start = time.perf_counter()
@@ -222,12 +223,13 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
     with _executor(opts) as executor, progress_bar(
         total=total, desc="search", unit=unit, enabled=progress
     ) as bar:  # fmt: skip
+        inputs = functools.cache(lambda: search_inputs(model, opts))  # read once, if at all
         if opts.uses_staircase and "allowed_for" not in hooks:
-            allowed_for, stairs = staircase_hook(model, opts, executor=executor)
+            allowed_for, stairs = staircase_hook(model, opts, executor=executor, inputs=inputs)
             if allowed_for is not None:
                 hooks["allowed_for"] = allowed_for
         if opts.search == "speedup":
-            priced_by = _time_hooks(model, opts, hooks)
+            priced_by = _time_hooks(model, opts, hooks, inputs)
         opts = replace(opts, hooks=hooks or None)
         try:
             if opts.search == "speedup":
@@ -256,7 +258,7 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
     return result
 
 
-def _time_hooks(model, opts, hooks: dict) -> dict:
+def _time_hooks(model, opts, hooks: dict, inputs) -> dict:
     """What prices the speed-up search's cuts (the report's ``priced_by``), the profiled
     node times added to ``hooks`` for ``--price-by time`` unless the caller gave them."""
     from onnxprune.targets.measured import time_prices
@@ -268,7 +270,7 @@ def _time_hooks(model, opts, hooks: dict) -> dict:
                 "profiled_ms": total + float(hooks.get("overhead_ms", 0.0))}  # fmt: skip
     if opts.price_by != "time":
         return {"by": "macs", "why": "--price-by macs"}
-    prices, priced_by = time_prices(model, opts)
+    prices, priced_by = time_prices(model, opts, inputs=inputs)
     hooks.update(prices)
     return priced_by
 

@@ -25,7 +25,7 @@ import onnx
 
 from onnxprune.structured.dependency import Group
 
-__all__ = ["HALF", "TimePrices", "fit_prices", "uniform_keep"]
+__all__ = ["HALF", "TimePrices", "fit_prices", "profile_prices", "stepped_keep", "uniform_keep"]
 
 HALF = 0.5
 """The fraction of each group's channels the second profiled copy keeps."""
@@ -53,15 +53,16 @@ class TimePrices:
     part into the nodes): what says how well the profile was read back."""
 
 
+def stepped_keep(g: Group, fraction: float, step: int = STEP) -> int:
+    """About ``fraction`` of ``g``'s slots, kept channels a multiple of ``step`` where the
+    group is wide enough (at least one step, never more than the group)."""
+    per = max(1, step // int(np.gcd(step, g.width)))
+    return min(g.slots, max(per, round(g.slots * fraction / per) * per))
+
+
 def uniform_keep(groups: Sequence[Group], fraction: float = HALF, step: int = STEP) -> dict[str, int]:
-    """Every group at about ``fraction`` of its slots, kept channels a multiple of ``step``
-    where the group is wide enough (at least one step, never more than the group)."""
-    out = {}
-    for g in groups:
-        per = max(1, step // int(np.gcd(step, g.width)))
-        k = round(g.slots * fraction / per) * per
-        out[g.id] = min(g.slots, max(per, k))
-    return out
+    """Every group at ``stepped_keep(g, fraction, step)``."""
+    return {g.id: stepped_keep(g, fraction, step) for g in groups}
 
 
 def fit_prices(
