@@ -79,3 +79,24 @@ def test_a_float_resize_scale_is_kept_for_the_view():
     assert view.shape_expr("scales") == [1.0, 1.0, 2.0, 2.0]
     assert view.known_value("scales").dtype == np.float32
     assert isinstance(exprs(view).of("scales"), Opaque)
+
+
+def test_a_range_bounded_by_a_shape_has_its_length_when_the_sizes_are_numbers():
+    """Range(0, Shape(x)[1], 1) with its bounds in Constant nodes, as newer transformers
+    build the attention mask: ONNX's inference refuses the limit it propagates ("should be
+    scalars"), so the view folds it, and a folded scalar must stay 0-D. It once became 1-D,
+    inference stopped at the Range, and with it every shape the mask reaches (MiniLM's
+    heads, resolved only with the input sizes set to numbers, all blocked)."""
+    scalar = lambda name, v: helper.make_node(  # noqa: E731
+        "Constant", [], [name], value=numpy_helper.from_array(np.int64(v)))
+    nodes = [
+        scalar("start", 0), scalar("step", 1), scalar("i1", 1),
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "i1"], ["n"], axis=0),
+        helper.make_node("Range", ["start", "n", "step"], ["r"]),
+        helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT),
+    ]  # fmt: skip
+    view = GraphView(_model(nodes, {}, x_shape=(2, 5)))
+    assert view.shape("r") == (5,)
+    symbolic = GraphView(_model(nodes, {}, x_shape=("B", "S")))
+    assert symbolic.rank("r") == 1

@@ -102,3 +102,17 @@ def test_pruning_adds_no_shape_annotations():
     assert names and names <= {vi.name for vi in annotated.graph.value_info}
     up = next(vi for vi in pruned.graph.value_info if vi.name.startswith("ffn.up"))
     assert up.type.tensor_type.shape.dim[-1].dim_value == 23  # refreshed to the cut width
+
+
+def test_gqa_heads_stay_prunable_after_load_folds_the_static_shapes():
+    """Loading folds repeat_kv's static shape arithmetic into one constant that only its
+    Expand reads ([1, kv, rep, T, d]); the KV groups must stay prunable there (the constant
+    is rewritten) rather than block as "Expand sets the channel count"."""
+    from onnxprune import prune
+
+    model = decoder_block(dim=32, heads=4, kv_heads=2, mlp=48, tokens=6)
+    result = prune(model, heads=0.5, validate=False)
+    assert any("folded" in n for n in result.report.notes)
+    (g,) = [g for g in result.report.structured.plan.groups if g.heads]
+    assert (g.slots, len(g.kept), g.heads_after) == (2, 1, 2)
+    assert_exact(model, result.model, result.report.structured.plan, symbolic=4)

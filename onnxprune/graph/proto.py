@@ -389,8 +389,9 @@ class FreshNames:
 
 
 def add_initializer(graph: onnx.GraphProto, value: np.ndarray, name: str) -> onnx.TensorProto:
-    """Append ``value`` to ``graph`` as initializer ``name``; returns the new tensor."""
-    tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
+    """Append ``value`` to ``graph`` as initializer ``name``; returns the new tensor. A 0-D
+    value stays 0-D (``np.ascontiguousarray`` would make it 1-D: Range bounds, scalars)."""
+    tensor = numpy_helper.from_array(np.asarray(value, order="C"), name)
     graph.initializer.append(tensor)
     return graph.initializer[-1]
 

@@ -342,6 +342,9 @@ class RepeatRule(Rule):
         rank = max(x.rank, len(v))
         axis = x.axis + rank - x.rank
         e = v[axis - (rank - len(v))] if axis - (rank - len(v)) >= 0 else 1
+        if e == len(x.ids) and len(x.ids) != 1:  # its own count, folded (repeat_kv)
+            attention.expand_heads(node, ctx, x)  # follows when only this Expand reads it
+            return
         if e != 1 and len(x.ids) != 1:
             ctx.block(x.ids, "Expand sets the channel count")
             return
