@@ -256,7 +256,10 @@ prune_options = apply_options(
         ),
         ratio_option(
             "--heads",
-            "Remove fraction R of the heads of each attention layer (whole key/value groups in GQA).",
+            "Remove fraction R of the heads of each attention layer (whole key/value groups in "
+            "GQA). With a target (--target-speedup, --target-macs, --target-params, or "
+            "--max-drop/--min-cosine alone) heads are allocated with the other groups; "
+            "--heads R then fixes them at R (--heads 0 keeps every head).",
         ),
         ratio_option(
             "--hidden",

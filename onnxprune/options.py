@@ -361,10 +361,11 @@ class PruneOptions(DataOptions):
     def search(self) -> str | None:
         """Which search this run is (``targets.search``): ``"speedup"`` for
         --target-speedup, ``"quality"`` for --max-drop/--min-cosine with nothing else to
-        do (the fewest MACs that keep that quality), None for a plain run."""
+        do but --heads R, which fixes the heads as in a target (the fewest MACs that keep
+        that quality), None for a plain run."""
         if self.target_speedup is not None:
             return "speedup"
-        plain = (self.structured, self.heads, self.hidden, self.unstructured, self.nm,
+        plain = (self.structured, self.hidden, self.unstructured, self.nm,  # --heads: fixed
                  self.target_macs, self.target_params, self.target_time, self.plan)  # fmt: skip
         if all(x is None for x in plain) and (self.max_drop is not None
                                               or self.min_cosine is not None):  # fmt: skip

@@ -18,7 +18,8 @@ targeted model's MACs.
 minilm: all-MiniLM-L6-v2 (tools/export_transformers.py --minilm; inputs
 ``minilm_inputs.npz``): even-numbered sentences are the calibration set, odd-numbered ones
 are held out. ``onnxprune minilm.onnx --target-speedup 1.5 --calib even.npz --threads T``
-against uniform ``--structured R --calib even.npz`` (FFN neurons; R stepped until the measured
+(heads allocated with the FFN neurons, the default) and the same with ``--heads 0`` (FFN
+neurons only) against uniform ``--structured R --calib even.npz`` (FFN neurons; R stepped until the measured
 speed-up is within 3% of the targeted model's), both with the default recovery; then the mean
 per-sentence cosine of ``last_hidden_state`` (padding masked) on the held-out sentences and
 the speed-up measured interleaved here (tools/bench_targets_peers.py's timing, on the
@@ -145,12 +146,21 @@ def minilm(args: argparse.Namespace) -> None:
     ref = hidden(model)
     base = macs(onnx.load(str(model)))
     print(f"\n### MiniLM-L6, {len(even)} calibration / {len(odd)} held-out sentences; {load_avg()}")
-    out = WORK / f"minilm_target1.5_t{args.threads}.onnx"
-    tgt = prune(model, ["--target-speedup", "1.5"], out, calib, args.threads)
-    print(f"$ {tgt['cmd']}  ({tgt['wall']:.0f} s, exit {tgt['rc']})")
-    if tgt["rc"] != 0:
-        print(tgt["stderr"])
-        return
+    targeted = []  # (label, path): heads allocated with the FFN (the default), FFN alone
+    for label, extra in (("`--target-speedup 1.5`", []),
+                         ("`--target-speedup 1.5 --heads 0` (FFN only)", ["--heads", "0"])):
+        tag = "heads0" if extra else "default"
+        out = WORK / f"minilm_target1.5_{tag}_t{args.threads}.onnx"
+        tgt = prune(model, ["--target-speedup", "1.5", *extra], out, calib, args.threads)
+        print(f"$ {tgt['cmd']}  ({tgt['wall']:.0f} s, exit {tgt['rc']})")
+        if tgt["rc"] != 0:
+            print(tgt["stderr"])
+            return
+        kept = [(g["id"], len(g["kept"]), g["slots"])
+                for g in tgt["report"]["structured"]["plan"]["groups"] if g.get("heads")]
+        print(f"  head groups kept: {kept}")
+        targeted.append((label, out, tgt))
+    tgt, out = targeted[0][2], targeted[0][1]
     batch = int((tgt["report"].get("validation") or {}).get("batch") or len(odd))
     tfeeds = {k: v[:batch] for k, v in held.items()}
     (ts,) = speedups(model, [out], args.threads, args.runs, feeds=tfeeds)
@@ -175,12 +185,13 @@ def minilm(args: argparse.Namespace) -> None:
     if best is None:
         return
     load = load_avg()
-    sp = speedups(model, [out, best[1]], args.threads, args.runs, feeds=tfeeds)
+    rows = [(label, path) for label, path, _ in targeted]
+    rows.append((f"uniform `--structured {best[0]:.3f}`", best[1]))
+    sp = speedups(model, [p for _, p in rows], args.threads, args.runs, feeds=tfeeds)
     mask = held["attention_mask"]
     print("\n| allocation | measured speed-up | MACs kept | held-out cosine (mean) | min | load |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for label, path, speed in (("`--target-speedup 1.5`", out, sp[0]),
-                               (f"uniform `--structured {best[0]:.3f}`", best[1], sp[1])):  # fmt: skip
+    for (label, path), speed in zip(rows, sp, strict=True):
         cos = sentence_cosines(ref, hidden(path), mask)
         print(f"| {label} | {speed:.2f}x | {macs(onnx.load(str(path))) / base:.3f} | "
               f"{cos.mean():.4f} | {cos.min():.4f} | {load} |")  # fmt: skip

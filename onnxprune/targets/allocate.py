@@ -10,9 +10,11 @@ together saves (``costs`` module doc). The budget handed to the solver is lowere
 miss until the joint cost meets the target, and a last exact pass removes or gives back
 single steps so the result lands at the target or as close as whole slots allow.
 
-Head groups (``Group.heads``) are not allocated: they lose ``--heads`` of their slots as
-without a target (none when not given; rounded only with an explicit ``--round-to``), and
-the target counts what that saves.
+Head groups (``Group.heads``) are allocated with the others, a slot being a head (a
+key/value group in grouped-query attention), unless ``--heads R`` is given: then they lose
+that fraction as without a target (rounded only with an explicit ``--round-to``;
+``--heads 0`` keeps them whole), and the target counts what that saves. Allocated, a head is
+priced like any slot: its score mass times the weights it carries, or its measured loss.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def choose_keep(
     allowed: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[dict[str, int], TargetOutcome]:
     """Kept counts for every group of ``costs`` except those ``fixed`` (head groups at
-    their ``--heads`` count), so the model keeps at most ``fraction`` of its ``metric``.
+    a given ``--heads`` count), so the model keeps at most ``fraction`` of its ``metric``.
 
     ``losses`` replace the score-mass curves (measured sensitivities, ``targets``'
     integration); ``allowed`` (group id -> kept counts, a measured latency staircase) limits
@@ -238,8 +240,8 @@ class TargetHook:
         prunable, _ = prunable_groups(groups, self.exclude)
         fixed = {}
         for g in prunable:
-            if g.heads:
-                gone = int((self.heads or 0.0) * g.slots + 1e-9)
+            if g.heads and self.heads is not None:  # --heads R fixes them; else allocated
+                gone = int(self.heads * g.slots + 1e-9)
                 fixed[g.id] = round_keep(max(1, g.slots - gone), g.slots, g.width,
                                          self.round_to or 1)  # fmt: skip
         costs = CostModel(self.model, prunable, scores, input_shapes=self.input_shapes,

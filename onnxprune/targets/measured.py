@@ -46,7 +46,8 @@ def losses_hook(model, opts) -> tuple[Callable | None, str]:
     from onnxprune.targets.sensitivity import DEFAULT_FRACTIONS, prunable_groups
 
     groups, _ = prunable_groups(analyze(loaded_model(model)), opts.exclude)
-    candidates = sum(1 for g in groups if not g.heads) * len(DEFAULT_FRACTIONS)
+    n = sum(1 for g in groups if not g.heads or opts.heads is None)  # heads: allocated
+    candidates = n * len(DEFAULT_FRACTIONS)
     if candidates > MAX_CANDIDATES:
         return None, f"score mass ({candidates} candidates to measure, over {MAX_CANDIDATES})"
     recovers = opts.step("bias") or opts.step("lstsq")
@@ -54,7 +55,6 @@ def losses_hook(model, opts) -> tuple[Callable | None, str]:
     if recovers or not on_file:
         from onnxprune.targets.recovered import fractions_for, recovered_losses_hook
 
-        n = sum(1 for g in groups if not g.heads)
         fractions = fractions_for(n)
         how = "after recovery" if recovers else "without recovery"
         fallback = (lambda: analysis_hook(model, opts)) if on_file else None
