@@ -60,7 +60,7 @@ def prune(
     unstructured: float | None = None,
     nm: str | tuple[int, int] | None = None,
     scope: str | None = None,
-    criterion: str = "l1",
+    criterion: str | None = None,
     round_to: int | None = None,
     max_group_ratio: float = 0.9,
     exclude: Sequence[str] = (),

@@ -46,8 +46,9 @@ CRITERION_OPTION = click.option(
     default=default("criterion"),
     show_default=True,
     help="Channel importance for --structured/--heads (activation, apoz and wanda read "
-    "--calib activations). --unstructured/--nm rank weights by |W| for every criterion "
-    "but wanda, which scores |W| x the input's norm.",
+    "--calib activations). [default: auto with --calib: wanda for groups of MatMul/Gemm "
+    "layers (FFN neurons, heads), l1 for convolutions; l1 without] --unstructured/--nm "
+    "rank weights by |W| for every criterion but wanda, which scores |W| x the input's norm.",
 )
 MAX_GROUP_RATIO_OPTION = click.option(
     "--max-group-ratio",

@@ -154,7 +154,8 @@ class PruneOptions(DataOptions):
     scope: str | None = None
     """``--scope``; None: local, except ``--unstructured`` with ``--calib``, which defaults
     to global (``unstructured_scope``: README "Targets", the MLP at 90% keeps 97.5% vs 94.7%)."""
-    criterion: str = "l1"
+    criterion: str | None = None
+    """None: ``auto`` with --calib, ``l1`` without (``importance.resolve_criterion``)."""
     round_to: int | None = None
     max_group_ratio: float = 0.9
     exclude: tuple[str, ...] = ()
@@ -211,7 +212,7 @@ class PruneOptions(DataOptions):
     allocation (``targets.allocate.TargetHook``)."""
 
     def __post_init__(self) -> None:
-        from onnxprune.structured.importance import CRITERIA
+        from onnxprune.structured.importance import CRITERIA, resolve_criterion
 
         self._check_targets()
         if self.search is None and all(x is None for x in (
@@ -233,7 +234,8 @@ class PruneOptions(DataOptions):
             unstructured=optional(check_fraction, self.unstructured, "--unstructured"),
             nm=optional(check_nm, self.nm, "--nm"),
             scope=optional(check_choice, self.scope, "--scope", UNSTRUCTURED_SCOPES),
-            criterion=check_choice(self.criterion, "--criterion", tuple(CRITERIA)),
+            criterion=check_choice(resolve_criterion(self.criterion, self.calib is not None),
+                                   "--criterion", tuple(CRITERIA)),
             round_to=optional(check_int, self.round_to, "--round-to", 1),
             max_group_ratio=check_open_fraction(self.max_group_ratio, "--max-group-ratio"),
             exclude=check_patterns(self.exclude, "--exclude"),

@@ -199,3 +199,36 @@ def test_stats_are_accepted_and_ignored_by_weight_criteria():
     a = prune_structured(model, StructuredOptions(0.5, round_to=1))[1]
     b = prune_structured(model, StructuredOptions(0.5, round_to=1, stats={"x": np.ones(3)}))[1]
     assert a.plan == b.plan
+
+
+def test_auto_criterion_is_wanda_on_linear_groups_and_l1_on_convolutions():
+    """The default with --calib: wanda where every weight of a group is MatMul/Gemm, l1
+    for convolution channels (README "Defaults with --calib"); l1 without statistics."""
+    from types import SimpleNamespace
+
+    from onnxprune.graph.view import GraphView
+    from onnxprune.structured.importance import activation_targets, resolve_criterion, score_groups
+    from onnxprune.testing.graphs import encoder_block, small_cnn
+
+    assert resolve_criterion(None, True) == "auto" and resolve_criterion(None, False) == "l1"
+    assert resolve_criterion("l2", True) == "l2"
+    for build in (encoder_block, small_cnn):
+        model = build()
+        view = GraphView(model)
+        groups = analyze(model, view=view)
+        rng = np.random.default_rng(0)
+        stats = {t: SimpleNamespace(norm=rng.random(view.shape(t)[axis]) + 0.1)
+                 for t, axis in activation_targets(groups, view).items()}  # fmt: skip
+        auto = score_groups(groups, view, "auto", stats)
+        wanda = score_groups(groups, view, "wanda", stats)
+        l1 = score_groups(groups, view, "l1", stats)
+        for g in groups:
+            if g.id not in auto:
+                continue
+            ops = {m.op for m in g.members if m.role in ("in", "out")}
+            linear = ops <= {"MatMul", "Gemm"} and any(m.role == "in" for m in g.members)
+            assert np.allclose(auto[g.id], (wanda if linear else l1)[g.id]), g.id
+        assert np.allclose(np.concatenate(list(score_groups(groups, view, "auto").values())),
+                           np.concatenate(list(score_groups(groups, view, "l1").values())))
+    ffn = score_groups(analyze(encoder_block()), GraphView(encoder_block()), "auto", None)
+    assert ffn  # without statistics: l1, no error

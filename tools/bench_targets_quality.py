@@ -1,6 +1,7 @@
 """Quality of the targets (issue 11): the allocation against one uniform ratio, measured here.
 
-    python tools/bench_targets_quality.py [--only digits,minilm,cost] [--threads 1] [--runs 40]
+    python tools/bench_targets_quality.py [--only digits,minilm,minilm_curve,cost] [--threads 1]
+        [--runs 40] [--curve 0.8,0.7,0.6,0.5]
         [--minilm /work/zoo2/s2-bench11/minilm]   # made by tools/export_transformers.py --minilm
         [--work /work/zoo2/s2-bench11/quality]    # outputs; a run found there is not redone
 
@@ -24,6 +25,10 @@ speed-up is within 3% of the targeted model's), both with the default recovery; 
 per-sentence cosine of ``last_hidden_state`` (padding masked) on the held-out sentences and
 the speed-up measured interleaved here (tools/bench_targets_peers.py's timing, on the
 held-out sentences at the batch the search validated on).
+
+minilm_curve: the same data; at each ``--curve`` MAC fraction f, ``--target-macs f`` (heads
+allocated, the default), ``--target-macs f --heads 0`` and uniform ``--structured 1-f``,
+every model timed in one interleaved run and scored on the held-out sentences.
 
 cost: ``onnxprune /work/main/zoo/resnet50.onnx --target-speedup 2 --calib DIR`` with DIR a
 folder of ``--cost-images`` 224x224 PNG crops of the packaged photos (tools/bench_pretrained.py's
@@ -156,9 +161,11 @@ def minilm(args: argparse.Namespace) -> None:
         if tgt["rc"] != 0:
             print(tgt["stderr"])
             return
-        kept = [(g["id"], len(g["kept"]), g["slots"])
-                for g in tgt["report"]["structured"]["plan"]["groups"] if g.get("heads")]
-        print(f"  head groups kept: {kept}")
+        groups = tgt["report"]["structured"]["groups"]
+        heads = [f"{g['heads_before']}->{g['heads_after']}" for g in groups if g.get("heads_before")]
+        ffn = [f"{g['channels_before']}->{g['channels_after']}" for g in groups
+               if not g.get("heads_before")]
+        print(f"  heads per layer: {heads or 'kept'}; FFN neurons: {ffn}")
         targeted.append((label, out, tgt))
     tgt, out = targeted[0][2], targeted[0][1]
     batch = int((tgt["report"].get("validation") or {}).get("batch") or len(odd))
@@ -195,6 +202,52 @@ def minilm(args: argparse.Namespace) -> None:
         cos = sentence_cosines(ref, hidden(path), mask)
         print(f"| {label} | {speed:.2f}x | {macs(onnx.load(str(path))) / base:.3f} | "
               f"{cos.mean():.4f} | {cos.min():.4f} | {load} |")  # fmt: skip
+
+
+def minilm_curve(args: argparse.Namespace) -> None:
+    """Heads allocated with the FFN (the default) against FFN neurons only (``--heads 0``)
+    and uniform FFN pruning, at several ``--target-macs`` (uniform: ``--structured R``),
+    every model timed in one interleaved run and scored on the held-out sentences: the two
+    curves compared at equal measured speed, not at one search's landing point."""
+    model = args.minilm / "minilm.onnx"
+    data = dict(np.load(args.minilm / "minilm_inputs.npz"))
+    feeds = {k: data[k] for k in ("input_ids", "attention_mask")}
+    n = len(feeds["input_ids"])
+    even, odd = np.arange(0, n, 2), np.arange(1, n, 2)
+    calib = WORK / "minilm_even.npz"
+    np.savez(calib, **{k: v[even] for k, v in feeds.items()})
+    held = {k: v[odd] for k, v in feeds.items()}
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+
+    def hidden(path: Path) -> np.ndarray:
+        s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return s.run(None, held)[0]
+
+    ref, base = hidden(model), macs(onnx.load(str(model)))
+    print(f"\n### MiniLM-L6 curves, {len(odd)} held-out sentences; {load_avg()}")
+    families = {"heads allocated (default)": [], "`--heads 0` (FFN only)": [], "uniform FFN": []}
+    for f in args.curve:
+        for label, flags in (("heads allocated (default)", ["--target-macs", f"{f:g}"]),
+                             ("`--heads 0` (FFN only)", ["--target-macs", f"{f:g}", "--heads", "0"]),
+                             ("uniform FFN", ["--structured", f"{1 - f:g}"])):  # fmt: skip
+            tag = "_".join(x.strip("-") for x in flags)
+            out = WORK / f"minilm_curve_{tag}.onnx"
+            info = prune(model, [*flags, "--no-validate"], out, calib, args.threads)
+            print(f"$ {info['cmd']}  ({info['wall']:.0f} s, exit {info['rc']})", flush=True)
+            if info["rc"] == 0:
+                families[label].append((f, out))
+    rows = [(label, f, path) for label, runs in families.items() for f, path in runs]
+    sp = speedups(model, [p for _, _, p in rows], args.threads, args.runs,
+                  feeds={k: v[:13] for k, v in held.items()})  # fmt: skip
+    mask = held["attention_mask"]
+    print(f"\n(timed interleaved, batch 13, threads {args.threads or 'default'}; {load_avg()})")
+    print("| family | asked | measured speed-up | MACs kept | held-out cosine (mean) | min |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for (label, f, path), speed in zip(rows, sp, strict=True):
+        cos = sentence_cosines(ref, hidden(path), mask)
+        print(f"| {label} | {f:g} | {speed:.2f}x | {macs(onnx.load(str(path))) / base:.3f} | "
+              f"{cos.mean():.4f} | {cos.min():.4f} |")  # fmt: skip
 
 
 def cost(args: argparse.Namespace) -> None:
@@ -242,6 +295,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--curve", type=lambda s: [float(x) for x in s.split(",")],
+                    default=[0.8, 0.7, 0.6, 0.5], help="minilm_curve: MAC fractions kept")
     ap.add_argument("--cost-images", type=int, default=128)
     ap.add_argument("--cost-threads", type=int, default=0)
     ap.add_argument("--minilm", type=Path, default=Path("/work/zoo2/s2-bench11/minilm"))
@@ -254,6 +309,8 @@ def main() -> None:
         digits(args)
     if "minilm" in args.only:
         minilm(args)
+    if "minilm_curve" in args.only:
+        minilm_curve(args)
     if "cost" in args.only:
         cost(args)
 

@@ -22,7 +22,7 @@ from onnxprune.options import (
     check_patterns,
 )
 from onnxprune.structured.dependency import Group, analyze
-from onnxprune.structured.importance import CRITERIA, DATA_AWARE, activation_targets, score_groups
+from onnxprune.structured.importance import CRITERIA, USES_DATA, activation_targets, score_groups
 from onnxprune.structured.plan import (
     DEFAULT_ROUND_TO,
     GroupPlan,
@@ -206,7 +206,7 @@ def prune_structured(
     groups = analyze(model, view=view, hidden=options.hidden is not None)
     bar("score")
     stats = options.stats
-    if options.criterion in DATA_AWARE and stats is None:
+    if options.criterion in USES_DATA and stats is None and stats_for is not None:
         stats = stats_for(activation_targets(groups, view), view)  # the view's shapes, reused
     scores = score_groups(groups, view, options.criterion, stats, seed=options.seed)
     bar("plan")

@@ -53,7 +53,7 @@ def analyze_path(
     samples: int = DEFAULT_SAMPLES,
     providers: str = "cpu",
     threads: int = 0,
-    criterion: str = "l1",
+    criterion: str | None = None,
     fractions: str | Sequence[float] = DEFAULT_FRACTIONS,
     exclude: Sequence[str] = (),
     seed: int = 0,
@@ -68,7 +68,9 @@ def analyze_path(
     any long work, so a bad option fails at once.
     """
     from onnxprune.runtime.session import resolve_providers
+    from onnxprune.structured.importance import resolve_criterion
 
+    criterion = resolve_criterion(criterion, calib is not None)
     if criterion not in CRITERIA:
         raise UsageError(f"--criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     check_has_activations(criterion, calib is not None)

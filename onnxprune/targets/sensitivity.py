@@ -36,7 +36,7 @@ from onnxprune.runtime.compare import compare_outputs, is_class_scores
 from onnxprune.runtime.feeds import join_chunks
 from onnxprune.runtime.session import fixed_batch, open_session, run_session
 from onnxprune.structured.dependency import Group, analyze
-from onnxprune.structured.importance import DATA_AWARE, activation_targets, score_groups
+from onnxprune.structured.importance import USES_DATA, activation_targets, score_groups
 from onnxprune.targets.costs import CostModel
 from onnxprune.targets.masking import (
     Blobs,
@@ -337,7 +337,7 @@ def analyze_model(
     view = GraphView(model)
     groups, blocked = prunable_groups(analyze(model, view=view), exclude)
     stats = None
-    if criterion in DATA_AWARE and stats_for is not None:
+    if criterion in USES_DATA and stats_for is not None:
         stats = stats_for(activation_targets(groups, view), view)
     scores = score_groups(groups, view, criterion, stats, seed=seed)
     costs = CostModel(model, groups, scores, input_shapes=shapes or None,
