@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pretrained import logits, prune, quality
-from bench_targets_quality import MODELS, accuracy
+from bench_targets_quality import MODELS, accuracy, minilm_split
 from bench_transformers import sentence_cosines
 
 
@@ -73,23 +73,8 @@ def mobilenet(args, work: Path) -> None:
 
 
 def minilm(args, work: Path) -> None:
-    import onnxruntime as ort
-
-    model = args.minilm / "minilm.onnx"
-    data = dict(np.load(args.minilm / "minilm_inputs.npz"))
-    feeds = {k: data[k] for k in ("input_ids", "attention_mask")}
-    n = len(feeds["input_ids"])
-    even, odd = np.arange(0, n, 2), np.arange(1, n, 2)
-    calib = work / "minilm_even.npz"
-    np.savez(calib, **{k: v[even] for k, v in feeds.items()})
-    held = {k: v[odd] for k, v in feeds.items()}
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-
-    def hidden(path: Path) -> np.ndarray:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(
-            None, held)[0]  # fmt: skip
-
+    model, calib, held, hidden = minilm_split(args.minilm, work)
+    odd = held["input_ids"]
     ref, mask = hidden(model), held["attention_mask"]
     print(f"\n### MiniLM-L6, {len(odd)} held-out sentences: mean cosine (min)")
     print("| command | " + " | ".join(args.criteria) + " |")

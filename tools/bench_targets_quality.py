@@ -130,14 +130,15 @@ def candidates(report: dict) -> None:
         print(f"| {family} | {' · '.join(cells)} |")
 
 
-def minilm(args: argparse.Namespace) -> None:
-    """Targeted --target-speedup 1.5 against uniform FFN pruning at the same measured speed."""
-    model = args.minilm / "minilm.onnx"
-    data = dict(np.load(args.minilm / "minilm_inputs.npz"))
+def minilm_split(folder: Path, work: Path):
+    """(model, the even sentences saved as the calibration file, the odd ones held out, a
+    function path -> ``last_hidden_state`` on the held-out sentences)."""
+    model = folder / "minilm.onnx"
+    data = dict(np.load(folder / "minilm_inputs.npz"))
     feeds = {k: data[k] for k in ("input_ids", "attention_mask")}
     n = len(feeds["input_ids"])
     even, odd = np.arange(0, n, 2), np.arange(1, n, 2)
-    calib = WORK / "minilm_even.npz"
+    calib = work / "minilm_even.npz"
     np.savez(calib, **{k: v[even] for k, v in feeds.items()})
     held = {k: v[odd] for k, v in feeds.items()}
     opts = ort.SessionOptions()
@@ -148,9 +149,17 @@ def minilm(args: argparse.Namespace) -> None:
         names = {i.name for i in s.get_inputs()}
         return s.run(None, {k: v for k, v in held.items() if k in names})[0]
 
+    return model, calib, held, hidden
+
+
+def minilm(args: argparse.Namespace) -> None:
+    """Targeted --target-speedup 1.5 against uniform FFN pruning at the same measured speed."""
+    model, calib, held, hidden = minilm_split(args.minilm, WORK)
+    odd = held["input_ids"]
+
     ref = hidden(model)
     base = macs(onnx.load(str(model)))
-    print(f"\n### MiniLM-L6, {len(even)} calibration / {len(odd)} held-out sentences; {load_avg()}")
+    print(f"\n### MiniLM-L6, {len(odd)} held-out sentences; {load_avg()}")
     targeted = []  # (label, path): heads allocated with the FFN (the default), FFN alone
     for label, extra in (("`--target-speedup 1.5`", []),
                          ("`--target-speedup 1.5 --heads 0` (FFN only)", ["--heads", "0"])):
@@ -209,20 +218,8 @@ def minilm_curve(args: argparse.Namespace) -> None:
     and uniform FFN pruning, at several ``--target-macs`` (uniform: ``--structured R``),
     every model timed in one interleaved run and scored on the held-out sentences: the two
     curves compared at equal measured speed, not at one search's landing point."""
-    model = args.minilm / "minilm.onnx"
-    data = dict(np.load(args.minilm / "minilm_inputs.npz"))
-    feeds = {k: data[k] for k in ("input_ids", "attention_mask")}
-    n = len(feeds["input_ids"])
-    even, odd = np.arange(0, n, 2), np.arange(1, n, 2)
-    calib = WORK / "minilm_even.npz"
-    np.savez(calib, **{k: v[even] for k, v in feeds.items()})
-    held = {k: v[odd] for k, v in feeds.items()}
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-
-    def hidden(path: Path) -> np.ndarray:
-        s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        return s.run(None, held)[0]
+    model, calib, held, hidden = minilm_split(args.minilm, WORK)
+    odd = held["input_ids"]
 
     ref, base = hidden(model), macs(onnx.load(str(model)))
     print(f"\n### MiniLM-L6 curves, {len(odd)} held-out sentences; {load_avg()}")
