@@ -4,6 +4,7 @@ quality, deterministic; the real runs through prune with a fake speed-up measure
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -459,3 +460,28 @@ def test_a_profile_read_back_onto_too_few_nodes_prices_by_macs(monkeypatch):
                             measure=_fake_measure)  # fmt: skip
     t = result.report.structured.target
     assert t["priced_by"]["by"] == "macs" and "read 10%" in t["priced_by"]["why"]
+
+
+def test_with_data_the_speed_search_keeps_the_family_that_keeps_more(tmp_path):
+    """With --calib the uniform cut is searched to the same speed-up as the allocation, both
+    are recovered and validated, and the run keeps the one with the higher cosine: the final
+    run (recovered again, on the same held-out data) reports that cosine."""
+    model = small_cnn()
+    opts = PruneOptions(target_speedup=1.5, calib=_calib(tmp_path, 20), runs=5,
+                        hooks=_timed_as_macs(model))  # fmt: skip
+    result = prune_searched(model, opts, prune_with, measure=_fake_measure)
+    t = result.report.structured.target
+    rows = t["compared"]
+    assert [r["allocation"] for r in rows] == ["targeted", "uniform"]
+    assert all(r["cosine"] is not None for r in rows)
+    (kept,) = [r for r in rows if r["chosen"]]
+    reached = [r for r in rows if r["search_speedup"] >= (1 - TOLERANCE) * 1.5]
+    assert kept["cosine"] == max(r["cosine"] for r in reached)
+    assert t["allocation"] == kept["allocation"] and t["fraction"] == kept["fraction"]
+    assert result.report.validation.cosine == pytest.approx(kept["cosine"], abs=1e-6)
+    assert {it["allocation"] for it in t["iterations"]} == {"targeted", "uniform"}
+    assert "compared after recovery" in result.report.render()
+    json.dumps(result.report.to_dict())
+    plain = prune_searched(model, replace(opts, calib=None), prune_with, measure=_fake_measure)
+    assert "compared" not in plain.report.structured.target  # no data: the allocation alone
+

@@ -24,7 +24,10 @@ neurons only) against uniform ``--structured R --calib even.npz`` (FFN neurons; 
 speed-up is within 3% of the targeted model's), both with the default recovery; then the mean
 per-sentence cosine of ``last_hidden_state`` (padding masked) on the held-out sentences and
 the speed-up measured interleaved here (tools/bench_targets_peers.py's timing, on the
-held-out sentences at the batch the search validated on).
+held-out sentences at the batch the search validated on). Beside them the peer, Torch-Pruning
+(tools/peer_tp_minilm.py: its BERT recipe, L1 magnitude, heads and FFN neurons at one ratio,
+no data, no recovery; needs the torch venv of ../shared/PEERS.md), its ratio stepped the same
+way to the same measured speed-up.
 
 minilm_curve: the same data; at each ``--curve`` MAC fraction f, ``--target-macs f`` (heads
 allocated, the default), ``--target-macs f --heads 0`` and uniform ``--structured 1-f``,
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,7 +54,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pretrained import prune
 from bench_structured import macs
-from bench_targets_peers import interpolate, load_avg, speedups
+from bench_targets_peers import TORCH_PY, interpolate, load_avg, speedups
 from bench_transformers import sentence_cosines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,6 +156,43 @@ def minilm_split(folder: Path, work: Path):
     return model, calib, held, hidden
 
 
+def match_speed(make, target: float, label: str, model: Path, feeds: dict,
+                args: argparse.Namespace) -> tuple[float, Path, float] | None:
+    """Step a uniform ratio until ``make(ratio)``'s measured speed-up is within 3% of
+    ``target`` (at most ``--steps`` tries, from 0.3, interpolating the measured points):
+    (ratio, path, speed-up) of the closest, or None when nothing could be made."""
+    points, best, ratio = [(0.0, 1.0)], None, 0.3
+    for _ in range(args.steps):
+        path = make(ratio)
+        if path is None:
+            break
+        (s,) = speedups(model, [path], args.threads, args.runs, feeds=feeds)
+        print(f"  {label} {ratio:.3f}: {s:.2f}x", flush=True)
+        if best is None or abs(s / target - 1) < abs(best[2] / target - 1):
+            best = (ratio, path, s)
+        if abs(s / target - 1) <= 0.03:
+            break
+        points.append((ratio, s))
+        nxt = round(interpolate(points, target), 3)
+        ratio = nxt if abs(nxt - ratio) > 1e-3 else ratio + (0.01 if s < target else -0.01)
+    return best
+
+
+def tp_minilm(ratio: float) -> Path | None:
+    """Torch-Pruning's MiniLM at ``ratio`` (tools/peer_tp_minilm.py in the torch venv), or
+    None when that venv is missing."""
+    path = WORK / "tp" / f"minilm_tp_{ratio:.4f}.onnx"
+    if not path.exists():
+        if not Path(TORCH_PY).exists():
+            print(f"Torch-Pruning skipped: no {TORCH_PY} (../shared/PEERS.md)")
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        peer = Path(__file__).resolve().parent / "peer_tp_minilm.py"
+        subprocess.run([TORCH_PY, str(peer), f"{ratio:.4f}", str(path.parent)], check=True,
+                       capture_output=True, text=True)  # fmt: skip
+    return path
+
+
 def minilm(args: argparse.Namespace) -> None:
     """Targeted --target-speedup 1.5 against uniform FFN pruning at the same measured speed."""
     model, calib, held, hidden = minilm_split(args.minilm, WORK)
@@ -181,28 +222,24 @@ def minilm(args: argparse.Namespace) -> None:
     tfeeds = {k: v[:batch] for k, v in held.items()}
     (ts,) = speedups(model, [out], args.threads, args.runs, feeds=tfeeds)
     print(f"targeted measured here: {ts:.2f}x (batch {batch})", flush=True)
-    points, best, ratio = [(0.0, 1.0)], None, 0.3
-    for _ in range(args.steps):
+    def uniform(ratio: float) -> Path | None:
         path = WORK / f"minilm_uniform_{ratio:.3f}.onnx"
         info = prune(model, ["--structured", f"{ratio:.3f}", "--no-validate"], path, calib,
                      args.threads)  # fmt: skip
         if info["rc"] != 0:
             print(f"uniform {ratio:.3f}: exit {info['rc']}: {info['stderr'][-300:]}")
-            break
-        (s,) = speedups(model, [path], args.threads, args.runs, feeds=tfeeds)
-        print(f"  uniform --structured {ratio:.3f}: {s:.2f}x", flush=True)
-        if best is None or abs(s / ts - 1) < abs(best[2] / ts - 1):
-            best = (ratio, path, s, info)
-        if abs(s / ts - 1) <= 0.03:
-            break
-        points.append((ratio, s))
-        nxt = round(interpolate(points, ts), 3)
-        ratio = nxt if abs(nxt - ratio) > 1e-3 else ratio + (0.01 if s < ts else -0.01)
+            return None
+        return path
+
+    best = match_speed(uniform, ts, "uniform --structured", model, tfeeds, args)
+    peer = match_speed(tp_minilm, ts, "Torch-Pruning ratio", model, tfeeds, args)
     if best is None:
         return
     load = load_avg()
     rows = [(label, path) for label, path, _ in targeted]
     rows.append((f"uniform `--structured {best[0]:.3f}`", best[1]))
+    if peer is not None:
+        rows.append((f"Torch-Pruning ratio {peer[0]:.3f} (L1, heads + FFN, no recovery)", peer[1]))
     sp = speedups(model, [p for _, p in rows], args.threads, args.runs, feeds=tfeeds)
     mask = held["attention_mask"]
     print("\n| allocation | measured speed-up | MACs kept | held-out cosine (mean) | min | load |")

@@ -164,9 +164,11 @@ def search_lines(t: dict) -> list[str]:
         shown = "-" if got is None else f"{got:.2f}x"
         verdict = "met" if t.get("met") else f"not met: below {1 - t['tolerance']:.2f} x the target"
         timed = (t.get("priced_by") or {}).get("by") == "time"
+        at = f"{'time' if timed else 'MAC'} fraction {t['fraction']:.3g}"
+        if t.get("allocation") == "uniform":
+            at = f"the uniform cut --structured {1 - t['fraction']:.3g}"
         head = (f"  target: speed-up {t['target']:.3g}x measured; the result measured {shown} "
-                f"({verdict}) at {'time' if timed else 'MAC'} fraction {t['fraction']:.3g}, "
-                f"{n} candidates:")  # fmt: skip
+                f"({verdict}) at {at}, {n} candidates:")  # fmt: skip
         if t.get("retimed") is not None:
             again = ", ".join(f"{v:.2f}x" for v in t["retimed"])
             head += (f"\n    (the final run read {t['final_speedup']:.2f}x against the search's "
@@ -175,7 +177,7 @@ def search_lines(t: dict) -> list[str]:
         gates = ", ".join(f"{k.replace('_', '-')} {v:g}" for k, v in t.get("gates", {}).items())
         head = (f"  target: the fewest MACs keeping {gates}: {t.get('allocation')} fraction "
                 f"{t['fraction']:.3g} (MACs {t['reached']:.3g}), {n} candidates:")
-    out = [head]
+    out = [head, *compared_lines(t.get("compared"))]
     st = t.get("staircase")
     if st:
         out.append(f"    latency staircase: {st['groups']} groups measured in "
@@ -201,6 +203,24 @@ def search_lines(t: dict) -> list[str]:
         if "passed" in c:
             line += ", passed" if c["passed"] else ", failed"
         out.append(line + (" (every group at its floor)" if c.get("at_floor") else ""))
+    return out
+
+
+def compared_lines(rows: Sequence[Mapping] | None) -> list[str]:
+    """A speed-up search with data: each family's chosen candidate after recovery, and
+    which one the run kept (``targets.search``)."""
+    if not rows:
+        return []
+    out = ["    compared after recovery, at the target:"]
+    for r in rows:
+        if r.get("failed"):
+            out.append(f"      {r['allocation']}: not searched ({r['failed']})")
+            continue
+        cos = "-" if r.get("cosine") is None else f"{r['cosine']:.4f}"
+        acc = "" if r.get("accuracy_after") is None else f", accuracy {r['accuracy_after']:.2%}"
+        speed = "-" if r.get("search_speedup") is None else f"{r['search_speedup']:.2f}x"
+        out.append(f"      {r['allocation']} fraction {r['fraction']:.3g} ({speed}, MACs "
+                   f"{r['macs']:.3g}): cosine {cos}{acc}{' (kept)' if r.get('chosen') else ''}")
     return out
 
 

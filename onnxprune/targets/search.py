@@ -20,8 +20,12 @@ is pruned, measured and validated exactly as a plain run would be.
   and runs it once more with recovery, gates and the output: its measured speed-up is the
   one reported, unless it differs from the candidate's by more than ``TOLERANCE``: then the
   allocation is timed ``RETIMES`` more times and the median of its measurements is reported
-  (``_confirm``).
-* ``--max-drop P`` / ``--min-cosine X`` alone: the fewest MACs that keep that quality. Each
+  (``_confirm``). With data (``--calib``) the uniform cut (``--structured 1-f``) is searched
+  to the same speed-up the same way, both families' chosen candidates are recovered and
+  validated, and the one that keeps more (accuracy with labels, else cosine) is the result:
+  the allocation weighs each group's loss measured alone, and on pretrained MiniLM those
+  losses did not add up (``compares_uniform``).
+* ``--max-drop P`` / ``--min-cosine X`` alone (``targets.quality_search``): the fewest MACs that keep that quality. Each
   family (``ALLOCATIONS``) runs the schedule of ``targets.scan`` (a coarse descent, then the
   zone below the fewest-MACs pass, then a refinement), not a bisection: a gate scored on a
   finite validation set is not monotone in the fraction near its threshold. Each candidate
@@ -41,15 +45,20 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from onnxprune.errors import GateError, OnnxPruneError, UsageError
-from onnxprune.targets.scan import Outcome, scan_fraction
+from onnxprune.targets.candidates import (
+    TOLERANCE,
+    Trial,
+    candidate_opts,
+    finish_report,
+    measured_speedup,
+    trial_of,
+)
 
 __all__ = ["TOLERANCE", "Trial", "next_fraction", "prune_searched", "search_speedup"]
 
-TOLERANCE = 0.05
-"""A speed-up within 5% of the target is met."""
 AIM = TOLERANCE / 2
 """A candidate within 2.5% of the target ends the search: one that ended it at the edge of
 ``TOLERANCE`` (MobileNetV2 at 1 thread, 1.915x for 2x) was timed again at the end just
@@ -61,33 +70,6 @@ RETIMES = 2
 disagree by more than ``TOLERANCE`` (``_confirm``)."""
 FLOOR = 0.01
 """The smallest MAC fraction a search asks for."""
-
-
-@dataclass
-class Trial:
-    """One candidate of a search: the fraction asked and what its run measured."""
-
-    fraction: float
-    """MAC fraction asked (``--target-macs``); in the quality search's uniform family, the
-    fraction of channels kept (``--structured 1 - fraction``)."""
-    macs: float = 1.0
-    """MACs after / before reached."""
-    params: float = 1.0
-    speedup: float | None = None
-    significant: bool | None = None
-    passed: bool | None = None
-    """Quality search: the candidate passed every gate."""
-    at_floor: bool = False
-    """The allocation could not reach the fraction (every group at its floor)."""
-    figures: dict = field(default_factory=dict)
-    """cosine, top-1 agreement, accuracy before/after, and why it failed."""
-
-    def to_dict(self) -> dict:
-        out = {"fraction": self.fraction, "macs": self.macs, "params": self.params,
-               "speedup": self.speedup, "speedup_significant": self.significant}  # fmt: skip
-        if self.passed is not None:
-            out["passed"] = self.passed
-        return {**out, "at_floor": self.at_floor, **self.figures}
 
 
 def next_fraction(trials: Sequence[Trial], target: float, floor: float = FLOOR) -> float:
@@ -178,32 +160,6 @@ def choose(trials: Sequence[Trial], target: float, tolerance: float = TOLERANCE)
 # --------------------------------------------------------------------------------------------
 
 
-def measured_speedup(report) -> float | None:
-    """The speed-up validation measured (median before / median after, interleaved)."""
-    return None if report.validation is None else report.validation.speedup
-
-
-def trial_of(fraction: float, report) -> Trial:
-    """A candidate's figures, from its run's report."""
-    v, t = report.validation, (report.structured.target or {}) if report.structured else {}
-    figures = {}
-    if v is not None:
-        figures = {"cosine": v.cosine, "top1_agreement": v.top1_agreement}
-        if v.accuracy_before is not None:
-            figures.update(accuracy_before=v.accuracy_before, accuracy_after=v.accuracy_after)
-    return Trial(
-        fraction, macs=_ratio(report.macs_after, report.macs_before),
-        params=_ratio(report.params_after, report.params_before),
-        speedup=None if v is None else v.speedup,
-        significant=None if v is None else v.speedup_significant,
-        at_floor=not t.get("met", True), figures=figures,
-    )  # fmt: skip
-
-
-def _ratio(after: float, before: float) -> float:
-    return after / before if before else 1.0
-
-
 def prune_searched(model, opts, prune_with, *, output=None, progress: bool = False,
                    measure: Callable | None = None):  # fmt: skip
     """``prune_with`` for a search (``opts.search``): the candidates, then the chosen
@@ -218,7 +174,9 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
     hooks = dict(opts.hooks or {})
     priced = hooks.get("priced", "measured" if "losses_for" in hooks else "score mass")
     stairs = {"used": False, "why": "--no-staircase"}
-    total = SPEEDUP_ITERATIONS if opts.search == "speedup" else None  # quality: as it goes
+    total = None  # quality: as it goes
+    if opts.search == "speedup":
+        total = SPEEDUP_ITERATIONS * (2 if compares_uniform(opts) else 1)
     unit = "candidate" if total else " candidates"  # no total: "search: 7 candidates"
     with _executor(opts) as executor, progress_bar(
         total=total, desc="search", unit=unit, enabled=progress
@@ -235,7 +193,9 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
             if opts.search == "speedup":
                 final_opts, summary = _speedup(model, opts, prune_with, measure, bar)
             else:
-                final_opts, summary = _quality(model, opts, prune_with, bar, executor)
+                from onnxprune.targets.quality_search import search_quality
+
+                final_opts, summary = search_quality(model, opts, prune_with, bar, executor)
         except GateError as exc:  # nothing passed: the report says what priced the search
             target = getattr(getattr(exc.report, "structured", None), "target", None)
             if isinstance(target, dict):
@@ -250,9 +210,9 @@ def prune_searched(model, opts, prune_with, *, output=None, progress: bool = Fal
         result = prune_with(model, final_opts, output=output, progress=progress)
     except GateError as exc:
         if exc.report is not None:
-            _finish(exc.report, summary, searched, measure)
+            finish_report(exc.report, summary, searched, measure)
         raise
-    _finish(result.report, summary, searched, measure)
+    finish_report(result.report, summary, searched, measure)
     if opts.search == "speedup":
         _confirm(model, opts, prune_with, measure, result.report)
     return result
@@ -290,7 +250,8 @@ def _confirm(model, opts, prune_with, measure, report) -> None:
         return
     again = []
     for _ in range(RETIMES):
-        candidate = prune_with(model, _candidate_opts(opts, target["fraction"], bare=True))
+        allocation = target.get("allocation", "targeted")
+        candidate = prune_with(model, _speed_opts(opts, allocation, target["fraction"], bare=True))
         value = measure(candidate.report)
         if value:
             again.append(float(value))
@@ -307,192 +268,93 @@ def _executor(opts):
     return make_executor(opts.jobs, opts.ray)
 
 
-def _candidate_opts(opts, fraction: float, *, bare: bool = False, final: bool = False):
-    """The options of one run: ``--target-macs fraction`` instead of the search. A candidate
-    (not ``final``) writes no plan and keeps no failed model; ``bare`` also drops recovery
-    and gates (a speed candidate: neither changes the time)."""
+def _speedup(model, opts, prune_with, measure, bar):
+    """The measured speed-up search: (the chosen candidate's options, the summary). With
+    data (``--calib``) the uniform cut is searched to the same speed too and the one that
+    keeps more quality after recovery wins (``_compare``)."""
+    target = opts.target_speedup
+
+    def search(allocation: str) -> tuple[Trial, list[Trial]]:
+        def evaluate(fraction: float) -> Trial:
+            report = prune_with(model, _speed_opts(opts, allocation, fraction, bare=True)).report
+            trial = trial_of(fraction, report)
+            trial.speedup = measure(report)
+            trial.figures["allocation"] = allocation
+            bar.update(1)
+            return trial
+
+        return search_speedup(evaluate, target)
+
+    best, trials = search("targeted")
+    compared = None
+    if compares_uniform(opts):
+        try:
+            uniform, more = search("uniform")
+        except UsageError:
+            raise
+        except OnnxPruneError as exc:  # e.g. a ratio this model's groups cannot take
+            compared = [{"allocation": "uniform", "failed": str(exc)}]
+        else:
+            trials = trials + more
+            best, compared = _compare(model, opts, prune_with, measure, [best, uniform], target)
+    allocation = best.figures["allocation"]
+    summary = {"metric": "speedup", "target": target, "tolerance": TOLERANCE,
+               "allocation": allocation, "fraction": best.fraction,
+               "search_speedup": best.speedup,
+               "iterations": [t.to_dict() for t in trials]}  # fmt: skip
+    if compared is not None:
+        summary["compared"] = compared
+    return _speed_opts(opts, allocation, best.fraction, final=True), summary
+
+
+def compares_uniform(opts) -> bool:
+    """Whether a speed-up search also searches the uniform cut (``--structured 1-f``): with
+    data, where recovery runs and quality can be told apart. Searched alone, the allocation
+    lost to it on pretrained MiniLM at 1.5x (held-out cosine 0.889 against 0.901 with the
+    ``auto`` criterion: each group's loss is measured alone, and the cuts do not add up)."""
+    return opts.calib is not None and opts.structured is None
+
+
+def _compare(model, opts, prune_with, measure, best: Sequence[Trial], target: float):
+    """Each family's chosen candidate run with recovery (no gates, no output) and validated:
+    the one that keeps more (accuracy when labels are given, then cosine) among those that
+    reached the target, else the fastest; and what each kept, for the report."""
+    rows, scored = [], []
+    for trial in best:
+        allocation = trial.figures["allocation"]
+        report = prune_with(model, _speed_opts(opts, allocation, trial.fraction,
+                                               recovered=True)).report  # fmt: skip
+        v = report.validation
+        quality = (-1.0 if v is None or v.accuracy_after is None else v.accuracy_after,
+                   -1.0 if v is None or v.cosine is None else v.cosine)
+        rows.append({"allocation": allocation, "fraction": trial.fraction,
+                     "search_speedup": trial.speedup, "macs": trial.macs,
+                     "cosine": None if v is None else v.cosine,
+                     "accuracy_after": None if v is None else v.accuracy_after})  # fmt: skip
+        scored.append((trial, quality))
+    reached = [(t, q) for t, q in scored if (t.speedup or 0.0) >= (1.0 - TOLERANCE) * target]
+    if reached:
+        chosen = max(reached, key=lambda tq: tq[1])[0]
+    else:
+        chosen = max(best, key=lambda t: t.speedup or 0.0)
+    for row in rows:
+        row["chosen"] = row["allocation"] == chosen.figures["allocation"]
+    return chosen, rows
+
+
+def _speed_opts(opts, allocation: str, fraction: float, *, bare: bool = False,
+                recovered: bool = False, final: bool = False):  # fmt: skip
+    """A speed-up search's run of one family at ``fraction``: the allocation's
+    (``candidate_opts``) or the uniform cut's, ``--structured 1-fraction`` (exact counts
+    unless ``--round-to``, as in the quality search). ``recovered``: with recovery but without gates or output (``_compare``)."""
+    if recovered:
+        opts = replace(opts, min_cosine=None, max_drop=None, max_rel_diff=None)
+    if allocation == "targeted":
+        return candidate_opts(opts, fraction, bare=bare, final=final)
     drop = {"bias_correction": False, "lstsq": False, "obs": False, "min_cosine": None,
             "max_drop": None, "max_rel_diff": None} if bare else {}  # fmt: skip
     if not final:
         drop.update(save_plan=None, keep_failed=False, validate=True)
-    timed = "node_ms" in (opts.hooks or {})
-    return replace(opts, target_speedup=None, target_macs=None if timed else fraction,
-                   target_time=fraction if timed else None, jobs=1, ray=None, **drop)  # fmt: skip
-
-
-
-def _speedup(model, opts, prune_with, measure, bar):
-    """The measured speed-up search: (the chosen candidate's options, the summary)."""
-    target = opts.target_speedup
-
-    def evaluate(fraction: float) -> Trial:
-        report = prune_with(model, _candidate_opts(opts, fraction, bare=True)).report
-        trial = trial_of(fraction, report)
-        trial.speedup = measure(report)
-        bar.update(1)
-        return trial
-
-    best, trials = search_speedup(evaluate, target)
-    summary = {"metric": "speedup", "target": target, "tolerance": TOLERANCE,
-               "fraction": best.fraction, "search_speedup": best.speedup,
-               "iterations": [t.to_dict() for t in trials]}  # fmt: skip
-    return _candidate_opts(opts, best.fraction, final=True), summary
-
-
-ALLOCATIONS = ("targeted", "uniform")
-"""The quality search's two families: ``--target-macs f`` (per group, cheapest first) and
-``--structured 1-f`` (every group alike, exact counts unless ``--round-to``). Both are
-searched because neither always wins after recovery: on the digits CNN with ``--calib``,
-with the allocation priced before recovery, the uniform cut kept 99.17% at 0.253x MACs and
-the targeted one 98.89% at 0.249x (priced after recovery, the default now: 99.44%; README
-"Targets"); the run keeps whichever passing candidate has the fewest MACs."""
-
-
-CANDIDATE_RUNS = 5
-"""Latency runs per model for a quality search's candidate (``--runs`` at most): the gates
-decide, the speed-up is only listed; the timing was 3/4 of a digits CNN candidate's time at
-30 runs. The final run times ``--runs``."""
-
-
-def _family_opts(opts, allocation: str, fraction: float, final: bool = False):
-    """A quality candidate's options (``final``: the chosen one, run with everything)."""
-    if not final:
-        opts = replace(opts, runs=min(opts.runs, CANDIDATE_RUNS))
-    if allocation == "targeted":
-        return _candidate_opts(opts, fraction, final=final)
-    extra = {} if final else {"save_plan": None, "keep_failed": False, "validate": True}
-    return replace(opts, structured=round(1.0 - fraction, 12), round_to=opts.round_to or 1,
-                   jobs=1, ray=None, **extra)  # fmt: skip
-
-
-def _family(item) -> tuple[list[Trial], dict, list[OnnxPruneError]]:
-    """One family's schedule (``--target-macs f`` or ``--structured 1-f``, ``targets.scan``):
-    its candidates, the report of its least-pruned candidate a gate failed (what a search
-    that finds nothing reports), and the errors of those that could not run. A job for
-    ``targets.executor`` (module level, plain data): ``item`` is (``prune_with``, the model,
-    the options, the family), and in this process a progress callback (candidate, trial)."""
-    prune_with, model, opts, allocation, *rest = item
-    tick = rest[0] if rest else None
-    if allocation == "targeted":  # priced once for the family (in a worker: there)
-        from onnxprune.targets.measured import with_measured_losses
-
-        opts = with_measured_losses(model, opts)
-    trials: list[Trial] = []
-    failed: dict[tuple[str, float], object] = {}
-    errors: list[OnnxPruneError] = []
-
-    def run(fraction: float, phase: str) -> Outcome:
-        trial = _candidate(prune_with, model, opts, allocation, fraction, failed, errors)
-        trial.figures["phase"] = phase
-        trials.append(trial)
-        if tick is not None:
-            tick(trial)
-        return Outcome(bool(trial.passed), final=trial.at_floor)
-
-    scan_fraction(run)
-    return trials, failed, errors
-
-
-def _candidate(prune_with, model, opts, allocation: str, fraction: float, failed: dict,
-               errors: list) -> Trial:  # fmt: skip
-    """One candidate of a family, run, validated and gated. A failed one's report replaces
-    the family's in ``failed`` when it kept more MACs; an error is appended to ``errors``."""
-    ok, why = True, None
-    try:
-        report = prune_with(model, _family_opts(opts, allocation, fraction)).report
-    except GateError as exc:
-        if exc.report is None:
-            raise
-        report, ok, why = exc.report, False, str(exc)
-    except UsageError:
-        raise
-    except OnnxPruneError as exc:  # e.g. a cut too small to remove a slot anywhere
-        errors.append(exc)
-        return Trial(fraction, passed=False,
-                     figures={"allocation": allocation, "failed": str(exc)})  # fmt: skip
-    trial = trial_of(fraction, report)
-    trial.passed = ok
-    trial.figures["allocation"] = allocation
-    if why:
-        trial.figures["failed"] = why
-        kept = [k for k in failed if k[0] == allocation]
-        if not kept or _ratio(report.macs_after, report.macs_before) > failed[kept[0]][0]:
-            for k in kept:
-                del failed[k]
-            failed[allocation, fraction] = (trial.macs, report)
-    return trial
-
-
-def _quality(model, opts, prune_with, bar, executor=None):
-    """The fewest MACs passing the gates: (the chosen candidate's options, the summary).
-    The two families are independent jobs: with ``executor`` (``--jobs``, ``--ray``) they
-    run at once, each pricing its own cuts; the plan is the same either way."""
-    if executor is not None and executor.workers > 1:
-        sent = replace(opts, hooks=None)  # closures stay here: a worker measures its own
-        done = executor.map(_family, [(prune_with, model, sent, a) for a in ALLOCATIONS])
-        for t, _, _ in done:
-            bar.update(len(t))
-    else:
-
-        def tick(trial: Trial) -> None:
-            bar.set_postfix_str(f"{trial.figures['allocation']} {trial.fraction:.3g}: MACs "
-                                f"{trial.macs:.3g}, {'passed' if trial.passed else 'failed'}",
-                                refresh=False)  # fmt: skip
-            bar.update(1)
-
-        done = [_family((prune_with, model, opts, a, tick)) for a in ALLOCATIONS]
-    trials: list[Trial] = []
-    failed: dict[tuple[str, float], object] = {}
-    errors: list[OnnxPruneError] = []
-    for t, f, e in done:
-        trials.extend(t)
-        failed.update({k: report for k, (_, report) in f.items()})
-        errors.extend(e)
-    passing = [t for t in trials if t.passed and t.macs < 1.0]  # 1.0: nothing was cut
-    best = min(passing, key=lambda t: t.macs) if passing else None
-    summary = {"metric": "quality", "gates": _gates(opts),
-               "fraction": None if best is None else best.fraction,
-               "allocation": None if best is None else best.figures["allocation"],
-               "iterations": [t.to_dict() for t in trials]}  # fmt: skip
-    if best is None:
-        if len(errors) == len(trials):
-            raise errors[0]
-        closest = max((t for t in trials if (t.figures["allocation"], t.fraction) in failed),
-                      key=lambda t: t.macs)  # fmt: skip
-        raise GateError(
-            f"no MAC fraction tried keeps that quality (tried "
-            f"{', '.join(f'{t.macs:.3g}' for t in trials)} of the MACs); the least pruned, "
-            f"at {closest.macs:.3g}: {closest.figures.get('failed', 'failed')}",
-            _finished(failed[closest.figures["allocation"], closest.fraction], summary),
-        )
-    return _family_opts(opts, best.figures["allocation"], best.fraction, final=True), summary
-
-
-def _finished(report, summary: dict):
-    """A failed candidate's report with the search in it (what a GateError carries)."""
-    _finish(report, summary, 0.0, measured_speedup)
-    return report
-
-
-def _gates(opts) -> dict:
-    return {k: v for k, v in (("min_cosine", opts.min_cosine), ("max_drop", opts.max_drop),
-                              ("max_rel_diff", opts.max_rel_diff)) if v is not None}  # fmt: skip
-
-
-def _finish(report, summary: dict, searched: float, measure) -> None:
-    """The search written into the final report: ``structured.target`` (with the MAC
-    target the final run had under ``macs``), the final measured figures, the time."""
-    s = report.structured
-    if s is not None:
-        target = dict(summary, macs=s.target)
-        if summary["metric"] == "speedup":
-            reached = measure(report)
-            target["reached"] = reached
-            target["met"] = reached is not None and reached >= (1 - TOLERANCE) * summary["target"]
-        else:
-            target["reached"] = _ratio(report.macs_after, report.macs_before)
-            target["met"] = report.validation is None or report.validation.passed
-        s.target = target
-        if s.plan is not None:
-            s.plan.settings["target"] = target
-    report.timings_s = {"search": searched, **report.timings_s}
+    return replace(opts, target_speedup=None, target_macs=None, target_time=None,
+                   structured=round(1.0 - fraction, 12), round_to=opts.round_to or 1, jobs=1,
+                   ray=None, **drop)  # fmt: skip
