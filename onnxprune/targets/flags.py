@@ -62,7 +62,8 @@ TARGET_OPTIONS = [
         "--price-by) whose pruned model runs S times faster, measured in onnxruntime "
         "(--providers, --threads, the validation's batch and shapes), corrected until "
         "within 2.5% or 6 candidates; met within 5%; recovery once, on the result, timed "
-        "again when it disagrees with the search.",
+        "again when it disagrees with the search. With --calib the uniform cut is searched "
+        "to the same speed too, and the one that keeps more after recovery is kept.",
     ),
     click.option(
         "--staircase/--no-staircase",
