@@ -169,7 +169,7 @@ def test_a_gate_alone_finds_the_fewest_macs_that_pass():
     assert t["metric"] == "quality" and t["gates"] == {"min_cosine": 0.95} and t["met"]
     assert result.report.validation.passed and result.report.validation.cosine >= 0.95
     its = t["iterations"]
-    assert {i["allocation"] for i in its} == {"targeted", "uniform"}
+    assert {i["allocation"] for i in its} == {"targeted", "uniform", "rounded"}
     passed = [i for i in its if i["passed"]]
     best = min(passed, key=lambda i: i["macs"])
     assert (t["allocation"], t["fraction"]) == (best["allocation"], best["fraction"])
@@ -189,8 +189,8 @@ def test_a_gate_nothing_passes_fails_with_the_search_in_the_report():
     t = exc.value.report.structured.target
     assert t["metric"] == "quality" and t["fraction"] is None and not t["met"]
     assert t["losses"].startswith("score mass")
-    its = t["iterations"]  # per family: 2 down (0.5, 0.354), then up towards the original
-    assert len(its) == 14  # 0.75 ... 0.984; 0.992 is within 1% of 0.984: not run
+    its = [i for i in t["iterations"] if i["allocation"] != "rounded"]
+    assert len(its) == 14  # per family: 2 down (0.5, 0.354), then up: 0.75 ... 0.984
     for family in ("targeted", "uniform"):
         phases = [i["phase"] for i in its if i["allocation"] == family]
         assert phases == ["down"] * 2 + ["up"] * 5
@@ -485,3 +485,25 @@ def test_with_data_the_speed_search_keeps_the_family_that_keeps_more(tmp_path):
     plain = prune_searched(model, replace(opts, calib=None), prune_with, measure=_fake_measure)
     assert "compared" not in plain.report.structured.target  # no data: the allocation alone
 
+
+
+def test_the_rounded_family_runs_each_distinct_model_once():
+    """Without --round-to the quality search also cuts with the default rounding; most
+    fractions round onto the same model, so each distinct model runs once, all of them when
+    there are few (a gate is not monotone: a failure above does not rule out a pass below)."""
+    from onnxprune.targets.quality_search import distinct_fractions, families
+    from onnxprune.targets.scan import MAX_CANDIDATES
+
+    # 64 channels rounded to 16: 48, 32, 16 (and 64, the whole model, left out)
+    assert distinct_fractions(lambda f: (max(1, round(64 * f / 16)) * 16,)) == [0.87, 0.62, 0.37]
+    assert distinct_fractions(lambda f: (round(f * 100),)) is None  # 98 models: the scan
+    assert len(distinct_fractions(lambda f: (round(f * MAX_CANDIDATES),))) <= MAX_CANDIDATES
+    assert families(PruneOptions(min_cosine=0.9, round_to=8)) == ("targeted", "uniform")
+
+    result = prune(residual_block(), min_cosine=0.9, runs=5)
+    rounded = [i for i in result.report.structured.target["iterations"]
+               if i["allocation"] == "rounded"]  # fmt: skip
+    assert rounded and all(i["phase"] == "all" for i in rounded)
+    assert len({round(i["macs"], 9) for i in rounded}) == len(rounded)
+    assert [i["fraction"] for i in rounded] == sorted((i["fraction"] for i in rounded),
+                                                      reverse=True)  # fmt: skip
