@@ -201,7 +201,7 @@ class PruneOptions(DataOptions):
     node's profiled milliseconds, ``targets.costs``) or ``macs`` (README "Targets")."""
     jobs: int = 1
     """``--jobs N``: a search's independent candidates in N local worker processes
-    (``targets.executor``): the quality search's two families, the latency table's groups;
+    (``targets.executor``): the quality search's families, the latency table's groups;
     and the calibration statistics of a data-aware criterion, in N shards of the samples."""
     ray: str | None = None
     """``--ray ADDRESS``: the same jobs as tasks on that Ray cluster (``onnxprune[ray]``)."""

@@ -110,7 +110,7 @@ def digits(args: argparse.Namespace) -> None:
     for rt, r, m, acc in rows:
         print(f"| --structured {r:.2f} | {rt or 'default'} | {m:.3f} | {acc:.2%} |")
     print("\n| allocation | MACs kept | test accuracy |\n| --- | --- | --- |")
-    print(f"| `--max-drop 1` (targeted) | {t_macs:.3f} | {t_acc:.2%} |")
+    print(f"| `--max-drop 1` (the search) | {t_macs:.3f} | {t_acc:.2%} |")
     for rt, (m, r, acc) in best.items():
         print(f"| best uniform at >= {t_acc:.2%}, round-to {rt or 'default'}: --structured {r:.2f} "
               f"| {m:.3f} | {acc:.2%} |")  # fmt: skip
@@ -123,7 +123,7 @@ def candidates(report: dict) -> None:
     its = t.get("iterations") or []
     print(f"{len(its)} candidates, search {report.get('timings_s', {}).get('search', 0):.0f} s")
     print("\n| family | candidates (MACs: cosine, accuracy) |\n| --- | --- |")
-    for family in ("targeted", "uniform"):
+    for family in ("targeted", "uniform", "rounded"):
         cells = []
         for i in sorted((i for i in its if i.get("allocation") == family),
                         key=lambda i: -i["macs"]):  # fmt: skip

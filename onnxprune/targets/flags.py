@@ -20,7 +20,7 @@ JOB_OPTIONS = [
         show_default=True,
         metavar="N",
         help="Run a search's independent candidates in N worker processes (the quality "
-        "search's two families; the latency table's groups, which then time with contention "
+        "search's families; the latency table's groups, which then time with contention "
         "unless N x --threads fits the cores); with --calib, the activation statistics of a "
         "data-aware criterion in N shards of the samples, their sums added.",
     ),

@@ -173,7 +173,7 @@ def _candidate(prune_with, model, opts, allocation: str, fraction: float, failed
 
 def search_quality(model, opts, prune_with, bar, executor=None):
     """The fewest MACs passing the gates: (the chosen candidate's options, the summary).
-    The two families are independent jobs: with ``executor`` (``--jobs``, ``--ray``) they
+    The families are independent jobs: with ``executor`` (``--jobs``, ``--ray``) they
     run at once, each pricing its own cuts; the plan is the same either way."""
     if executor is not None and executor.workers > 1:
         sent = replace(opts, hooks=None)  # closures stay here: a worker measures its own
