@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-__all__ = ["TOLERANCE", "Trial", "candidate_opts", "finish_report", "measured_speedup",
-           "ratio_of", "trial_of"]
+__all__ = ["BARE", "GATES_OFF", "TOLERANCE", "Trial", "candidate_opts", "finish_report",
+           "measured_speedup", "ratio_of", "trial_of", "uniform_opts"]
 
 TOLERANCE = 0.05
 """A speed-up within 5% of the target is met."""
@@ -64,18 +64,38 @@ def ratio_of(after: float, before: float) -> float:
     return after / before if before else 1.0
 
 
-def candidate_opts(opts, fraction: float, *, bare: bool = False, final: bool = False):
-    """The options of one run: ``--target-macs fraction`` instead of the search. A candidate
-    (not ``final``) writes no plan and keeps no failed model; ``bare`` also drops recovery
-    and gates (a speed candidate: neither changes the time)."""
-    drop = {"bias_correction": False, "lstsq": False, "obs": False, "min_cosine": None,
-            "max_drop": None, "max_rel_diff": None} if bare else {}  # fmt: skip
+GATES_OFF = {"min_cosine": None, "max_drop": None, "max_rel_diff": None}
+"""What a candidate run drops to be judged by the search rather than by the gates."""
+BARE = {"bias_correction": False, "lstsq": False, "obs": False, **GATES_OFF}
+"""What a bare candidate drops: recovery and gates (a speed candidate: neither changes the
+time)."""
+
+
+def _run_drop(bare: bool, final: bool) -> dict:
+    """A candidate (not ``final``) writes no plan and keeps no failed model; ``bare`` also
+    drops recovery and gates."""
+    drop = dict(BARE) if bare else {}
     if not final:
         drop.update(save_plan=None, keep_failed=False, validate=True)
+    return drop
+
+
+def candidate_opts(opts, fraction: float, *, bare: bool = False, final: bool = False):
+    """The options of one run: ``--target-macs fraction`` (``target_time`` when the cuts are
+    priced in milliseconds) instead of the search (``_run_drop`` for ``bare``/``final``)."""
     timed = "node_ms" in (opts.hooks or {})
     return replace(opts, target_speedup=None, target_macs=None if timed else fraction,
-                   target_time=fraction if timed else None, jobs=1, ray=None, **drop)  # fmt: skip
+                   target_time=fraction if timed else None, jobs=1, ray=None,
+                   **_run_drop(bare, final))  # fmt: skip
 
+
+def uniform_opts(opts, fraction: float, round_to: int | None, *, bare: bool = False,
+                 final: bool = False):  # fmt: skip
+    """The options of one uniform run: ``--structured 1-fraction`` with ``round_to`` (None:
+    the default rounding) instead of the search."""
+    return replace(opts, target_speedup=None, target_macs=None, target_time=None,
+                   structured=round(1.0 - fraction, 12), round_to=round_to, jobs=1, ray=None,
+                   **_run_drop(bare, final))  # fmt: skip
 
 
 def finish_report(report, summary: dict, searched: float, measure) -> None:

@@ -17,6 +17,7 @@ from onnxprune.targets.candidates import (
     measured_speedup,
     ratio_of,
     trial_of,
+    uniform_opts,
 )
 from onnxprune.targets.scan import MAX_CANDIDATES, Outcome, scan_fraction
 
@@ -52,10 +53,8 @@ def _family_opts(opts, allocation: str, fraction: float, final: bool = False):
         opts = replace(opts, runs=min(opts.runs, CANDIDATE_RUNS))
     if allocation == "targeted":
         return candidate_opts(opts, fraction, final=final)
-    extra = {} if final else {"save_plan": None, "keep_failed": False, "validate": True}
     rounding = opts.round_to if allocation == "rounded" else opts.round_to or 1
-    return replace(opts, structured=round(1.0 - fraction, 12), round_to=rounding,
-                   jobs=1, ray=None, **extra)  # fmt: skip
+    return uniform_opts(opts, fraction, rounding, final=final)
 
 
 def rounded_counts_for(model, opts):

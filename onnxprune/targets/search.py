@@ -49,12 +49,14 @@ from dataclasses import replace
 
 from onnxprune.errors import GateError, OnnxPruneError, UsageError
 from onnxprune.targets.candidates import (
+    GATES_OFF,
     TOLERANCE,
     Trial,
     candidate_opts,
     finish_report,
     measured_speedup,
     trial_of,
+    uniform_opts,
 )
 
 __all__ = ["TOLERANCE", "Trial", "next_fraction", "prune_searched", "search_speedup"]
@@ -346,15 +348,10 @@ def _speed_opts(opts, allocation: str, fraction: float, *, bare: bool = False,
                 recovered: bool = False, final: bool = False):  # fmt: skip
     """A speed-up search's run of one family at ``fraction``: the allocation's
     (``candidate_opts``) or the uniform cut's, ``--structured 1-fraction`` (exact counts
-    unless ``--round-to``, as in the quality search). ``recovered``: with recovery but without gates or output (``_compare``)."""
+    unless ``--round-to``, as in the quality search). ``recovered``: with recovery but
+    without gates or output (``_compare``)."""
     if recovered:
-        opts = replace(opts, min_cosine=None, max_drop=None, max_rel_diff=None)
+        opts = replace(opts, **GATES_OFF)
     if allocation == "targeted":
         return candidate_opts(opts, fraction, bare=bare, final=final)
-    drop = {"bias_correction": False, "lstsq": False, "obs": False, "min_cosine": None,
-            "max_drop": None, "max_rel_diff": None} if bare else {}  # fmt: skip
-    if not final:
-        drop.update(save_plan=None, keep_failed=False, validate=True)
-    return replace(opts, target_speedup=None, target_macs=None, target_time=None,
-                   structured=round(1.0 - fraction, 12), round_to=opts.round_to or 1, jobs=1,
-                   ray=None, **drop)  # fmt: skip
+    return uniform_opts(opts, fraction, opts.round_to or 1, bare=bare, final=final)
