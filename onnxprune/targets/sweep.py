@@ -33,7 +33,8 @@ class SweepRow:
     """The fraction the run kept (asked, for --metric macs; found, for speedup) of what
     ``fraction_of`` says."""
     fraction_of: str = "MAC"
-    """``MAC``, or ``time`` for a speed-up search priced in profiled milliseconds."""
+    """``MAC``, ``time`` for a speed-up search priced in profiled milliseconds, ``channel`` when
+    that search kept the uniform cut (``--structured 1-fraction``)."""
     speedup: float | None = None
     speedup_significant: bool | None = None
     macs: float | None = None
@@ -131,7 +132,9 @@ def _fill(row: SweepRow, report) -> None:
     row.macs = report.macs_after / report.macs_before if report.macs_before else None
     row.params = report.params_after / report.params_before if report.params_before else None
     row.fraction = t.get("fraction", t.get("target"))
-    if (t.get("macs") or {}).get("metric") == "time":
+    if t.get("allocation") == "uniform":  # the speed search kept the uniform cut
+        row.fraction_of = "channel"
+    elif (t.get("macs") or {}).get("metric") == "time":
         row.fraction_of = "time"
     row.met = t.get("met")
     if v is not None:
