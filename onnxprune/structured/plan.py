@@ -128,6 +128,16 @@ def round_keep(keep: int, slots: int, width: int, round_to: int) -> int:
     return min(slots, max(step, -(-keep // step) * step))
 
 
+def local_removals(g: Group, ratio: float) -> int:
+    """Slots a local ``--structured ratio`` removes from ``g`` before rounding."""
+    return int(ratio * g.slots + 1e-9)
+
+
+def kept_count(g: Group, removals: int, round_to: int) -> int:
+    """Slots ``g`` keeps after losing ``removals`` of them, rounded (``round_keep``)."""
+    return round_keep(max(1, g.slots - removals), g.slots, g.width, round_to)
+
+
 def rounded_counts(slots: int, width: int, round_to: int) -> list[int]:
     """Every kept slot count whose channels are a multiple of ``round_to``, and the whole
     group: what ``--round-to`` (or the default rounding) lets a target's solver choose."""
@@ -281,7 +291,7 @@ def make_plan(
     if scope == "global":
         removals = _global_removals(channels, scores, ratio, max_group_ratio)
     else:
-        removals = {g.id: int(ratio * g.slots + 1e-9) for g in channels}
+        removals = {g.id: local_removals(g, ratio) for g in channels}
     for g in prunable:
         if g.heads:
             removals[g.id] = int((heads or 0.0) * g.slots + 1e-9)
@@ -290,10 +300,7 @@ def make_plan(
     removed_slots: dict[str, np.ndarray] = {}
     for g in prunable:
         s = scores[g.id]
-        if g.id in keep:
-            count = keep[g.id]
-        else:
-            count = round_keep(max(1, g.slots - removals[g.id]), g.slots, g.width, round_to)
+        count = keep[g.id] if g.id in keep else kept_count(g, removals[g.id], round_to)
         kept = kept_slots(g, s, count)
         note = "" if g.id in keep else _kept_note(g, removals[g.id], count, int(kept.sum()),
                                                    scope, round_to, max_group_ratio)

@@ -64,7 +64,7 @@ def rounded_counts_for(model, opts):
     only when these differ from every fraction it ran, since most fractions round onto a
     model it already has."""
     from onnxprune.structured.dependency import analyze
-    from onnxprune.structured.plan import DEFAULT_ROUND_TO, round_keep
+    from onnxprune.structured.plan import DEFAULT_ROUND_TO, kept_count, local_removals
     from onnxprune.targets.measured import loaded_model
     from onnxprune.targets.sensitivity import prunable_groups
 
@@ -76,8 +76,7 @@ def rounded_counts_for(model, opts):
 
     def counts(fraction: float) -> tuple[int, ...]:
         ratio = round(1.0 - fraction, 12)
-        return tuple(round_keep(max(1, g.slots - int(ratio * g.slots + 1e-9)), g.slots,
-                                g.width, DEFAULT_ROUND_TO) for g in channels)  # fmt: skip
+        return tuple(kept_count(g, local_removals(g, ratio), DEFAULT_ROUND_TO) for g in channels)
 
     return counts
 

@@ -314,7 +314,7 @@ def compares_uniform(opts) -> bool:
     data, where recovery runs and quality can be told apart. Searched alone, the allocation
     lost to it on pretrained MiniLM at 1.5x (held-out cosine 0.889 against 0.901 with the
     ``auto`` criterion: each group's loss is measured alone, and the cuts do not add up)."""
-    return opts.calib is not None and opts.structured is None
+    return opts.calib is not None
 
 
 def _compare(model, opts, prune_with, measure, best: Sequence[Trial], target: float):
